@@ -1,0 +1,16 @@
+# The two commands of the README. Each one installs what it needs first.
+.PHONY: setup demo test lint bench
+
+setup:
+	./.ci/setup
+
+demo: setup
+	./.venv/bin/python -m bundle_tool.demo
+
+test: setup lint
+	./.venv/bin/python -m pytest
+
+lint:
+	./.venv/bin/ruff check .
+	./.venv/bin/ruff format --check .
+	./.venv/bin/mypy

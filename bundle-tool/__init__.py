@@ -1,0 +1,1 @@
+"""Host-side tool that builds, inspects and verifies signed update bundles."""

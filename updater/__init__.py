@@ -1,0 +1,1 @@
+"""Device-side installer: streams a signed bundle into the inactive slot."""
