@@ -1,0 +1,54 @@
+"""Where a bundle's bytes come from: the abstract source and its contract.
+
+Concrete sources (local file, standard input, HTTPS) live in their own modules.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+
+class BundleSource(ABC):
+    """Bytes of one bundle, read by ranges.
+
+    Contract for implementations:
+
+    * `read(offset, length)` yields chunks (each at most `CHUNK` bytes) whose
+      lengths add up to exactly `length`, or raises `TransportError` (a short
+      read, a dropped connection that cannot be resumed, a timeout) or
+      `BundleError` (the bundle ends before `offset + length`). It never reads
+      more than `length` bytes from the underlying medium for the call.
+    * Sources with `random_access = False` (standard input) accept only
+      offsets at or after the end of the previous read; skipped bytes are read
+      and discarded.
+    * `bytes_fetched` counts the bytes actually transferred from the medium or
+      network, so the installer can report how much a delta install saved.
+    """
+
+    CHUNK = 1 << 20
+    random_access: bool = True
+
+    def __init__(self) -> None:
+        self.bytes_fetched = 0
+
+    @abstractmethod
+    def read(self, offset: int, length: int) -> Iterator[bytes]:
+        """Yield exactly `length` bytes starting at `offset`, in chunks."""
+
+    @abstractmethod
+    def size(self) -> int | None:
+        """Total size of the bundle as the medium reports it; None when unknown."""
+
+    def read_exact(self, offset: int, length: int) -> bytes:
+        """Read a small range into one bytes object."""
+        return b"".join(self.read(offset, length))
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and file handles."""
+
+    def __enter__(self) -> BundleSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
