@@ -1,0 +1,356 @@
+"""Board configuration: one strict TOML file per board (`board-configs/<name>.toml`).
+
+Every table accepts a fixed set of keys; any other key is refused with its name, so a typo
+never silently falls back to a default. See docs/board-configs.md for the reference.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bootctl.errors import ConfigError
+from bootctl.ubootenv import parse_fw_env_config
+
+__all__ = [
+    "ARCHITECTURES",
+    "MAX_TRIES",
+    "BoardConfig",
+    "BootConfig",
+    "EnvConfig",
+    "SlotConfig",
+    "load_board",
+    "parse_board",
+]
+
+Bootloader = Literal["u-boot", "grub"]
+
+ARCHITECTURES = ("arm64", "amd64", "armhf", "riscv64")
+#: The U-Boot script's `setexpr` computes in hex, so counters stay single decimal digits.
+MAX_TRIES = 9
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_SLOT_NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
+_REL_PATH_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+# Values that are copied into boot scripts: no quotes, semicolons, newlines or `$(`.
+_SCRIPT_SAFE_RE = re.compile(r"^[A-Za-z0-9 ,.:=/_+@%{}$-]*$")
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    """One A/B slot.
+
+    Attributes:
+        name: Slot name used in `BOOT_ORDER` and `BOOT_<name>_LEFT` (letters and digits).
+        device: Block device (or file) Linux writes the slot image to.
+        root: Device the kernel is told on its command line (`abupdate.root=`).
+        slot_class: Slot class, `rootfs` for root filesystem slots.
+    """
+
+    name: str
+    device: str
+    root: str
+    slot_class: str
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """The boot partition holding kernel, initrd, boot script and (U-Boot) environment.
+
+    Attributes:
+        device: Linux block device of the boot partition.
+        mount: Where Linux mounts it.
+        kernel: Kernel file name, relative to the boot partition's root.
+        initrd: Initrd file name, relative to the boot partition's root.
+        uboot_device: U-Boot `interface dev:part` of the boot partition (e.g. `virtio 0:1`).
+        uboot_fdt: Device tree address passed to `booti` (e.g. `${fdtcontroladdr}`).
+        uboot_env_addr: Scratch RAM address for loading and exporting the environment.
+        script: Compiled boot script file name (U-Boot) or GRUB config path on the partition.
+    """
+
+    device: str
+    mount: str
+    kernel: str
+    initrd: str
+    uboot_device: str
+    uboot_fdt: str
+    uboot_env_addr: str
+    script: str
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Where the slot state lives, seen from Linux and from the bootloader.
+
+    Attributes:
+        fw_env_config: `fw_env.config` lines (U-Boot); two lines make the env redundant.
+        uboot_file: Environment file name on the boot partition, as the boot script loads it.
+        uboot_size: Environment size in bytes (must equal the size in `fw_env_config`).
+        grubenv: Path of the GRUB environment block as Linux sees it (GRUB).
+        grub_file: Path of the GRUB environment block on the ESP, as GRUB loads it.
+    """
+
+    fw_env_config: tuple[str, ...] = ()
+    uboot_file: str = "uboot.env"
+    uboot_size: int = 0x4000
+    grubenv: str = ""
+    grub_file: str = "EFI/BOOT/grubenv"
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """A parsed, validated board config.
+
+    Attributes:
+        name: Board config name.
+        compatible: String a bundle must carry to be installable on this board.
+        architecture: Debian architecture name.
+        bootloader: `u-boot` or `grub`.
+        tries: Boot attempts a slot gets after install or mark-good (1..9).
+        kernel_args: Extra kernel command line arguments (console etc.).
+        env: Environment location.
+        slots: The slots, in default boot order.
+        boot: Boot partition and file names.
+    """
+
+    name: str
+    compatible: str
+    architecture: str
+    bootloader: Bootloader
+    tries: int
+    kernel_args: str
+    env: EnvConfig
+    slots: tuple[SlotConfig, ...]
+    boot: BootConfig
+
+    @property
+    def slot_names(self) -> tuple[str, ...]:
+        """The slot names in default boot order."""
+        return tuple(s.name for s in self.slots)
+
+    def slot(self, name: str) -> SlotConfig:
+        """Return the slot called `name`.
+
+        Raises:
+            KeyError: No such slot.
+        """
+        for s in self.slots:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+_TOP_KEYS = {
+    "name",
+    "compatible",
+    "architecture",
+    "bootloader",
+    "tries",
+    "kernel_args",
+    "env",
+    "slots",
+    "boot",
+}
+_ENV_KEYS = {"fw_env_config", "uboot_file", "uboot_size", "grubenv", "grub_file"}
+_SLOT_KEYS = {"device", "root", "class"}
+_BOOT_KEYS = {
+    "device",
+    "mount",
+    "kernel",
+    "initrd",
+    "uboot_device",
+    "uboot_fdt",
+    "uboot_env_addr",
+    "script",
+}
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]!s} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _str(table: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    if key not in table:
+        if default is None:
+            raise ConfigError(f"missing key {where}{key}")
+        return default
+    value = table[key]
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}{key} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _int(table: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    if key not in table:
+        if default is None:
+            raise ConfigError(f"missing key {where}{key}")
+        return default
+    value = table[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{where}{key} must be an integer, not {type(value).__name__}")
+    return value
+
+
+def _table(table: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}{key} must be a table")
+    return value
+
+
+def _script_safe(value: str, what: str) -> str:
+    if not _SCRIPT_SAFE_RE.match(value):
+        raise ConfigError(f"{what} contains characters not allowed in a boot script: {value!r}")
+    return value
+
+
+def _rel_path(value: str, what: str) -> str:
+    if not _REL_PATH_RE.match(value) or any(p in {".", ".."} for p in value.split("/")):
+        raise ConfigError(f"{what} must be a relative path of [A-Za-z0-9._-] parts: {value!r}")
+    return value
+
+
+def _parse_env(raw: Mapping[str, Any], bootloader: Bootloader) -> EnvConfig:
+    _check_keys(raw, _ENV_KEYS, "env.")
+    lines_raw = raw.get("fw_env_config", [])
+    if not isinstance(lines_raw, list) or not all(isinstance(x, str) for x in lines_raw):
+        raise ConfigError("env.fw_env_config must be a list of strings")
+    env = EnvConfig(
+        fw_env_config=tuple(lines_raw),
+        uboot_file=_rel_path(_str(raw, "uboot_file", "env.", "uboot.env"), "env.uboot_file"),
+        uboot_size=_int(raw, "uboot_size", "env.", 0x4000),
+        grubenv=_str(raw, "grubenv", "env.", ""),
+        grub_file=_rel_path(_str(raw, "grub_file", "env.", "EFI/BOOT/grubenv"), "env.grub_file"),
+    )
+    if bootloader == "u-boot":
+        if not 1 <= len(env.fw_env_config) <= 2:
+            raise ConfigError("env.fw_env_config needs one line (single env) or two (redundant)")
+        locations = parse_fw_env_config(env.fw_env_config)
+        for loc in locations:
+            if loc.size != env.uboot_size:
+                raise ConfigError(
+                    f"env.fw_env_config size {loc.size:#x} differs from env.uboot_size "
+                    f"{env.uboot_size:#x}"
+                )
+    elif not env.grubenv:
+        raise ConfigError("missing key env.grubenv (path of the GRUB environment block)")
+    return env
+
+
+def _parse_slots(raw: Mapping[str, Any]) -> tuple[SlotConfig, ...]:
+    if len(raw) < 2:
+        raise ConfigError("slots needs at least two tables, e.g. [slots.A] and [slots.B]")
+    slots = []
+    for name, table in raw.items():
+        where = f"slots.{name}."
+        if not _SLOT_NAME_RE.match(name):
+            raise ConfigError(f"slot name {name!r} must be letters and digits only")
+        if not isinstance(table, dict):
+            raise ConfigError(f"slots.{name} must be a table")
+        _check_keys(table, _SLOT_KEYS, where)
+        device = _str(table, "device", where)
+        slots.append(
+            SlotConfig(
+                name=name,
+                device=device,
+                root=_script_safe(_str(table, "root", where, device), f"{where}root"),
+                slot_class=_str(table, "class", where, "rootfs"),
+            )
+        )
+    return tuple(slots)
+
+
+def _parse_boot(raw: Mapping[str, Any], bootloader: Bootloader) -> BootConfig:
+    _check_keys(raw, _BOOT_KEYS, "boot.")
+    default_script = "boot.scr" if bootloader == "u-boot" else "EFI/BOOT/grub.cfg"
+    return BootConfig(
+        device=_str(raw, "device", "boot."),
+        mount=_str(raw, "mount", "boot.", "/boot"),
+        kernel=_rel_path(_str(raw, "kernel", "boot.", "vmlinuz"), "boot.kernel"),
+        initrd=_rel_path(_str(raw, "initrd", "boot.", "initrd.img"), "boot.initrd"),
+        uboot_device=_script_safe(
+            _str(raw, "uboot_device", "boot.", "virtio 0:1"), "boot.uboot_device"
+        ),
+        uboot_fdt=_script_safe(
+            _str(raw, "uboot_fdt", "boot.", "${fdtcontroladdr}"), "boot.uboot_fdt"
+        ),
+        uboot_env_addr=_script_safe(
+            _str(raw, "uboot_env_addr", "boot.", "${kernel_addr_r}"), "boot.uboot_env_addr"
+        ),
+        script=_rel_path(_str(raw, "script", "boot.", default_script), "boot.script"),
+    )
+
+
+def parse_board(data: Mapping[str, Any]) -> BoardConfig:
+    """Validate a decoded board config table.
+
+    Args:
+        data: The TOML document as a dict.
+
+    Returns:
+        The board config.
+
+    Raises:
+        ConfigError: A key is unknown, missing, of the wrong type or out of range.
+    """
+    _check_keys(data, _TOP_KEYS, "")
+    name = _str(data, "name", "")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"name {name!r} must be letters, digits, '-' and '_'")
+    architecture = _str(data, "architecture", "")
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"architecture {architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+    bootloader_raw = _str(data, "bootloader", "")
+    if bootloader_raw == "u-boot":
+        bootloader: Bootloader = "u-boot"
+    elif bootloader_raw == "grub":
+        bootloader = "grub"
+    else:
+        raise ConfigError(f"bootloader {bootloader_raw!r} must be 'u-boot' or 'grub'")
+    tries = _int(data, "tries", "", 3)
+    if not 1 <= tries <= MAX_TRIES:
+        raise ConfigError(f"tries {tries} must be between 1 and {MAX_TRIES}")
+    return BoardConfig(
+        name=name,
+        compatible=_str(data, "compatible", "", name),
+        architecture=architecture,
+        bootloader=bootloader,
+        tries=tries,
+        kernel_args=_script_safe(_str(data, "kernel_args", "", ""), "kernel_args"),
+        env=_parse_env(_table(data, "env", ""), bootloader),
+        slots=_parse_slots(_table(data, "slots", "")),
+        boot=_parse_boot(_table(data, "boot", ""), bootloader),
+    )
+
+
+def load_board(path: str | Path) -> BoardConfig:
+    """Read and validate a board config file.
+
+    Args:
+        path: Path of the TOML file.
+
+    Returns:
+        The board config.
+
+    Raises:
+        ConfigError: The file cannot be read, is not TOML, or is not a valid board config.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read board config {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"board config {path} is not valid TOML: {e}") from e
+    try:
+        return parse_board(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
