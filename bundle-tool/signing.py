@@ -1,0 +1,698 @@
+"""Bundle signatures: signing on the host, trust decisions on the device.
+
+Pure functions over bytes and parsed certificates; the caller reads and writes files.
+
+A signature entry carries the signer's certificate, optional intermediate CA certificates
+and the signature. The signature does not cover the payload alone: it covers
+
+    message = SIGNATURE_CONTEXT || SHA-256(certificate DER) || SHA-256(chain) || payload
+
+where SHA-256(chain) is the digest of the concatenation, for each intermediate in order, of
+its length as a 4-byte big-endian number and its DER bytes. Binding the certificates into
+the signed message means that every byte of an entry is covered by its own signature, so a
+changed certificate is caught even when it still parses and still holds the same key. The
+context string keeps a bundle signature from being valid for anything else the same key
+signs. Ed25519 signs the message itself (deterministic, RFC 8032); ECDSA P-256 signs its
+SHA-256 digest, with the signature DER-encoded (r, s) as X.509 and OpenSSL write it.
+
+Trust: a signer counts if its certificate chains, through the bundle's intermediates, to a
+CA certificate of the device's keyring at the given time, is valid at that time, and is made
+for code signing (key usage digitalSignature, extended key usage codeSigning). Each distinct
+public key counts once toward the threshold.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bundle_tool.errors import BundleError, TrustError, UsageError
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    Policy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+SIGNATURE_CONTEXT = b"abupdate-bundle-signature-v1\x00"
+MAX_SIGNATURES = 16
+MAX_CERTIFICATE_SIZE = 16 * 1024
+MAX_CHAIN_LENGTH = 4
+# Ed25519 signatures are 64 bytes, DER-encoded ECDSA P-256 signatures at most 72.
+MAX_SIGNATURE_SIZE = 128
+
+_SUPPORTED = "only Ed25519 and ECDSA P-256 are supported"
+_CERT_SIGNATURE_ALGORITHMS = (
+    SignatureAlgorithmOID.ED25519,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+)
+# Extensions whose meaning we enforce or that carry no constraint. A certificate marking
+# any other extension critical is refused, as RFC 5280 section 4.2 requires.
+_UNDERSTOOD_EXTENSIONS = (
+    ExtensionOID.BASIC_CONSTRAINTS,
+    ExtensionOID.KEY_USAGE,
+    ExtensionOID.EXTENDED_KEY_USAGE,
+    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+)
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class SignatureEntry:
+    """One signature as it travels in the bundle.
+
+    Attributes:
+        certificate: The signer's certificate, DER.
+        chain: Intermediate CA certificates, DER, from the signer's issuer upwards (may be
+            empty).
+        signature: The signature over `signed_message` of the payload and certificates.
+    """
+
+    certificate: bytes
+    chain: tuple[bytes, ...]
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A private key with its certificate and intermediates, on the host that signs.
+
+    Attributes:
+        key: An Ed25519 or ECDSA P-256 private key.
+        certificate: The certificate for ``key``.
+        chain: Intermediate CA certificates, from the certificate's issuer upwards.
+    """
+
+    key: PrivateKey
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()
+
+
+@dataclass(frozen=True)
+class VerifiedSigner:
+    """A signer whose signature verified and whose certificate is trusted.
+
+    Attributes:
+        subject: The certificate subject, RFC 4514.
+        fingerprint_sha256: Hex SHA-256 of the certificate DER.
+        key_id: Hex SHA-256 of the certificate's SubjectPublicKeyInfo DER.
+    """
+
+    subject: str
+    fingerprint_sha256: str
+    key_id: str
+
+
+def signed_message(payload: bytes, certificate: bytes, chain: Sequence[bytes]) -> bytes:
+    """Return the exact bytes a signature entry's signature covers.
+
+    Args:
+        payload: The signed bundle bytes (the raw manifest).
+        certificate: The signer's certificate, DER.
+        chain: The intermediate certificates, DER, in the order the entry carries them.
+
+    Returns:
+        ``SIGNATURE_CONTEXT || SHA-256(certificate) || SHA-256(chain) || payload``.
+    """
+    chain_digest = hashlib.sha256()
+    for der in chain:
+        chain_digest.update(len(der).to_bytes(4, "big"))
+        chain_digest.update(der)
+    return (
+        SIGNATURE_CONTEXT + hashlib.sha256(certificate).digest() + chain_digest.digest() + payload
+    )
+
+
+# --- algorithms -------------------------------------------------------------------------
+
+
+def _describe_key(cert: x509.Certificate) -> str:
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return _oid_name(cert.public_key_algorithm_oid)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ECDSA P-256" if isinstance(key.curve, ec.SECP256R1) else f"ECDSA {key.curve.name}"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    return type(key).__name__.removeprefix("_").removesuffix("PublicKey") or "unknown"
+
+
+def _oid_name(oid: x509.ObjectIdentifier) -> str:
+    name = oid._name
+    return oid.dotted_string if name == "Unknown OID" else name
+
+
+def _is_supported_key(key: CertificatePublicKeyTypes) -> bool:
+    return isinstance(key, ed25519.Ed25519PublicKey) or (
+        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    )
+
+
+def _supported_public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes | None:
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return None
+    return key if _is_supported_key(key) else None
+
+
+def _algorithm_problem(cert: x509.Certificate, *, check_signature: bool = True) -> str | None:
+    """Say why a certificate's key or signature algorithm is not accepted, if it is not."""
+    if _supported_public_key(cert) is None:
+        return f"{_label(cert)} has a {_describe_key(cert)} key; {_SUPPORTED}"
+    if check_signature and cert.signature_algorithm_oid not in _CERT_SIGNATURE_ALGORITHMS:
+        name = _oid_name(cert.signature_algorithm_oid)
+        return f"{_label(cert)} is signed with {name}; {_SUPPORTED}"
+    return None
+
+
+def _label(cert: x509.Certificate) -> str:
+    return f"certificate '{cert.subject.rfc4514_string()}'"
+
+
+def _check_signer_key(key: object) -> PrivateKey:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if isinstance(key.curve, ec.SECP256R1):
+            return key
+        raise UsageError(f"the signing key is ECDSA {key.curve.name}; {_SUPPORTED}")
+    raise UsageError(f"the signing key is {type(key).__name__}; {_SUPPORTED}")
+
+
+def _spki(key: CertificatePublicKeyTypes | ed25519.Ed25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+# --- host side --------------------------------------------------------------------------
+
+
+def load_signer(
+    key_pem: bytes,
+    cert_pem: bytes,
+    chain_pem: bytes | None = None,
+    password: bytes | None = None,
+) -> Signer:
+    """Load a signing key, its certificate and optional intermediates from PEM.
+
+    Args:
+        key_pem: The private key, PEM (PKCS#8 or traditional), Ed25519 or ECDSA P-256.
+        cert_pem: Exactly one certificate, for that key.
+        chain_pem: Intermediate CA certificates, from the certificate's issuer upwards.
+        password: The key's password, if it is encrypted.
+
+    Returns:
+        The signer.
+
+    Raises:
+        UsageError: A file cannot be read as what it should hold, the key type is not
+            supported, the certificate is for another key, or it is not for code signing.
+    """
+    try:
+        loaded = serialization.load_pem_private_key(key_pem, password)
+    except TypeError as exc:
+        hint = "it is encrypted; give its password" if password is None else "it is not encrypted"
+        raise UsageError(f"cannot load the signing key: {hint}") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise UsageError(
+            "cannot load the signing key: not a PEM private key, or the password is wrong"
+        ) from exc
+    key = _check_signer_key(loaded)
+    certs = _load_pem_certificates(cert_pem, "the signing certificate")
+    if len(certs) != 1:
+        raise UsageError(
+            f"the certificate file holds {len(certs)} certificates; give exactly one and pass "
+            "intermediates as the chain"
+        )
+    chain = _load_pem_certificates(chain_pem, "the certificate chain") if chain_pem else ()
+    signer = Signer(key=key, certificate=certs[0], chain=chain)
+    _check_signer(signer)
+    reason = _purpose_problem(signer.certificate)
+    if reason is not None:
+        raise UsageError(f"the signing certificate cannot sign bundles: {reason}")
+    return signer
+
+
+def _load_pem_certificates(pem: bytes, what: str) -> tuple[x509.Certificate, ...]:
+    try:
+        return tuple(x509.load_pem_x509_certificates(pem))
+    except ValueError as exc:
+        raise UsageError(f"cannot load {what}: not PEM certificates") from exc
+
+
+def _check_signer(signer: Signer) -> None:
+    _check_signer_key(signer.key)
+    if _spki(signer.key.public_key()) != _spki(signer.certificate.public_key()):
+        raise UsageError(
+            "the signing certificate does not belong to the signing key (their public keys differ)"
+        )
+    if len(signer.chain) > MAX_CHAIN_LENGTH:
+        raise UsageError(
+            f"the chain holds {len(signer.chain)} certificates; at most {MAX_CHAIN_LENGTH} fit"
+        )
+    for cert in (signer.certificate, *signer.chain):
+        size = len(cert.public_bytes(serialization.Encoding.DER))
+        if size > MAX_CERTIFICATE_SIZE:
+            raise UsageError(f"{_label(cert)} is {size} bytes; at most {MAX_CERTIFICATE_SIZE} fit")
+
+
+def sign(payload: bytes, signer: Signer) -> SignatureEntry:
+    """Sign payload bytes.
+
+    Ed25519 signatures are deterministic: the same payload and signer give the same bytes.
+
+    Args:
+        payload: The bytes to sign (the raw manifest).
+        signer: The key, certificate and intermediates.
+
+    Returns:
+        The signature entry to store in the bundle.
+
+    Raises:
+        UsageError: The signer's key type is not supported, the certificate is not for the
+            key, or the chain is too long.
+    """
+    _check_signer(signer)
+    der = signer.certificate.public_bytes(serialization.Encoding.DER)
+    chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in signer.chain)
+    message = signed_message(payload, der, chain)
+    if isinstance(signer.key, ed25519.Ed25519PrivateKey):
+        signature = signer.key.sign(message)
+    else:
+        signature = signer.key.sign(message, ec.ECDSA(hashes.SHA256()))
+    return SignatureEntry(certificate=der, chain=chain, signature=signature)
+
+
+# --- device side ------------------------------------------------------------------------
+
+
+def load_keyring(pem: bytes) -> tuple[x509.Certificate, ...]:
+    """Load the trust anchors: one or more CA certificates, PEM.
+
+    Args:
+        pem: The keyring file's contents.
+
+    Returns:
+        The CA certificates.
+
+    Raises:
+        TrustError: The keyring holds no certificate, cannot be parsed, or holds a
+            certificate that is not an Ed25519 or ECDSA P-256 CA.
+    """
+    try:
+        certs = tuple(x509.load_pem_x509_certificates(pem))
+    except ValueError as exc:
+        raise TrustError("the keyring is not a file of PEM CA certificates") from exc
+    if not certs:
+        raise TrustError("the keyring holds no certificate")
+    for number, cert in enumerate(certs, start=1):
+        try:
+            problem = _algorithm_problem(cert, check_signature=False) or _ca_problem(cert)
+        except ValueError as exc:
+            raise TrustError(f"keyring certificate {number} has malformed extensions") from exc
+        if problem is not None:
+            raise TrustError(f"keyring certificate {number}: {problem}")
+    return certs
+
+
+@dataclass(frozen=True)
+class _Entry:
+    number: int
+    leaf: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    key_id: str
+    fingerprint: str
+
+
+def verify_signatures(
+    payload: bytes,
+    entries: Sequence[SignatureEntry],
+    keyring: Sequence[x509.Certificate],
+    *,
+    at: datetime.datetime,
+    threshold: int = 1,
+) -> tuple[VerifiedSigner, ...]:
+    """Check a bundle's signatures and decide whether enough trusted signers signed it.
+
+    Every entry must be well formed and its signature must verify; one that does not
+    refuses the bundle. Of those, an entry counts if its certificate chains to the keyring
+    at ``at`` and is made for code signing; each distinct public key counts once.
+
+    Args:
+        payload: The signed bytes (the raw manifest).
+        entries: The signature entries of the bundle.
+        keyring: The trust anchors, as `load_keyring` returns them.
+        at: The time at which certificates must be valid (timezone-aware).
+        threshold: How many distinct trusted keys must have signed, at least 1.
+
+    Returns:
+        The trusted signers, one per distinct key, in entry order.
+
+    Raises:
+        UsageError: ``threshold`` is below 1 or ``at`` has no time zone.
+        BundleError: An entry is oversized or its certificates are not parseable DER.
+        TrustError: A signature does not verify, uses an unsupported algorithm, or fewer
+            distinct trusted keys than ``threshold`` signed; the message says why each
+            entry that did not count was not trusted.
+    """
+    if threshold < 1:
+        raise UsageError(f"the signature threshold must be at least 1, not {threshold}")
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise UsageError("the verification time must carry a time zone")
+    at = at.astimezone(datetime.UTC)
+    if not keyring:
+        raise TrustError("the keyring holds no certificate")
+    if not entries:
+        raise TrustError("the bundle carries no signature")
+    if len(entries) > MAX_SIGNATURES:
+        raise BundleError(
+            f"the bundle carries {len(entries)} signatures; at most {MAX_SIGNATURES} are allowed"
+        )
+    parsed = [_check_entry(payload, entry, number) for number, entry in enumerate(entries, 1)]
+
+    trusted: dict[str, _Entry] = {}
+    reasons: list[str] = []
+    for entry in parsed:
+        first = trusted.get(entry.key_id)
+        if first is not None:
+            reasons.append(
+                f"signature {entry.number}: same key as signature {first.number}, counted once"
+            )
+            continue
+        problem = _trust_problem(entry.leaf, entry.chain, keyring, at)
+        if problem is None:
+            trusted[entry.key_id] = entry
+        else:
+            reasons.append(f"signature {entry.number}: {problem}")
+    if len(trusted) < threshold:
+        raise TrustError(
+            f"{len(trusted)} of {threshold} required signatures trusted; " + "; ".join(reasons)
+        )
+    return tuple(
+        VerifiedSigner(
+            subject=e.leaf.subject.rfc4514_string(),
+            fingerprint_sha256=e.fingerprint,
+            key_id=e.key_id,
+        )
+        for e in trusted.values()
+    )
+
+
+def _parse_der(der: bytes, number: int, what: str) -> x509.Certificate:
+    if len(der) > MAX_CERTIFICATE_SIZE:
+        raise BundleError(
+            f"signature {number}: {what} is {len(der)} bytes; at most {MAX_CERTIFICATE_SIZE} "
+            "are allowed"
+        )
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        # Parse the extensions now, so that malformed ones fail here and not later.
+        _ = cert.extensions
+    except ValueError as exc:
+        raise BundleError(f"signature {number}: {what} is not a valid DER certificate") from exc
+    return cert
+
+
+def _check_entry(payload: bytes, entry: SignatureEntry, number: int) -> _Entry:
+    """Parse an entry and check its signature; any failure refuses the whole bundle."""
+    if len(entry.chain) > MAX_CHAIN_LENGTH:
+        raise BundleError(
+            f"signature {number} carries {len(entry.chain)} intermediate certificates; "
+            f"at most {MAX_CHAIN_LENGTH} are allowed"
+        )
+    if len(entry.signature) > MAX_SIGNATURE_SIZE:
+        raise BundleError(
+            f"signature {number} is {len(entry.signature)} bytes; at most {MAX_SIGNATURE_SIZE} "
+            "are allowed"
+        )
+    leaf = _parse_der(entry.certificate, number, "the certificate")
+    chain = tuple(
+        _parse_der(der, number, f"intermediate certificate {i}")
+        for i, der in enumerate(entry.chain, start=1)
+    )
+    key = _supported_public_key(leaf)
+    if key is None:
+        raise TrustError(
+            f"signature {number}: the signer has a {_describe_key(leaf)} key; {_SUPPORTED}"
+        )
+    message = signed_message(payload, entry.certificate, entry.chain)
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(entry.signature, message)
+        else:
+            assert isinstance(key, ec.EllipticCurvePublicKey)  # narrowed by _supported_public_key
+            key.verify(entry.signature, message, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise TrustError(f"signature {number} does not match the bundle") from exc
+    return _Entry(
+        number=number,
+        leaf=leaf,
+        chain=chain,
+        key_id=hashlib.sha256(_spki(key)).hexdigest(),
+        fingerprint=hashlib.sha256(entry.certificate).hexdigest(),
+    )
+
+
+# --- trust ------------------------------------------------------------------------------
+
+
+def _when(moment: datetime.datetime) -> str:
+    if moment.time() == datetime.time(0, 0):
+        return f"{moment:%Y-%m-%d}"
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _validity_problem(cert: x509.Certificate, at: datetime.datetime, what: str) -> str | None:
+    if at < cert.not_valid_before_utc:
+        return f"{what} not valid before {_when(cert.not_valid_before_utc)}"
+    if at > cert.not_valid_after_utc:
+        return f"{what} expired on {_when(cert.not_valid_after_utc)}"
+    return None
+
+
+def _purpose_problem(cert: x509.Certificate) -> str | None:
+    """Say why a certificate may not sign bundles (wrong purpose), if it may not."""
+    exts = cert.extensions
+    try:
+        if exts.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "certificate is a CA certificate; sign with a code-signing certificate it issued"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usage = exts.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return "certificate has no key usage; digitalSignature is required"
+    if not usage.digital_signature:
+        return "certificate is not for signing (key usage lacks digitalSignature)"
+    try:
+        purposes = exts.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "certificate has no extended key usage; codeSigning is required"
+    if ExtendedKeyUsageOID.CODE_SIGNING not in purposes:
+        return "certificate is not for code signing (extended key usage lacks codeSigning)"
+    return None
+
+
+def _ca_problem(cert: x509.Certificate) -> str | None:
+    """Say why a certificate may not issue certificates, if it may not."""
+    exts = cert.extensions
+    try:
+        if not exts.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return f"{_label(cert)} is not a CA (basicConstraints CA is false)"
+    except x509.ExtensionNotFound:
+        return f"{_label(cert)} is not a CA (no basicConstraints)"
+    try:
+        if not exts.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
+            return f"{_label(cert)} may not sign certificates (key usage lacks keyCertSign)"
+    except x509.ExtensionNotFound:
+        pass
+    return None
+
+
+def _critical_problem(cert: x509.Certificate) -> str | None:
+    for ext in cert.extensions:
+        if ext.critical and ext.oid not in _UNDERSTOOD_EXTENSIONS:
+            return f"{_label(cert)} has an unsupported critical extension {_oid_name(ext.oid)}"
+    return None
+
+
+def _trust_problem(
+    leaf: x509.Certificate,
+    chain: tuple[x509.Certificate, ...],
+    keyring: Sequence[x509.Certificate],
+    at: datetime.datetime,
+) -> str | None:
+    """Say why a signer's certificate is not trusted at ``at``, or None if it is.
+
+    Two checks must both accept: a path search written here, which handles every
+    algorithm we support and gives a reason a user can act on, and, when it can serve,
+    cryptography's own X.509 path validation.
+    """
+    problem = (
+        _validity_problem(leaf, at, "certificate")
+        or _purpose_problem(leaf)
+        or _algorithm_problem(leaf)
+        or _critical_problem(leaf)
+    )
+    if problem is not None:
+        return problem
+    path = _build_path(leaf, chain, keyring, at)
+    if isinstance(path, str):
+        return path
+    if _library_can_serve(path):
+        return _library_problem(leaf, chain, keyring, at)
+    return None
+
+
+def _build_path(
+    leaf: x509.Certificate,
+    chain: tuple[x509.Certificate, ...],
+    keyring: Sequence[x509.Certificate],
+    at: datetime.datetime,
+) -> list[x509.Certificate] | str:
+    """Find a path leaf -> intermediates -> keyring CA, checking each link (RFC 5280 subset).
+
+    Written by hand because cryptography's path validation (x509.verification, as of
+    version 50) admits only the Web PKI key algorithms and refuses Ed25519 keys anywhere in
+    the path. Each link checks: the issuer's name matches, the issuer is a CA allowed to
+    sign certificates, its key and the link's signature algorithm are supported, the
+    signature verifies, the issuer is valid at ``at``, its path length constraint holds and
+    it marks no extension critical that we do not process. The keyring CAs are trusted as
+    they are, but must themselves be valid at ``at``.
+    """
+    anchors = list(keyring)
+    problems: list[str] = []
+
+    def candidates(cert: x509.Certificate) -> list[tuple[x509.Certificate, bool]]:
+        found = [(c, True) for c in anchors if c.subject == cert.issuer]
+        found += [(c, False) for c in chain if c.subject == cert.issuer and c not in anchors]
+        return found
+
+    def link_problem(child: x509.Certificate, issuer: x509.Certificate, below: int) -> str | None:
+        problem = (
+            _ca_problem(issuer)
+            or _algorithm_problem(issuer, check_signature=False)
+            or _algorithm_problem(child)
+        )
+        if problem is not None:
+            return problem
+        try:
+            child.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            return f"{_label(child)} does not verify with the key of {_label(issuer)}"
+        limit = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        if limit is not None and below > limit:
+            return f"{_label(issuer)} allows at most {limit} intermediate CAs below it"
+        return _validity_problem(issuer, at, _label(issuer)) or _critical_problem(issuer)
+
+    def walk(path: list[x509.Certificate]) -> list[x509.Certificate] | None:
+        child = path[-1]
+        below = len(path) - 1  # intermediates already between the leaf and the next issuer
+        for issuer, is_anchor in candidates(child):
+            if issuer in path:
+                continue
+            problem = link_problem(child, issuer, below)
+            if problem is not None:
+                problems.append(problem)
+                continue
+            if is_anchor:
+                return [*path, issuer]
+            if below < MAX_CHAIN_LENGTH:
+                found = walk([*path, issuer])
+                if found is not None:
+                    return found
+        return None
+
+    path = walk([leaf])
+    if path is not None:
+        return path
+    if problems:
+        return problems[0]
+    return (
+        f"certificate issued by '{leaf.issuer.rfc4514_string()}', which is not a keyring CA "
+        "nor reached through the bundle's intermediates"
+    )
+
+
+def _library_can_serve(path: list[x509.Certificate]) -> bool:
+    return all(isinstance(c.public_key(), ec.EllipticCurvePublicKey) for c in path)
+
+
+def _require_ca(_policy: Policy, _cert: x509.Certificate, value: x509.BasicConstraints) -> None:
+    if not value.ca:
+        raise ValueError("basicConstraints CA is false")
+
+
+def _require_key_cert_sign(
+    _policy: Policy, _cert: x509.Certificate, value: x509.KeyUsage | None
+) -> None:
+    if value is not None and not value.key_cert_sign:
+        raise ValueError("key usage lacks keyCertSign")
+
+
+def _require_digital_signature(
+    _policy: Policy, _cert: x509.Certificate, value: x509.KeyUsage
+) -> None:
+    if not value.digital_signature:
+        raise ValueError("key usage lacks digitalSignature")
+
+
+def _require_code_signing(
+    _policy: Policy, _cert: x509.Certificate, value: x509.ExtendedKeyUsage
+) -> None:
+    if ExtendedKeyUsageOID.CODE_SIGNING not in value:
+        raise ValueError("extended key usage lacks codeSigning")
+
+
+def _library_problem(
+    leaf: x509.Certificate,
+    chain: tuple[x509.Certificate, ...],
+    keyring: Sequence[x509.Certificate],
+    at: datetime.datetime,
+) -> str | None:
+    """Ask cryptography's path validation (ECDSA-only paths) and return its objection."""
+    # The Web PKI default policies demand serverAuth/clientAuth purposes and names; ours
+    # demand a CA flag on issuers and digitalSignature + codeSigning on the signer.
+    ca_policy = (
+        ExtensionPolicy.permit_all()
+        .require_present(x509.BasicConstraints, Criticality.AGNOSTIC, _require_ca)
+        .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _require_key_cert_sign)
+    )
+    ee_policy = (
+        ExtensionPolicy.permit_all()
+        .require_present(x509.KeyUsage, Criticality.AGNOSTIC, _require_digital_signature)
+        .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _require_code_signing)
+    )
+    anchors = [c for c in keyring if isinstance(c.public_key(), ec.EllipticCurvePublicKey)]
+    verifier = (
+        PolicyBuilder()
+        .store(Store(anchors))
+        .time(at)
+        .max_chain_depth(MAX_CHAIN_LENGTH)
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+        .build_client_verifier()
+    )
+    try:
+        verifier.verify(leaf, list(chain))
+    except VerificationError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"X.509 path validation failed: {detail}"
+    return None
