@@ -1,0 +1,178 @@
+"""Boot scripts generated from a board config: U-Boot `boot.cmd` and GRUB `grub.cfg`.
+
+Both implement the selection of docs/boot-protocol.md (and `bootctl.state.select_boot`): walk
+`BOOT_ORDER`, take the first slot with tries left and a non-empty `BOOT_<slot>_VERITY`,
+decrement its counter, save the environment, boot it; if none qualifies, reset every counter
+to the board's `tries`, save, and reset the board.
+
+The template text lives in `bootctl/templates/`; placeholders are `@name` / `@{name}`
+(`$` belongs to U-Boot and GRUB).
+"""
+
+from __future__ import annotations
+
+import shutil
+import string
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from bootctl.board import MAX_TRIES, BoardConfig
+from bootctl.errors import ConfigError, StorageError
+
+__all__ = [
+    "compile_uboot_script",
+    "render_boot_script",
+    "render_grub_cfg",
+    "render_uboot_script",
+    "slot_vars",
+]
+
+
+class _Template(string.Template):
+    delimiter = "@"
+
+
+def _template(name: str) -> _Template:
+    text = resources.files("bootctl").joinpath("templates", name).read_text(encoding="utf-8")
+    return _Template(text)
+
+
+def slot_vars(board: BoardConfig) -> list[str]:
+    """The environment variables the boot scripts load and save, in a fixed order."""
+    names = ["BOOT_ORDER"]
+    names += [f"BOOT_{s}_LEFT" for s in board.slot_names]
+    names += [f"BOOT_{s}_VERITY" for s in board.slot_names]
+    return names
+
+
+def _indent(lines: list[str], depth: int) -> str:
+    return "\n".join("  " * depth + line for line in lines)
+
+
+def _check_uboot(board: BoardConfig) -> None:
+    if board.bootloader != "u-boot":
+        raise ConfigError(f"board {board.name} uses {board.bootloader}, not U-Boot")
+
+
+def render_uboot_script(board: BoardConfig) -> str:
+    """Render the U-Boot `boot.cmd` source for a board.
+
+    Args:
+        board: A board config with `bootloader = "u-boot"`.
+
+    Returns:
+        The script text (compile it with `compile_uboot_script` or `mkimage -T script`).
+
+    Raises:
+        ConfigError: The board does not use U-Boot.
+    """
+    _check_uboot(board)
+    slot_tpl = _template("boot.cmd.slot.in")
+    blocks = [slot_tpl.substitute(slot=s.name, root=s.root).rstrip("\n") for s in board.slots]
+    variables = slot_vars(board)
+    order = " ".join(board.slot_names)
+    defaults = [f'setenv BOOT_ORDER "{order}"']
+    defaults += [f"setenv BOOT_{s}_LEFT {board.tries}" for s in board.slot_names]
+    return _template("boot.cmd.in").substitute(
+        board=board.name,
+        uboot_device=board.boot.uboot_device,
+        env_addr=board.boot.uboot_env_addr,
+        env_file=board.env.uboot_file,
+        env_size=f"{board.env.uboot_size:#x}",
+        vars=" ".join(variables),
+        clear_vars="\n".join(f"setenv {v}" for v in variables),
+        default_vars=_indent(defaults, 1),
+        default_order=order,
+        slot_blocks="\n".join(blocks),
+        tries=board.tries,
+        reset_vars=_indent([f"setenv BOOT_{s}_LEFT {board.tries}" for s in board.slot_names], 1),
+        kernel_args=board.kernel_args,
+        kernel=board.boot.kernel,
+        initrd=board.boot.initrd,
+        fdt=board.boot.uboot_fdt,
+    )
+
+
+def _grub_decrement(slot: str, tries_max: int) -> str:
+    lines: list[str] = []
+    for n in range(tries_max, 0, -1):
+        keyword = "if" if n == tries_max else "elif"
+        lines += [
+            f'{keyword} [ "${{BOOT_{slot}_LEFT}}" = "{n}" ]; then',
+            f"  set BOOT_{slot}_LEFT={n - 1}",
+            f"  set ab_slot={slot}",
+        ]
+    lines.append("fi")
+    return _indent(lines, 4)
+
+
+def render_grub_cfg(board: BoardConfig) -> str:
+    """Render the GRUB `grub.cfg` for a board.
+
+    Counters are matched as the decimal strings "1".."9" (GRUB has no arithmetic).
+
+    Args:
+        board: A board config with `bootloader = "grub"`.
+
+    Returns:
+        The configuration text.
+
+    Raises:
+        ConfigError: The board does not use GRUB.
+    """
+    if board.bootloader != "grub":
+        raise ConfigError(f"board {board.name} uses {board.bootloader}, not GRUB")
+    slot_tpl = _template("grub.cfg.slot.in")
+    blocks = [
+        slot_tpl.substitute(
+            slot=s.name, root=s.root, decrement=_grub_decrement(s.name, MAX_TRIES)
+        ).rstrip("\n")
+        for s in board.slots
+    ]
+    variables = slot_vars(board)
+    return _template("grub.cfg.in").substitute(
+        board=board.name,
+        env_file="/" + board.env.grub_file,
+        vars=" ".join(variables),
+        save_vars=" ".join(["BOOT_ORDER"] + [f"BOOT_{s}_LEFT" for s in board.slot_names]),
+        clear_vars="\n".join(f"unset {v}" for v in variables),
+        default_order=" ".join(board.slot_names),
+        slot_blocks="\n".join(blocks),
+        tries=board.tries,
+        reset_vars=_indent([f"set BOOT_{s}_LEFT={board.tries}" for s in board.slot_names], 1),
+        kernel_args=board.kernel_args,
+        kernel=board.boot.kernel,
+        initrd=board.boot.initrd,
+    )
+
+
+def render_boot_script(board: BoardConfig) -> str:
+    """Render the boot script of the board's bootloader (`boot.cmd` or `grub.cfg`)."""
+    if board.bootloader == "u-boot":
+        return render_uboot_script(board)
+    return render_grub_cfg(board)
+
+
+def compile_uboot_script(source: Path, output: Path, architecture: str = "arm64") -> None:
+    """Compile a `boot.cmd` into a `boot.scr` legacy image with `mkimage`.
+
+    Args:
+        source: The script source.
+        output: The image to write.
+        architecture: Debian architecture of the board (`mkimage -A` takes the same names,
+            except `armhf` which is `arm`).
+
+    Raises:
+        StorageError: `mkimage` is missing or fails.
+    """
+    mkimage = shutil.which("mkimage")
+    if mkimage is None:
+        raise StorageError("mkimage not found; install u-boot-tools")
+    arch = {"armhf": "arm", "amd64": "x86_64"}.get(architecture, architecture)
+    cmd = [mkimage, "-A", arch, "-O", "linux", "-T", "script", "-C", "none"]
+    cmd += ["-n", "abupdate boot script", "-d", str(source), str(output)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise StorageError(f"mkimage failed: {detail[-1] if detail else result.returncode}")
