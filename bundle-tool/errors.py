@@ -20,5 +20,13 @@ class TrustError(BundleToolError):
     """A signature or certificate does not establish trust in the bundle."""
 
 
+class PolicyError(BundleToolError):
+    """A valid, trusted bundle that this device must not install.
+
+    Wrong `compatible`, a security version below the anti-rollback floor, or an
+    expired bundle.
+    """
+
+
 class BundleIOError(BundleToolError):
     """Reading or writing a file failed."""

@@ -1,9 +1,19 @@
 """The updater's exceptions, split by who is at fault.
 
-Errors about the bundle itself (corrupt, untrusted) come from `bundle_tool.errors`
-and are reused as they are; the command-line front end maps both hierarchies to
+Errors about the bundle itself (corrupt, untrusted, refused by policy) come from
+`bundle_tool.errors` and are reused as they are; the command-line front end maps both hierarchies to
 exit statuses.
 """
+
+from bundle_tool.errors import PolicyError
+
+__all__ = [
+    "DeviceError",
+    "PolicyError",
+    "TransportError",
+    "UpdaterError",
+    "UsageError",
+]
 
 
 class UpdaterError(Exception):
@@ -12,14 +22,6 @@ class UpdaterError(Exception):
 
 class UsageError(UpdaterError):
     """Bad arguments or a bad device configuration file."""
-
-
-class PolicyError(UpdaterError):
-    """A valid, trusted bundle that this device must not install.
-
-    Wrong `compatible`, a security version below the anti-rollback floor, or an
-    expired bundle.
-    """
 
 
 class TransportError(UpdaterError):

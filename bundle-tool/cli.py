@@ -1,0 +1,396 @@
+"""`bundle-tool`: build, inspect and verify signed update bundles.
+
+The only place that prints and that turns exceptions into exit statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from cryptography import x509
+from tqdm import tqdm
+
+from bootctl.board import load_board
+from bootctl.errors import BootctlError
+from updater.filesource import FileSource
+
+from . import container, keygen, policy, reader, signing, verity
+from .errors import BundleError, BundleIOError, BundleToolError, PolicyError, TrustError, UsageError
+from .manifest import Manifest
+from .writer import CreateOptions, create_bundle
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_BAD_BUNDLE = 3
+EXIT_TRUST = 4
+EXIT_POLICY = 5
+EXIT_IO = 6
+EXIT_CODES = (
+    (UsageError, EXIT_USAGE),
+    (BundleError, EXIT_BAD_BUNDLE),
+    (TrustError, EXIT_TRUST),
+    (PolicyError, EXIT_POLICY),
+    (BundleIOError, EXIT_IO),
+)
+
+EPILOG = """\
+exit status:
+  0  success
+  2  bad usage or unusable input (e.g. image size not a multiple of 4096)
+  3  invalid, corrupt, truncated or overlong bundle
+  4  signature or certificate does not establish trust
+  5  bundle refused by policy (wrong compatible, expired, below --security-floor)
+  6  file could not be read or written
+
+environment:
+  SOURCE_DATE_EPOCH  build time recorded by `create` (reproducible builds)
+"""
+
+
+def _progress_bar(enabled: bool) -> Callable[[str, int, int], None] | None:
+    """A tqdm progress bar on a terminal, nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    bars: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[phase] = tqdm(
+                total=total, desc=phase, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+            )
+        bar.update(done - bar.n)
+
+    return update
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise BundleIOError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def _parse_time(text: str) -> int:
+    """Seconds since the epoch from an integer or an ISO 8601 date/time (UTC if no zone)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise UsageError(f"'{text}' is neither seconds since the epoch nor an ISO 8601 date") from e
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def _build_time() -> int:
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde is None:
+        return int(time.time())
+    if not sde.isdigit():
+        raise UsageError("SOURCE_DATE_EPOCH must be a non-negative integer")
+    return int(sde)
+
+
+def manifest_json(manifest: Manifest) -> dict[str, Any]:
+    """The `info --json` object: the manifest with hex strings for hashes and salts."""
+    out = manifest.to_json()
+    out["payload_size"] = manifest.payload_size
+    return out
+
+
+def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
+    pki = keygen.make_dev_pki(Path(args.output), algorithm=args.algorithm)
+    return {
+        "ca": str(pki.ca_cert),
+        "signer_key": str(pki.signer_key),
+        "signer_cert": str(pki.signer_cert),
+        "warning": "development keys only - not for production",
+    }
+
+
+def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
+    compatible, architecture = args.compatible, args.architecture
+    if args.board_config:
+        try:
+            board = load_board(args.board_config)
+        except BootctlError as e:
+            raise UsageError(f"board config {args.board_config}: {e}") from e
+        if compatible and compatible != board.compatible:
+            raise UsageError(
+                f"--compatible {compatible} contradicts the board config's {board.compatible}"
+            )
+        compatible, architecture = board.compatible, board.architecture
+    if not compatible:
+        raise UsageError("give --compatible or --board-config")
+    if len(args.key) != len(args.cert):
+        raise UsageError("give one --cert for every --key, in the same order")
+    chain = _read(args.chain, "certificate chain") if args.chain else None
+    signers = [
+        signing.load_signer(_read(k, "key"), _read(c, "certificate"), chain)
+        for k, c in zip(args.key, args.cert, strict=True)
+    ]
+    salt = None
+    if args.salt is not None:
+        try:
+            salt = bytes.fromhex(args.salt)
+        except ValueError as e:
+            raise UsageError("--salt must be hexadecimal") from e
+        verity.check_salt(salt)
+    opts = CreateOptions(
+        image=Path(args.image),
+        version=args.version,
+        compatible=compatible,
+        signers=signers,
+        build_time=_build_time(),
+        security_version=args.security_version,
+        salt=salt,
+        slot_class=args.slot_class,
+        architecture=architecture,
+        artifacts=tuple(Path(a) for a in args.artifact),
+        expires=_parse_time(args.expires) if args.expires else None,
+    )
+    if not opts.image.is_file():
+        raise UsageError(f"image {opts.image} is not a file")
+    manifest = create_bundle(opts, Path(args.output), _progress_bar(not args.json))
+    return {"bundle": args.output, **manifest_json(manifest)}
+
+
+def _open_file(path: str) -> Any:
+    try:
+        return FileSource(path)
+    except OSError as e:
+        raise BundleIOError(f"cannot open {path}: {e.strerror}") from e
+
+
+def _describe_entry(entry: signing.SignatureEntry) -> dict[str, Any]:
+    try:
+        subject = x509.load_der_x509_certificate(entry.certificate).subject.rfc4514_string()
+    except ValueError:
+        subject = "(unparseable certificate)"
+    return {"subject": subject, "chain_length": len(entry.chain)}
+
+
+def _cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    with _open_file(args.bundle) as src:
+        first = src.read_exact(0, container.HEADER_SIZE)
+        header = container.parse_header(first)
+        head = first + src.read_exact(
+            container.HEADER_SIZE, header.head_size - container.HEADER_SIZE
+        )
+        manifest, entries = container.inspect_head(head)
+    out = manifest_json(manifest)
+    out["signatures"] = [_describe_entry(e) for e in entries]
+    out["bundle_size"] = header.total_size
+    out["note"] = "signatures not checked; run `bundle-tool verify`"
+    return out
+
+
+def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
+    keyring: list[Any] = []
+    for path in args.keyring:
+        keyring.extend(signing.load_keyring(_read(path, "keyring")))
+    at = datetime.fromtimestamp(_parse_time(args.at), UTC) if args.at else datetime.now(UTC)
+    progress = _progress_bar(not args.json)
+    with _open_file(args.bundle) as src:
+        head = reader.read_head(src, keyring, at=at, threshold=args.threshold)
+        policy.check_policy(
+            head.manifest,
+            compatible=args.compatible,
+            at=at,
+            security_floor=args.security_floor,
+        )
+        reader.check_payload(src, head, progress)
+    return {
+        "valid": True,
+        "signers": [s.subject for s in head.signers],
+        **manifest_json(head.manifest),
+    }
+
+
+def _print_text(command: str, result: dict[str, Any]) -> None:
+    if command == "keygen":
+        print(f"CA (install on devices as keyring): {result['ca']}")
+        print(f"signing key:                       {result['signer_key']}")
+        print(f"signing certificate:               {result['signer_cert']}")
+        print("WARNING: development keys only - not for production")
+        return
+    if command == "create":
+        print(f"created {result['bundle']}")
+    elif command == "verify":
+        print(f"bundle is valid; signed by: {', '.join(result['signers'])}")
+    print(f"version:          {result['version']}")
+    print(f"compatible:       {result['compatible']}")
+    print(f"security version: {result['security_version']}")
+    print(f"build time:       {datetime.fromtimestamp(result['build_time'], UTC).isoformat()}")
+    if "expires" in result:
+        print(f"expires:          {datetime.fromtimestamp(result['expires'], UTC).isoformat()}")
+    for n, image in enumerate(result["images"]):
+        v = image["verity"]
+        print(f"image {n} ({image['slot_class']}): {image['size']} bytes, sha256 {image['sha256']}")
+        print(f"  verity root hash {v['root_hash']}")
+        print(f"  salt {v['salt']}, {v['data_blocks']} data blocks, tree {v['tree_size']} bytes")
+    for art in result["artifacts"]:
+        print(f"artifact {art['name']}: {art['size']} bytes, sha256 {art['sha256']}")
+    for sig in result.get("signatures", []):
+        print(f"signature by {sig['subject']} (not checked)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to render the manual)."""
+    p = argparse.ArgumentParser(
+        prog="bundle-tool",
+        description=textwrap.dedent(
+            """\
+            Build, inspect and verify signed A/B update bundles. A bundle holds a root
+            filesystem image, its dm-verity hash tree (ahead of the data, so a device can
+            check every block before writing it) and a signed manifest."""
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(
+            name,
+            help=help,
+            description=textwrap.dedent(description),
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        c.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        return c
+
+    k = command(
+        "keygen",
+        "make a throwaway development CA and signing certificate",
+        """\
+        Make a development CA (ca.pem: the keyring devices trust) and a code-signing
+        key and certificate issued by it (signer.key, signer.pem) in DIR.
+        DEVELOPMENT ONLY: the keys are unencrypted and meant for trying things out.""",
+    )
+    k.add_argument("-o", "--output", metavar="DIR", required=True, help="directory to write to")
+    k.add_argument("--algorithm", choices=("ed25519", "ecdsa-p256"), default="ed25519")
+
+    c = command(
+        "create",
+        "build and sign a bundle from a root filesystem image",
+        """\
+        Hash IMAGE into a dm-verity tree (sha256, 4096-byte blocks, format 1, the same
+        tree `veritysetup format` makes), record it in a manifest, sign the manifest and
+        write the bundle. The same inputs, --salt and SOURCE_DATE_EPOCH give a
+        byte-identical bundle with Ed25519 keys.""",
+    )
+    c.add_argument("--image", required=True, help="root filesystem image (size a multiple of 4096)")
+    c.add_argument("--version", required=True, help="product version, semantic versioning (1.2.0)")
+    c.add_argument("--compatible", help="board family the bundle installs on")
+    c.add_argument(
+        "--board-config", metavar="FILE", help="take compatible and architecture from a board file"
+    )
+    c.add_argument("--architecture", help="Debian architecture (arm64, amd64, ...)")
+    c.add_argument("--key", action="append", required=True, help="signing key (PEM); repeatable")
+    c.add_argument(
+        "--cert", action="append", required=True, help="its certificate (PEM); repeatable"
+    )
+    c.add_argument("--chain", metavar="PEM", help="intermediate CA certificates to carry")
+    c.add_argument(
+        "--security-version", type=int, default=0, metavar="N", help="anti-rollback counter"
+    )
+    c.add_argument("--salt", metavar="HEX", help="dm-verity salt (default: 32 random bytes)")
+    c.add_argument(
+        "--slot-class", default="rootfs", help="slot class of the image (default rootfs)"
+    )
+    c.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra file (kernel, bootloader); ELF files must match the architecture",
+    )
+    c.add_argument("--expires", metavar="WHEN", help="ISO 8601 date or epoch seconds")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="bundle file to write")
+
+    i = command(
+        "info",
+        "show what a bundle holds (without checking it)",
+        """\
+        Print the manifest of BUNDLE. Nothing is verified: use `verify` for that.""",
+    )
+    i.add_argument("bundle", metavar="BUNDLE")
+
+    v = command(
+        "verify",
+        "check a bundle as a device would",
+        """\
+        Check BUNDLE exactly as the updater does before installing: signatures against
+        the keyring, the manifest, every byte of the hash tree and data, and the size.
+        Exit 0 only if everything holds.""",
+    )
+    v.add_argument("bundle", metavar="BUNDLE")
+    v.add_argument(
+        "--keyring",
+        action="append",
+        required=True,
+        metavar="CA.pem",
+        help="trusted CA certificates (PEM); repeatable",
+    )
+    v.add_argument(
+        "--threshold",
+        type=int,
+        default=1,
+        metavar="N",
+        help="distinct trusted signing keys required (default 1)",
+    )
+    v.add_argument("--compatible", help="also require this compatible")
+    v.add_argument(
+        "--security-floor",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also require security version >= N",
+    )
+    v.add_argument("--at", metavar="WHEN", help="check validity at this time (default now)")
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "keygen": _cmd_keygen,
+    "create": _cmd_create,
+    "info": _cmd_info,
+    "verify": _cmd_verify,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the command line; exits with the documented status."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except BundleToolError as e:
+        status = next(code for cls, code in EXIT_CODES if isinstance(e, cls))
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(e), "exit_status": status}))
+        print(f"bundle-tool: error: {e}", file=sys.stderr)
+        sys.exit(status)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        _print_text(args.command, result)
+    sys.exit(EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

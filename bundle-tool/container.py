@@ -1,0 +1,252 @@
+"""The bundle container: fixed header, manifest, signature block, payload.
+
+    offset 0        header (64 bytes, the only bytes parsed before the signature check)
+    64              manifest (JSON, manifest_size bytes; the signed bytes)
+    64+M            signature block (signatures_size bytes)
+    64+M+S          payload: per image its dm-verity hash area then its data,
+                    then the artifacts, in manifest order; nothing else
+
+All sizes are signed 64-bit little-endian. docs/bundle-format.md is the
+normative description; this module is its single implementation, used by the
+writer and every reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from construct import Array as CArray
+from construct import (
+    Bytes,
+    Check,
+    ConstructError,
+    GreedyBytes,
+    Int32ul,
+    Int64sl,
+    Prefixed,
+    PrefixedArray,
+    Struct,
+    Terminated,
+    this,
+)
+from cryptography import x509
+
+from .errors import BundleError
+from .manifest import MAX_MANIFEST_SIZE, Artifact, Image, Manifest, parse_manifest
+from .signing import SignatureEntry, VerifiedSigner, verify_signatures
+
+MAGIC = b"ABUPDATE"
+HEADER_SIZE = 64
+CONTAINER_VERSION = 1
+MAX_SIGNATURES_SIZE = 1 << 20
+MAX_SIGNATURES = 16
+MAX_CERT_SIZE = 16 << 10
+MAX_CHAIN = 4
+MAX_SIGNATURE_SIZE = 1 << 10
+
+HEADER = Struct(
+    "magic" / Bytes(8),
+    "container_version" / Int32ul,
+    "header_size" / Int32ul,
+    "manifest_size" / Int64sl,
+    "signatures_size" / Int64sl,
+    "payload_size" / Int64sl,
+    "reserved" / Bytes(24),
+)
+assert HEADER.sizeof() == HEADER_SIZE
+
+_BLOB = Prefixed(Int64sl, GreedyBytes)
+SIGNATURE_BLOCK = Struct(
+    "count" / Int64sl,
+    Check(lambda ctx: 1 <= ctx.count <= MAX_SIGNATURES),
+    "entries"
+    / CArray(
+        this.count,
+        Struct(
+            "certificate" / _BLOB,
+            "chain" / PrefixedArray(Int64sl, _BLOB),
+            "signature" / _BLOB,
+        ),
+    ),
+    Terminated,
+)
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed-size header."""
+
+    manifest_size: int
+    signatures_size: int
+    payload_size: int
+
+    @property
+    def head_size(self) -> int:
+        """Bytes before the payload."""
+        return HEADER_SIZE + self.manifest_size + self.signatures_size
+
+    @property
+    def total_size(self) -> int:
+        return self.head_size + self.payload_size
+
+    def to_bytes(self) -> bytes:
+        raw: bytes = HEADER.build(
+            {
+                "magic": MAGIC,
+                "container_version": CONTAINER_VERSION,
+                "header_size": HEADER_SIZE,
+                "manifest_size": self.manifest_size,
+                "signatures_size": self.signatures_size,
+                "payload_size": self.payload_size,
+                "reserved": bytes(24),
+            }
+        )
+        return raw
+
+
+def parse_header(raw: bytes) -> Header:
+    """Parse and bound-check the header (pure; raises BundleError)."""
+    if len(raw) < HEADER_SIZE:
+        raise BundleError(f"bundle is truncated: {len(raw)} bytes, header needs {HEADER_SIZE}")
+    h = HEADER.parse(raw[:HEADER_SIZE])
+    if h.magic != MAGIC:
+        raise BundleError("not a bundle (bad magic)")
+    if h.container_version != CONTAINER_VERSION:
+        raise BundleError(f"bundle container version {h.container_version} is not supported")
+    if h.header_size != HEADER_SIZE or h.reserved != bytes(24):
+        raise BundleError("bundle header is malformed")
+    if not 2 <= h.manifest_size <= MAX_MANIFEST_SIZE:
+        raise BundleError(f"manifest size {h.manifest_size} is out of range")
+    if not 8 <= h.signatures_size <= MAX_SIGNATURES_SIZE:
+        raise BundleError(f"signature block size {h.signatures_size} is out of range")
+    if h.payload_size < 0:
+        raise BundleError("payload size is negative")
+    return Header(h.manifest_size, h.signatures_size, h.payload_size)
+
+
+def build_signature_block(entries: Sequence[SignatureEntry]) -> bytes:
+    """Encode signature entries."""
+    raw: bytes = SIGNATURE_BLOCK.build(
+        {
+            "count": len(entries),
+            "entries": [
+                {"certificate": e.certificate, "chain": list(e.chain), "signature": e.signature}
+                for e in entries
+            ],
+        }
+    )
+    return raw
+
+
+def parse_signature_block(raw: bytes) -> tuple[SignatureEntry, ...]:
+    """Decode the signature block; it must be consumed exactly (pure)."""
+    try:
+        block = SIGNATURE_BLOCK.parse(raw)
+    except (ConstructError, OverflowError, MemoryError) as e:
+        raise BundleError("signature block is malformed") from e
+    entries = []
+    for n, item in enumerate(block.entries, 1):
+        if (
+            len(item.certificate) > MAX_CERT_SIZE
+            or len(item.chain) > MAX_CHAIN
+            or any(len(c) > MAX_CERT_SIZE for c in item.chain)
+            or len(item.signature) > MAX_SIGNATURE_SIZE
+        ):
+            raise BundleError(f"signature {n} exceeds the size limits")
+        entries.append(
+            SignatureEntry(
+                bytes(item.certificate), tuple(map(bytes, item.chain)), bytes(item.signature)
+            )
+        )
+    return tuple(entries)
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where one image's hash area and data lie in the bundle (absolute offsets)."""
+
+    image: Image
+    area_offset: int
+    data_offset: int
+
+
+@dataclass(frozen=True)
+class ArtifactLayout:
+    artifact: Artifact
+    offset: int
+
+
+@dataclass(frozen=True)
+class VerifiedHead:
+    """A bundle head whose signatures were checked: everything else is derived from it."""
+
+    header: Header
+    manifest: Manifest
+    manifest_raw: bytes
+    signers: tuple[VerifiedSigner, ...]
+    images: tuple[ImageLayout, ...]
+    artifacts: tuple[ArtifactLayout, ...]
+
+    @property
+    def total_size(self) -> int:
+        return self.header.total_size
+
+
+def layout(
+    header: Header, manifest: Manifest
+) -> tuple[tuple[ImageLayout, ...], tuple[ArtifactLayout, ...]]:
+    """Offsets of every payload part, derived from the signed manifest."""
+    pos = header.head_size
+    images = []
+    for image in manifest.images:
+        images.append(ImageLayout(image, pos, pos + image.verity.tree_size))
+        pos += image.verity.tree_size + image.size
+    artifacts = []
+    for art in manifest.artifacts:
+        artifacts.append(ArtifactLayout(art, pos))
+        pos += art.size
+    return tuple(images), tuple(artifacts)
+
+
+def verify_head(
+    head: bytes,
+    keyring: Sequence[x509.Certificate],
+    *,
+    at: datetime,
+    threshold: int = 1,
+) -> VerifiedHead:
+    """Check a bundle head: header, signatures over the raw manifest, then the manifest.
+
+    Pure: `head` holds the first `Header.head_size` bytes of the bundle. Nothing
+    in the manifest is looked at before the signatures hold.
+
+    Raises:
+        BundleError: the head is malformed or inconsistent.
+        TrustError: the signatures do not establish trust.
+    """
+    header = parse_header(head)
+    if len(head) != header.head_size:
+        raise BundleError(
+            f"bundle is truncated: head has {len(head)} bytes, header announces {header.head_size}"
+        )
+    manifest_raw = head[HEADER_SIZE : HEADER_SIZE + header.manifest_size]
+    entries = parse_signature_block(head[HEADER_SIZE + header.manifest_size :])
+    signers = verify_signatures(manifest_raw, entries, keyring, at=at, threshold=threshold)
+    manifest = parse_manifest(manifest_raw)
+    if manifest.payload_size != header.payload_size:
+        raise BundleError(
+            f"header announces a {header.payload_size}-byte payload, "
+            f"the manifest accounts for {manifest.payload_size}"
+        )
+    images, artifacts = layout(header, manifest)
+    return VerifiedHead(header, manifest, manifest_raw, signers, images, artifacts)
+
+
+def inspect_head(head: bytes) -> tuple[Manifest, tuple[SignatureEntry, ...]]:
+    """Parse a bundle head WITHOUT checking signatures, for display only (`bundle-tool info`)."""
+    header = parse_header(head)
+    manifest_raw = head[HEADER_SIZE : HEADER_SIZE + header.manifest_size]
+    entries = parse_signature_block(head[HEADER_SIZE + header.manifest_size : header.head_size])
+    return parse_manifest(manifest_raw), entries

@@ -1,0 +1,125 @@
+"""Reading a bundle from any byte source: the head, then the streamed payload.
+
+The trust decisions are the pure functions of `container`, `verity` and
+`signing`; this module only moves bytes to them. The updater uses the same
+functions, so `bundle-tool verify` checks exactly what a device checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from cryptography import x509
+
+from . import verity
+from .container import HEADER_SIZE, ImageLayout, VerifiedHead, parse_header, verify_head
+from .errors import BundleError
+
+
+class RangeReader(Protocol):
+    """The part of a byte source the reader needs (see `updater.source.BundleSource`)."""
+
+    def read(self, offset: int, length: int) -> Iterator[bytes]: ...
+
+    def size(self) -> int | None: ...
+
+
+#: progress(phase, done_bytes, total_bytes)
+Progress = Callable[[str, int, int], None]
+
+SPAN_BLOCKS = 256  # data blocks checked per step (1 MiB)
+
+
+def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Regroup a stream of chunks into pieces of exactly `size` bytes (the last may be short)."""
+    buf = bytearray()
+    for chunk in chunks:
+        if not buf and len(chunk) == size:
+            yield chunk
+            continue
+        buf += chunk
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+def read_head(
+    source: RangeReader,
+    keyring: Sequence[x509.Certificate],
+    *,
+    at: datetime,
+    threshold: int = 1,
+) -> VerifiedHead:
+    """Read the header, manifest and signatures, and check them.
+
+    Only the fixed-size header is parsed before the signature check; its sizes
+    are bounded, so at most about 2 MiB is read here whatever the input.
+    """
+    first = b"".join(source.read(0, HEADER_SIZE))
+    header = parse_header(first)
+    rest = b"".join(source.read(HEADER_SIZE, header.head_size - HEADER_SIZE))
+    head = verify_head(first + rest, keyring, at=at, threshold=threshold)
+    size = source.size()
+    if size is not None and size != head.total_size:
+        if size < head.total_size:
+            raise BundleError(
+                f"bundle is truncated: {size} bytes, the manifest accounts for {head.total_size}"
+            )
+        raise BundleError(
+            f"bundle has {size - head.total_size} bytes the manifest does not account for"
+        )
+    return head
+
+
+def check_image(
+    source: RangeReader,
+    part: ImageLayout,
+    progress: Progress | None = None,
+) -> None:
+    """Stream one image's hash area and data and check every block.
+
+    Leaf-level tree blocks are kept in memory (size / 128); this is the host-side
+    check. The installer streams the same way but keeps leaves on the slot.
+    """
+    vinfo = part.image.verity
+    checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
+    area = rechunk(source.read(part.area_offset, vinfo.tree_size), verity.BLOCK_SIZE)
+    leaves = dict(checker.check_area(area))
+    sha = hashlib.sha256()
+    block = 0
+    for span in rechunk(
+        source.read(part.data_offset, part.image.size), SPAN_BLOCKS * verity.BLOCK_SIZE
+    ):
+        count = len(span) // verity.BLOCK_SIZE
+        expected = checker.leaf_digests(block, count, leaves.__getitem__)
+        bad = checker.bad_block(block, span, expected)
+        if bad is not None:
+            offset = part.data_offset + bad * verity.BLOCK_SIZE
+            raise BundleError(
+                f"image data block {bad} (bundle offset {offset}) does not match the hash tree"
+            )
+        sha.update(span)
+        block += count
+        if progress:
+            progress("verifying", block * verity.BLOCK_SIZE, part.image.size)
+    if sha.digest() != part.image.sha256:
+        raise BundleError("image sha256 does not match the manifest")
+
+
+def check_payload(
+    source: RangeReader, head: VerifiedHead, progress: Progress | None = None
+) -> None:
+    """Check every payload byte of a bundle whose head was verified."""
+    for part in head.images:
+        check_image(source, part, progress)
+    for art in head.artifacts:
+        sha = hashlib.sha256()
+        for chunk in source.read(art.offset, art.artifact.size):
+            sha.update(chunk)
+        if sha.digest() != art.artifact.sha256:
+            raise BundleError(f"artifact {art.artifact.name} does not match its sha256")

@@ -1,0 +1,182 @@
+"""Building a bundle from an image (host side)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import verity
+from .container import Header, build_signature_block
+from .elfcheck import check_machine, elf_machine
+from .errors import BundleIOError, UsageError
+from .manifest import NAME, SEMVER, Artifact, Image, Manifest, VerityInfo
+from .signing import Signer, sign
+
+#: progress(phase, done_bytes, total_bytes)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CreateOptions:
+    """What goes into a bundle.
+
+    Attributes:
+        image: root filesystem image; its size must be a multiple of 4096.
+        version: product version (semantic versioning).
+        compatible: board family the bundle is for.
+        signers: one or more signing keys with their certificates.
+        build_time: seconds since the epoch (SOURCE_DATE_EPOCH for reproducible builds).
+        security_version: monotonic anti-rollback counter.
+        salt: dm-verity salt (random when None; give it for reproducible builds).
+        slot_class: slot class the image installs into.
+        architecture: Debian architecture of the image and of ELF artifacts.
+        artifacts: extra files (kernel, bootloader) carried after the images.
+        expires: seconds since the epoch after which devices refuse the bundle.
+    """
+
+    image: Path
+    version: str
+    compatible: str
+    signers: Sequence[Signer]
+    build_time: int
+    security_version: int = 0
+    salt: bytes | None = None
+    slot_class: str = "rootfs"
+    architecture: str | None = None
+    artifacts: Sequence[Path] = field(default_factory=tuple)
+    expires: int | None = None
+
+
+def _check_options(opts: CreateOptions) -> None:
+    if not SEMVER.match(opts.version):
+        raise UsageError(f"version '{opts.version}' is not a semantic version (e.g. 1.2.0)")
+    for what, value in (("compatible", opts.compatible), ("slot class", opts.slot_class)):
+        if not NAME.match(value):
+            raise UsageError(f"{what} '{value}' must be 1-64 letters, digits, '.', '_', '+', '-'")
+    if not opts.signers:
+        raise UsageError("at least one signing key and certificate are needed")
+    if opts.security_version < 0 or opts.build_time < 0:
+        raise UsageError("security version and build time must not be negative")
+    names = [a.name for a in opts.artifacts]
+    if len(set(names)) != len(names):
+        raise UsageError("two artifacts have the same file name")
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy `length` bytes of `src` from `offset` to the current position of `dst`."""
+    done = 0
+    while done < length:
+        n = os.copy_file_range(src, dst, min(length - done, 1 << 30), offset + done)
+        if n == 0:
+            raise BundleIOError("input file shrank while the bundle was written")
+        done += n
+
+
+def _artifact(path: Path, architecture: str | None) -> Artifact:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        machine = elf_machine(f)
+        check_machine(path.name, machine, architecture)
+        f.seek(0)
+        size = 0
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    if not NAME.match(path.name):
+        raise UsageError(f"artifact file name '{path.name}' is not a plain file name")
+    return Artifact(path.name, size, sha.digest(), machine)
+
+
+def create_bundle(opts: CreateOptions, output: Path, progress: Progress | None = None) -> Manifest:
+    """Build, sign and write a bundle; the output appears atomically.
+
+    Raises:
+        UsageError: an input is unusable (e.g. image size not a multiple of 4096).
+        BundleIOError: reading an input or writing the output failed.
+    """
+    _check_options(opts)
+    try:
+        return _create(opts, output, progress)
+    except OSError as e:
+        raise BundleIOError(f"{e.filename or output}: {e.strerror}") from e
+
+
+def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Manifest:
+    st = opts.image.stat()
+    size = st.st_size
+    if size == 0 or size % verity.BLOCK_SIZE:
+        raise UsageError(
+            f"image {opts.image} is {size} bytes, not a positive multiple of 4096: pad it "
+            "(e.g. truncate -s %4096); veritysetup would leave a partial last block unprotected"
+        )
+    salt = opts.salt if opts.salt is not None else secrets.token_bytes(32)
+    artifacts = tuple(_artifact(p, opts.architecture) for p in opts.artifacts)
+
+    sha = hashlib.sha256()
+    hashed = 0
+
+    def observe(data: bytes) -> None:
+        nonlocal hashed
+        sha.update(data)
+        hashed += len(data)
+        if progress:
+            progress("hashing", hashed, size)
+
+    tree = verity.build_tree(
+        str(opts.image),
+        size // verity.BLOCK_SIZE,
+        salt,
+        observe=observe,
+        spool_dir=str(output.parent),
+    )
+    with tree:
+        image = Image(
+            slot_class=opts.slot_class,
+            size=size,
+            sha256=sha.digest(),
+            verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
+            architecture=opts.architecture,
+        )
+        manifest = Manifest(
+            compatible=opts.compatible,
+            version=opts.version,
+            security_version=opts.security_version,
+            build_time=opts.build_time,
+            images=(image,),
+            artifacts=artifacts,
+            expires=opts.expires,
+            architecture=opts.architecture,
+        )
+        manifest_raw = manifest.to_bytes()
+        sigs = build_signature_block([sign(manifest_raw, s) for s in opts.signers])
+        header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(header.to_bytes() + manifest_raw + sigs)
+                for chunk in tree.area_chunks():
+                    out.write(chunk)
+                out.flush()
+                with opts.image.open("rb") as img:
+                    if os.fstat(img.fileno()).st_mtime_ns != st.st_mtime_ns:
+                        raise BundleIOError(f"{opts.image} changed while the bundle was built")
+                    _copy_range(img.fileno(), out.fileno(), 0, size)
+                for path, art in zip(opts.artifacts, artifacts, strict=True):
+                    with path.open("rb") as f:
+                        _copy_range(f.fileno(), out.fileno(), 0, art.size)
+                if progress:
+                    progress("writing", size, size)
+                os.fsync(out.fileno())
+            if os.path.getsize(tmp) != header.total_size:
+                raise BundleIOError("an input file changed size while the bundle was written")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, output)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return manifest
