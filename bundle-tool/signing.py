@@ -51,6 +51,13 @@ MAX_CHAIN_LENGTH = 4
 # Ed25519 signatures are 64 bytes, DER-encoded ECDSA P-256 signatures at most 72.
 MAX_SIGNATURE_SIZE = 128
 
+# What cryptography raises for certificates it cannot decode.
+_MALFORMED = (
+    ValueError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 _SUPPORTED = "only Ed25519 and ECDSA P-256 are supported"
 _CERT_SIGNATURE_ALGORITHMS = (
     SignatureAlgorithmOID.ED25519,
@@ -150,7 +157,7 @@ def _describe_key(cert: x509.Certificate) -> str:
         return "ECDSA P-256" if isinstance(key.curve, ec.SECP256R1) else f"ECDSA {key.curve.name}"
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA-{key.key_size}"
-    return type(key).__name__.removeprefix("_").removesuffix("PublicKey") or "unknown"
+    return _oid_name(cert.public_key_algorithm_oid)
 
 
 def _oid_name(oid: x509.ObjectIdentifier) -> str:
@@ -175,7 +182,7 @@ def _supported_public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes |
 def _algorithm_problem(cert: x509.Certificate, *, check_signature: bool = True) -> str | None:
     """Say why a certificate's key or signature algorithm is not accepted, if it is not."""
     if _supported_public_key(cert) is None:
-        return f"{_label(cert)} has a {_describe_key(cert)} key; {_SUPPORTED}"
+        return f"{_label(cert)} has key algorithm {_describe_key(cert)}; {_SUPPORTED}"
     if check_signature and cert.signature_algorithm_oid not in _CERT_SIGNATURE_ALGORITHMS:
         name = _oid_name(cert.signature_algorithm_oid)
         return f"{_label(cert)} is signed with {name}; {_SUPPORTED}"
@@ -253,9 +260,12 @@ def load_signer(
 
 def _load_pem_certificates(pem: bytes, what: str) -> tuple[x509.Certificate, ...]:
     try:
-        return tuple(x509.load_pem_x509_certificates(pem))
-    except ValueError as exc:
+        certs = tuple(x509.load_pem_x509_certificates(pem))
+        for cert in certs:
+            _touch(cert)
+    except _MALFORMED as exc:
         raise UsageError(f"cannot load {what}: not PEM certificates") from exc
+    return certs
 
 
 def _check_signer(signer: Signer) -> None:
@@ -319,15 +329,16 @@ def load_keyring(pem: bytes) -> tuple[x509.Certificate, ...]:
     """
     try:
         certs = tuple(x509.load_pem_x509_certificates(pem))
-    except ValueError as exc:
+    except _MALFORMED as exc:
         raise TrustError("the keyring is not a file of PEM CA certificates") from exc
     if not certs:
         raise TrustError("the keyring holds no certificate")
     for number, cert in enumerate(certs, start=1):
         try:
-            problem = _algorithm_problem(cert, check_signature=False) or _ca_problem(cert)
-        except ValueError as exc:
-            raise TrustError(f"keyring certificate {number} has malformed extensions") from exc
+            _touch(cert)
+        except _MALFORMED as exc:
+            raise TrustError(f"keyring certificate {number} is malformed") from exc
+        problem = _algorithm_problem(cert, check_signature=False) or _ca_problem(cert)
         if problem is not None:
             raise TrustError(f"keyring certificate {number}: {problem}")
     return certs
@@ -423,12 +434,29 @@ def _parse_der(der: bytes, number: int, what: str) -> x509.Certificate:
             "are allowed"
         )
     try:
-        cert = x509.load_der_x509_certificate(der)
-        # Parse the extensions now, so that malformed ones fail here and not later.
-        _ = cert.extensions
-    except ValueError as exc:
+        return _parse_certificate(der)
+    except _MALFORMED as exc:
         raise BundleError(f"signature {number}: {what} is not a valid DER certificate") from exc
+
+
+def _parse_certificate(der: bytes) -> x509.Certificate:
+    cert = x509.load_der_x509_certificate(der)
+    _touch(cert)
     return cert
+
+
+def _touch(cert: x509.Certificate) -> None:
+    """Decode every field the trust checks read, so malformed ones fail here and not later."""
+    _ = (
+        cert.version,
+        cert.subject.rfc4514_string(),
+        cert.issuer.rfc4514_string(),
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+        cert.signature_algorithm_oid,
+        cert.public_key_algorithm_oid,
+        [ext.value for ext in cert.extensions],
+    )
 
 
 def _check_entry(payload: bytes, entry: SignatureEntry, number: int) -> _Entry:
@@ -448,10 +476,16 @@ def _check_entry(payload: bytes, entry: SignatureEntry, number: int) -> _Entry:
         _parse_der(der, number, f"intermediate certificate {i}")
         for i, der in enumerate(entry.chain, start=1)
     )
+    try:
+        leaf.public_key()
+    except ValueError as exc:
+        raise BundleError(f"signature {number}: the certificate's public key is malformed") from exc
+    except UnsupportedAlgorithm:
+        pass  # named below
     key = _supported_public_key(leaf)
     if key is None:
         raise TrustError(
-            f"signature {number}: the signer has a {_describe_key(leaf)} key; {_SUPPORTED}"
+            f"signature {number}: the signer's key algorithm is {_describe_key(leaf)}; {_SUPPORTED}"
         )
     message = signed_message(payload, entry.certificate, entry.chain)
     try:
