@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from bootctl.board import load_board
 from bootctl.errors import BootctlError
+from updater.errors import UpdaterError
 from updater.filesource import FileSource
 
 from . import container, keygen, policy, reader, signing, verity
@@ -168,11 +169,11 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
     return {"bundle": args.output, **manifest_json(manifest)}
 
 
-def _open_file(path: str) -> Any:
+def _open_file(path: str) -> FileSource:
     try:
         return FileSource(path)
-    except OSError as e:
-        raise BundleIOError(f"cannot open {path}: {e.strerror}") from e
+    except (OSError, UpdaterError) as e:
+        raise BundleIOError(f"cannot open {path}: {e}") from e
 
 
 def _describe_entry(entry: signing.SignatureEntry) -> dict[str, Any]:
@@ -379,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
-    except BundleToolError as e:
-        status = next(code for cls, code in EXIT_CODES if isinstance(e, cls))
+    except (BundleToolError, UpdaterError) as e:
+        # Reading the bundle goes through the updater's file source: its errors are I/O errors.
+        status = next((code for cls, code in EXIT_CODES if isinstance(e, cls)), EXIT_IO)
         if getattr(args, "json", False):
             print(json.dumps({"error": str(e), "exit_status": status}))
         print(f"bundle-tool: error: {e}", file=sys.stderr)

@@ -150,7 +150,7 @@ class _Fields:
             return None
         return self.obj.pop(key)
 
-    def int(self, key: str, lo: int = 0, hi: int = MAX_SIZE, required: bool = True) -> Any:
+    def take_int(self, key: str, lo: int = 0, hi: int = MAX_SIZE, required: bool = True) -> Any:
         v = self._take(key, required)
         if v is None and not required:
             return None
@@ -158,7 +158,7 @@ class _Fields:
             raise BundleError(f"manifest: {self.where}.{key} must be an integer in [{lo}, {hi}]")
         return v
 
-    def str(self, key: str, pattern: re.Pattern[str], required: bool = True) -> Any:
+    def take_str(self, key: str, pattern: re.Pattern[str], required: bool = True) -> Any:
         v = self._take(key, required)
         if v is None and not required:
             return None
@@ -166,10 +166,10 @@ class _Fields:
             raise BundleError(f"manifest: {self.where}.{key} is malformed")
         return v
 
-    def hex(self, key: str, pattern: re.Pattern[str] = HEX64) -> bytes:
-        return bytes.fromhex(self.str(key, pattern))
+    def take_hex(self, key: str, pattern: re.Pattern[str] = HEX64) -> bytes:
+        return bytes.fromhex(self.take_str(key, pattern))
 
-    def list(self, key: str, most: int) -> list[Any]:
+    def take_list(self, key: str, most: int) -> list[Any]:
         v = self._take(key, True)
         if not isinstance(v, list) or len(v) > most:
             raise BundleError(f"manifest: {self.where}.{key} must be a list of at most {most}")
@@ -191,13 +191,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _parse_verity(obj: object, where: str) -> VerityInfo:
     f = _Fields(obj, where)
-    algorithm = f.str("hash_algorithm", re.compile(r"^sha256$"))
-    data_bs = f.int("data_block_size", verity.BLOCK_SIZE, verity.BLOCK_SIZE)
-    hash_bs = f.int("hash_block_size", verity.BLOCK_SIZE, verity.BLOCK_SIZE)
-    data_blocks = f.int("data_blocks", 1, MAX_SIZE // verity.BLOCK_SIZE)
-    salt = f.hex("salt", HEX)
-    root = f.hex("root_hash")
-    tree_size = f.int("tree_size", verity.BLOCK_SIZE)
+    algorithm = f.take_str("hash_algorithm", re.compile(r"^sha256$"))
+    data_bs = f.take_int("data_block_size", verity.BLOCK_SIZE, verity.BLOCK_SIZE)
+    hash_bs = f.take_int("hash_block_size", verity.BLOCK_SIZE, verity.BLOCK_SIZE)
+    data_blocks = f.take_int("data_blocks", 1, MAX_SIZE // verity.BLOCK_SIZE)
+    salt = f.take_hex("salt", HEX)
+    root = f.take_hex("root_hash")
+    tree_size = f.take_int("tree_size", verity.BLOCK_SIZE)
     f.done()
     want = verity.Geometry.for_blocks(data_blocks).area_size
     if tree_size != want:
@@ -207,11 +207,11 @@ def _parse_verity(obj: object, where: str) -> VerityInfo:
 
 def _parse_image(obj: object, where: str) -> Image:
     f = _Fields(obj, where)
-    slot_class = f.str("slot_class", NAME)
-    size = f.int("size", verity.BLOCK_SIZE)
-    sha = f.hex("sha256")
+    slot_class = f.take_str("slot_class", NAME)
+    size = f.take_int("size", verity.BLOCK_SIZE)
+    sha = f.take_hex("sha256")
     vinfo = _parse_verity(f._take("verity", True), where + ".verity")
-    arch = f.str("architecture", NAME, required=False)
+    arch = f.take_str("architecture", NAME, required=False)
     f.done()
     if size != vinfo.data_blocks * verity.BLOCK_SIZE:
         raise BundleError(f"manifest: {where}.size does not match verity.data_blocks")
@@ -221,10 +221,10 @@ def _parse_image(obj: object, where: str) -> Image:
 def _parse_artifact(obj: object, where: str) -> Artifact:
     f = _Fields(obj, where)
     art = Artifact(
-        name=f.str("name", NAME),
-        size=f.int("size"),
-        sha256=f.hex("sha256"),
-        elf_machine=f.str("elf_machine", NAME, required=False),
+        name=f.take_str("name", NAME),
+        size=f.take_int("size"),
+        sha256=f.take_hex("sha256"),
+        elf_machine=f.take_str("elf_machine", NAME, required=False),
     )
     f.done()
     return art
@@ -241,25 +241,27 @@ def parse_manifest(raw: bytes) -> Manifest:
             raise
         raise BundleError(f"manifest is not valid JSON: {e}") from e
     f = _Fields(obj, "manifest")
-    fmt = f.int("format", 0, 1 << 31)
+    fmt = f.take_int("format", 0, 1 << 31)
     if fmt != FORMAT_VERSION:
-        raise BundleError(f"manifest format {fmt} is not supported (this version reads {FORMAT_VERSION})")
+        raise BundleError(
+            f"manifest format {fmt} is not supported (this version reads {FORMAT_VERSION})"
+        )
     images = tuple(
-        _parse_image(o, f"images[{n}]") for n, o in enumerate(f.list("images", MAX_IMAGES))
+        _parse_image(o, f"images[{n}]") for n, o in enumerate(f.take_list("images", MAX_IMAGES))
     )
     if not images:
         raise BundleError("manifest lists no image")
     artifacts = tuple(
         _parse_artifact(o, f"artifacts[{n}]")
-        for n, o in enumerate(f.list("artifacts", MAX_ARTIFACTS))
+        for n, o in enumerate(f.take_list("artifacts", MAX_ARTIFACTS))
     )
     manifest = Manifest(
-        compatible=f.str("compatible", NAME),
-        version=f.str("version", SEMVER),
-        security_version=f.int("security_version", 0, (1 << 63) - 1),
-        build_time=f.int("build_time", 0, (1 << 63) - 1),
-        expires=f.int("expires", 0, (1 << 63) - 1, required=False),
-        architecture=f.str("architecture", NAME, required=False),
+        compatible=f.take_str("compatible", NAME),
+        version=f.take_str("version", SEMVER),
+        security_version=f.take_int("security_version", 0, (1 << 63) - 1),
+        build_time=f.take_int("build_time", 0, (1 << 63) - 1),
+        expires=f.take_int("expires", 0, (1 << 63) - 1, required=False),
+        architecture=f.take_str("architecture", NAME, required=False),
         images=images,
         artifacts=artifacts,
         format=fmt,

@@ -13,11 +13,15 @@ checking is done by `TreeChecker` (device side, streaming, in small memory).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+import tempfile
 import uuid as uuid_mod
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import IO
 
 from construct import (
     Bytes,
@@ -31,7 +35,7 @@ from construct import (
     Struct,
 )
 
-from .errors import BundleError, UsageError
+from .errors import BundleError, BundleIOError, UsageError
 
 BLOCK_SIZE = 4096
 DIGEST_SIZE = 32
@@ -139,108 +143,189 @@ def check_salt(salt: bytes) -> None:
 
 def digest_blocks(salt: bytes, data: bytes | memoryview) -> bytes:
     """Concatenated sha256(salt || block) of each 4096-byte block of `data`."""
-    base = hashlib.sha256(salt)
+    copy = hashlib.sha256(salt).copy
     view = memoryview(data)
-    out = bytearray()
-    for start in range(0, len(view), BLOCK_SIZE):
-        h = base.copy()
+
+    def one(start: int) -> bytes:
+        h = copy()
         h.update(view[start : start + BLOCK_SIZE])
-        out += h.digest()
-    return bytes(out)
+        return h.digest()
+
+    return b"".join(map(one, range(0, len(view), BLOCK_SIZE)))
 
 
-def pack_level(digests: bytes) -> bytes:
-    """Pad a level's digests to whole hash blocks."""
-    rem = len(digests) % BLOCK_SIZE
-    return digests + b"\x00" * ((BLOCK_SIZE - rem) % BLOCK_SIZE)
+SPOOL_IN_MEMORY = 16 << 20  # tree levels above this size go to a temporary file
+CHUNK_BLOCKS = 1024  # data blocks hashed per task (4 MiB)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Tree:
-    """A built hash tree: the root hash and the whole hash area (superblock first)."""
+    """A built hash tree: the root hash and a spool holding every level.
+
+    The spool keeps memory flat whatever the image size; `area_chunks` yields
+    the hash area as `veritysetup format` lays it out (superblock, then the
+    levels top first).
+    """
 
     root_hash: bytes
     salt: bytes
     data_blocks: int
-    area: bytes
+    spool: IO[bytes]
+    level_spans: tuple[tuple[int, int], ...]  # (offset, length) in the spool, leaf level first
 
     @property
     def uuid(self) -> bytes:
         return derive_uuid(self.root_hash)
 
+    @property
+    def area_size(self) -> int:
+        return BLOCK_SIZE + sum(n for _, n in self.level_spans)
 
-CHUNK_BLOCKS = 256  # data blocks hashed per task (1 MiB)
+    def area_chunks(self, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """The hash area, in chunks of at most `chunk` bytes."""
+        yield build_superblock(self.salt, self.data_blocks, self.uuid)
+        for offset, length in reversed(self.level_spans):
+            self.spool.seek(offset)
+            left = length
+            while left:
+                data = self.spool.read(min(chunk, left))
+                if not data:
+                    raise BundleIOError("temporary hash tree file shrank")
+                left -= len(data)
+                yield data
+
+    def area(self) -> bytes:
+        """The whole hash area in memory (small trees and tests)."""
+        return b"".join(self.area_chunks())
+
+    def close(self) -> None:
+        self.spool.close()
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _hash_file_range(path: str, salt: bytes, first: int, count: int) -> bytes:
+    """Leaf digests of `count` blocks of `path` from block `first` (runs in a worker)."""
+    with open(path, "rb", buffering=0) as f:
+        data = os.pread(f.fileno(), count * BLOCK_SIZE, first * BLOCK_SIZE)
+    if len(data) != count * BLOCK_SIZE:
+        raise BundleIOError(f"{path}: image ended early at block {first}")
+    return digest_blocks(salt, data)
 
 
 def _leaf_digests(
-    read: Callable[[int, int], bytes],
+    path: str,
     salt: bytes,
     data_blocks: int,
     workers: int,
-    progress: Callable[[int], None] | None,
+    observe: Callable[[bytes], None] | None,
 ) -> Iterator[bytes]:
-    """Leaf digests of the data blocks, in order, hashed by a pool of threads.
+    """Leaf digests of the image's data blocks, in order.
 
-    `hashlib` releases the GIL for large updates, so threads scale across cores.
-    At most `2 * workers` chunks are in flight, which keeps memory flat.
+    The per-block loop holds the GIL, so threads do not scale; worker processes
+    do. At most `2 * workers` chunks are in flight, which keeps memory flat.
+    `observe` sees every chunk of data in order (e.g. for a whole-image hash);
+    it runs in this process while the workers hash the next chunks.
     """
+    ranges = [
+        (first, min(CHUNK_BLOCKS, data_blocks - first))
+        for first in range(0, data_blocks, CHUNK_BLOCKS)
+    ]
+    with open(path, "rb", buffering=0) as f:
 
-    def task(first: int) -> bytes:
-        count = min(CHUNK_BLOCKS, data_blocks - first)
-        data = read(first * BLOCK_SIZE, count * BLOCK_SIZE)
-        return digest_blocks(salt, data)
+        def observed(first: int, count: int) -> None:
+            if observe:
+                observe(os.pread(f.fileno(), count * BLOCK_SIZE, first * BLOCK_SIZE))
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: list[Future[bytes]] = []
-        for first in range(0, data_blocks, CHUNK_BLOCKS):
-            pending.append(pool.submit(task, first))
-            if len(pending) >= 2 * workers:
-                done = pending.pop(0).result()
-                if progress:
-                    progress(len(done) // DIGEST_SIZE * BLOCK_SIZE)
-                yield done
-        for fut in pending:
-            done = fut.result()
-            if progress:
-                progress(len(done) // DIGEST_SIZE * BLOCK_SIZE)
-            yield done
+        if workers <= 1 or data_blocks <= 4 * CHUNK_BLOCKS:
+            for first, count in ranges:
+                observed(first, count)
+                yield _hash_file_range(path, salt, first, count)
+            return
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            pending: deque[tuple[int, int, Future[bytes]]] = deque()
+            todo = iter(ranges)
+            for first, count in todo:
+                pending.append(
+                    (first, count, pool.submit(_hash_file_range, path, salt, first, count))
+                )
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                first, count, fut = pending.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((*nxt, pool.submit(_hash_file_range, path, salt, *nxt)))
+                observed(first, count)
+                yield fut.result()
 
 
 def build_tree(
-    read: Callable[[int, int], bytes],
+    path: str,
     data_blocks: int,
     salt: bytes,
     *,
     workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    observe: Callable[[bytes], None] | None = None,
+    spool_dir: str | None = None,
 ) -> Tree:
-    """Build the hash area for `data_blocks` blocks that `read(offset, length)` returns.
+    """Build the hash tree of the first `data_blocks` blocks of the file at `path`.
 
     Args:
-        read: returns exactly `length` bytes of the image at `offset`.
+        path: the image file.
         data_blocks: number of 4096-byte data blocks (at least 1).
         salt: the dm-verity salt.
-        workers: hashing threads (default: CPU count).
-        progress: called with the number of image bytes hashed since the last call.
+        workers: hashing processes (default: CPU count; small images use none).
+        observe: called in order with every chunk of image data read.
+        spool_dir: where a large tree is spooled (default: the system temp dir).
 
     Returns:
-        The tree; its `area` is what `veritysetup format` writes to the hash device.
+        The tree. Close it when done to free its spool.
     """
     check_salt(salt)
     if data_blocks < 1:
         raise UsageError("an image must hold at least one 4096-byte block")
     workers = workers or os.cpu_count() or 1
-    leaves = b"".join(_leaf_digests(read, salt, data_blocks, workers, progress))
-    levels = [pack_level(leaves)]
-    while len(levels[-1]) > BLOCK_SIZE:
-        levels.append(pack_level(digest_blocks(salt, levels[-1])))
-    if data_blocks == 1:
-        root = leaves[:DIGEST_SIZE]
-        levels = []
-    else:
-        root = digest_blocks(salt, levels[-1])
-    area = build_superblock(salt, data_blocks, derive_uuid(root)) + b"".join(reversed(levels))
-    return Tree(root, salt, data_blocks, area)
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=spool_dir)  # noqa: SIM115
+    try:
+        leaf_size = 0
+        first_leaves = b""
+        for digests in _leaf_digests(path, salt, data_blocks, workers, observe):
+            if not first_leaves:
+                first_leaves = digests[:DIGEST_SIZE]
+            spool.write(digests)
+            leaf_size += len(digests)
+        if data_blocks == 1:
+            return Tree(first_leaves, salt, 1, spool, ())
+        pad = (BLOCK_SIZE - leaf_size % BLOCK_SIZE) % BLOCK_SIZE
+        spool.write(bytes(pad))
+        spans = [(0, leaf_size + pad)]
+        # Each upper level hashes the blocks of the level below, read back in chunks.
+        while spans[-1][1] > BLOCK_SIZE:
+            below_off, below_len = spans[-1]
+            level_off = below_off + below_len
+            written = 0
+            for pos in range(0, below_len, 1 << 20):
+                spool.seek(below_off + pos)
+                digests = digest_blocks(salt, spool.read(min(1 << 20, below_len - pos)))
+                spool.seek(level_off + written)
+                spool.write(digests)
+                written += len(digests)
+            spool.seek(level_off + written)
+            pad = (BLOCK_SIZE - written % BLOCK_SIZE) % BLOCK_SIZE
+            spool.write(bytes(pad))
+            spans.append((level_off, written + pad))
+        spool.seek(spans[-1][0])
+        root = digest_blocks(salt, spool.read(BLOCK_SIZE))
+        return Tree(root, salt, data_blocks, spool, tuple(spans))
+    except BaseException:
+        spool.close()
+        raise
 
 
 class TreeChecker:
@@ -314,7 +399,9 @@ class TreeChecker:
             raise BundleError(f"stored hash tree block {index} does not match the root hash")
         return block
 
-    def leaf_digests(self, first_block: int, count: int, fetch_leaf: Callable[[int], bytes]) -> bytes:
+    def leaf_digests(
+        self, first_block: int, count: int, fetch_leaf: Callable[[int], bytes]
+    ) -> bytes:
         """The expected digests of data blocks [first_block, first_block + count).
 
         `fetch_leaf(j)` returns leaf-level block j from the caller's store; it is

@@ -1,0 +1,34 @@
+"""Helpers for bundle tests: an in-memory source and deterministic images."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bundle_tool.errors import BundleError
+
+BUILD_TIME = 1_700_000_000
+NOW = datetime.now(UTC)
+
+
+class BytesReader:
+    """An in-memory bundle source with the reader's interface."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> Iterator[bytes]:
+        if offset + length > len(self.data):
+            raise BundleError("bundle ends early")
+        for pos in range(offset, offset + length, 1 << 16):
+            yield self.data[pos : min(pos + (1 << 16), offset + length)]
+
+
+def write_image(path: Path, blocks: int, seed: int = 0) -> Path:
+    path.write_bytes(random.Random(seed).randbytes(blocks * 4096))
+    return path

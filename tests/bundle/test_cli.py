@@ -1,0 +1,194 @@
+"""`bundle-tool` as a user runs it: exit statuses, JSON, board configs, artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bundle.bundles import write_image
+
+REPO = Path(__file__).resolve().parents[2]
+BOARD = REPO / "board-configs" / "qemu-arm64-uboot.toml"
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bundle_tool.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("keys")
+    r = run("keygen", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "not for production" in r.stdout
+    return out
+
+
+def create(
+    keys: Path, image: Path, out: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        "create",
+        "--image",
+        image,
+        "--version",
+        "2.1.0",
+        "--key",
+        keys / "signer.key",
+        "--cert",
+        keys / "signer.pem",
+        "-o",
+        out,
+        *extra,
+        env={"SOURCE_DATE_EPOCH": "1700000000"},
+    )
+
+
+def elf_header(machine: int, elfclass: int = 2) -> bytes:
+    """A minimal ELF file header (enough for the machine-type check)."""
+    ident = b"\x7fELF" + bytes([elfclass, 1, 1]) + bytes(9)
+    if elfclass == 2:
+        rest = struct.pack("<HHIQQQIHHHHHH", 2, machine, 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+    else:
+        rest = struct.pack("<HHIIIIIHHHHHH", 2, machine, 1, 0, 0, 0, 0, 52, 32, 0, 40, 0, 0)
+    return ident + rest
+
+
+def test_create_info_verify_json(tmp_path: Path, keys: Path) -> None:
+    image = write_image(tmp_path / "rootfs.img", 64)
+    r = create(
+        keys,
+        image,
+        tmp_path / "b",
+        "--compatible",
+        "board-x",
+        "--security-version",
+        "7",
+        "--salt",
+        "ab" * 32,
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run("info", tmp_path / "b", "--json").stdout)
+    assert info["version"] == "2.1.0"
+    assert info["compatible"] == "board-x"
+    assert info["security_version"] == 7
+    (img,) = info["images"]
+    assert img["size"] == 64 * 4096
+    assert set(img["verity"]) >= {
+        "root_hash",
+        "salt",
+        "hash_algorithm",
+        "data_block_size",
+        "hash_block_size",
+        "data_blocks",
+    }
+    assert img["verity"]["salt"] == "ab" * 32
+    assert img["verity"]["data_blocks"] == 64
+    r = run("verify", tmp_path / "b", "--keyring", keys / "ca.pem", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["valid"] is True
+    # The same inputs give the same bytes.
+    assert (
+        create(
+            keys,
+            image,
+            tmp_path / "c",
+            "--compatible",
+            "board-x",
+            "--security-version",
+            "7",
+            "--salt",
+            "ab" * 32,
+        ).returncode
+        == 0
+    )
+    assert (tmp_path / "b").read_bytes() == (tmp_path / "c").read_bytes()
+
+
+def test_exit_statuses(tmp_path: Path, keys: Path) -> None:
+    image = write_image(tmp_path / "rootfs.img", 16)
+    odd = tmp_path / "odd.img"
+    odd.write_bytes(bytes(5000))
+    r = create(keys, odd, tmp_path / "x", "--compatible", "b")
+    assert r.returncode == 2
+    assert "not a positive multiple of 4096" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+    assert create(keys, image, tmp_path / "b", "--compatible", "b").returncode == 0
+    data = (tmp_path / "b").read_bytes()
+    (tmp_path / "corrupt").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    r = run("verify", tmp_path / "corrupt", "--keyring", keys / "ca.pem")
+    assert r.returncode == 3, r.stderr
+    assert "does not match the hash tree" in r.stderr
+
+    other = tmp_path / "other"
+    assert run("keygen", "-o", other).returncode == 0
+    r = run("verify", tmp_path / "b", "--keyring", other / "ca.pem")
+    assert r.returncode == 4, r.stderr
+
+    r = run("verify", tmp_path / "b", "--keyring", keys / "ca.pem", "--compatible", "c")
+    assert r.returncode == 5
+    r = run("verify", tmp_path / "b", "--keyring", keys / "ca.pem", "--security-floor", "1")
+    assert r.returncode == 5
+
+    r = run("verify", tmp_path / "missing", "--keyring", keys / "ca.pem")
+    assert r.returncode == 6
+    r = run("verify", tmp_path / "b")
+    assert r.returncode == 2  # argparse: --keyring is required
+
+
+def test_expired_bundle(tmp_path: Path, keys: Path) -> None:
+    image = write_image(tmp_path / "rootfs.img", 16)
+    assert (
+        create(
+            keys, image, tmp_path / "b", "--compatible", "b", "--expires", "2030-01-01"
+        ).returncode
+        == 0
+    )
+    ok = run("verify", tmp_path / "b", "--keyring", keys / "ca.pem", "--at", "2029-12-31")
+    assert ok.returncode == 0, ok.stderr
+    late = run("verify", tmp_path / "b", "--keyring", keys / "ca.pem", "--at", "2030-01-01")
+    assert late.returncode == 5
+    assert "expired on 2030-01-01" in late.stderr
+
+
+def test_board_config_and_elf_artifacts(tmp_path: Path, keys: Path) -> None:
+    image = write_image(tmp_path / "rootfs.img", 16)
+    arm = tmp_path / "u-boot.elf"
+    arm.write_bytes(elf_header(183))  # EM_AARCH64
+    x86 = tmp_path / "vmlinux"
+    x86.write_bytes(elf_header(62))  # EM_X86_64
+    blob = tmp_path / "notes.txt"
+    blob.write_text("not ELF\n")
+    r = create(
+        keys, image, tmp_path / "b", "--board-config", BOARD, "--artifact", arm, "--artifact", blob
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run("info", tmp_path / "b", "--json").stdout)
+    assert info["compatible"] == "qemu-arm64-uboot"
+    assert info["architecture"] == "arm64"
+    assert [a["name"] for a in info["artifacts"]] == ["u-boot.elf", "notes.txt"]
+    assert info["artifacts"][0]["elf_machine"] == "EM_AARCH64"
+    assert run("verify", tmp_path / "b", "--keyring", keys / "ca.pem").returncode == 0
+
+    r = create(keys, image, tmp_path / "c", "--board-config", BOARD, "--artifact", x86)
+    assert r.returncode == 2
+    assert "EM_X86_64" in r.stderr and "arm64" in r.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_help_documents_exit_statuses() -> None:
+    r = run("verify", "--help")
+    assert r.returncode == 0
+    assert "exit status" in r.stdout and "signature or certificate" in r.stdout
