@@ -1,0 +1,309 @@
+"""Boot environment stores: the I/O around the pure codecs in `ubootenv` and `grubenv`.
+
+Each store loads and saves a flat `name -> value` mapping. Variables the caller does not touch
+are preserved, because callers save what they loaded with their changes applied.
+
+When no valid environment exists, `load()` returns the board's defaults and sets `defaulted`;
+`save()` then refuses unless called with `init=True`, so a corrupt environment is never
+overwritten by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bootctl import grubenv, ubootenv
+from bootctl.atomicfile import FaultHook, atomic_write
+from bootctl.errors import EnvCorruptError, EnvSizeError, StorageError
+from bootctl.ubootenv import EnvCopy, EnvLocation
+
+__all__ = ["EnvStore", "GrubEnvStore", "UBootEnvStore"]
+
+
+class EnvStore(ABC):
+    """A boot environment on some storage.
+
+    Attributes:
+        defaulted: True if the last `load()` found no valid environment and returned defaults.
+    """
+
+    def __init__(self, defaults: Mapping[str, str]) -> None:
+        """Create a store.
+
+        Args:
+            defaults: Variables `load()` returns when no valid environment exists.
+        """
+        self._defaults = dict(defaults)
+        self.defaulted = False
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the environment lives, for messages."""
+
+    @abstractmethod
+    def _load(self) -> dict[str, str] | None:
+        """Read the environment; None if no valid one exists. May raise OSError."""
+
+    @abstractmethod
+    def _save(self, env: dict[str, str], init: bool) -> None:
+        """Write the environment durably. May raise OSError."""
+
+    def load(self) -> dict[str, str]:
+        """Read the environment.
+
+        Returns:
+            The variables, or the defaults if no valid environment exists (see `defaulted`).
+
+        Raises:
+            EnvSizeError: The storage does not match the configured size.
+            StorageError: Reading failed.
+        """
+        try:
+            env = self._load()
+        except OSError as e:
+            raise StorageError(f"cannot read {self.describe()}: {e.strerror or e}") from e
+        self.defaulted = env is None
+        return dict(self._defaults) if env is None else env
+
+    def save(self, env: Mapping[str, str], *, init: bool = False) -> None:
+        """Write the environment in one crash-safe step.
+
+        Args:
+            env: All variables (the stored set is replaced by this one).
+            init: Write even if no valid environment exists yet (creating it).
+
+        Raises:
+            EnvCorruptError: No valid environment exists and `init` is False.
+            EnvError: The variables cannot be encoded (e.g. they do not fit).
+            EnvSizeError: The storage does not match the configured size.
+            StorageError: Writing or flushing failed.
+        """
+        try:
+            self._save(dict(env), init)
+        except OSError as e:
+            raise StorageError(f"cannot write {self.describe()}: {e.strerror or e}") from e
+
+    def _refuse(self) -> EnvCorruptError:
+        return EnvCorruptError(
+            f"no valid environment in {self.describe()}; run 'abctl init' to create one"
+        )
+
+
+def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None:
+    """Read one copy; None if the file does not exist.
+
+    `exclusive` means the file holds nothing but this copy, so its size must equal `size`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode):
+            if exclusive and st.st_size != size:
+                raise EnvSizeError(
+                    f"{path} is {st.st_size} bytes but the environment size is {size} "
+                    f"({size:#x}); fix the size in fw_env.config"
+                )
+            if st.st_size < offset + size:
+                raise EnvSizeError(
+                    f"{path} is {st.st_size} bytes, too small for an environment of {size:#x} "
+                    f"bytes at offset {offset:#x}"
+                )
+        f.seek(offset)
+        blob = f.read(size)
+    if len(blob) != size:
+        raise EnvSizeError(f"{path}: read {len(blob)} of {size} bytes at offset {offset:#x}")
+    return blob
+
+
+def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(blob)
+        pos = offset
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view = view[n:]
+            pos += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class UBootEnvStore(EnvStore):
+    """A U-Boot environment configured by `fw_env.config` lines (one: single, two: redundant).
+
+    Single copy: a plain file that holds only the environment (offset 0) is replaced
+    crash-safely (temporary file, fsync, rename, fsync directory); otherwise the copy is
+    rewritten in place and flushed. Redundant: the older copy is rewritten in place with
+    flags + 1 and flushed, so a torn write leaves the previous copy current.
+    """
+
+    def __init__(
+        self,
+        locations: Sequence[EnvLocation],
+        defaults: Mapping[str, str],
+        *,
+        pad: int = 0x00,
+        fault: FaultHook | None = None,
+    ) -> None:
+        """Create a store.
+
+        Args:
+            locations: One or two copies (see `ubootenv.parse_fw_env_config`).
+            defaults: Variables returned when no copy is valid.
+            pad: Byte that fills the unused data area (U-Boot uses 0x00).
+            fault: Test seam passed to `atomic_write` for single-copy files.
+        """
+        super().__init__(defaults)
+        if not 1 <= len(locations) <= 2:
+            raise ValueError("a U-Boot environment has one or two copies")
+        self.locations = tuple(locations)
+        self._pad = pad
+        self._fault = fault
+
+    @classmethod
+    def from_config(cls, lines: Sequence[str], defaults: Mapping[str, str]) -> UBootEnvStore:
+        """Create a store from `fw_env.config` lines.
+
+        Raises:
+            ConfigError: The lines are invalid.
+        """
+        return cls(ubootenv.parse_fw_env_config(lines), defaults)
+
+    @property
+    def redundant(self) -> bool:
+        """True for a redundant (two-copy) environment."""
+        return len(self.locations) == 2
+
+    def describe(self) -> str:
+        """The locations in `fw_env.config` syntax."""
+        return " + ".join(f"{loc.device}@{loc.offset:#x}" for loc in self.locations)
+
+    def _exclusive(self, loc: EnvLocation) -> bool:
+        same_file = [x for x in self.locations if x.device == loc.device]
+        return loc.offset == 0 and len(same_file) == 1
+
+    def _read(self, loc: EnvLocation) -> bytes | None:
+        return _read_at(loc.device, loc.offset, loc.size, self._exclusive(loc))
+
+    def _copies(self) -> list[EnvCopy | None]:
+        copies: list[EnvCopy | None] = []
+        for loc in self.locations:
+            blob = self._read(loc)
+            copies.append(None if blob is None else ubootenv.decode_redundant(blob))
+        return copies
+
+    def _load_single(self) -> dict[str, str] | None:
+        blob = self._read(self.locations[0])
+        if blob is None:
+            return None
+        try:
+            return ubootenv.decode_single(blob)
+        except EnvCorruptError:
+            return None
+
+    def _load(self) -> dict[str, str] | None:
+        if not self.redundant:
+            return self._load_single()
+        copies = self._copies()
+        current = ubootenv.select_copy(copies[0], copies[1])
+        if current is None:
+            return None
+        chosen = copies[current]
+        assert chosen is not None
+        return chosen.env
+
+    def current_flags(self) -> int | None:
+        """Flags of the current copy of a redundant environment (None: single or no valid copy)."""
+        if not self.redundant:
+            return None
+        copies = self._copies()
+        current = ubootenv.select_copy(copies[0], copies[1])
+        return None if current is None else copies[current].flags  # type: ignore[union-attr]
+
+    def _save(self, env: dict[str, str], init: bool) -> None:
+        if self.redundant:
+            self._save_redundant(env, init)
+        else:
+            self._save_single(env, init)
+
+    def _save_single(self, env: dict[str, str], init: bool) -> None:
+        loc = self.locations[0]
+        blob = ubootenv.encode_single(env, loc.size, self._pad)
+        if not init and self._load_single() is None:
+            raise self._refuse()
+        path = Path(loc.device)
+        try:
+            regular = stat.S_ISREG(path.stat().st_mode)
+        except FileNotFoundError:
+            regular = True
+        if regular and loc.offset == 0:
+            atomic_write(path, blob, fault=self._fault)
+        else:
+            _write_at(loc.device, loc.offset, blob, create=init)
+
+    def _save_redundant(self, env: dict[str, str], init: bool) -> None:
+        size = self.locations[0].size
+        copies = self._copies()
+        current = ubootenv.select_copy(copies[0], copies[1])
+        if current is None:
+            if not init:
+                raise self._refuse()
+            # Create both copies: the second one as the older (flags 0), then the first.
+            for target, flags in ((1, 0), (0, 1)):
+                loc = self.locations[target]
+                blob = ubootenv.encode_redundant(env, size, flags, self._pad)
+                _write_at(loc.device, loc.offset, blob, create=True)
+            return
+        chosen = copies[current]
+        assert chosen is not None
+        target, flags = 1 - current, ubootenv.next_flags(chosen.flags)
+        blob = ubootenv.encode_redundant(env, size, flags, self._pad)
+        loc = self.locations[target]
+        _write_at(loc.device, loc.offset, blob, create=False)
+
+
+class GrubEnvStore(EnvStore):
+    """A GRUB environment block file, replaced crash-safely on every save."""
+
+    def __init__(
+        self, path: str | Path, defaults: Mapping[str, str], *, fault: FaultHook | None = None
+    ) -> None:
+        """Create a store.
+
+        Args:
+            path: The `grubenv` file.
+            defaults: Variables returned when the file is missing or not an environment block.
+            fault: Test seam passed to `atomic_write`.
+        """
+        super().__init__(defaults)
+        self.path = Path(path)
+        self._fault = fault
+
+    def describe(self) -> str:
+        """The file's path."""
+        return str(self.path)
+
+    def _load(self) -> dict[str, str] | None:
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return grubenv.decode_grubenv(blob)
+        except EnvCorruptError:
+            return None
+
+    def _save(self, env: dict[str, str], init: bool) -> None:
+        blob = grubenv.encode_grubenv(env)
+        if not init and self._load() is None:
+            raise self._refuse()
+        atomic_write(self.path, blob, fault=self._fault)
