@@ -28,7 +28,6 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bundle_tool.errors import BundleError, TrustError, UsageError
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,6 +42,8 @@ from cryptography.x509.verification import (
     Store,
     VerificationError,
 )
+
+from bundle_tool.errors import BundleError, TrustError, UsageError
 
 SIGNATURE_CONTEXT = b"abupdate-bundle-signature-v1\x00"
 MAX_SIGNATURES = 16
@@ -658,12 +659,32 @@ def _build_path(
     path = walk([leaf])
     if path is not None:
         return path
-    if problems:
+    if problems and _names_reach_keyring(leaf, chain, anchors):
         return problems[0]
     return (
         f"certificate issued by '{leaf.issuer.rfc4514_string()}', which is not a keyring CA "
         "nor reached through the bundle's intermediates"
     )
+
+
+def _names_reach_keyring(
+    leaf: x509.Certificate, chain: tuple[x509.Certificate, ...], anchors: list[x509.Certificate]
+) -> bool:
+    """Whether issuer names alone lead from the leaf to a keyring CA's name.
+
+    When they do not, the useful reason is "unknown CA", not a failure met on the way.
+    """
+    anchor_names = {a.subject for a in anchors}
+    seen: set[x509.Name] = set()
+    todo = [leaf.issuer]
+    while todo:
+        name = todo.pop()
+        if name in anchor_names:
+            return True
+        if name not in seen:
+            seen.add(name)
+            todo.extend(c.issuer for c in chain if c.subject == name)
+    return False
 
 
 def _library_can_serve(path: list[x509.Certificate]) -> bool:
@@ -728,5 +749,7 @@ def _library_problem(
         verifier.verify(leaf, list(chain))
     except VerificationError as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # Drop the certificate's repr the library appends; the subject is in our own reasons.
+        detail = detail.split(" (encountered processing ", 1)[0]
         return f"X.509 path validation failed: {detail}"
     return None

@@ -10,15 +10,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from bundle_tool import keygen, signing
-from bundle_tool.errors import BundleError, TrustError, UsageError
-from bundle_tool.keygen import PrivateKey, make_ca, make_signer
-from bundle_tool.signing import SignatureEntry, Signer, sign, verify_signatures
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from bundle_tool import keygen, signing
+from bundle_tool.errors import BundleError, TrustError, UsageError
+from bundle_tool.keygen import PrivateKey, make_ca, make_signer
+from bundle_tool.signing import SignatureEntry, Signer, sign, verify_signatures
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -490,6 +491,30 @@ def test_signer_cannot_act_as_a_ca(algorithm: str) -> None:
         signer(algorithm, issuer=(middle.key, middle.certificate), chain=(middle.certificate,)),
     )
     assert "is not a CA" in untrusted_reason(entry, keyring(algorithm))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_cross_signed_loop_without_anchor_ends(algorithm: str) -> None:
+    key_a, key_b = keygen.generate_key(algorithm), keygen.generate_key(algorithm)
+    _, cert_a = make_ca(common_name="Loop", key=key_a, not_before=START, not_after=END)
+    _, a_by_b = make_ca(
+        common_name="Loop",
+        key=key_a,
+        not_before=START,
+        not_after=END,
+        issuer_key=key_b,
+        issuer_cert=cert_a,  # same name: B's certificate below says "Loop" too
+    )
+    _, b_by_a = make_ca(
+        common_name="Loop",
+        key=key_b,
+        not_before=START,
+        not_after=END,
+        issuer_key=key_a,
+        issuer_cert=cert_a,
+    )
+    s = signer(algorithm, issuer=(key_a, cert_a), chain=(a_by_b, b_by_a, cert_a))
+    assert "not a keyring CA" in untrusted_reason(sign(PAYLOAD, s), keyring(algorithm))
 
 
 def test_library_path_validation_agrees_on_ecdsa() -> None:
