@@ -1,0 +1,1 @@
+"""Test helpers shared by the test suites: TLS material, a real nginx, a faulty HTTPS server."""

@@ -1,0 +1,213 @@
+"""A small HTTPS server on 127.0.0.1 that serves one bytes object and misbehaves on demand.
+
+Modes (set `FaultServer.mode` between requests):
+
+`served` lists each answer once it is written (`Served`), `requests` each
+request as it arrives.
+
+* `normal`: correct `206` answers to single byte ranges (`200` without Range).
+* `ignore_range`: `200` with the whole body, whatever the Range header says.
+* `lie`: a body of the right length but a `Content-Range` one byte off.
+* `overrun`: the right `Content-Range`, then everything up to the end of the
+  data plus `OVERRUN_EXTRA` junk bytes, with a matching (too large) `Content-Length`.
+* `trickle`: the right answer, one body byte every `trickle_interval` seconds.
+
+Independently of the mode, `drops` is a list of body byte counts: request
+number i (counting GET requests) sends at most `drops[i]` body bytes and then
+closes the connection (`Served.dropped` tells whether that cut the answer
+short); requests past the end of the list are not dropped.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .tlsca import TlsFiles
+
+MODES = ("normal", "ignore_range", "lie", "overrun", "trickle")
+OVERRUN_EXTRA = 64 * 1024
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+
+
+@dataclass
+class Served:
+    """One request as the fault server saw it."""
+
+    method: str
+    range: str | None
+    status: int
+    body_bytes_sent: int
+    dropped: bool
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _TlsServer
+
+    def setup(self) -> None:
+        self.request.settimeout(10)
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def _answer(self, *, head: bool) -> None:
+        owner = self.server.owner
+        data = owner.data
+        mode = owner.mode
+        header = self.headers.get("Range")
+        owner.record_request(self.command, header)
+        m = _RANGE.fullmatch(header.strip()) if header else None
+        extra: dict[str, str] = {}
+        if m is None or mode == "ignore_range":
+            status, body = 200, memoryview(data)
+        else:
+            first = int(m.group(1))
+            last = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+            if first >= len(data):
+                self._send_head(416, 0, {"Content-Range": f"bytes */{len(data)}"})
+                owner.record(Served(self.command, header, 416, 0, False))
+                return
+            status, body = 206, memoryview(data)[first : last + 1]
+            shown = (first + 1, last + 1) if mode == "lie" else (first, last)
+            extra["Content-Range"] = f"bytes {shown[0]}-{shown[1]}/{len(data)}"
+            if mode == "overrun":
+                body = memoryview(bytes(data[first:]) + b"\xee" * OVERRUN_EXTRA)
+        drop = None if head else owner.next_drop()
+        self._send_head(status, len(body), extra)
+        if head:
+            owner.record(Served(self.command, header, status, 0, False))
+            return
+        cut = drop is not None and drop < len(body)
+        if cut:
+            body = body[:drop]
+        sent = 0
+        try:
+            if mode == "trickle":
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    sent += 1
+                    time.sleep(owner.trickle_interval)
+            else:
+                self.wfile.write(body)
+                sent = len(body)
+        except OSError:
+            self.close_connection = True
+        # Record before closing, so the record precedes the client's next request.
+        owner.record(Served(self.command, header, status, sent, cut))
+        if cut:
+            self.close_connection = True
+            self.request.shutdown(socket.SHUT_RDWR)
+
+    def _send_head(self, status: int, length: int, extra: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", '"fault-1"')
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+
+class _TlsServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, owner: FaultServer, context: ssl.SSLContext) -> None:
+        self.owner = owner
+        self.context = context
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        # The handshake happens in the handler's thread, on the first read.
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gives up mid-answer is what these tests are about
+
+
+class FaultServer:
+    """A threaded HTTPS/1.1 server for `data`, with fault modes.
+
+    Args:
+        data: The bytes served at every path.
+        tls: The run's TLS files; the server presents `tls.server_cert`.
+    """
+
+    def __init__(self, data: bytes, tls: TlsFiles) -> None:
+        self.data = data
+        self.tls = tls
+        self.mode = "normal"
+        self.drops: list[int] = []
+        self.trickle_interval = 0.2
+        self.served: list[Served] = []
+        self.requests: list[tuple[str, str | None]] = []
+        """(method, Range header) of each request, in arrival order."""
+        self._gets = 0
+        self._lock = threading.Lock()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.server_cert, tls.server_key)
+        self._server = _TlsServer(self, context)
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def ca_file(self) -> str:
+        """The CA certificate that signed the server certificate."""
+        return str(self.tls.ca_file)
+
+    def url(self, name: str = "bundle") -> str:
+        """An https:// URL on this server (every path serves `data`)."""
+        return f"https://127.0.0.1:{self.port}/{name}"
+
+    def next_drop(self) -> int | None:
+        with self._lock:
+            i = self._gets
+            self._gets += 1
+            return self.drops[i] if i < len(self.drops) else None
+
+    def record_request(self, method: str, range_header: str | None) -> None:
+        with self._lock:
+            self.requests.append((method, range_header))
+
+    def record(self, served: Served) -> None:
+        with self._lock:
+            self.served.append(served)
+
+    def body_bytes_served(self) -> int:
+        """Body bytes written to clients so far."""
+        with self._lock:
+            return sum(s.body_bytes_sent for s in self.served)
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FaultServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

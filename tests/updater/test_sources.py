@@ -1,0 +1,422 @@
+"""Bundle sources: local file, forward-only stream, and HTTPS against nginx and a faulty server."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bundle_tool.errors import BundleError
+from tests.helpers.faultserver import FaultServer
+from tests.helpers.nginx import NginxServer, free_port
+from tests.helpers.tlsca import CertificateAuthority
+from updater.errors import TransportError, UsageError
+from updater.filesource import FileSource, StdinSource
+from updater.httpsource import HttpSettings, HttpSource
+from updater.source import BundleSource
+from updater.sources import open_source
+
+SIZE = 3 * 1024 * 1024 + 12345  # not a multiple of the chunk size
+
+
+def payload(size: int = SIZE, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def random_ranges(size: int, count: int, seed: int) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    ranges = [(0, size), (size - 1, 1), (0, 1), (size, 0)]
+    for _ in range(count):
+        offset = rng.randrange(size)
+        ranges.append((offset, rng.randrange(1, size - offset + 1)))
+    return ranges
+
+
+def read_all(source: BundleSource, offset: int, length: int) -> bytes:
+    chunks = list(source.read(offset, length))
+    assert all(0 < len(c) <= BundleSource.CHUNK for c in chunks)
+    return b"".join(chunks)
+
+
+def fast_settings(ca_file: str, **overrides: float | int | str | None) -> HttpSettings:
+    """Small timeouts and back-off so fault tests finish in a few seconds."""
+    fields: dict[str, float | int | str | None] = {
+        "ca_file": ca_file,
+        "connect_timeout": 2.0,
+        "read_timeout": 2.0,
+        "deadline": 30.0,
+        "retries": 3,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+    }
+    fields.update(overrides)
+    return HttpSettings(**fields)  # type: ignore[arg-type]
+
+
+# -- local file ----------------------------------------------------------------
+
+
+def test_file_source_reads_random_ranges(tmp_path: Path) -> None:
+    data = payload()
+    path = tmp_path / "b.bundle"
+    path.write_bytes(data)
+    with FileSource(path) as source:
+        assert source.size() == SIZE
+        total = 0
+        for offset, length in random_ranges(SIZE, 40, seed=2):
+            assert read_all(source, offset, length) == data[offset : offset + length]
+            total += length
+        assert source.bytes_fetched == total
+
+
+def test_file_source_refuses_reads_past_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "b.bundle"
+    path.write_bytes(payload(1000))
+    with FileSource(path) as source, pytest.raises(BundleError, match="ends early"):
+        read_all(source, 900, 101)
+
+
+def test_file_source_refuses_missing_paths_and_directories(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not found"):
+        FileSource(tmp_path / "nothing.bundle")
+    with pytest.raises(UsageError, match="not a regular file"):
+        FileSource(tmp_path)
+
+
+# -- forward-only stream ---------------------------------------------------------
+
+
+def pipe_with(data: bytes) -> Iterator[StdinSource]:
+    """A StdinSource on a real pipe that a thread fills with `data`, then closes."""
+    rfd, wfd = os.pipe()
+
+    def feed() -> None:
+        with open(wfd, "wb") as w:
+            w.write(data)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    with open(rfd, "rb") as stream:
+        yield StdinSource(stream)
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def stdin_source() -> Iterator[StdinSource]:
+    yield from pipe_with(payload())
+
+
+def test_stdin_source_reads_forward_and_skips(stdin_source: StdinSource) -> None:
+    data = payload()
+    rng = random.Random(3)
+    pos = 0
+    while pos < SIZE:
+        offset = min(SIZE, pos + rng.choice([0, 0, 1, 4096, 1_500_000]))
+        length = min(SIZE - offset, rng.randrange(0, 1_200_000))
+        assert read_all(stdin_source, offset, length) == data[offset : offset + length]
+        pos = offset + length
+    assert stdin_source.size() is None
+    assert stdin_source.at_eof()
+    assert stdin_source.bytes_fetched == SIZE  # skipped bytes were read too
+
+
+def test_stdin_source_refuses_going_back(stdin_source: StdinSource) -> None:
+    read_all(stdin_source, 100, 100)
+    with pytest.raises(ValueError, match="only reads forward"):
+        read_all(stdin_source, 150, 10)
+
+
+def test_stdin_source_early_eof_is_a_bundle_error(stdin_source: StdinSource) -> None:
+    with pytest.raises(BundleError, match="ends early"):
+        read_all(stdin_source, SIZE - 10, 11)
+
+
+def test_stdin_source_at_eof_keeps_the_byte_it_peeked(stdin_source: StdinSource) -> None:
+    data = payload()
+    read_all(stdin_source, 0, SIZE - 2)
+    assert not stdin_source.at_eof()
+    assert not stdin_source.at_eof()
+    assert read_all(stdin_source, SIZE - 2, 2) == data[-2:]
+    assert stdin_source.at_eof()
+
+
+# -- choosing a source -----------------------------------------------------------
+
+
+def test_open_source_picks_by_spec(tmp_path: Path) -> None:
+    bundle = tmp_path / "usb" / "update.bundle"
+    bundle.parent.mkdir()
+    bundle.write_bytes(b"x" * 10)
+    assert isinstance(open_source("-"), StdinSource)
+    with open_source(str(bundle)) as s:
+        assert isinstance(s, FileSource)
+    with open_source(str(bundle.parent)) as s:  # a mount point with one bundle
+        assert isinstance(s, FileSource) and s.path == str(bundle)
+    with open_source("https://updates.example.com/b.bundle") as s:
+        assert isinstance(s, HttpSource)
+    (bundle.parent / "other.bundle").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"2 \*.bundle files"):
+        open_source(str(bundle.parent))
+    with pytest.raises(UsageError, match="only https://"):
+        open_source("http://updates.example.com/b.bundle")
+    with pytest.raises(UsageError, match="not found"):
+        open_source(str(tmp_path / "missing.bundle"))
+
+
+def test_open_source_reads_a_fifo_as_a_stream(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    data = payload(100_000)
+
+    def feed() -> None:
+        with fifo.open("wb") as w:
+            w.write(data)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    with open_source(str(fifo)) as s:
+        assert isinstance(s, StdinSource)
+        assert read_all(s, 10, 99_990) == data[10:]
+        assert s.at_eof()
+    thread.join(timeout=5)
+
+
+def test_http_urls_are_refused_unless_allowed_for_tests() -> None:
+    with pytest.raises(UsageError, match="https://"):
+        HttpSource("http://127.0.0.1/b.bundle")
+    HttpSource("http://127.0.0.1/b.bundle", allow_insecure_http=True).close()
+
+
+def test_http_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="read_timeout"):
+        HttpSettings(read_timeout=0)
+    with pytest.raises(UsageError, match="client_key needs client_cert"):
+        HttpSettings(client_key="k.pem")
+    with pytest.raises(UsageError, match="ca_file: file not found"):
+        HttpSource("https://127.0.0.1/b", HttpSettings(ca_file=str(tmp_path / "none.pem")))
+
+
+# -- HTTPS from nginx ------------------------------------------------------------
+
+
+@pytest.fixture
+def served(nginx_server: NginxServer) -> tuple[NginxServer, bytes]:
+    data = payload()
+    (nginx_server.root / "b.bundle").write_bytes(data)
+    return nginx_server, data
+
+
+def test_https_from_nginx_full_and_random_ranges(served: tuple[NginxServer, bytes]) -> None:
+    nginx, data = served
+    with HttpSource(nginx.url("b.bundle"), HttpSettings(ca_file=nginx.ca_file)) as source:
+        assert source.size() == SIZE
+        for offset, length in random_ranges(SIZE, 30, seed=5):
+            assert read_all(source, offset, length) == data[offset : offset + length]
+        fetched = source.bytes_fetched
+    entries = nginx.log_entries()
+    gets = [e for e in entries if e["method"] == "GET"]
+    assert all(e["status"] == 206 for e in gets)
+    assert nginx.body_bytes_served() == fetched
+    assert len({e["connection"] for e in entries}) == 1  # one kept-alive connection
+
+
+def test_https_read_past_the_end_is_a_bundle_error(served: tuple[NginxServer, bytes]) -> None:
+    nginx, _ = served
+    settings = HttpSettings(ca_file=nginx.ca_file)
+    source = HttpSource(nginx.url("b.bundle"), settings)  # size not known yet
+    with source, pytest.raises(BundleError, match=f"has {SIZE} bytes"):
+        read_all(source, SIZE - 5, 10)  # nginx answers a shorter range
+    with HttpSource(nginx.url("b.bundle"), settings) as source:
+        with pytest.raises(BundleError, match=f"has {SIZE} bytes"):
+            read_all(source, SIZE + 5, 10)  # nginx answers 416
+        with pytest.raises(BundleError, match="ends early"):
+            read_all(source, SIZE, 1)  # size now known: refused without a request
+
+
+def test_https_missing_file_is_not_retried(served: tuple[NginxServer, bytes]) -> None:
+    nginx, _ = served
+    with HttpSource(nginx.url("nope.bundle"), HttpSettings(ca_file=nginx.ca_file)) as source:
+        with pytest.raises(TransportError, match="404"):
+            read_all(source, 0, 10)
+        assert source.retry_count == 0
+
+
+def test_untrusted_server_certificate_is_refused(
+    served: tuple[NginxServer, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nginx, _ = served
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    other_ca = CertificateAuthority("another CA").write(tmp_path / "other-ca.pem")
+    for settings in (HttpSettings(), HttpSettings(ca_file=str(other_ca))):
+        with HttpSource(nginx.url("b.bundle"), settings) as source:
+            with pytest.raises(TransportError, match="certificate") as info:
+                read_all(source, 0, 10)
+            assert "certificate verify failed" in str(info.value)
+            assert source.retry_count == 0
+    assert nginx.body_bytes_served() == 0
+
+
+def test_mutual_tls_needs_the_client_certificate(
+    nginx_factory: Callable[..., NginxServer], tmp_path: Path
+) -> None:
+    nginx = nginx_factory(require_client_cert=True)
+    data = payload(200_000)
+    (nginx.root / "b.bundle").write_bytes(data)
+    url = nginx.url("b.bundle")
+    source = HttpSource(url, HttpSettings(ca_file=nginx.ca_file))
+    with source, pytest.raises(TransportError, match="400"):
+        read_all(source, 0, 10)
+    # A certificate from a CA that nginx does not trust is refused too.
+    stranger = CertificateAuthority("stranger CA")
+    cert, key = stranger.issue(tmp_path, "intruder", client=True)
+    settings = HttpSettings(ca_file=nginx.ca_file, client_cert=str(cert), client_key=str(key))
+    with HttpSource(url, settings) as source, pytest.raises(TransportError, match="400"):
+        read_all(source, 0, 10)
+    settings = HttpSettings(
+        ca_file=nginx.ca_file, client_cert=nginx.client_cert, client_key=nginx.client_key
+    )
+    with HttpSource(url, settings) as source:
+        assert read_all(source, 0, len(data)) == data
+    assert [e["client_verify"] for e in nginx.log_entries()][-1] == "SUCCESS"
+
+
+def test_proxy_environment_is_honoured(
+    served: tuple[NginxServer, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nginx, data = served
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, dead)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = fast_settings(nginx.ca_file, retries=1)
+    source = HttpSource(nginx.url("b.bundle"), settings)
+    with source, pytest.raises(TransportError, match="proxy"):
+        read_all(source, 0, 10)
+    assert nginx.body_bytes_served() == 0
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with HttpSource(nginx.url("b.bundle"), settings) as source:
+        assert read_all(source, 0, 10) == data[:10]
+
+
+# -- HTTPS faults ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_dropped_connections_resume_from_the_byte_reached(
+    fault_server: FaultServer, seed: int
+) -> None:
+    data = fault_server.data
+    rng = random.Random(seed)
+    fault_server.drops = [rng.randrange(1, 200_000) for _ in range(30)]
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        got = read_all(source, 0, len(data) // 2)
+        got += read_all(source, len(data) // 2, len(data) - len(data) // 2)
+        assert got == data
+        retries = source.retry_count
+        assert source.bytes_fetched == len(data)  # nothing fetched twice
+    gets = [s for s in fault_server.served if s.method == "GET"]
+    assert retries == sum(s.dropped for s in gets) >= 20
+    # Each resumed request starts exactly where the dropped one stopped.
+    pos = 0
+    for s in gets:
+        assert s.range is not None
+        assert s.range.startswith(f"bytes={pos}-")
+        pos += s.body_bytes_sent
+    assert pos == len(data)
+
+
+def test_retries_back_off_exponentially_then_give_up(fault_server: FaultServer) -> None:
+    fault_server.drops = [0] * 10  # headers, then the connection closes: no progress
+    delays: list[float] = []
+    settings = fast_settings(
+        fault_server.ca_file, retries=5, backoff_initial=0.5, backoff_max=3.0, deadline=1000.0
+    )
+    source = HttpSource(fault_server.url(), settings, sleep=delays.append)
+    with source, pytest.raises(TransportError, match="after 5 retries"):
+        read_all(source, 0, 100)
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_deadline_stops_retries_before_it_passes(fault_server: FaultServer) -> None:
+    fault_server.drops = [0] * 10
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    settings = fast_settings(
+        fault_server.ca_file, retries=9, backoff_initial=1.0, backoff_max=100.0, deadline=10.0
+    )
+    source = HttpSource(fault_server.url(), settings, clock=lambda: now[0], sleep=sleep)
+    with source, pytest.raises(TransportError, match="deadline of 10 s"):
+        read_all(source, 0, 100)
+    assert source.retry_count == 3  # waited 1 + 2 + 4; waiting 8 more would pass 10 s
+
+
+def test_server_ignoring_range_is_refused(fault_server: FaultServer) -> None:
+    fault_server.mode = "ignore_range"
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        with pytest.raises(TransportError, match="ignored the Range request"):
+            read_all(source, 1000, 1000)
+        assert source.retry_count == 0
+        assert source.bytes_fetched == 0
+
+
+def test_wrong_content_range_is_refused(fault_server: FaultServer) -> None:
+    fault_server.mode = "lie"
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        with pytest.raises(TransportError, match="wrong Content-Range 'bytes 1001-2000/"):
+            read_all(source, 1000, 1000)
+        assert source.bytes_fetched == 0
+
+
+def test_server_sending_more_than_asked_is_cut_at_the_range_end(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.mode = "overrun"
+    data = fault_server.data
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        for offset, length in [(1000, 5000), (2_000_000, 1_000_000), (len(data) - 10, 10)]:
+            before = source.bytes_fetched
+            assert read_all(source, offset, length) == data[offset : offset + length]
+            assert source.bytes_fetched - before == length
+        assert source.retry_count == 0
+
+
+def test_trickling_server_hits_the_deadline(fault_server: FaultServer) -> None:
+    fault_server.mode = "trickle"
+    fault_server.trickle_interval = 0.05  # each byte well within the read timeout
+    settings = fast_settings(fault_server.ca_file, read_timeout=1.0, deadline=1.5)
+    start = time.monotonic()
+    with HttpSource(fault_server.url(), settings) as source:
+        with pytest.raises(TransportError, match=r"deadline of 1\.5 s passed"):
+            read_all(source, 0, 1000)
+        assert 0 < source.bytes_fetched < 1000
+    assert time.monotonic() - start < 4
+
+
+def test_read_timeout_resumes_from_the_byte_reached(fault_server: FaultServer) -> None:
+    fault_server.mode = "trickle"
+    fault_server.trickle_interval = 2.0  # one byte, then a stall longer than the timeout
+    data = fault_server.data
+    settings = fast_settings(fault_server.ca_file, read_timeout=0.3, deadline=10.0)
+    with HttpSource(fault_server.url(), settings) as source:
+        assert read_all(source, 500, 3) == data[500:503]
+        assert source.retry_count == 2
+    ranges = [r for _, r in fault_server.requests]
+    assert ranges == ["bytes=500-502", "bytes=501-502", "bytes=502-502"]
+
+
+def test_bundle_replaced_during_download_is_refused(fault_server: FaultServer) -> None:
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        read_all(source, 0, 100)
+        fault_server.data = fault_server.data + b"new"
+        with pytest.raises(TransportError, match="changed size"):
+            read_all(source, 100, 100)

@@ -1,0 +1,420 @@
+"""A bundle on an HTTPS server, read with byte-range requests.
+
+Every read is one `Range` request whose `206` answer must carry exactly the
+requested `Content-Range`. A dropped connection or a read timeout resumes from
+the byte reached with a new range request, after an exponential back-off, a
+bounded number of times in a row; an overall deadline bounds the whole
+download. TLS is verified against a configured CA file or the system store, an
+optional client certificate identifies the device, and the usual proxy
+variables (`HTTPS_PROXY`, `NO_PROXY`) are honoured through `requests`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+
+from bundle_tool.errors import BundleError
+
+from .errors import TransportError, UsageError
+from .source import BundleSource
+
+# Statuses worth asking again: the server or a gateway is busy or restarting.
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How to reach an HTTPS server; every field has a safe default.
+
+    Attributes:
+        ca_file: PEM file of the CA certificates to trust; None trusts the system store.
+        client_cert: PEM client certificate for mutual TLS (may also hold the key).
+        client_key: PEM private key of `client_cert`, when kept in its own file.
+        connect_timeout: Seconds to wait for a TCP and TLS connection.
+        read_timeout: Seconds to wait for the next bytes of an answer.
+        deadline: Seconds the whole download may take, retries included.
+        retries: How many times in a row a failed request is retried.
+        backoff_initial: Seconds to wait before the first retry; doubled each time.
+        backoff_max: Longest wait between two retries, in seconds.
+    """
+
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    deadline: float = 3600.0
+    retries: int = 5
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "read_timeout", "deadline"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"HTTP setting {name} must be a positive number of seconds")
+        if self.retries < 0:
+            raise UsageError("HTTP setting retries must not be negative")
+        if self.backoff_initial < 0 or self.backoff_max < 0:
+            raise UsageError("HTTP back-off settings must not be negative")
+        if self.client_key is not None and self.client_cert is None:
+            raise UsageError("HTTP setting client_key needs client_cert as well")
+
+
+class _Retry(Exception):
+    """A failure that another attempt may overcome (dropped connection, timeout, 503)."""
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """Find the OpenSSL reason behind a wrapped TLS error, for a one-line message."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {e.verify_message}"
+        if isinstance(e, ssl.SSLError):
+            return e.reason or str(e)
+        todo.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
+    return str(exc)
+
+
+def system_ca_store() -> str | bool:
+    """The operating system's CA certificates, as OpenSSL finds them.
+
+    Honours `SSL_CERT_FILE` and `SSL_CERT_DIR`; falls back to the CA bundle
+    that ships with `requests` when OpenSSL knows no existing location.
+    """
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.capath):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return True
+
+
+def _is_certificate_problem(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "certificate" in text or "hostname" in text or "self-signed" in text
+
+
+class HttpSource(BundleSource):
+    """A bundle at an `https://` URL, fetched by byte ranges over one kept-alive session.
+
+    Args:
+        url: The bundle's URL.
+        settings: TLS, timeouts, deadline and retry settings.
+        clock: Monotonic clock in seconds (a test seam).
+        sleep: Waits the back-off delays (a test seam).
+        allow_insecure_http: Accept `http://` URLs; only for tests, never set by
+            the device configuration.
+
+    Raises:
+        UsageError: The URL is not `https://`, or a configured TLS file is missing.
+    """
+
+    random_access = True
+
+    def __init__(
+        self,
+        url: str,
+        settings: HttpSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        super().__init__()
+        self.settings = settings or HttpSettings()
+        parts = urlsplit(url)
+        schemes = ("https", "http") if allow_insecure_http else ("https",)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise UsageError(f"bundle URL must start with https:// and name a host: {url}")
+        self.url = url
+        self._allow_http = allow_insecure_http
+        # Messages name the server and path, never credentials or query tokens.
+        host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        self._where = f"{parts.scheme}://{host}{parts.path}"
+        for name in ("ca_file", "client_cert", "client_key"):
+            path = getattr(self.settings, name)
+            if path is not None and not os.path.isfile(path):
+                raise UsageError(f"HTTP setting {name}: file not found: {path}")
+        self._verify: str | bool = self.settings.ca_file or system_ca_store()
+        self._cert: str | tuple[str, str] | None = self.settings.client_cert
+        if self.settings.client_cert and self.settings.client_key:
+            self._cert = (self.settings.client_cert, self.settings.client_key)
+        self._clock = clock
+        self._sleep = sleep
+        self._deadline_at = clock() + self.settings.deadline
+        self._session = requests.Session()
+        # Ranges address the stored bytes; a compressed answer would not.
+        self._session.headers["Accept-Encoding"] = "identity"
+        self._size: int | None = None
+        self._etag: str | None = None
+        self.retry_count = 0
+        """Retries made so far (after drops, timeouts or busy answers)."""
+        self.request_count = 0
+        """HTTP requests sent so far."""
+
+    # -- public API -----------------------------------------------------------
+
+    def size(self) -> int | None:
+        """The bundle's size from a `Content-Range` seen so far, else from a HEAD request.
+
+        Returns None when the server does not announce a length.
+
+        Raises:
+            TransportError: The server cannot be reached or refuses the request.
+        """
+        if self._size is None:
+            failures = 0
+            while True:
+                try:
+                    resp = self._send("HEAD", {}, 0)
+                    break
+                except _Retry as e:
+                    failures += 1
+                    self._back_off(failures, str(e), 0)
+            with resp:
+                self._check_status(resp, 0, None)
+                if resp.status_code != 200:
+                    raise TransportError(
+                        f"HEAD {self._where} answered {resp.status_code} {resp.reason}"
+                    )
+                self._check_etag(resp)
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit():
+                    self._size = int(length)
+        return self._size
+
+    def read(self, offset: int, length: int) -> Iterator[bytes]:
+        """Yield exactly `length` bytes from `offset`, in chunks of at most `CHUNK` bytes.
+
+        A dropped connection or a read timeout is resumed from the byte reached.
+
+        Raises:
+            BundleError: The bundle on the server ends before `offset + length`.
+            TransportError: TLS, HTTP or network failure that retries did not
+                overcome, the overall deadline passed, or the server ignored
+                the range or answered a different one.
+        """
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range: offset {offset}, length {length}")
+        end = offset + length
+        if self._size is not None and end > self._size:
+            raise BundleError(
+                f"bundle ends early: {self._where} has {self._size} bytes, {end} needed"
+            )
+        pos = offset
+        failures = 0
+        while pos < end:
+            try:
+                resp = self._send("GET", {"Range": f"bytes={pos}-{end - 1}"}, pos)
+            except _Retry as e:
+                failures += 1
+                self._back_off(failures, str(e), pos)
+                continue
+            reusable = False
+            try:
+                self._check_range_answer(resp, pos, end)
+                reusable = resp.headers.get("Content-Length") == str(end - pos)
+                for chunk in self._body(resp, pos, end):
+                    pos += len(chunk)
+                    failures = 0
+                    yield chunk
+            except _Retry as e:
+                reusable = False
+                resp.close()
+                failures += 1
+                self._back_off(failures, str(e), pos)
+            finally:
+                if reusable and pos == end:
+                    resp.raw.release_conn()
+                else:
+                    # Unread bytes stay on the wire: drop the connection, never read them.
+                    resp.close()
+
+    def close(self) -> None:
+        """Close the session and its kept-alive connections."""
+        self._session.close()
+
+    # -- internals ------------------------------------------------------------
+
+    def _time_left(self, pos: int) -> float:
+        left = self._deadline_at - self._clock()
+        if left <= 0:
+            raise TransportError(
+                f"download deadline of {self.settings.deadline:g} s passed at byte {pos} "
+                f"of {self._where}"
+            )
+        return left
+
+    def _back_off(self, failures: int, reason: str, pos: int) -> None:
+        """Wait before retry number `failures` in a row, or give up."""
+        if failures > self.settings.retries:
+            raise TransportError(
+                f"giving up on {self._where} after {self.settings.retries} retries: {reason}"
+            )
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff_initial * 2 ** (failures - 1))
+        if self._time_left(pos) <= delay:
+            raise TransportError(
+                f"download deadline of {s.deadline:g} s would pass before the next retry "
+                f"at byte {pos} of {self._where}: {reason}"
+            )
+        self.retry_count += 1
+        self._sleep(delay)
+
+    def _send(self, method: str, headers: dict[str, str], pos: int) -> requests.Response:
+        """Send one request; return the response with its body unread."""
+        left = self._time_left(pos)
+        timeout = (min(self.settings.connect_timeout, left), min(self.settings.read_timeout, left))
+        self.request_count += 1
+        try:
+            resp = self._session.request(
+                method,
+                self.url,
+                headers=headers,
+                stream=method != "HEAD",  # a HEAD answer is read at once; keeps the connection
+                timeout=timeout,
+                verify=self._verify,
+                cert=self._cert,
+                allow_redirects=True,
+            )
+        except requests.exceptions.SSLError as e:
+            reason = _tls_reason(e)
+            if _is_certificate_problem(e):
+                raise TransportError(
+                    f"TLS certificate check with {self._where} failed ({reason}); "
+                    "check the CA file and the client certificate"
+                ) from e
+            raise _Retry(f"TLS error: {reason}") from e
+        except requests.exceptions.ProxyError as e:
+            raise _Retry(f"proxy failed: {e}") from e
+        except requests.exceptions.Timeout as e:
+            raise _Retry(f"timed out: {e}") from e
+        except requests.exceptions.ConnectionError as e:
+            raise _Retry(f"connection failed: {e}") from e
+        except (requests.exceptions.RequestException, OSError) as e:
+            raise TransportError(f"{method} {self._where} failed: {e}") from e
+        if urlsplit(resp.url).scheme != "https" and not self._allow_http:
+            resp.close()
+            raise TransportError(f"{self._where} redirected to a non-HTTPS URL; refused")
+        if resp.status_code in _RETRY_STATUSES:
+            resp.close()
+            raise _Retry(f"server answered {resp.status_code} {resp.reason}")
+        return resp
+
+    def _check_status(self, resp: requests.Response, pos: int, end: int | None) -> None:
+        """Refuse error answers, naming what the server said."""
+        if resp.status_code == 416:
+            m = _UNSATISFIED_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+            size = f"has {m.group(1)} bytes" if m else "is shorter"
+            raise BundleError(f"bundle ends early: {self._where} {size}, {end} needed")
+        if resp.status_code >= 400:
+            raise TransportError(
+                f"{resp.request.method} {self._where} answered {resp.status_code} {resp.reason}"
+            )
+
+    def _check_etag(self, resp: requests.Response) -> None:
+        etag = resp.headers.get("ETag")
+        if etag is None:
+            return
+        if self._etag is not None and etag != self._etag:
+            raise TransportError(
+                f"the bundle at {self._where} changed during the download "
+                f"(ETag {self._etag} became {etag})"
+            )
+        self._etag = etag
+
+    def _check_range_answer(self, resp: requests.Response, pos: int, end: int) -> None:
+        """Accept only a 206 whose Content-Range is exactly bytes pos..end-1."""
+        self._check_status(resp, pos, end)
+        asked = f"bytes {pos}-{end - 1}"
+        if resp.status_code == 200:
+            raise TransportError(
+                f"{self._where} ignored the Range request for {asked} and sent the whole "
+                "file (200); serve bundles from a server that supports byte ranges"
+            )
+        if resp.status_code != 206:
+            raise TransportError(
+                f"{self._where} answered {resp.status_code} {resp.reason} to a request for {asked}"
+            )
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise TransportError(
+                f"{self._where} sent {asked} with Content-Encoding {encoding}; "
+                "serve bundles without compression"
+            )
+        header = resp.headers.get("Content-Range", "")
+        m = _CONTENT_RANGE.fullmatch(header.strip())
+        if m is None:
+            raise TransportError(
+                f"{self._where} answered a request for {asked} with a missing or "
+                f"malformed Content-Range {header!r}"
+            )
+        first, last = int(m.group(1)), int(m.group(2))
+        if m.group(3) != "*":
+            total = int(m.group(3))
+            if self._size is not None and total != self._size:
+                raise TransportError(
+                    f"the bundle at {self._where} changed size during the download "
+                    f"({self._size} bytes, then {total})"
+                )
+            self._size = total
+            if first == pos and last == total - 1 and total < end:
+                raise BundleError(
+                    f"bundle ends early: {self._where} has {total} bytes, {end} needed"
+                )
+        if (first, last) != (pos, end - 1):
+            raise TransportError(
+                f"{self._where} answered a request for {asked} with the wrong "
+                f"Content-Range {header!r}"
+            )
+        self._check_etag(resp)
+
+    def _body(self, resp: requests.Response, pos: int, end: int) -> Iterator[bytes]:
+        """Yield the body of a range answer, never reading past `end`.
+
+        Bytes received before a failure are yielded first, then `_Retry` is
+        raised so the caller resumes from the byte reached.
+        """
+        raw = resp.raw
+        while pos < end:
+            want = min(self.CHUNK, end - pos)
+            parts: list[bytes] = []
+            got = 0
+            failure: str | None = None
+            while got < want:
+                # read1 returns what one socket read delivered, so a trickling
+                # server cannot hold us past the deadline inside one call.
+                try:
+                    data = raw.read1(want - got, decode_content=False)
+                except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+                    failure = f"connection broken at byte {pos + got}: {e}"
+                    break
+                if not data:
+                    failure = f"connection closed at byte {pos + got}"
+                    break
+                parts.append(data)
+                got += len(data)
+                self.bytes_fetched += len(data)
+                self._time_left(pos + got)
+            if got:
+                pos += got
+                yield b"".join(parts)
+            if failure is not None:
+                raise _Retry(failure)
