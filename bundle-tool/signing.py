@@ -688,7 +688,7 @@ def _names_reach_keyring(
 
 
 def _library_can_serve(path: list[x509.Certificate]) -> bool:
-    return all(isinstance(c.public_key(), ec.EllipticCurvePublicKey) for c in path)
+    return all(isinstance(_supported_public_key(c), ec.EllipticCurvePublicKey) for c in path)
 
 
 def _require_ca(_policy: Policy, _cert: x509.Certificate, value: x509.BasicConstraints) -> None:
@@ -736,7 +736,9 @@ def _library_problem(
         .require_present(x509.KeyUsage, Criticality.AGNOSTIC, _require_digital_signature)
         .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _require_code_signing)
     )
-    anchors = [c for c in keyring if isinstance(c.public_key(), ec.EllipticCurvePublicKey)]
+    anchors = [
+        c for c in keyring if isinstance(_supported_public_key(c), ec.EllipticCurvePublicKey)
+    ]
     verifier = (
         PolicyBuilder()
         .store(Store(anchors))
