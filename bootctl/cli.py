@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from bootctl.board import BoardConfig, load_board
 from bootctl.bootscript import compile_uboot_script, render_boot_script
+from bootctl.control import SlotControl, SlotStatus
 from bootctl.errors import (
     BootctlError,
     ConfigError,
@@ -17,6 +19,7 @@ from bootctl.errors import (
     SlotError,
     StorageError,
 )
+from bootctl.state import SlotVerity
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -49,6 +52,127 @@ exit status:
 """
 
 
+def _control(args: argparse.Namespace, board: BoardConfig) -> SlotControl:
+    override: list[str] | Path | None = None
+    if args.env_config is not None:
+        if board.bootloader == "u-boot":
+            try:
+                override = args.env_config.read_text(encoding="utf-8").splitlines()
+            except OSError as e:
+                raise ConfigError(f"cannot read {args.env_config}: {e.strerror}") from e
+        else:
+            override = args.env_config
+    return SlotControl.open(board, env_override=override, cmdline_path=args.cmdline)
+
+
+def _format_status(st: SlotStatus) -> str:
+    lines = [
+        f"board:     {st.board} ({st.bootloader})",
+        f"env:       {st.env_location}" + ("" if st.env_valid else " (NOT VALID: defaults shown)"),
+        f"booted:    {st.booted or '-'}",
+        f"primary:   {st.primary or '-'}",
+        f"next boot: {st.next_boot or '- (all exhausted: counters are reset, board resets)'}",
+        f"order:     {' '.join(st.order) or '-'}",
+        "",
+        f"{'slot':<6}{'device':<20}{'tries':<7}{'bootable':<10}verity",
+    ]
+    for s in st.slots:
+        verity = s.verity or "-"
+        if s.verity and not s.verity_valid:
+            verity += " (malformed)"
+        name = s.name + ("*" if s.booted else "")
+        bootable = "yes" if s.bootable else "no"
+        lines.append(f"{name:<6}{s.device:<20}{s.tries_left:<7}{bootable:<10}{verity}")
+    lines += [f"warning: {p}" for p in st.problems]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_status(args: argparse.Namespace, board: BoardConfig) -> int:
+    st = _control(args, board).status()
+    if args.json:
+        sys.stdout.write(json.dumps(st.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(_format_status(st))
+    return EXIT_OK
+
+
+def _cmd_mark_good(args: argparse.Namespace, board: BoardConfig) -> int:
+    slot = _control(args, board).mark_good()
+    print(f"marked slot {slot} good ({board.tries} tries)")
+    return EXIT_OK
+
+
+def _cmd_mark_bad(args: argparse.Namespace, board: BoardConfig) -> int:
+    ctl = _control(args, board)
+    slot = args.slot
+    if slot is None:
+        slot = ctl.booted_slot()
+        if slot is None:
+            raise SlotError("no SLOT given and the booted slot is unknown")
+    ctl.mark_bad(slot, force=args.force)
+    print(f"marked slot {slot} bad")
+    return EXIT_OK
+
+
+def _parse_verity(text: str) -> SlotVerity:
+    return SlotVerity.from_env(text)
+
+
+def _cmd_set_primary(args: argparse.Namespace, board: BoardConfig) -> int:
+    ctl = _control(args, board)
+    if args.verity is not None:
+        verity = _parse_verity(args.verity)
+    else:
+        if args.slot not in board.slot_names:
+            raise SlotError(f"unknown slot {args.slot!r}")
+        recorded = ctl.env().get(f"BOOT_{args.slot}_VERITY", "")
+        if not recorded:
+            raise SlotError(f"slot {args.slot} has no verity value; pass --verity")
+        verity = _parse_verity(recorded)
+    ctl.set_primary(args.slot, verity, force=args.force)
+    print(f"slot {args.slot} is primary ({board.tries} tries)")
+    return EXIT_OK
+
+
+def _cmd_set_verity(args: argparse.Namespace, board: BoardConfig) -> int:
+    verity = _parse_verity(args.value) if args.value else None
+    _control(args, board).set_verity(args.slot, verity, force=args.force)
+    return EXIT_OK
+
+
+def _cmd_print_env(args: argparse.Namespace, board: BoardConfig) -> int:
+    ctl = _control(args, board)
+    env = ctl.env()
+    if ctl.store.defaulted:
+        print(f"abctl: warning: no valid environment in {ctl.store.describe()}", file=sys.stderr)
+    names = args.names or list(env)
+    missing = [n for n in names if n not in env]
+    for name in names:
+        if name in env:
+            sys.stdout.write(f"{name}={env[name]}\n")
+    if missing:
+        raise EnvError(f"not set: {', '.join(missing)}")
+    return EXIT_OK
+
+
+def _cmd_init(args: argparse.Namespace, board: BoardConfig) -> int:
+    verity: dict[str, SlotVerity] = {}
+    for item in args.verity:
+        slot, sep, value = item.partition("=")
+        if not sep:
+            raise SlotError(f"--verity wants SLOT=HASH:SALT:BLOCKS, got {item!r}")
+        verity[slot] = _parse_verity(value)
+    ctl = _control(args, board)
+    ctl.init(verity)
+    print(f"initialised {ctl.store.describe()}")
+    return EXIT_OK
+
+
+def _cmd_reset(args: argparse.Namespace, board: BoardConfig) -> int:
+    _control(args, board).reset()
+    return EXIT_OK
+
+
 def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> int:
     text = render_boot_script(board)
     out: Path = args.output
@@ -69,15 +193,22 @@ def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> int:
     return EXIT_OK
 
 
+_DESCRIPTION = """\
+Inspect and change the A/B slot state kept in the U-Boot environment or the GRUB
+environment block: the boot order (BOOT_ORDER), the boot attempts left per slot
+(BOOT_<slot>_LEFT) and the dm-verity parameters the boot script passes to the kernel
+(BOOT_<slot>_VERITY). See docs/abctl.md and docs/boot-protocol.md.
+
+Every change is one atomic environment write. The running slot is read from
+abupdate.slot= (or rauc.slot=) on the kernel command line.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `abctl` (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
         prog="abctl",
-        description=(
-            "Inspect and change the A/B slot state kept in the U-Boot or GRUB environment: "
-            "boot order, tries left per slot and the dm-verity parameters the boot script "
-            "passes to the kernel."
-        ),
+        description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -88,15 +219,120 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"board config (TOML; default {DEFAULT_BOARD})",
     )
+    parser.add_argument(
+        "--env-config",
+        type=Path,
+        metavar="FILE",
+        help="use this environment instead of the board's: an fw_env.config file (U-Boot) "
+        "or a grubenv file (GRUB)",
+    )
+    parser.add_argument(
+        "--cmdline",
+        type=Path,
+        default=Path("/proc/cmdline"),
+        metavar="FILE",
+        help="kernel command line to find the booted slot in (default /proc/cmdline)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser(
+    def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=description,
+            epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add(
+        "status",
+        "show boot order, tries left, verity values and the booted slot",
+        "Show the slot state. Malformed values are reported as warnings, never fatal.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_cmd_status)
+
+    p = add(
+        "mark-good",
+        "give the booted slot its full tries back (after boot-complete.target)",
+        "Mark the running slot good: its tries-left counter goes back to the board's tries. "
+        "Run it only once the system is healthy; the shipped abctl-mark-good.service does so "
+        "after boot-complete.target.",
+    )
+    p.set_defaults(func=_cmd_mark_good)
+
+    p = add(
+        "mark-bad",
+        "set a slot's tries to 0 so the bootloader skips it",
+        "Mark SLOT (default: the booted slot) bad: it gets no more boot attempts until it is "
+        "installed again or marked good. The booted slot needs --force.",
+    )
+    p.add_argument("slot", nargs="?", metavar="SLOT", help="slot name (default: booted slot)")
+    p.add_argument("--force", action="store_true", help="allow marking the booted slot bad")
+    p.set_defaults(func=_cmd_mark_bad)
+
+    p = add(
+        "set-primary",
+        "boot SLOT next, with full tries",
+        "Put SLOT first in BOOT_ORDER with full tries and record its verity value, in one "
+        "environment write. This is what an install does last. The booted slot needs --force.",
+    )
+    p.add_argument("slot", metavar="SLOT")
+    p.add_argument(
+        "--verity",
+        metavar="HASH:SALT:BLOCKS",
+        help="dm-verity parameters of the slot's image (default: keep the recorded value)",
+    )
+    p.add_argument("--force", action="store_true", help="allow the booted slot")
+    p.set_defaults(func=_cmd_set_primary)
+
+    p = add(
+        "set-verity",
+        "record (or clear) a slot's dm-verity parameters",
+        "Record VALUE (HASH:SALT:BLOCKS; an empty string clears it) as the slot's verity "
+        "parameters. A slot without them is never booted. The booted slot needs --force.",
+    )
+    p.add_argument("slot", metavar="SLOT")
+    p.add_argument("value", metavar="VALUE")
+    p.add_argument("--force", action="store_true", help="allow the booted slot")
+    p.set_defaults(func=_cmd_set_verity)
+
+    p = add(
+        "print-env",
+        "print environment variables as NAME=VALUE",
+        "Print all variables of the environment (or only NAMEs), one NAME=VALUE per line.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.set_defaults(func=_cmd_print_env)
+
+    p = add(
+        "init",
+        "create the environment (also over a corrupt one)",
+        "Write a fresh environment: default boot order and full tries. Variables of a valid "
+        "environment are kept; a corrupt or missing one is replaced. This is the only command "
+        "that writes when no valid copy exists.",
+    )
+    p.add_argument(
+        "--verity",
+        action="append",
+        default=[],
+        metavar="SLOT=HASH:SALT:BLOCKS",
+        help="record a slot's verity parameters (repeatable)",
+    )
+    p.set_defaults(func=_cmd_init)
+
+    p = add(
+        "reset",
+        "default boot order and full tries for every slot",
+        "Reset BOOT_ORDER to the board's order and every slot's tries; verity values stay.",
+    )
+    p.set_defaults(func=_cmd_reset)
+
+    p = add(
         "boot-script",
-        help="write the board's boot script (U-Boot boot.cmd/boot.scr or GRUB grub.cfg)",
-        description=(
-            "Generate the boot script that implements the slot selection for this board: "
-            "U-Boot boot.cmd source (or, with --mkimage, the compiled boot.scr) or GRUB grub.cfg."
-        ),
+        "write the board's boot script (U-Boot boot.cmd/boot.scr or GRUB grub.cfg)",
+        "Generate the boot script that implements the slot selection for this board: "
+        "U-Boot boot.cmd source (or, with --mkimage, the compiled boot.scr) or GRUB grub.cfg.",
     )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-' for stdout")
     p.add_argument(

@@ -1,0 +1,345 @@
+"""`SlotControl`: the slot operations of `abctl` and the updater, over an environment store.
+
+Every operation that changes state is one load, a pure transformation from `bootctl.state`,
+and one atomic `EnvStore.save`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bootctl import state
+from bootctl.board import BoardConfig
+from bootctl.envstore import EnvStore, GrubEnvStore, UBootEnvStore
+from bootctl.errors import ConfigError, SlotError, StorageError
+from bootctl.state import SlotVerity
+
+__all__ = ["SlotControl", "SlotInfo", "SlotStatus", "SlotVerity", "booted_slot_from_cmdline"]
+
+_CMDLINE_KEYS = ("abupdate.slot=", "rauc.slot=")
+
+
+def booted_slot_from_cmdline(cmdline: str) -> str | None:
+    """The slot named by `abupdate.slot=` (or `rauc.slot=`) on a kernel command line.
+
+    The last occurrence wins, as with the kernel's own parameters; `abupdate.slot=` is
+    preferred over `rauc.slot=`.
+    """
+    found: dict[str, str] = {}
+    for word in cmdline.split():
+        for key in _CMDLINE_KEYS:
+            if word.startswith(key):
+                found[key] = word[len(key) :]
+    for key in _CMDLINE_KEYS:
+        if found.get(key):
+            return found[key]
+    return None
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """Status of one slot.
+
+    Attributes:
+        name: Slot name.
+        device: Device Linux writes the slot to.
+        tries_left: Boot attempts left (0 if the counter is missing or malformed).
+        verity: The recorded `HASH:SALT:BLOCKS` value ("" if none).
+        verity_valid: Whether `verity` is well-formed.
+        bootable: Whether the boot script would pick the slot when its turn comes.
+        booted: Whether this is the running slot.
+    """
+
+    name: str
+    device: str
+    tries_left: int
+    verity: str
+    verity_valid: bool
+    bootable: bool
+    booted: bool
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    """What `abctl status` reports.
+
+    Attributes:
+        board: Board config name.
+        bootloader: `u-boot` or `grub`.
+        env_location: Where the environment lives.
+        env_valid: False if no valid environment exists (values shown are the defaults).
+        order: Known slots in boot order.
+        primary: First slot in the boot order.
+        next_boot: Slot the bootloader will pick next (None: all exhausted, counters reset).
+        booted: Running slot, from the kernel command line (None if unknown).
+        slots: Per-slot status, in config order.
+        problems: Malformed values found in the environment.
+    """
+
+    board: str
+    bootloader: str
+    env_location: str
+    env_valid: bool
+    order: tuple[str, ...]
+    primary: str | None
+    next_boot: str | None
+    booted: str | None
+    slots: tuple[SlotInfo, ...]
+    problems: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (the `abctl status --json` document)."""
+        return {
+            "board": self.board,
+            "bootloader": self.bootloader,
+            "env": {"location": self.env_location, "valid": self.env_valid},
+            "order": list(self.order),
+            "primary": self.primary,
+            "next_boot": self.next_boot,
+            "booted": self.booted,
+            "slots": {
+                s.name: {
+                    "device": s.device,
+                    "tries_left": s.tries_left,
+                    "verity": s.verity,
+                    "verity_valid": s.verity_valid,
+                    "bootable": s.bootable,
+                    "booted": s.booted,
+                }
+                for s in self.slots
+            },
+            "problems": list(self.problems),
+        }
+
+
+def _store_for(board: BoardConfig, env_override: Sequence[str] | str | Path | None) -> EnvStore:
+    defaults = state.default_env(board.slot_names, board.tries)
+    if board.bootloader == "u-boot":
+        if isinstance(env_override, (str, Path)):
+            raise ConfigError("a U-Boot env override is a list of fw_env.config lines")
+        lines = board.env.fw_env_config if env_override is None else env_override
+        store = UBootEnvStore.from_config(list(lines), defaults)
+        for loc in store.locations:
+            if loc.size != board.env.uboot_size:
+                raise ConfigError(
+                    f"fw_env.config size {loc.size:#x} differs from the board's env.uboot_size "
+                    f"{board.env.uboot_size:#x}"
+                )
+        return store
+    if env_override is not None and not isinstance(env_override, (str, Path)):
+        raise ConfigError("a GRUB env override is the path of the grubenv file")
+    return GrubEnvStore(env_override or board.env.grubenv, defaults)
+
+
+class SlotControl:
+    """Slot state operations for one board.
+
+    Args:
+        board: The board config.
+        store: Where the environment lives.
+        cmdline_text: The kernel command line (to find the booted slot).
+    """
+
+    def __init__(self, board: BoardConfig, store: EnvStore, cmdline_text: str) -> None:
+        self.board = board
+        self.store = store
+        self.cmdline_text = cmdline_text
+
+    @classmethod
+    def open(
+        cls,
+        board: BoardConfig,
+        *,
+        env_override: Sequence[str] | str | Path | None = None,
+        cmdline_path: str | Path = "/proc/cmdline",
+    ) -> SlotControl:
+        """Create a `SlotControl` for a board's environment and the running kernel.
+
+        Args:
+            board: The board config.
+            env_override: Replaces the board's env location: `fw_env.config` lines (U-Boot)
+                or a `grubenv` path (GRUB). Tests and the updater use plain files this way.
+            cmdline_path: File holding the kernel command line. A missing file means no
+                slot is known to be booted.
+
+        Raises:
+            ConfigError: The override does not fit the bootloader, or is invalid.
+            StorageError: The command line file exists but cannot be read.
+        """
+        store = _store_for(board, env_override)
+        try:
+            cmdline = Path(cmdline_path).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            cmdline = ""
+        except OSError as e:
+            raise StorageError(f"cannot read {cmdline_path}: {e.strerror}") from e
+        return cls(board, store, cmdline)
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def booted_slot(self) -> str | None:
+        """The running slot from the kernel command line, or None if not booted by our scripts.
+
+        Raises:
+            SlotError: The command line names a slot this board does not have.
+        """
+        slot = booted_slot_from_cmdline(self.cmdline_text)
+        if slot is not None and slot not in self.board.slot_names:
+            raise SlotError(
+                f"kernel command line names slot {slot!r}, which board {self.board.name} "
+                "does not have"
+            )
+        return slot
+
+    def env(self) -> dict[str, str]:
+        """All variables of the environment (the defaults if it is not valid)."""
+        return self.store.load()
+
+    def status(self) -> SlotStatus:
+        """Read the environment and report the slot state (never fails on malformed values).
+
+        Raises:
+            EnvSizeError: The environment does not match its configured size.
+            StorageError: It cannot be read.
+        """
+        env = self.store.load()
+        parsed = state.parse_state(env, self.board.slot_names)
+        problems = list(parsed.problems)
+        try:
+            booted = self.booted_slot()
+        except SlotError as e:
+            booted = None
+            problems.append(str(e))
+        if self.store.defaulted:
+            problems.insert(0, f"no valid environment in {self.store.describe()}: showing defaults")
+        decision = state.select_boot(env, self.board.slot_names, self.board.tries)
+        slots = tuple(
+            SlotInfo(
+                name=s.name,
+                device=self.board.slot(s.name).device,
+                tries_left=s.tries,
+                verity=s.verity_raw,
+                verity_valid=s.verity is not None,
+                bootable=s.bootable,
+                booted=s.name == booted,
+            )
+            for s in parsed.slots
+        )
+        return SlotStatus(
+            board=self.board.name,
+            bootloader=self.board.bootloader,
+            env_location=self.store.describe(),
+            env_valid=not self.store.defaulted,
+            order=parsed.order,
+            primary=parsed.primary,
+            next_boot=decision.slot,
+            booted=booted,
+            slots=slots,
+            problems=tuple(problems),
+        )
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def _check_slot(self, slot: str) -> None:
+        if slot not in self.board.slot_names:
+            raise SlotError(
+                f"unknown slot {slot!r} (board {self.board.name} has "
+                f"{', '.join(self.board.slot_names)})"
+            )
+
+    def _refuse_booted(self, slot: str, action: str, force: bool) -> None:
+        if not force and slot == self.booted_slot():
+            raise SlotError(f"refusing to {action} the booted slot {slot} (--force overrides)")
+
+    def mark_good(self) -> str:
+        """Give the booted slot its full tries back (run once the system is healthy).
+
+        Returns:
+            The slot marked good.
+
+        Raises:
+            SlotError: No slot is known to be booted.
+            EnvError, StorageError: The environment cannot be read or written.
+        """
+        slot = self.booted_slot()
+        if slot is None:
+            raise SlotError(
+                "cannot tell the booted slot: no abupdate.slot= on the kernel command line"
+            )
+        env = self.store.load()
+        self.store.save(state.mark_good(env, slot, self.board.slot_names, self.board.tries))
+        return slot
+
+    def mark_bad(self, slot: str, force: bool = False) -> None:
+        """Set the slot's tries to 0 so the bootloader skips it.
+
+        Raises:
+            SlotError: Unknown slot, or the booted slot without `force`.
+            EnvError, StorageError: The environment cannot be read or written.
+        """
+        self._check_slot(slot)
+        self._refuse_booted(slot, "mark bad", force)
+        env = self.store.load()
+        self.store.save(state.mark_bad(env, slot, self.board.slot_names))
+
+    def set_primary(self, slot: str, verity: SlotVerity, force: bool = False) -> None:
+        """Make a freshly installed slot the next one to boot, in one environment write.
+
+        Records `verity`, puts the slot first in `BOOT_ORDER` and gives it full tries.
+
+        Raises:
+            SlotError: Unknown slot, or the booted slot without `force`.
+            EnvError, StorageError: The environment cannot be read or written.
+        """
+        self._check_slot(slot)
+        self._refuse_booted(slot, "install into", force)
+        env = self.store.load()
+        names = self.board.slot_names
+        self.store.save(state.set_primary(env, slot, verity, names, self.board.tries))
+
+    def set_verity(self, slot: str, verity: SlotVerity | None, force: bool = False) -> None:
+        """Record (or clear, with None) a slot's dm-verity parameters.
+
+        Raises:
+            SlotError: Unknown slot, or the booted slot without `force`.
+            EnvError, StorageError: The environment cannot be read or written.
+        """
+        self._check_slot(slot)
+        self._refuse_booted(slot, "change the verity parameters of", force)
+        env = self.store.load()
+        self.store.save(state.set_verity(env, slot, verity, self.board.slot_names))
+
+    def reset(self) -> None:
+        """Default boot order and full tries for every slot (verity values are kept).
+
+        Raises:
+            EnvError, StorageError: The environment cannot be read or written.
+        """
+        env = self.store.load()
+        self.store.save(state.reset(env, self.board.slot_names, self.board.tries))
+
+    def init(self, verity: dict[str, SlotVerity] | None = None) -> None:
+        """Create the environment, also over a corrupt one.
+
+        A valid environment keeps its other variables and verity values; order and counters
+        are reset. A corrupt or missing one is replaced by the board's defaults.
+
+        Args:
+            verity: Verity parameters to record per slot (e.g. when building an image).
+
+        Raises:
+            SlotError: `verity` names an unknown slot.
+            EnvError, StorageError: The environment cannot be written.
+        """
+        env = self.store.load()
+        names = self.board.slot_names
+        new = state.reset(env, names, self.board.tries)
+        for name in names:
+            new.setdefault(state.verity_var(name), "")
+        for slot, value in (verity or {}).items():
+            self._check_slot(slot)
+            new = state.set_verity(new, slot, value, names)
+        self.store.save(new, init=True)
