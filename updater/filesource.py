@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 from bundle_tool.errors import BundleError
 
@@ -91,6 +91,9 @@ class FileSource(BundleSource):
             pos += len(chunk)
             yield chunk
 
+    def __enter__(self) -> Self:
+        return self
+
     def close(self) -> None:
         """Close the file descriptor; further reads raise ValueError."""
         if self._fd is not None:
@@ -128,8 +131,8 @@ class StdinSource(BundleSource):
         """Offset of the next byte the stream will deliver."""
         return self._pos
 
-    def size(self) -> None:
-        """A stream's size is unknown."""
+    def size(self) -> int | None:
+        """A stream's size is unknown: always None."""
         return None
 
     def _pull(self, want: int) -> bytes:
@@ -184,6 +187,9 @@ class StdinSource(BundleSource):
             raise TransportError(f"reading {self._name} failed: {e.strerror}") from e
         self.bytes_fetched += len(self._pending)
         return not self._pending
+
+    def __enter__(self) -> Self:
+        return self
 
     def close(self) -> None:
         """Close the stream if this source owns it."""

@@ -18,6 +18,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Self
 from urllib.parse import urlsplit
 
 import requests
@@ -174,30 +175,35 @@ class HttpSource(BundleSource):
     def size(self) -> int | None:
         """The bundle's size from a `Content-Range` seen so far, else from a HEAD request.
 
-        Returns None when the server does not announce a length.
+        A server that refuses HEAD (405, 501) or answers it without a length is
+        asked for the first byte instead, whose `Content-Range` names the size.
+        Returns None when the server does not announce a length at all.
 
         Raises:
             TransportError: The server cannot be reached or refuses the request.
         """
-        if self._size is None:
-            failures = 0
-            while True:
-                try:
-                    resp = self._send("HEAD", {}, 0)
-                    break
-                except _Retry as e:
-                    failures += 1
-                    self._back_off(failures, str(e), 0)
-            with resp:
-                self._check_status(resp, 0, None)
-                if resp.status_code != 200:
-                    raise TransportError(
-                        f"HEAD {self._where} answered {resp.status_code} {resp.reason}"
-                    )
+        if self._size is not None:
+            return self._size
+        failures = 0
+        while True:
+            try:
+                resp = self._send("HEAD", {}, 0)
+                break
+            except _Retry as e:
+                failures += 1
+                self._back_off(failures, str(e), 0)
+        with resp:
+            length = resp.headers.get("Content-Length", "")
+            if resp.status_code == 200 and length.isdigit():
                 self._check_etag(resp)
-                length = resp.headers.get("Content-Length")
-                if length is not None and length.isdigit():
-                    self._size = int(length)
+                self._size = int(length)
+                return self._size
+            if resp.status_code not in (200, 405, 501):
+                self._check_status(resp, 0, None)
+                raise TransportError(
+                    f"HEAD {self._where} answered {resp.status_code} {resp.reason}"
+                )
+        self.read_exact(0, 1)
         return self._size
 
     def read(self, offset: int, length: int) -> Iterator[bytes]:
@@ -246,6 +252,9 @@ class HttpSource(BundleSource):
                 else:
                     # Unread bytes stay on the wire: drop the connection, never read them.
                     resp.close()
+
+    def __enter__(self) -> Self:
+        return self
 
     def close(self) -> None:
         """Close the session and its kept-alive connections."""

@@ -12,6 +12,9 @@ request as it arrives.
   data plus `OVERRUN_EXTRA` junk bytes, with a matching (too large) `Content-Length`.
 * `trickle`: the right answer, one body byte every `trickle_interval` seconds.
 
+Also: `busy` (the next N requests get 503), `refuse_head` (HEAD gets 405) and
+`etag` (the ETag of every answer).
+
 Independently of the mode, `drops` is a list of body byte counts: request
 number i (counting GET requests) sends at most `drops[i]` body bytes and then
 closes the connection (`Served.dropped` tells whether that cut the answer
@@ -70,6 +73,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         mode = owner.mode
         header = self.headers.get("Range")
         owner.record_request(self.command, header)
+        refusal = 405 if head and owner.refuse_head else 503 if owner.take_busy() else None
+        if refusal is not None:
+            self._send_head(refusal, 0, {})
+            owner.record(Served(self.command, header, refusal, 0, False))
+            return
         m = _RANGE.fullmatch(header.strip()) if header else None
         extra: dict[str, str] = {}
         if m is None or mode == "ignore_range":
@@ -117,7 +125,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", '"fault-1"')
+        self.send_header("ETag", self.server.owner.etag)
         for name, value in extra.items():
             self.send_header(name, value)
         self.end_headers()
@@ -154,6 +162,12 @@ class FaultServer:
         self.mode = "normal"
         self.drops: list[int] = []
         self.trickle_interval = 0.2
+        self.busy = 0
+        """How many of the next requests get `503 Service Unavailable`."""
+        self.refuse_head = False
+        """Answer HEAD requests with `405 Method Not Allowed`."""
+        self.etag = '"fault-1"'
+        """The ETag sent with every answer; change it to simulate a new upload."""
         self.served: list[Served] = []
         self.requests: list[tuple[str, str | None]] = []
         """(method, Range header) of each request, in arrival order."""
@@ -181,6 +195,13 @@ class FaultServer:
             i = self._gets
             self._gets += 1
             return self.drops[i] if i < len(self.drops) else None
+
+    def take_busy(self) -> bool:
+        with self._lock:
+            if self.busy > 0:
+                self.busy -= 1
+                return True
+            return False
 
     def record_request(self, method: str, range_header: str | None) -> None:
         with self._lock:

@@ -420,3 +420,27 @@ def test_bundle_replaced_during_download_is_refused(fault_server: FaultServer) -
         fault_server.data = fault_server.data + b"new"
         with pytest.raises(TransportError, match="changed size"):
             read_all(source, 100, 100)
+
+
+def test_busy_server_is_retried(fault_server: FaultServer) -> None:
+    fault_server.busy = 2
+    data = fault_server.data
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        assert read_all(source, 10, 20) == data[10:30]
+        assert source.retry_count == 2
+    assert [s.status for s in fault_server.served] == [503, 503, 206]
+
+
+def test_size_falls_back_to_a_range_request_without_head(fault_server: FaultServer) -> None:
+    fault_server.refuse_head = True
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        assert source.size() == len(fault_server.data)
+    assert fault_server.requests == [("HEAD", None), ("GET", "bytes=0-0")]
+
+
+def test_bundle_replaced_with_same_size_is_refused(fault_server: FaultServer) -> None:
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        assert source.size() == len(fault_server.data)
+        fault_server.etag = '"fault-2"'
+        with pytest.raises(TransportError, match="changed during the download"):
+            read_all(source, 0, 100)
