@@ -140,15 +140,18 @@ class HttpSource(BundleSource):
     ) -> None:
         super().__init__()
         self.settings = settings or HttpSettings()
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            valid = parts.hostname is not None and (parts.port is None or parts.port > 0)
+        except ValueError:
+            valid = False
         schemes = ("https", "http") if allow_insecure_http else ("https",)
-        if parts.scheme not in schemes or not parts.hostname:
+        if not valid or parts.scheme not in schemes:
             raise UsageError(f"bundle URL must start with https:// and name a host: {url}")
         self.url = url
         self._allow_http = allow_insecure_http
         # Messages name the server and path, never credentials or query tokens.
-        host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-        self._where = f"{parts.scheme}://{host}{parts.path}"
+        self._where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         for name in ("ca_file", "client_cert", "client_key"):
             path = getattr(self.settings, name)
             if path is not None and not os.path.isfile(path):

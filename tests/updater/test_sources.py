@@ -190,6 +190,20 @@ def test_http_urls_are_refused_unless_allowed_for_tests() -> None:
     with pytest.raises(UsageError, match="https://"):
         HttpSource("http://127.0.0.1/b.bundle")
     HttpSource("http://127.0.0.1/b.bundle", allow_insecure_http=True).close()
+    for bad in ("https://", "https://host:99999/b", "https://[::1/b", "ftp://host/b"):
+        with pytest.raises(UsageError, match="must start with https://"):
+            HttpSource(bad)
+
+
+def test_messages_never_show_credentials_or_query(fault_server: FaultServer) -> None:
+    fault_server.mode = "ignore_range"
+    url = f"https://user:secret@127.0.0.1:{fault_server.port}/b.bundle?token=hidden"
+    source = HttpSource(url, fast_settings(fault_server.ca_file))
+    with source, pytest.raises(TransportError) as info:
+        read_all(source, 0, 10)
+    message = str(info.value)
+    assert f"https://127.0.0.1:{fault_server.port}/b.bundle " in message
+    assert "secret" not in message and "hidden" not in message
 
 
 def test_http_settings_are_checked(tmp_path: Path) -> None:
