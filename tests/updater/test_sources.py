@@ -413,14 +413,14 @@ def test_trickling_server_hits_the_deadline(fault_server: FaultServer) -> None:
         with pytest.raises(TransportError, match=r"deadline of 1\.5 s passed"):
             read_all(source, 0, 1000)
         assert 0 < source.bytes_fetched < 1000
-    assert time.monotonic() - start < 4
+    assert time.monotonic() - start < 10  # all 1000 bytes would take 50 s
 
 
 def test_read_timeout_resumes_from_the_byte_reached(fault_server: FaultServer) -> None:
     fault_server.mode = "trickle"
-    fault_server.trickle_interval = 2.0  # one byte, then a stall longer than the timeout
+    fault_server.trickle_interval = 3.0  # one byte, then a stall longer than the timeout
     data = fault_server.data
-    settings = fast_settings(fault_server.ca_file, read_timeout=0.3, deadline=10.0)
+    settings = fast_settings(fault_server.ca_file, read_timeout=0.5, deadline=20.0)
     with HttpSource(fault_server.url(), settings) as source:
         assert read_all(source, 500, 3) == data[500:503]
         assert source.retry_count == 2
