@@ -1,0 +1,40 @@
+"""The shipped systemd unit that runs mark-good after boot-complete.target."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bootctl.paths import REPO
+
+UNIT = REPO / "bootctl" / "systemd" / "abctl-mark-good.service"
+
+
+def test_unit_is_ordered_after_boot_complete() -> None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNIT)
+    unit = parser["Unit"]
+    assert "boot-complete.target" in unit["After"].split()
+    assert unit["Requires"] == "boot-complete.target"
+    assert unit["ConditionKernelCommandLine"] == "abupdate.slot"
+    assert parser["Service"]["Type"] == "oneshot"
+    assert parser["Service"]["ExecStart"].split()[-1] == "mark-good"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    abctl = Path(sys.executable).parent / "abctl"
+    text = UNIT.read_text().replace("ExecStart=abctl", f"ExecStart={abctl}")
+    unit = tmp_path / UNIT.name
+    unit.write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "abctl-mark-good" not in result.stderr
