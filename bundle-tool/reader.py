@@ -89,7 +89,8 @@ def check_image(
     vinfo = part.image.verity
     checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
     area = rechunk(source.read(part.area_offset, vinfo.tree_size), verity.BLOCK_SIZE)
-    leaves = dict(checker.check_area(area))
+    first = checker.first_leaf
+    leaves = {i - first: block for i, block in checker.check_area(area) if i >= first}
     sha = hashlib.sha256()
     block = 0
     for span in rechunk(

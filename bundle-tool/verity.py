@@ -13,6 +13,7 @@ checking is done by `TreeChecker` (device side, streaming, in small memory).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
 import tempfile
@@ -348,7 +349,7 @@ class TreeChecker:
         self._superblock = build_superblock(salt, data_blocks, derive_uuid(root_hash))
         # Digests of the level above the leaves (or the root when the leaf
         # level is the top), against which leaf blocks are checked.
-        self._parents: bytes = b""
+        self._parents: bytes = root_hash if len(self.geometry.levels) == 1 else b""
         self._cached: tuple[int, bytes] = (-1, b"")
 
     def _digest(self, block: bytes | memoryview) -> bytes:
@@ -356,39 +357,58 @@ class TreeChecker:
         h.update(block)
         return h.digest()
 
-    def check_area(self, blocks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-        """Check the hash area, given as a sequence of 4096-byte blocks.
+    @property
+    def first_leaf(self) -> int:
+        """Index, in hash blocks from the start of the area, of the first leaf-level block."""
+        return 1 + sum(self.geometry.levels[1:])
 
-        Yields `(leaf_index, block)` for every verified leaf-level block, in order.
+    def check_upper(self, blocks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+        """Check the superblock and every level above the leaves.
+
+        `blocks` are the first `first_leaf` blocks of the hash area. Yields
+        `(area_block_index, block)` for each block once it is verified, and
+        keeps the digests leaf blocks are checked against.
         Raises BundleError naming the first block that does not match.
         """
         levels = self.geometry.levels
         it = iter(blocks)
-        first = next(it, None)
-        if first != self._superblock:
+        if next(it, None) != self._superblock:
             raise BundleError("hash tree superblock does not match the signed manifest")
-        if not levels:
-            self._parents = b""
-            return
-        expected: bytes = self.root_hash  # digests of the blocks of the current level
-        for level in range(len(levels) - 1, -1, -1):
-            if level == 0:
-                self._parents = expected
+        yield 0, self._superblock
+        expected = self.root_hash  # digests of the blocks of the current level
+        index = 1
+        for level in range(len(levels) - 1, 0, -1):
             below = bytearray()
-            for index in range(levels[level]):
+            for n in range(levels[level]):
                 block = next(it, None)
                 if block is None or len(block) != BLOCK_SIZE:
                     raise BundleError("hash tree is truncated")
-                want = expected[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
-                if self._digest(block) != want:
+                if self._digest(block) != expected[n * DIGEST_SIZE : (n + 1) * DIGEST_SIZE]:
                     raise BundleError(
-                        f"hash tree block {index} of level {level} does not match the root hash"
+                        f"hash tree block {n} of level {level} does not match the root hash"
                     )
-                if level == 0:
-                    yield index, block
-                else:
-                    below += block
+                yield index, block
+                index += 1
+                below += block
             expected = bytes(below)
+        self._parents = expected
+
+    def check_area(self, blocks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+        """Check a whole hash area, given as a sequence of 4096-byte blocks.
+
+        Yields `(area_block_index, block)` for every block once it is verified;
+        leaf j is area block `first_leaf + j`. Raises BundleError naming the
+        first block that does not match.
+        """
+        it = iter(blocks)
+        yield from self.check_upper(itertools.islice(it, self.first_leaf))
+        for j in range(self.geometry.levels[0] if self.geometry.levels else 0):
+            block = next(it, None)
+            if block is None or len(block) != BLOCK_SIZE:
+                raise BundleError("hash tree is truncated")
+            if self._digest(block) != self._parents[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]:
+                raise BundleError(f"hash tree block {j} of level 0 does not match the root hash")
+            yield self.first_leaf + j, block
         if next(it, None) is not None:
             raise BundleError("hash tree has extra bytes")
 

@@ -1,0 +1,291 @@
+"""`updater`: install signed bundles into the inactive slot, show and mark slot state.
+
+The only place that prints and that turns exceptions into exit statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any, NoReturn
+
+from tqdm import tqdm
+
+from bootctl.control import SlotControl
+from bootctl.errors import BootctlError
+from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
+
+from . import errors
+from .config import DEFAULT_CONFIG, DeviceConfig, load_config
+from .install import Installer, Progress
+from .sources import open_source
+from .statedir import StateDir
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_BAD_BUNDLE = 3
+EXIT_TRUST = 4
+EXIT_POLICY = 5
+EXIT_TRANSPORT = 6
+EXIT_DEVICE = 7
+EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (errors.UsageError, EXIT_USAGE),
+    (BundleError, EXIT_BAD_BUNDLE),
+    (TrustError, EXIT_TRUST),
+    (PolicyError, EXIT_POLICY),
+    (errors.TransportError, EXIT_TRANSPORT),
+    (errors.DeviceError, EXIT_DEVICE),
+    (BundleIOError, EXIT_DEVICE),
+    (BootctlError, EXIT_DEVICE),
+)
+
+EPILOG = """\
+exit status:
+  0  success
+  2  bad usage or device configuration
+  3  invalid, corrupt, truncated or overlong bundle
+  4  signature or certificate does not establish trust
+  5  bundle refused by policy: wrong compatible, expired, or a downgrade below the
+     anti-rollback floor
+  6  transport: the bundle could not be fetched (network, TLS, HTTP, medium)
+  7  device: a slot, the boot environment or the state directory failed
+In every failure case the booted slot and the boot order are left as they were.
+
+environment:
+  HTTPS_PROXY, NO_PROXY  honoured for https:// sources
+"""
+
+
+class ProgressPrinter:
+    """Shows install progress: a bar on a terminal, JSON lines with --json, else nothing."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json_lines = json_lines
+        self.bar: Any = None
+        self.phase = ""
+        self.last_json = -1
+
+    def __call__(self, p: Progress) -> None:
+        if self.json_lines:
+            # At most one line per MiB-percent step keeps the stream readable.
+            step = p.done * 100 // p.total if p.total else 100
+            if step != self.last_json or p.phase != self.phase:
+                self.last_json = step
+                self.phase = p.phase
+                print(json.dumps({"event": "progress", **asdict(p)}), flush=True)
+            return
+        if not sys.stderr.isatty():
+            return
+        if p.phase != self.phase:
+            self.close()
+            self.phase = p.phase
+            self.bar = tqdm(
+                total=p.total,
+                desc=p.phase,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+            )
+        self.bar.update(p.done - self.bar.n)
+        self.bar.set_postfix(fetched=_size(p.fetched), reused=_size(p.reused), refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def _control(config: DeviceConfig) -> SlotControl:
+    return SlotControl.open(
+        config.board, env_override=config.env_override, cmdline_path=config.cmdline
+    )
+
+
+def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config)
+    printer = ProgressPrinter(args.json)
+    installer = Installer(config, progress=printer)
+    try:
+        with open_source(args.source, config.http) as source:
+            result = installer.install(source, slot=args.slot, force=args.force, delta=args.delta)
+    finally:
+        printer.close()
+    out = result.to_dict()
+    if args.reboot:
+        subprocess.run(["reboot"], check=False)
+        out["rebooting"] = True
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config)
+    state = StateDir(config.state_dir)
+    out = _control(config).status().to_dict()
+    records = state.slot_records()
+    for name, slot in out["slots"].items():
+        record = records.get(name)
+        slot["device"] = config.slot_device(name)
+        slot["installed"] = asdict(record) if record else None
+    out["security_floor"] = state.security_floor()
+    out["last_install"] = state.last_result()
+    return out
+
+
+def cmd_mark_good(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config)
+    control = _control(config)
+    slot = control.mark_good()
+    installer = Installer(config, control=control)
+    installer.refresh_floor()
+    return {"marked_good": slot, "security_floor": installer.state.security_floor()}
+
+
+def _print_text(command: str, result: dict[str, Any]) -> None:
+    if command == "install":
+        print(
+            f"installed {result['version']} into slot {result['slot']} "
+            f"({result['image_size']} bytes: {result['bytes_fetched']} fetched, "
+            f"{result['bytes_reused']} reused) in {result['seconds']} s; "
+            "it boots next"
+        )
+    elif command == "mark-good":
+        print(f"slot {result['marked_good']} marked good")
+    else:
+        print(
+            f"board {result.get('board')}, booted {result.get('booted')}, "
+            f"next boot {result.get('next_boot')}, security floor {result['security_floor']}"
+        )
+        for name, slot in result["slots"].items():
+            inst = slot.get("installed")
+            version = inst["version"] if inst else "unknown"
+            print(
+                f"  slot {name}: tries left {slot['tries_left']}, "
+                f"{'bootable' if slot['bootable'] else 'not bootable'}, version {version}"
+                f"{', booted' if slot['booted'] else ''}"
+            )
+        for problem in result.get("problems", []):
+            print(f"  problem: {problem}")
+        last = result.get("last_install")
+        if last:
+            print(
+                f"  last install: {last.get('status')} {last.get('error', last.get('version', ''))}"
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also renders the manual)."""
+    p = argparse.ArgumentParser(
+        prog="updater",
+        description=textwrap.dedent(
+            """\
+            Install signed A/B update bundles into the inactive slot. Every 4096-byte
+            block is checked against the signed dm-verity tree before it is written;
+            the boot order changes only after the whole slot was read back and checked."""
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(
+            name,
+            help=help,
+            description=textwrap.dedent(description),
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        c.add_argument(
+            "--config",
+            default=DEFAULT_CONFIG,
+            metavar="DEVICE.toml",
+            help=f"device configuration (default {DEFAULT_CONFIG})",
+        )
+        c.add_argument(
+            "--json",
+            action="store_true",
+            help="JSON output (install: one JSON object per line, progress then result)",
+        )
+        return c
+
+    i = command(
+        "install",
+        "install a bundle into the inactive slot",
+        """\
+        Install the bundle at SOURCE: a file (e.g. on a USB stick), - for standard
+        input, or an https:// URL. Over HTTPS, blocks the target or the running slot
+        already hold are not downloaded, and an interrupted install resumes.""",
+    )
+    i.add_argument("source", metavar="SOURCE")
+    i.add_argument("--slot", help="target slot (default: the one not booted)")
+    i.add_argument("--force", action="store_true", help="allow installing into the booted slot")
+    i.add_argument("--reboot", action="store_true", help="reboot when the install succeeded")
+    d = i.add_mutually_exclusive_group()
+    d.add_argument(
+        "--delta",
+        dest="delta",
+        action="store_true",
+        default=None,
+        help="reuse blocks of the target and running slots (default for https://)",
+    )
+    d.add_argument(
+        "--no-delta", dest="delta", action="store_false", help="fetch every block from SOURCE"
+    )
+
+    command(
+        "status",
+        "show slots, versions and the last install",
+        "Show the boot order, tries left, installed versions and the last install result.",
+    )
+    command(
+        "mark-good",
+        "mark the booted slot good",
+        """\
+            Restore the booted slot's tries and raise the anti-rollback floor to its
+            security version. Run it once the system is healthy (see
+            updater-mark-good.service).""",
+    )
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "install": cmd_install,
+    "status": cmd_status,
+    "mark-good": cmd_mark_good,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the command line; exits with the documented status."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except tuple(cls for cls, _ in EXIT_CODES) as e:
+        status = next(code for cls, code in EXIT_CODES if isinstance(e, cls))
+        if args.json:
+            print(json.dumps({"event": "error", "error": str(e), "exit_status": status}))
+        print(f"updater: error: {e}", file=sys.stderr)
+        sys.exit(status)
+    if args.json:
+        print(json.dumps({"event": "result", **result} if args.command == "install" else result))
+    else:
+        _print_text(args.command, result)
+    sys.exit(EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,576 @@
+"""Installing a bundle into the inactive slot.
+
+The order, fixed and crash-safe (docs/updater.md explains why each step is where it is):
+
+1. Read the bounded head, check signatures and policy. Nothing is written before.
+2. Choose the target: the slot of the image's class that is not booted.
+3. Make the target unbootable (no tries, no root hash): one env write, skipped if
+   it already is.
+4. Write the hash area, each block checked before it is written, then the data,
+   each 4096-byte block checked against its leaf digest before it is written.
+   With a random-access source, blocks the target already holds are kept
+   (resume) and blocks the active slot holds at the same place are copied
+   (delta); only the rest is fetched, in coalesced ranges.
+5. fsync, drop the page cache, and check the whole slot again from the medium.
+6. One env write records the root hash and makes the target primary with full tries.
+
+A failure at any step leaves the booted slot and the boot order as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bootctl import state as slotstate
+from bootctl.control import SlotControl
+from bootctl.errors import BootctlError, SlotError
+from bootctl.state import SlotVerity
+from bundle_tool import verity
+from bundle_tool.container import ImageLayout, VerifiedHead
+from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
+from bundle_tool.policy import check_policy
+from bundle_tool.reader import read_head
+from bundle_tool.signing import load_keyring
+
+from .config import DeviceConfig
+from .errors import DeviceError, TransportError, UsageError
+from .slotdev import FileSlot, SlotDevice
+from .source import BundleSource
+from .statedir import SlotRecord, StateDir
+
+BLOCK = verity.BLOCK_SIZE
+SPAN_BLOCKS = 256  # blocks checked and written per step in the stream path (1 MiB)
+GROUP = verity.HASHES_PER_BLOCK  # data blocks covered by one leaf block
+BATCH_GROUPS = 16  # leaf groups planned together in the delta path (8 MiB of data)
+MERGE_GAP_BLOCKS = 8  # fetch a gap this small rather than start another range
+FLUSH_EVERY = 64 << 20  # make progress durable this often, so a power cut resumes
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report.
+
+    Attributes:
+        phase: "tree", "data", "read-back" or "switch".
+        done: image bytes handled so far in this phase.
+        total: image bytes of this phase.
+        fetched: bytes read from the source so far (network or medium).
+        reused: image bytes kept on the target or copied from the active slot.
+    """
+
+    phase: str
+    done: int
+    total: int
+    fetched: int
+    reused: int
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What an install did."""
+
+    slot: str
+    version: str
+    compatible: str
+    security_version: int
+    root_hash: str
+    image_size: int
+    bytes_fetched: int
+    bytes_reused: int
+    seconds: float
+    signers: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "installed", **asdict(self)}
+
+
+class ExactReader:
+    """Takes exact-size pieces from a stream of chunks of any size."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it = iter(chunks)
+        self._buf = bytearray()
+
+    def take(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            chunk = next(self._it, None)
+            if chunk is None:
+                raise BundleError("bundle ends early")
+            if not self._buf and len(chunk) == n:
+                return chunk
+            self._buf += chunk
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+
+def runs(indices: Sequence[int], gap: int = 0) -> Iterator[tuple[int, int]]:
+    """Coalesce sorted indices into (first, count) runs, bridging gaps up to `gap`."""
+    if not indices:
+        return
+    start = prev = indices[0]
+    for i in indices[1:]:
+        if i - prev > gap + 1:
+            yield start, prev - start + 1
+            start = i
+        prev = i
+    yield start, prev - start + 1
+
+
+def pack_leaf(digests: bytes) -> bytes:
+    """A leaf-level hash block from the digests of up to 128 data blocks."""
+    return digests.ljust(BLOCK, b"\x00")
+
+
+class Installer:
+    """Installs bundles on one device.
+
+    Args:
+        config: the device configuration.
+        control: slot state access (default: from the config; tests inject one).
+        open_slot: opens a slot device by path (tests inject a faulty one).
+        clock: seconds since the epoch (tests set the time).
+        progress: called with Progress reports.
+    """
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        control: SlotControl | None = None,
+        open_slot: Callable[[str], SlotDevice] = FileSlot,
+        clock: Callable[[], float] = time.time,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.board = config.board
+        self.control = control or _open_control(config)
+        self.open_slot = open_slot
+        self.clock = clock
+        self.progress = progress
+        self.state = StateDir(config.state_dir)
+        self._fetched_base = 0
+        self._reused = 0
+
+    # --- checks before anything is written ------------------------------------------------
+
+    def refresh_floor(self) -> None:
+        """Raise the anti-rollback floor once a newly installed slot was marked good.
+
+        A slot counts as good when it is booted, first in the boot order and has its
+        full tries (what mark-good restores).
+        """
+        try:
+            booted = self.control.booted_slot()
+            if booted is None:
+                return
+            st = slotstate.parse_state(self.control.env(), self.board.slot_names)
+        except BootctlError as e:
+            raise DeviceError(f"cannot read the slot state: {e}") from e
+        record = self.state.slot_records().get(booted)
+        if record and st.primary == booted and st.slot(booted).tries >= self.board.tries:
+            self.state.raise_floor(record.security_version)
+
+    def check(self, source: BundleSource) -> VerifiedHead:
+        """Read and check a bundle's head: signatures, compatible, expiry, anti-rollback."""
+        try:
+            keyring_pem = self.config.keyring.read_bytes()
+        except OSError as e:
+            raise DeviceError(f"cannot read keyring {self.config.keyring}: {e.strerror}") from e
+        keyring = load_keyring(keyring_pem)
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        head = read_head(source, keyring, at=now, threshold=self.config.threshold)
+        self.refresh_floor()
+        check_policy(
+            head.manifest,
+            compatible=self.board.compatible,
+            at=now,
+            security_floor=self.state.security_floor(),
+            architecture=self.board.architecture,
+        )
+        return head
+
+    def choose_target(
+        self, image_class: str, slot: str | None, force: bool
+    ) -> tuple[str, str | None]:
+        """The slot to write and the booted slot of the same class (if any)."""
+        try:
+            booted = self.control.booted_slot()
+        except SlotError as e:
+            raise DeviceError(str(e)) from e
+        same = [s.name for s in self.board.slots if s.slot_class == image_class]
+        if not same:
+            raise PolicyError(f"board {self.board.name} has no slot of class {image_class}")
+        if slot is not None:
+            if slot not in same:
+                raise UsageError(f"slot {slot} is not a {image_class} slot of {self.board.name}")
+            if slot == booted and not force:
+                raise UsageError(f"refusing to install into the booted slot {slot}")
+            return slot, booted if booted in same else None
+        others = [s for s in same if s != booted]
+        if booted is None and len(others) > 1:
+            raise DeviceError(
+                "cannot tell which slot is booted (no abupdate.slot= on the kernel command "
+                "line); name the target slot explicitly"
+            )
+        return others[0], booted if booted in same else None
+
+    # --- the install ----------------------------------------------------------------------
+
+    def install(
+        self,
+        source: BundleSource,
+        *,
+        slot: str | None = None,
+        force: bool = False,
+        delta: bool | None = None,
+    ) -> InstallResult:
+        """Install the bundle from `source`; see the module docstring for the steps.
+
+        Args:
+            source: where the bundle comes from.
+            slot: target slot (default: the inactive one).
+            force: allow installing into the booted slot.
+            delta: reuse blocks of the target and active slots (default: when the
+                source allows random access and is remote).
+        """
+        started = self.clock()
+        try:
+            result = self._install(source, slot, force, delta, started)
+        except (BundleError, TrustError, PolicyError, TransportError, DeviceError, UsageError) as e:
+            self._record_failure(e, started)
+            raise
+        except BootctlError as e:
+            self._record_failure(e, started)
+            raise DeviceError(f"boot environment: {e}") from e
+        self.state.record_result(result.to_dict())
+        return result
+
+    def _record_failure(self, error: Exception, started: float) -> None:
+        with contextlib.suppress(DeviceError):  # the original error matters more
+            self.state.record_result(
+                {
+                    "status": "failed",
+                    "error": str(error),
+                    "kind": type(error).__name__,
+                    "at": int(started),
+                }
+            )
+
+    def _install(
+        self,
+        source: BundleSource,
+        slot: str | None,
+        force: bool,
+        delta: bool | None,
+        started: float,
+    ) -> InstallResult:
+        head = self.check(source)
+        if len(head.images) != 1:
+            raise PolicyError("bundles with more than one image are not supported yet")
+        part = head.images[0]
+        image = part.image
+        target, active = self.choose_target(image.slot_class, slot, force)
+        vinfo = image.verity
+        needed = image.size + vinfo.tree_size
+
+        with self.open_slot(self.config.slot_device(target)) as dev:
+            capacity = dev.capacity()
+            if capacity is not None and capacity < needed:
+                raise DeviceError(
+                    f"slot {target} holds {capacity} bytes; "
+                    f"the image and its hash tree need {needed}"
+                )
+            self._invalidate(target, force)
+            self.state.record_slot(target, None)
+            checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
+            self._reused = 0
+            if delta is None:
+                delta = source.random_access and getattr(source, "remote", False)
+            if delta and source.random_access:
+                active_dev = self._open_active(active)
+                try:
+                    _DeltaWriter(self, source, part, checker, dev, active_dev).run()
+                finally:
+                    if active_dev is not None:
+                        active_dev.close()
+            else:
+                self._stream(source, part, checker, dev)
+            self._check_end(source, head)
+            dev.flush()
+            dev.drop_cache()
+            self._report("read-back", 0, image.size, source)
+            self._read_back(dev, part)
+            self._report("read-back", image.size, image.size, source)
+
+        root = vinfo.root_hash.hex()
+        self._report("switch", 0, 1, source)
+        self.control.set_primary(
+            target, SlotVerity(root, vinfo.salt.hex(), vinfo.data_blocks), force=force
+        )
+        m = head.manifest
+        now = int(self.clock())
+        self.state.record_slot(
+            target, SlotRecord(m.version, m.security_version, m.compatible, root, now)
+        )
+        return InstallResult(
+            slot=target,
+            version=m.version,
+            compatible=m.compatible,
+            security_version=m.security_version,
+            root_hash=root,
+            image_size=image.size,
+            bytes_fetched=source.bytes_fetched,
+            bytes_reused=self._reused,
+            seconds=round(self.clock() - started, 3),
+            signers=tuple(s.subject for s in head.signers),
+        )
+
+    def _invalidate(self, target: str, force: bool) -> None:
+        """No tries and no root hash for the target, in one env write (none if already so)."""
+        names = self.board.slot_names
+        if target == self.control.booted_slot() and not force:
+            raise UsageError(f"refusing to install into the booted slot {target}")
+        env = self.control.env()
+        new = slotstate.set_verity(slotstate.mark_bad(env, target, names), target, None, names)
+        if new != env:
+            self.control.store.save(new)
+
+    def _open_active(self, active: str | None) -> SlotDevice | None:
+        if active is None:
+            return None
+        try:
+            return self.open_slot(self.config.slot_device(active))
+        except DeviceError:
+            return None  # no delta source; everything is fetched
+
+    def _report(self, phase: str, done: int, total: int, source: BundleSource) -> None:
+        if self.progress:
+            self.progress(Progress(phase, done, total, source.bytes_fetched, self._reused))
+
+    def _check_end(self, source: BundleSource, head: VerifiedHead) -> None:
+        """A stream must end exactly where the manifest says (trailing bytes are refused)."""
+        at_eof = getattr(source, "at_eof", None)
+        if at_eof is not None and not at_eof():
+            raise BundleError("bundle has bytes the manifest does not account for")
+
+    # --- writing and checking blocks -------------------------------------------------------
+
+    def write_checked(
+        self,
+        dev: SlotDevice,
+        checker: verity.TreeChecker,
+        first: int,
+        data: bytes,
+        expected: bytes,
+    ) -> None:
+        """Check blocks [first, first + len(data)/4096) against `expected`, then write them."""
+        bad = checker.bad_block(first, data, expected)
+        if bad is not None:
+            raise BundleError(
+                f"image block {bad} (image offset {bad * BLOCK}) does not match the signed "
+                "hash tree; it was not written"
+            )
+        dev.pwrite(first * BLOCK, data)
+
+    def _stream(
+        self, source: BundleSource, part: ImageLayout, checker: verity.TreeChecker, dev: SlotDevice
+    ) -> None:
+        """Read the hash area and data in one pass, checking each block before writing it."""
+        vinfo = part.image.verity
+        hash_offset = part.image.size
+        reader = ExactReader(source.read(part.area_offset, vinfo.tree_size + part.image.size))
+        area = (reader.take(BLOCK) for _ in range(vinfo.tree_size // BLOCK))
+        for index, hash_block in checker.check_area(area):
+            dev.pwrite(hash_offset + index * BLOCK, hash_block)
+        self._report("tree", vinfo.tree_size, vinfo.tree_size, source)
+
+        def leaf(j: int) -> bytes:
+            return dev.pread(hash_offset + (checker.first_leaf + j) * BLOCK, BLOCK)
+
+        unflushed = 0
+        block = 0
+        while block < vinfo.data_blocks:
+            count = min(SPAN_BLOCKS, vinfo.data_blocks - block)
+            data = reader.take(count * BLOCK)
+            self.write_checked(dev, checker, block, data, checker.leaf_digests(block, count, leaf))
+            block += count
+            unflushed += len(data)
+            if unflushed >= FLUSH_EVERY:
+                dev.flush()
+                unflushed = 0
+            self._report("data", block * BLOCK, part.image.size, source)
+
+    def _read_back(self, dev: SlotDevice, part: ImageLayout) -> None:
+        """Hash the slot again from the medium and compare with the signed root hash."""
+        vinfo = part.image.verity
+        try:
+            tree = verity.build_tree(dev.path, vinfo.data_blocks, vinfo.salt)
+        except (OSError, BundleIOError) as e:
+            raise DeviceError(f"reading slot {dev.path} back failed: {e}") from e
+        with tree:
+            if tree.root_hash != vinfo.root_hash:
+                raise DeviceError(
+                    f"slot {dev.path} does not hold what was written (read-back root hash "
+                    "differs): the medium may be failing"
+                )
+            pos = part.image.size
+            for chunk in tree.area_chunks():
+                if dev.pread(pos, len(chunk)) != chunk:
+                    raise DeviceError(f"hash tree on slot {dev.path} does not read back as written")
+                pos += len(chunk)
+
+
+class _DeltaWriter:
+    """The random-access path: keep, copy or fetch each block, in batches of leaf groups."""
+
+    def __init__(  # noqa: PLR0917 - private helper, called once
+        self,
+        installer: Installer,
+        source: BundleSource,
+        part: ImageLayout,
+        checker: verity.TreeChecker,
+        dev: SlotDevice,
+        active: SlotDevice | None,
+    ) -> None:
+        self.inst = installer
+        self.source = source
+        self.part = part
+        self.checker = checker
+        self.dev = dev
+        self.active = active
+        self.vinfo = part.image.verity
+        self.hash_offset = part.image.size
+        self.base = hashlib.sha256(self.vinfo.salt)
+        self.unflushed = 0
+
+    def leaf_offset(self, j: int) -> int:
+        return self.hash_offset + (self.checker.first_leaf + j) * BLOCK
+
+    def run(self) -> None:
+        upper = self.checker.first_leaf * BLOCK
+        blocks = ExactReader(self.source.read(self.part.area_offset, upper))
+        for index, block in self.checker.check_upper(
+            blocks.take(BLOCK) for _ in range(self.checker.first_leaf)
+        ):
+            self.dev.pwrite(self.hash_offset + index * BLOCK, block)
+        groups = -(-self.vinfo.data_blocks // GROUP)
+        for first in range(0, groups, BATCH_GROUPS):
+            self.batch(range(first, min(groups, first + BATCH_GROUPS)))
+            done = min(self.vinfo.data_blocks, (first + BATCH_GROUPS) * GROUP) * BLOCK
+            self.inst._report("data", done, self.part.image.size, self.source)
+
+    def group_span(self, j: int) -> tuple[int, int]:
+        first = j * GROUP
+        return first, min(GROUP, self.vinfo.data_blocks - first)
+
+    def digests(self, dev: SlotDevice | None, j: int) -> bytes | None:
+        """Digests (with the new salt) of group j's blocks as they are on `dev`."""
+        if dev is None:
+            return None
+        first, count = self.group_span(j)
+        data = dev.pread(first * BLOCK, count * BLOCK)
+        if len(data) < count * BLOCK:
+            data = data.ljust(count * BLOCK, b"\x00")
+        return verity.digest_blocks(self.vinfo.salt, data)
+
+    def leaf_ok(self, j: int, block: bytes) -> bool:
+        try:
+            self.checker.check_leaf(j, block)
+        except BundleError:
+            return False
+        return True
+
+    def batch(self, groups: range) -> None:
+        has_leaves = bool(self.checker.geometry.levels)
+        leaves: dict[int, bytes] = {}
+        on_target: dict[int, bytes | None] = {}
+        on_active: dict[int, bytes | None] = {}
+        for j in groups:
+            first, count = self.group_span(j)
+            if not has_leaves:
+                # One data block: its digest is the root hash itself.
+                leaves[j] = pack_leaf(self.vinfo.root_hash)
+                on_target[j] = self.digests(self.dev, j)
+            elif self.leaf_ok(j, stored := self.dev.pread(self.leaf_offset(j), BLOCK)):
+                leaves[j] = stored
+                on_target[j] = self.digests(self.dev, j)
+            else:
+                # Without a valid leaf on the target, an interrupted earlier install
+                # never reached this group's data: do not bother hashing the target.
+                on_target[j] = None
+            if j in leaves and on_target[j] == leaves[j][: count * verity.DIGEST_SIZE]:
+                on_active[j] = None  # the target already holds the whole group
+                continue
+            on_active[j] = self.digests(self.active, j)
+            if j not in leaves and on_active[j] is not None:
+                candidate = pack_leaf(on_active[j] or b"")
+                if self.leaf_ok(j, candidate):
+                    leaves[j] = candidate
+                    self.dev.pwrite(self.leaf_offset(j), candidate)
+        missing = [j for j in groups if j not in leaves]
+        for j0, n in runs(missing):
+            fetched = ExactReader(
+                self.source.read(
+                    self.part.area_offset + (self.checker.first_leaf + j0) * BLOCK, n * BLOCK
+                )
+            )
+            for j in range(j0, j0 + n):
+                block = fetched.take(BLOCK)
+                if j in missing:
+                    self.checker.check_leaf(j, block)
+                    self.dev.pwrite(self.leaf_offset(j), block)
+                    leaves[j] = block
+        fetch: list[int] = []
+        copy: list[int] = []
+        for j in groups:
+            first, count = self.group_span(j)
+            want = leaves[j]
+            t, a = on_target[j], on_active[j]
+            for i in range(count):
+                d = want[i * verity.DIGEST_SIZE : (i + 1) * verity.DIGEST_SIZE]
+                sl = slice(i * verity.DIGEST_SIZE, (i + 1) * verity.DIGEST_SIZE)
+                if t is not None and t[sl] == d:
+                    self.inst._reused += BLOCK
+                elif a is not None and a[sl] == d:
+                    copy.append(first + i)
+                else:
+                    fetch.append(first + i)
+        expected = self._expected(groups, leaves)
+        for b0, n in runs(copy):
+            assert self.active is not None
+            data = self.active.pread(b0 * BLOCK, n * BLOCK)
+            self.inst.write_checked(self.dev, self.checker, b0, data, expected(b0, n))
+            self.inst._reused += n * BLOCK
+        for b0, n in runs(fetch, MERGE_GAP_BLOCKS):
+            data = self.source.read_exact(self.part.data_offset + b0 * BLOCK, n * BLOCK)
+            self.inst.write_checked(self.dev, self.checker, b0, data, expected(b0, n))
+            self.unflushed += n * BLOCK
+        if self.unflushed >= FLUSH_EVERY:
+            self.dev.flush()
+            self.unflushed = 0
+
+    def _expected(self, groups: range, leaves: dict[int, bytes]) -> Callable[[int, int], bytes]:
+        def expected(first: int, count: int) -> bytes:
+            out = bytearray()
+            for b in range(first, first + count):
+                j, i = divmod(b, GROUP)
+                out += leaves[j][i * verity.DIGEST_SIZE : (i + 1) * verity.DIGEST_SIZE]
+            return bytes(out)
+
+        return expected
+
+
+def _open_control(config: DeviceConfig) -> SlotControl:
+    try:
+        return SlotControl.open(
+            config.board, env_override=config.env_override, cmdline_path=config.cmdline
+        )
+    except BootctlError as e:
+        raise DeviceError(f"boot environment: {e}") from e

@@ -1,0 +1,107 @@
+"""A slot's storage: a block device, or a plain file in tests and QEMU image builds."""
+
+from __future__ import annotations
+
+import os
+import stat
+from abc import ABC, abstractmethod
+
+from .errors import DeviceError
+
+
+class SlotDevice(ABC):
+    """Where one slot's bytes live. Every method raises DeviceError on failure.
+
+    Writes are durable only after `flush`; a power cut loses whatever was
+    written since the last flush (the installer is built for that).
+    """
+
+    #: A path other processes can read the slot through (for parallel read-back checks).
+    path: str
+
+    @abstractmethod
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        """Write `data` at `offset`."""
+
+    @abstractmethod
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read up to `length` bytes at `offset` (fewer at the end of a plain file)."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Make every write so far durable (fsync). A failure is final for this install."""
+
+    @abstractmethod
+    def capacity(self) -> int | None:
+        """Bytes the slot can hold; None for a plain file, which grows."""
+
+    def drop_cache(self) -> None:  # noqa: B027 - optional hook
+        """Forget cached pages so the next reads come from the medium."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the device."""
+
+    def __enter__(self) -> SlotDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FileSlot(SlotDevice):
+    """A slot on a block device or in a plain file (created if missing)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            mode = os.fstat(self._fd).st_mode
+        except OSError as e:
+            raise DeviceError(f"cannot open slot {path}: {e.strerror}") from e
+        self._block = stat.S_ISBLK(mode)
+        if not (self._block or stat.S_ISREG(mode)):
+            os.close(self._fd)
+            raise DeviceError(f"slot {path} is neither a block device nor a regular file")
+
+    def _fail(self, what: str, e: OSError) -> DeviceError:
+        return DeviceError(f"slot {self.path}: {what} failed: {e.strerror}")
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self._fd, view[done:], offset + done)
+        except OSError as e:
+            raise self._fail("write", e) from e
+
+    def pread(self, offset: int, length: int) -> bytes:
+        try:
+            return os.pread(self._fd, length, offset)
+        except OSError as e:
+            raise self._fail("read", e) from e
+
+    def flush(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise self._fail("fsync", e) from e
+
+    def capacity(self) -> int | None:
+        if not self._block:
+            return None
+        try:
+            return os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError as e:
+            raise self._fail("size query", e) from e
+
+    def drop_cache(self) -> None:
+        try:
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError as e:
+            raise self._fail("cache drop", e) from e
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,90 @@
+"""What the updater remembers outside the slots: anti-rollback floor, slot records, last result.
+
+Each file is small JSON, replaced crash-safely. The floor lives here, not in a
+slot, so installing an old image cannot lower it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bootctl.atomicfile import atomic_write
+
+from .errors import DeviceError
+
+FLOOR_FILE = "security-floor.json"
+SLOTS_FILE = "slots.json"
+LAST_FILE = "last-install.json"
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    """What was installed into a slot."""
+
+    version: str
+    security_version: int
+    compatible: str
+    root_hash: str
+    installed_at: int
+
+
+class StateDir:
+    """The updater's state directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self, name: str, default: Any) -> Any:
+        try:
+            return json.loads((self.path / name).read_text())
+        except FileNotFoundError:
+            return default
+        except (OSError, ValueError) as e:
+            raise DeviceError(f"state file {self.path / name} is unreadable: {e}") from e
+
+    def _save(self, name: str, value: Any) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path / name, json.dumps(value, indent=2, sort_keys=True).encode())
+        except OSError as e:
+            raise DeviceError(f"cannot write state file {self.path / name}: {e.strerror}") from e
+
+    def security_floor(self) -> int:
+        """The lowest security version this device accepts."""
+        value = self._load(FLOOR_FILE, {"security_floor": 0}).get("security_floor", 0)
+        if type(value) is not int or value < 0:
+            raise DeviceError(f"state file {self.path / FLOOR_FILE} holds a bad floor")
+        return value
+
+    def raise_floor(self, value: int) -> bool:
+        """Raise the floor to `value` (never lowers it). Returns whether it changed."""
+        if value <= self.security_floor():
+            return False
+        self._save(FLOOR_FILE, {"security_floor": value})
+        return True
+
+    def slot_records(self) -> dict[str, SlotRecord]:
+        raw = self._load(SLOTS_FILE, {})
+        try:
+            return {name: SlotRecord(**rec) for name, rec in raw.items()}
+        except (TypeError, AttributeError) as e:
+            raise DeviceError(f"state file {self.path / SLOTS_FILE} is malformed") from e
+
+    def record_slot(self, name: str, record: SlotRecord | None) -> None:
+        """Remember what a slot holds (None: the slot is being rewritten)."""
+        records = {k: asdict(v) for k, v in self.slot_records().items()}
+        if record is None:
+            records.pop(name, None)
+        else:
+            records[name] = asdict(record)
+        self._save(SLOTS_FILE, records)
+
+    def last_result(self) -> dict[str, Any] | None:
+        value = self._load(LAST_FILE, None)
+        return value if isinstance(value, dict) else None
+
+    def record_result(self, result: dict[str, Any]) -> None:
+        self._save(LAST_FILE, result)
