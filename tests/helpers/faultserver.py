@@ -24,6 +24,7 @@ short); requests past the end of the list are not dropped.
 from __future__ import annotations
 
 import http.server
+import random
 import re
 import socket
 import ssl
@@ -189,6 +190,11 @@ class FaultServer:
     def url(self, name: str = "bundle") -> str:
         """An https:// URL on this server (every path serves `data`)."""
         return f"https://127.0.0.1:{self.port}/{name}"
+
+    def drop_randomly(self, seed: int, count: int, max_bytes: int) -> None:
+        """Drop the next `count` GET answers after 1..max_bytes-1 body bytes, chosen by `seed`."""
+        rng = random.Random(seed)
+        self.drops = [rng.randrange(1, max_bytes) for _ in range(count)]
 
     def next_drop(self) -> int | None:
         with self._lock:

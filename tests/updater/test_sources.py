@@ -327,8 +327,7 @@ def test_dropped_connections_resume_from_the_byte_reached(
     fault_server: FaultServer, seed: int
 ) -> None:
     data = fault_server.data
-    rng = random.Random(seed)
-    fault_server.drops = [rng.randrange(1, 200_000) for _ in range(30)]
+    fault_server.drop_randomly(seed, count=30, max_bytes=200_000)
     with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
         got = read_all(source, 0, len(data) // 2)
         got += read_all(source, len(data) // 2, len(data) - len(data) // 2)
