@@ -128,6 +128,7 @@ class HttpSource(BundleSource):
     """
 
     random_access = True
+    remote = True
 
     def __init__(
         self,

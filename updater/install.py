@@ -292,7 +292,7 @@ class Installer:
             checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
             self._reused = 0
             if delta is None:
-                delta = source.random_access and getattr(source, "remote", False)
+                delta = source.random_access and source.remote
             if delta and source.random_access:
                 active_dev = self._open_active(active)
                 try:

@@ -28,6 +28,8 @@ class BundleSource(ABC):
 
     CHUNK = 1 << 20
     random_access: bool = True
+    #: Bytes are costly (network): the installer reuses local blocks before fetching.
+    remote: bool = False
 
     def __init__(self) -> None:
         self.bytes_fetched = 0

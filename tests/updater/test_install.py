@@ -1,0 +1,292 @@
+"""Installing bundles into file-backed slots, checked with the real veritysetup and fw_printenv."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bootctl.state import SlotVerity
+from bundle_tool import keygen, signing
+from bundle_tool.errors import BundleError, PolicyError, TrustError
+from tests.updater.device import BUILD_TIME, Device, image_bytes, make_device
+from updater.errors import UsageError
+from updater.filesource import FileSource, StdinSource
+from updater.install import Installer
+from updater.statedir import StateDir
+
+BLOCKS = 700  # 2.8 MiB: several leaf blocks, two tree levels
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
+    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def device(tmp_path: Path, pki: keygen.DevPki) -> Device:
+    return make_device(tmp_path / "device", pki, image_bytes(BLOCKS, seed=1))
+
+
+def veritysetup_verify(slot: Path, v: SlotVerity) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            "veritysetup",
+            "verify",
+            str(slot),
+            str(slot),
+            v.root_hash,
+            f"--hash-offset={v.hash_offset}",
+        ],
+        capture_output=True,
+    )
+
+
+def fw_printenv(device: Device) -> dict[str, str]:
+    config = device.root / "fw_env.config"
+    config.write_text(f"{device.env_file} 0x0000 0x4000\n")
+    out = subprocess.run(
+        ["fw_printenv", "-c", str(config)], check=True, capture_output=True, text=True
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def assert_installed(device: Device, slot: str = "B") -> SlotVerity:
+    env = fw_printenv(device)
+    assert env["BOOT_ORDER"].split()[0] == slot
+    assert env[f"BOOT_{slot}_LEFT"] == "3"
+    v = SlotVerity.from_env(env[f"BOOT_{slot}_VERITY"])
+    result = veritysetup_verify(device.slot(slot), v)
+    assert result.returncode == 0, result.stderr
+    return v
+
+
+def install_file(device: Device, bundle: Path, **kw: object) -> object:
+    with FileSource(bundle) as src:
+        return Installer(device.config()).install(src, **kw)  # type: ignore[arg-type]
+
+
+def test_good_install_from_file(device: Device) -> None:
+    new = image_bytes(BLOCKS, seed=2)
+    bundle = device.bundle(new)
+    result = install_file(device, bundle)
+    v = assert_installed(device)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+    assert result.slot == "B" and result.version == "2.0.0"  # type: ignore[attr-defined]
+    assert v.data_blocks == BLOCKS
+    record = StateDir(device.root / "state").slot_records()["B"]
+    assert record.version == "2.0.0" and record.root_hash == v.root_hash
+
+
+def test_good_install_from_stdin_with_the_cli(device: Device) -> None:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=3))
+    with bundle.open("rb") as f:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "updater.cli",
+                "install",
+                "-",
+                "--config",
+                str(device.config_path),
+                "--json",
+            ],
+            stdin=f,
+            capture_output=True,
+            text=True,
+        )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert lines[-1]["event"] == "result" and lines[-1]["slot"] == "B"
+    assert any(line["event"] == "progress" and line["phase"] == "data" for line in lines)
+    assert_installed(device)
+
+
+def test_good_install_over_https(device: Device, nginx_server) -> None:  # type: ignore[no-untyped-def]
+    bundle = device.bundle(image_bytes(BLOCKS, seed=4))
+    (Path(nginx_server.root) / "u.bundle").write_bytes(bundle.read_bytes())
+    with device.config_path.open("a") as f:
+        f.write(f'[http]\nca_file = "{nginx_server.ca_file}"\n')
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "updater.cli",
+            "install",
+            nginx_server.url("u.bundle"),
+            "--config",
+            str(device.config_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert_installed(device)
+    # Slot B was empty and A holds other data: everything came over the network once.
+    assert nginx_server.body_bytes_served() >= BLOCKS * 4096
+
+
+def test_reinstall_resumes_without_fetching_data(device: Device) -> None:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=5))
+    install_file(device, bundle)
+    again = install_file(device, bundle, delta=True)
+    assert again.bytes_reused == BLOCKS * 4096  # type: ignore[attr-defined]
+    assert again.bytes_fetched < 16 * 4096  # type: ignore[attr-defined]
+    assert_installed(device)
+
+
+# --- refusals: the booted slot and the environment stay byte-identical --------------------
+
+
+def other_signer(tmp_path: Path) -> tuple[keygen.DevPki, signing.Signer]:
+    other = keygen.make_dev_pki(tmp_path / "other-pki")
+    return other, signing.load_signer(other.signer_key.read_bytes(), other.signer_cert.read_bytes())
+
+
+def flip(path: Path, offset: int) -> Path:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    out = path.with_name(path.name + ".bad")
+    out.write_bytes(bytes(data))
+    return out
+
+
+def layout(device: Device, bundle: Path) -> tuple[int, int]:
+    """(hash area offset, data offset) of the bundle's image."""
+    from bundle_tool.container import HEADER_SIZE, inspect_head, parse_header
+    from bundle_tool.container import layout as parts
+
+    raw = bundle.read_bytes()
+    header = parse_header(raw[:HEADER_SIZE])
+    manifest, _ = inspect_head(raw[: header.head_size])
+    (part,), _ = parts(header, manifest)
+    return part.area_offset, part.data_offset
+
+
+REFUSALS: dict[str, tuple[type[Exception], str]] = {
+    "wrong signature": (TrustError, "signature 1 does not match"),
+    "unknown CA": (TrustError, "0 of 1 required signatures trusted"),
+    "wrong compatible": (PolicyError, "this device is 'qemu-arm64-uboot'"),
+    "downgrade": (PolicyError, "below this device's anti-rollback floor 5"),
+    "expired": (PolicyError, "expired on"),
+    "corrupt tree": (BundleError, "hash tree block"),
+    "corrupt data": (BundleError, "image block 333 "),
+    "truncated": (BundleError, "truncated"),
+    "extra bytes": (BundleError, "1 bytes the manifest does not account for"),
+    "booted slot": (UsageError, "refusing to install into the booted slot A"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refusal_leaves_booted_slot_and_env_untouched(
+    device: Device, tmp_path: Path, case: str
+) -> None:
+    good = device.bundle(image_bytes(BLOCKS, seed=6))
+    kw: dict[str, object] = {}
+    bundle = good
+    if case == "wrong signature":
+        raw = bytearray(good.read_bytes())
+        from bundle_tool.container import parse_header
+
+        h = parse_header(bytes(raw[:64]))
+        raw[h.head_size - 5] ^= 0xFF  # inside the signature bytes
+        bundle = tmp_path / "badsig.bundle"
+        bundle.write_bytes(bytes(raw))
+    elif case == "unknown CA":
+        bundle = device.bundle(image_bytes(BLOCKS, 6), "o.bundle", signer=other_signer(tmp_path)[1])
+    elif case == "wrong compatible":
+        bundle = device.bundle(image_bytes(BLOCKS, 6), "c.bundle", compatible="other-board")
+    elif case == "downgrade":
+        StateDir(device.root / "state").raise_floor(5)
+    elif case == "expired":
+        bundle = device.bundle(image_bytes(BLOCKS, 6), "e.bundle", expires=BUILD_TIME + 1)
+    elif case == "corrupt tree":
+        bundle = flip(good, layout(device, good)[0] + 4096 + 100)
+    elif case == "corrupt data":
+        bundle = flip(good, layout(device, good)[1] + 333 * 4096 + 7)
+    elif case == "truncated":
+        bundle = tmp_path / "t.bundle"
+        bundle.write_bytes(good.read_bytes()[:-4096])
+    elif case == "extra bytes":
+        bundle = tmp_path / "x.bundle"
+        bundle.write_bytes(good.read_bytes() + b"\0")
+    elif case == "booted slot":
+        kw = {"slot": "A"}
+    before = device.snapshot()
+    error, message = REFUSALS[case]
+    with pytest.raises(error, match=message):
+        install_file(device, bundle, **kw)
+    assert device.snapshot() == before
+    last = StateDir(device.root / "state").last_result()
+    assert last is not None and last["status"] == "failed"
+
+
+def test_corrupt_data_from_a_stream_is_found_before_it_is_written(device: Device) -> None:
+    good = device.bundle(image_bytes(BLOCKS, seed=7))
+    bad = flip(good, layout(device, good)[1] + 600 * 4096)
+    before = device.snapshot()
+    with bad.open("rb") as f, pytest.raises(BundleError, match="image block 600 "):
+        Installer(device.config()).install(StdinSource(f))
+    assert device.snapshot() == before
+    # The 1 MiB span holding block 600 (blocks 512..699) never reached the slot.
+    assert device.slot("B").read_bytes()[512 * 4096 : BLOCKS * 4096] == bytes(188 * 4096)
+
+
+def test_trailing_bytes_on_a_stream_are_refused(device: Device, tmp_path: Path) -> None:
+    good = device.bundle(image_bytes(BLOCKS, seed=8))
+    extra = tmp_path / "extra.bundle"
+    extra.write_bytes(good.read_bytes() + b"junk")
+    before = device.snapshot()
+    with extra.open("rb") as f, pytest.raises(BundleError, match="does not account for"):
+        Installer(device.config()).install(StdinSource(f))
+    assert device.snapshot()["env"] == before["env"]
+
+
+def test_floor_rises_only_after_mark_good(device: Device) -> None:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=9), security_version=4)
+    install_file(device, bundle)
+    state = StateDir(device.root / "state")
+    assert state.security_floor() == 0  # installed, not yet booted and marked good
+    device.boot("B")
+    ctl = device.control()
+    # The boot script decrements the counter before booting.
+    env = ctl.env()
+    ctl.store.save({**env, "BOOT_B_LEFT": "2"})
+    Installer(device.config()).refresh_floor()
+    assert state.security_floor() == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "updater.cli", "mark-good", "--config", str(device.config_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert state.security_floor() == 4
+    assert fw_printenv(device)["BOOT_B_LEFT"] == "3"
+
+
+def test_cli_exit_statuses(device: Device, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "updater.cli", *args, "--config", str(device.config_path)],
+            capture_output=True,
+            text=True,
+        )
+
+    good = device.bundle(image_bytes(BLOCKS, seed=10))
+    assert run("install", str(flip(good, layout(device, good)[1]))).returncode == 3
+    other = device.bundle(image_bytes(BLOCKS, 10), "o.bundle", signer=other_signer(tmp_path)[1])
+    assert run("install", str(other)).returncode == 4
+    wrong = device.bundle(image_bytes(BLOCKS, 10), "c.bundle", compatible="x")
+    r = run("install", str(wrong))
+    assert r.returncode == 5 and len(r.stderr.strip().splitlines()) == 1
+    assert run("install", "http://example.invalid/x.bundle").returncode == 2
+    assert run("install", str(tmp_path / "missing.bundle")).returncode == 2
+    status = run("status", "--json")
+    assert status.returncode == 0
+    data = json.loads(status.stdout)
+    assert data["booted"] == "A" and data["last_install"]["status"] == "failed"
