@@ -33,6 +33,11 @@ QEMU_DIR = REPO / "qemu"
 CACHE = QEMU_DIR / "cache"
 BUILD = QEMU_DIR / "build"
 SOURCE_DATE_EPOCH = 1700000000
+#: The update server as the guest knows it (qemu/run --forward maps it to the host).
+GUEST_SERVER_IP = "10.0.2.100"
+UPDATE_SERVER = "updates.abupdate.test"
+#: Development keys (bundle-tool keygen) whose CA the images trust unless told otherwise.
+DEV_KEYS = BUILD / "keys"
 MiB = 1024 * 1024
 
 BOOT_SIZE = 96 * MiB
@@ -451,6 +456,8 @@ class RootfsOptions:
     version: str = "1.0.0"
     mark_good: bool = True
     health_fails: bool = False
+    keyring: str = ""
+    server_ca: str = ""
 
 
 SCRIPTS = {
@@ -474,7 +481,9 @@ def make_rootfs(
     overlay = QEMU_DIR / "rootfs"
     key = digest(
         "rootfs",
-        3,
+        4,
+        Path(opts.keyring),
+        *([Path(opts.server_ca)] if opts.server_ca else []),
         base.name,
         wheels.name,
         ours.name,
@@ -561,6 +570,16 @@ def make_rootfs(
     safe_write(
         etc / "image.conf", f"BOOT_DEVICE={board.boot.device}\nBOOT_MOUNT={board.boot.mount}\n"
     )  # type: ignore[attr-defined]
+    safe_write(etc / "keyring.pem", Path(opts.keyring).read_bytes())
+    device = (
+        'board = "board.toml"\nkeyring = "keyring.pem"\n'
+        f'state_dir = "{board.boot.mount}/abupdate/state"\n'  # type: ignore[attr-defined]
+    )
+    if opts.server_ca:
+        safe_write(etc / "server-ca.pem", Path(opts.server_ca).read_bytes())
+        device += '\n[http]\nca_file = "server-ca.pem"\n'
+    safe_write(etc / "device.toml", device)
+    safe_write(tree / "etc/hosts", f"127.0.0.1 localhost\n{GUEST_SERVER_IP} {UPDATE_SERVER}\n")
     if opts.mark_good:
         safe_write(etc / "mark-good-on-boot", "")
     if opts.health_fails:
@@ -753,6 +772,26 @@ def make_disk(out: Path, boot: Path, slot_a: Path) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------------------
 
 
+def dev_keys() -> Path:
+    """The development signing keys (qemu/build/keys), made once with bundle-tool keygen."""
+    if not (DEV_KEYS / "ca.pem").exists():
+        log(f"making development keys in {DEV_KEYS}")
+        tmp = DEV_KEYS.with_name(f"keys.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        run(
+            Path(sys.executable).parent / "bundle-tool",
+            "keygen",
+            "-o",
+            tmp,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            tmp.rename(DEV_KEYS)
+        except OSError:
+            shutil.rmtree(tmp)
+    return DEV_KEYS
+
+
 def load_board(path: Path) -> object:
     """The board config through bootctl's strict loader."""
     sys.path.insert(0, str(REPO))
@@ -852,9 +891,23 @@ def main(argv: list[str] | None = None) -> int:
         help="build only rootfs.img and slot.img (e.g. for a bundle)",
     )
     p.add_argument("--refresh", action="store_true", help="refresh the Debian package lists")
+    p.add_argument(
+        "--keyring",
+        type=Path,
+        help=f"CA certificate(s) the device trusts (default {DEV_KEYS.relative_to(REPO)}/ca.pem, "
+        "made with bundle-tool keygen when missing)",
+    )
+    p.add_argument("--server-ca", type=Path, help="CA the device trusts for HTTPS update servers")
     a = p.parse_args(argv)
     out = a.out or BUILD / a.arch / "image"
-    opts = RootfsOptions(a.version, not a.no_mark_good, a.health_fails)
+    keyring = a.keyring or dev_keys() / "ca.pem"
+    opts = RootfsOptions(
+        a.version,
+        not a.no_mark_good,
+        a.health_fails,
+        str(keyring.resolve()),
+        str(a.server_ca.resolve()) if a.server_ca else "",
+    )
     try:
         info = build(a.arch, out, opts, a.refresh, a.rootfs_only)
     except (subprocess.CalledProcessError, aptroot.AptError, RuntimeError) as e:
