@@ -318,7 +318,7 @@ def parse_board(data: Mapping[str, Any]) -> BoardConfig:
     tries = _int(data, "tries", "", 3)
     if not 1 <= tries <= MAX_TRIES:
         raise ConfigError(f"tries {tries} must be between 1 and {MAX_TRIES}")
-    return BoardConfig(
+    board = BoardConfig(
         name=name,
         compatible=_str(data, "compatible", "", name),
         architecture=architecture,
@@ -329,6 +329,27 @@ def parse_board(data: Mapping[str, Any]) -> BoardConfig:
         slots=_parse_slots(_table(data, "slots", "")),
         boot=_parse_boot(_table(data, "boot", ""), bootloader),
     )
+    _check_env_paths(board)
+    return board
+
+
+def _check_env_paths(board: BoardConfig) -> None:
+    """Linux's path and the bootloader's path of the environment must name the same file."""
+    mount = board.boot.mount.rstrip("/") + "/"
+    if board.bootloader == "u-boot":
+        linux_paths = [line.split()[0] for line in board.env.fw_env_config if line.split()]
+        seen_by_bootloader = mount + board.env.uboot_file
+        where = "env.uboot_file"
+    else:
+        linux_paths = [board.env.grubenv]
+        seen_by_bootloader = mount + board.env.grub_file
+        where = "env.grub_file"
+    for path in linux_paths:
+        if path.startswith(mount) and path != seen_by_bootloader:
+            raise ConfigError(
+                f"{path} is on the boot partition ({board.boot.mount}) but {where} "
+                f"names {seen_by_bootloader}"
+            )
 
 
 def load_board(path: str | Path) -> BoardConfig:

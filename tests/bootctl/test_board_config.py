@@ -86,6 +86,7 @@ def test_unknown_key_is_refused_with_its_name(path: tuple[str, ...], key: str) -
         (lambda d: d["slots"].update({"A-1": {"device": "/dev/x"}}), "letters and digits"),
         (lambda d: d.update(kernel_args="quiet; reset"), "kernel_args"),
         (lambda d: d["boot"].update(kernel="../vmlinuz"), "boot.kernel"),
+        (lambda d: d["env"].update(uboot_file="other.env"), "env.uboot_file"),
     ],
 )
 def test_invalid_values_are_refused(change: Any, match: str) -> None:
@@ -100,6 +101,14 @@ def test_grub_board_needs_grubenv() -> None:
         data = tomllib.load(f)
     del data["env"]["grubenv"]
     with pytest.raises(ConfigError, match=r"env\.grubenv"):
+        parse_board(data)
+
+
+def test_grub_paths_must_agree() -> None:
+    with open(BOARD_DIR / "qemu-x86_64-grub.toml", "rb") as f:
+        data = tomllib.load(f)
+    data["env"]["grub_file"] = "EFI/debian/grubenv"
+    with pytest.raises(ConfigError, match="grub_file"):
         parse_board(data)
 
 
