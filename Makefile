@@ -5,7 +5,7 @@ setup:
 	./.ci/setup
 
 demo: setup
-	./.venv/bin/python -m bundle_tool.demo
+	./.venv/bin/python -m updater.demo
 
 test: setup lint
 	./.venv/bin/python -m pytest

@@ -256,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mark the booted slot good",
         """\
             Restore the booted slot's tries and raise the anti-rollback floor to its
-            security version. Run it once the system is healthy (see
-            updater-mark-good.service).""",
+            security version. Run it once the system is healthy, e.g. from
+            abctl-mark-good.service in place of `abctl mark-good`.""",
     )
     return p
 
