@@ -78,9 +78,22 @@ def main() -> None:
     step("3. a signed bundle of 1.1.0: create, info, verify")
     bundle = OUT / "update-1.1.0.bundle"
     run(
-        tool("bundle-tool"), "create", "--image", OUT / "rootfs-1.1.0.img", "--version", "1.1.0",
-        "--board-config", BOARD, "--security-version", "1",
-        "--key", OUT / "keys/signer.key", "--cert", OUT / "keys/signer.pem", "-o", bundle,
+        tool("bundle-tool"),
+        "create",
+        "--image",
+        OUT / "rootfs-1.1.0.img",
+        "--version",
+        "1.1.0",
+        "--board-config",
+        BOARD,
+        "--security-version",
+        "1",
+        "--key",
+        OUT / "keys/signer.key",
+        "--cert",
+        OUT / "keys/signer.pem",
+        "-o",
+        bundle,
     )
     run(tool("bundle-tool"), "info", bundle, "--json")
     run(tool("bundle-tool"), "verify", bundle, "--keyring", OUT / "keys/ca.pem")
@@ -102,8 +115,15 @@ def main() -> None:
         '[slots.A]\ndevice = "slot-A.img"\n[slots.B]\ndevice = "slot-B.img"\n'
         '[env]\nfw_env_config = ["uboot.env 0x0000 0x4000"]\n'
     )
-    abctl = [tool("abctl"), "--board", BOARD, "--env-config", dev / "fw_env.config",
-             "--cmdline", dev / "cmdline"]
+    abctl = [
+        tool("abctl"),
+        "--board",
+        BOARD,
+        "--env-config",
+        dev / "fw_env.config",
+        "--cmdline",
+        dev / "cmdline",
+    ]
     run(*abctl, "init", "--verity", f"A={root}:{salt}:{IMAGE_SIZE // 4096}")
     run(*abctl, "mark-bad", "B")
     run("fw_printenv", "-c", dev / "fw_env.config")
@@ -114,8 +134,14 @@ def main() -> None:
     run("fw_printenv", "-c", dev / "fw_env.config", "BOOT_ORDER", "BOOT_B_VERITY")
     verity = run("fw_printenv", "-n", "-c", dev / "fw_env.config", "BOOT_B_VERITY", quiet=True)
     b_root, _, b_blocks = verity.strip().split(":")
-    run("veritysetup", "verify", dev / "slot-B.img", dev / "slot-B.img", b_root,
-        f"--hash-offset={int(b_blocks) * 4096}")
+    run(
+        "veritysetup",
+        "verify",
+        dev / "slot-B.img",
+        dev / "slot-B.img",
+        b_root,
+        f"--hash-offset={int(b_blocks) * 4096}",
+    )
     print("slot B holds 1.1.0 and passes veritysetup verify; the bootloader boots it next.")
 
     step("6. a tampered bundle is refused")

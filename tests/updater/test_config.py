@@ -1,0 +1,64 @@
+"""The device configuration: examples parse, mistakes are refused with their name."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from updater.config import load_config, parse_config
+from updater.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "docs" / "examples"
+
+
+def test_file_example_loads() -> None:
+    cfg = load_config(EXAMPLES / "device-files.toml")
+    assert cfg.board.name == "qemu-arm64-uboot"
+    assert cfg.slot_device("A") == str(EXAMPLES / "slot-A.img")
+    assert cfg.env_override == (f"{EXAMPLES / 'uboot.env'} 0x0000 0x4000",)
+    assert cfg.cmdline == EXAMPLES / "cmdline"
+
+
+@pytest.mark.parametrize("name", ["device-qemu-arm64-uboot.toml", "device-qemu-x86_64-grub.toml"])
+def test_qemu_examples_parse(name: str) -> None:
+    data = tomllib.loads((EXAMPLES / name).read_text())
+    board = Path(data["board"]).name
+    data["board"] = str(REPO / "board-configs" / board)  # installed below /usr/share on a device
+    cfg = parse_config(data, Path("/"))
+    assert cfg.board.compatible == board.removesuffix(".toml")
+    assert cfg.http.ca_file == "/etc/abupdate/server-ca.pem"
+
+
+BASE = {
+    "board": str(REPO / "board-configs/qemu-arm64-uboot.toml"),
+    "keyring": "k",
+    "state_dir": "s",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"keyrings": "x"}, "unknown key 'keyrings'"),
+        ({"http": {"timeout": 3}}, r"unknown key 'timeout' in \[http\]"),
+        ({"slots": {"C": {"device": "x"}}}, "slot 'C' is not a slot"),
+        ({"slots": {"A": {"dev": "x"}}}, r"unknown key 'dev' in \[slots.A\]"),
+        ({"env": {"grubenv": "x"}}, r"unknown key|fw_env_config"),
+        ({"threshold": 0}, "threshold"),
+        ({"http": {"read_timeout": -1}}, "read_timeout"),
+        ({"board": str(REPO / "missing.toml")}, "board"),
+    ],
+)
+def test_mistakes_are_refused(change: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_config({**BASE, **change}, Path("/tmp"))
+
+
+def test_required_keys() -> None:
+    for key in ("board", "keyring", "state_dir"):
+        data = {k: v for k, v in BASE.items() if k != key}
+        with pytest.raises(UsageError, match=f"'{key}' is required"):
+            parse_config(data, Path("/tmp"))
