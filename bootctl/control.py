@@ -6,7 +6,7 @@ and one atomic `EnvStore.save`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,13 @@ class SlotControl:
 
     # --- changes -----------------------------------------------------------------------------
 
+    def _update(
+        self, change: Callable[[dict[str, str]], dict[str, str]], init: bool = False
+    ) -> None:
+        """Load, apply a pure change, save: one atomic write, under the store's lock."""
+        with self.store.locked():
+            self.store.save(change(self.store.load()), init=init)
+
     def _check_slot(self, slot: str) -> None:
         if slot not in self.board.slot_names:
             raise SlotError(
@@ -269,8 +276,9 @@ class SlotControl:
             raise SlotError(
                 "cannot tell the booted slot: no abupdate.slot= on the kernel command line"
             )
-        env = self.store.load()
-        self.store.save(state.mark_good(env, slot, self.board.slot_names, self.board.tries))
+        self._update(
+            lambda env: state.mark_good(env, slot, self.board.slot_names, self.board.tries)
+        )
         return slot
 
     def mark_bad(self, slot: str, force: bool = False) -> None:
@@ -282,8 +290,7 @@ class SlotControl:
         """
         self._check_slot(slot)
         self._refuse_booted(slot, "mark bad", force)
-        env = self.store.load()
-        self.store.save(state.mark_bad(env, slot, self.board.slot_names))
+        self._update(lambda env: state.mark_bad(env, slot, self.board.slot_names))
 
     def set_primary(self, slot: str, verity: SlotVerity, force: bool = False) -> None:
         """Make a freshly installed slot the next one to boot, in one environment write.
@@ -296,9 +303,8 @@ class SlotControl:
         """
         self._check_slot(slot)
         self._refuse_booted(slot, "install into", force)
-        env = self.store.load()
-        names = self.board.slot_names
-        self.store.save(state.set_primary(env, slot, verity, names, self.board.tries))
+        names, tries = self.board.slot_names, self.board.tries
+        self._update(lambda env: state.set_primary(env, slot, verity, names, tries))
 
     def set_verity(self, slot: str, verity: SlotVerity | None, force: bool = False) -> None:
         """Record (or clear, with None) a slot's dm-verity parameters.
@@ -309,8 +315,7 @@ class SlotControl:
         """
         self._check_slot(slot)
         self._refuse_booted(slot, "change the verity parameters of", force)
-        env = self.store.load()
-        self.store.save(state.set_verity(env, slot, verity, self.board.slot_names))
+        self._update(lambda env: state.set_verity(env, slot, verity, self.board.slot_names))
 
     def reset(self) -> None:
         """Default boot order and full tries for every slot (verity values are kept).
@@ -318,8 +323,7 @@ class SlotControl:
         Raises:
             EnvError, StorageError: The environment cannot be read or written.
         """
-        env = self.store.load()
-        self.store.save(state.reset(env, self.board.slot_names, self.board.tries))
+        self._update(lambda env: state.reset(env, self.board.slot_names, self.board.tries))
 
     def init(self, verity: dict[str, SlotVerity] | None = None) -> None:
         """Create the environment, also over a corrupt one.
@@ -334,12 +338,16 @@ class SlotControl:
             SlotError: `verity` names an unknown slot.
             EnvError, StorageError: The environment cannot be written.
         """
-        env = self.store.load()
         names = self.board.slot_names
-        new = state.reset(env, names, self.board.tries)
-        for name in names:
-            new.setdefault(state.verity_var(name), "")
-        for slot, value in (verity or {}).items():
+        for slot in verity or {}:
             self._check_slot(slot)
-            new = state.set_verity(new, slot, value, names)
-        self.store.save(new, init=True)
+
+        def change(env: dict[str, str]) -> dict[str, str]:
+            new = state.reset(env, names, self.board.tries)
+            for name in names:
+                new.setdefault(state.verity_var(name), "")
+            for slot, value in (verity or {}).items():
+                new = state.set_verity(new, slot, value, names)
+            return new
+
+        self._update(change, init=True)

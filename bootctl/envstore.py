@@ -10,10 +10,12 @@ overwritten by accident.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bootctl import grubenv, ubootenv
@@ -51,6 +53,32 @@ class EnvStore(ABC):
     @abstractmethod
     def _save(self, env: dict[str, str], init: bool) -> None:
         """Write the environment durably. May raise OSError."""
+
+    @abstractmethod
+    def lock_path(self) -> Path:
+        """A file or directory that exists while the environment does, to lock on."""
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive advisory lock for a load-modify-save sequence.
+
+        The lock is taken on `lock_path()` (the environment's directory when the file is
+        replaced by rename, else the file or device itself), so every `abctl` and updater
+        process serialises its changes.
+
+        Raises:
+            StorageError: The lock cannot be taken.
+        """
+        path = self.lock_path()
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise StorageError(f"cannot lock {path}: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def load(self) -> dict[str, str]:
         """Read the environment.
@@ -187,6 +215,16 @@ class UBootEnvStore(EnvStore):
         """The locations in `fw_env.config` syntax."""
         return " + ".join(f"{loc.device}@{loc.offset:#x}" for loc in self.locations)
 
+    def lock_path(self) -> Path:
+        """The first copy's device, or its directory if it is a plain file (replaced by rename)."""
+        path = Path(self.locations[0].device)
+        try:
+            if not stat.S_ISREG(path.stat().st_mode):
+                return path
+        except FileNotFoundError:
+            pass
+        return path.parent
+
     def _exclusive(self, loc: EnvLocation) -> bool:
         same_file = [x for x in self.locations if x.device == loc.device]
         return loc.offset == 0 and len(same_file) == 1
@@ -291,6 +329,10 @@ class GrubEnvStore(EnvStore):
     def describe(self) -> str:
         """The file's path."""
         return str(self.path)
+
+    def lock_path(self) -> Path:
+        """The directory of the block (the file itself is replaced by rename)."""
+        return self.path.parent
 
     def _load(self) -> dict[str, str] | None:
         try:

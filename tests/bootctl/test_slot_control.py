@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
 
+from bootctl import state
 from bootctl.board import BoardConfig, load_board
 from bootctl.control import SlotControl, booted_slot_from_cmdline
+from bootctl.envstore import GrubEnvStore
 from bootctl.errors import ConfigError, EnvCorruptError, SlotError
 from bootctl.state import SlotVerity
 from tests.bootctl.envtools import fw_printenv, grub_editenv_list
@@ -179,3 +183,33 @@ def test_override_must_fit_the_bootloader(tmp_path: Path) -> None:
         SlotControl.open(grub_board(), env_override=["/x 0 0x4000"])
     with pytest.raises(ConfigError, match="uboot_size"):
         SlotControl.open(uboot_board(), env_override=[f"{tmp_path}/e 0 0x2000"])
+
+
+def test_changes_hold_the_store_lock(tmp_path: Path) -> None:
+    """Each load-modify-save runs under an exclusive lock other processes also take."""
+    board = grub_board()
+    held: list[bool] = []
+
+    def probe(step: str) -> None:
+        if step != "rename":
+            return
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(True)
+        else:
+            held.append(False)
+        finally:
+            os.close(fd)
+
+    defaults = state.default_env(board.slot_names, board.tries)
+    store = GrubEnvStore(tmp_path / "grubenv", defaults, fault=probe)
+    ctl = SlotControl(board, store, "abupdate.slot=A")
+    ctl.init({"A": V1})
+    ctl.mark_good()
+    ctl.set_primary("B", V2)
+    assert held == [True, True, True]
+    # Outside an operation the lock is free.
+    probe("rename")
+    assert held[-1] is False
