@@ -115,7 +115,7 @@ def main() -> None:
         '[slots.A]\ndevice = "slot-A.img"\n[slots.B]\ndevice = "slot-B.img"\n'
         '[env]\nfw_env_config = ["uboot.env 0x0000 0x4000"]\n'
     )
-    abctl = [
+    abctl: list[str | Path] = [
         tool("abctl"),
         "--board",
         BOARD,
