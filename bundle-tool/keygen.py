@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundle_tool.errors import BundleIOError, UsageError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from bundle_tool.errors import BundleIOError, UsageError
 
 DEV_LABEL = "DEVELOPMENT ONLY - NOT FOR PRODUCTION"
 ALGORITHMS = ("ed25519", "ecdsa-p256")
