@@ -53,6 +53,12 @@ def _indent(lines: list[str], depth: int) -> str:
 def _check_uboot(board: BoardConfig) -> None:
     if board.bootloader != "u-boot":
         raise ConfigError(f"board {board.name} uses {board.bootloader}, not U-Boot")
+    if len(board.env.fw_env_config) != 1:
+        raise ConfigError(
+            f"board {board.name}: the generated boot script keeps the slot state in a "
+            "single-copy env file (env import -c/env export -c); env.fw_env_config must "
+            "have one line"
+        )
 
 
 def render_uboot_script(board: BoardConfig) -> str:
@@ -65,7 +71,7 @@ def render_uboot_script(board: BoardConfig) -> str:
         The script text (compile it with `compile_uboot_script` or `mkimage -T script`).
 
     Raises:
-        ConfigError: The board does not use U-Boot.
+        ConfigError: The board does not use U-Boot, or its env is redundant.
     """
     _check_uboot(board)
     slot_tpl = _template("boot.cmd.slot.in")

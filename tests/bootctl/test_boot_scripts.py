@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
@@ -103,3 +104,12 @@ def test_wrong_bootloader_is_refused() -> None:
         render_uboot_script(load_board(BOARD_DIR / "qemu-x86_64-grub.toml"))
     grub = str(BOARD_DIR / "qemu-x86_64-grub.toml")
     assert main(["--board", grub, "boot-script", "-o", "/dev/null", "--mkimage"]) == 3
+
+
+def test_uboot_script_needs_a_single_copy_env() -> None:
+    board = load_board(BOARD_DIR / "qemu-arm64-uboot.toml")
+    env = dataclasses.replace(
+        board.env, fw_env_config=("/boot/uboot.env 0 0x4000", "/boot/uboot.env 0x4000 0x4000")
+    )
+    with pytest.raises(ConfigError, match="single-copy"):
+        render_uboot_script(dataclasses.replace(board, env=env))
