@@ -246,9 +246,16 @@ class SlotControl:
     def _update(
         self, change: Callable[[dict[str, str]], dict[str, str]], init: bool = False
     ) -> None:
-        """Load, apply a pure change, save: one atomic write, under the store's lock."""
+        """Load, apply a pure change, save: one atomic write, under the store's lock.
+
+        A change that leaves a valid environment as it is writes nothing (flash wear:
+        mark-good runs on every boot).
+        """
         with self.store.locked():
-            self.store.save(change(self.store.load()), init=init)
+            env = self.store.load()
+            new = change(env)
+            if new != env or self.store.defaulted or init:
+                self.store.save(new, init=init)
 
     def _check_slot(self, slot: str) -> None:
         if slot not in self.board.slot_names:

@@ -265,7 +265,8 @@ class UBootEnvStore(EnvStore):
             return None
         copies = self._copies()
         current = ubootenv.select_copy(copies[0], copies[1])
-        return None if current is None else copies[current].flags  # type: ignore[union-attr]
+        chosen = None if current is None else copies[current]
+        return None if chosen is None else chosen.flags
 
     def _save(self, env: dict[str, str], init: bool) -> None:
         if self.redundant:

@@ -207,9 +207,22 @@ def test_changes_hold_the_store_lock(tmp_path: Path) -> None:
     store = GrubEnvStore(tmp_path / "grubenv", defaults, fault=probe)
     ctl = SlotControl(board, store, "abupdate.slot=A")
     ctl.init({"A": V1})
-    ctl.mark_good()
+    ctl.mark_bad("B")
     ctl.set_primary("B", V2)
     assert held == [True, True, True]
     # Outside an operation the lock is free.
     probe("rename")
     assert held[-1] is False
+
+
+def test_unchanged_state_is_not_rewritten(tmp_path: Path) -> None:
+    board = grub_board()
+    path = tmp_path / "grubenv"
+    ctl = SlotControl.open(board, env_override=path, cmdline_path=tmp_path / "none")
+    ctl.init({"A": V1})
+    ctl.cmdline_text = "abupdate.slot=A"
+    before = path.stat().st_ino
+    ctl.mark_good()  # already at full tries
+    assert path.stat().st_ino == before
+    ctl.mark_bad("B")
+    assert path.stat().st_ino != before
