@@ -218,12 +218,12 @@ def _hash_file_range(path: str, salt: bytes, first: int, count: int) -> bytes:
     return digest_blocks(salt, data)
 
 
-def _leaf_digests(
+def file_leaf_digests(
     path: str,
     salt: bytes,
     data_blocks: int,
-    workers: int,
-    observe: Callable[[bytes], None] | None,
+    workers: int | None = None,
+    observe: Callable[[bytes], None] | None = None,
 ) -> Iterator[bytes]:
     """Leaf digests of the image's data blocks, in order.
 
@@ -232,6 +232,7 @@ def _leaf_digests(
     `observe` sees every chunk of data in order (e.g. for a whole-image hash);
     it runs in this process while the workers hash the next chunks.
     """
+    workers = workers or os.cpu_count() or 1
     ranges = [
         (first, min(CHUNK_BLOCKS, data_blocks - first))
         for first in range(0, data_blocks, CHUNK_BLOCKS)
@@ -291,12 +292,11 @@ def build_tree(
     check_salt(salt)
     if data_blocks < 1:
         raise UsageError("an image must hold at least one 4096-byte block")
-    workers = workers or os.cpu_count() or 1
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=spool_dir)  # noqa: SIM115
     try:
         leaf_size = 0
         first_leaves = b""
-        for digests in _leaf_digests(path, salt, data_blocks, workers, observe):
+        for digests in file_leaf_digests(path, salt, data_blocks, workers, observe):
             if not first_leaves:
                 first_leaves = digests[:DIGEST_SIZE]
             spool.write(digests)

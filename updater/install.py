@@ -408,23 +408,31 @@ class Installer:
             self._report("data", block * BLOCK, part.image.size, source)
 
     def _read_back(self, dev: SlotDevice, part: ImageLayout) -> None:
-        """Hash the slot again from the medium and compare with the signed root hash."""
+        """Check the slot again as it reads from the medium, in small, flat memory.
+
+        The stored hash area is checked against the signed root hash as it streams
+        by; the data's leaf digests are computed by worker processes reading the slot
+        and compared with the stored leaf level.
+        """
         vinfo = part.image.verity
+        checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
+        hash_offset = part.image.size
+        area = (dev.pread(hash_offset + i * BLOCK, BLOCK) for i in range(vinfo.tree_size // BLOCK))
+        first = checker.first_leaf
+        stored = ExactReader(block for i, block in checker.check_area(area) if i >= first)
         try:
-            tree = verity.build_tree(dev.path, vinfo.data_blocks, vinfo.salt)
+            computed = verity.file_leaf_digests(dev.path, vinfo.salt, vinfo.data_blocks)
+            for n, digests in enumerate(computed):
+                want = vinfo.root_hash if not checker.geometry.levels else stored.take(len(digests))
+                if digests != want:
+                    raise DeviceError(
+                        f"slot {dev.path} does not read back as written (near block "
+                        f"{n * verity.CHUNK_BLOCKS}): the medium may be failing"
+                    )
         except (OSError, BundleIOError) as e:
             raise DeviceError(f"reading slot {dev.path} back failed: {e}") from e
-        with tree:
-            if tree.root_hash != vinfo.root_hash:
-                raise DeviceError(
-                    f"slot {dev.path} does not hold what was written (read-back root hash "
-                    "differs): the medium may be failing"
-                )
-            pos = part.image.size
-            for chunk in tree.area_chunks():
-                if dev.pread(pos, len(chunk)) != chunk:
-                    raise DeviceError(f"hash tree on slot {dev.path} does not read back as written")
-                pos += len(chunk)
+        except BundleError as e:
+            raise DeviceError(f"hash tree on slot {dev.path} does not read back: {e}") from e
 
 
 class _DeltaWriter:

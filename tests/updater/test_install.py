@@ -13,9 +13,10 @@ from bootctl.state import SlotVerity
 from bundle_tool import keygen, signing
 from bundle_tool.errors import BundleError, PolicyError, TrustError
 from tests.updater.device import BUILD_TIME, Device, image_bytes, make_device
-from updater.errors import UsageError
+from updater.errors import DeviceError, UsageError
 from updater.filesource import FileSource, StdinSource
 from updater.install import Installer
+from updater.slotdev import FileSlot
 from updater.statedir import StateDir
 
 BLOCKS = 700  # 2.8 MiB: several leaf blocks, two tree levels
@@ -290,3 +291,22 @@ def test_cli_exit_statuses(device: Device, tmp_path: Path) -> None:
     assert status.returncode == 0
     data = json.loads(status.stdout)
     assert data["booted"] == "A" and data["last_install"]["status"] == "failed"
+
+
+class LyingMedium(FileSlot):
+    """A slot that silently stores one bit wrong, as a failing flash chip might."""
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        data = bytearray(data)
+        if offset <= 100 * 4096 < offset + len(data):
+            data[100 * 4096 - offset] ^= 0x10
+        super().pwrite(offset, bytes(data))
+
+
+def test_read_back_catches_a_failing_medium(device: Device) -> None:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=11))
+    inst = Installer(device.config(), open_slot=LyingMedium)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match="does not read back"):
+        inst.install(src)
+    env = fw_printenv(device)
+    assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
