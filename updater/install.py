@@ -337,10 +337,12 @@ class Installer:
         names = self.board.slot_names
         if target == self.control.booted_slot() and not force:
             raise UsageError(f"refusing to install into the booted slot {target}")
-        env = self.control.env()
-        new = slotstate.set_verity(slotstate.mark_bad(env, target, names), target, None, names)
-        if new != env:
-            self.control.store.save(new)
+        store = self.control.store
+        with store.locked():
+            env = store.load()
+            new = slotstate.set_verity(slotstate.mark_bad(env, target, names), target, None, names)
+            if new != env:
+                store.save(new)
 
     def _open_active(self, active: str | None) -> SlotDevice | None:
         if active is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +128,17 @@ def make_device(root: Path, pki: keygen.DevPki, a_image: bytes) -> Device:
     env = ctl.env()
     ctl.store.save({**env, "BOOT_ORDER": "A B", "BOOT_B_LEFT": "0"})
     return dev
+
+
+def veritysetup_verify(slot: Path, v: SlotVerity) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            "veritysetup",
+            "verify",
+            str(slot),
+            str(slot),
+            v.root_hash,
+            f"--hash-offset={v.hash_offset}",
+        ],
+        capture_output=True,
+    )

@@ -12,7 +12,13 @@ import pytest
 from bootctl.state import SlotVerity
 from bundle_tool import keygen, signing
 from bundle_tool.errors import BundleError, PolicyError, TrustError
-from tests.updater.device import BUILD_TIME, Device, image_bytes, make_device
+from tests.updater.device import (
+    BUILD_TIME,
+    Device,
+    image_bytes,
+    make_device,
+    veritysetup_verify,
+)
 from updater.errors import DeviceError, UsageError
 from updater.filesource import FileSource, StdinSource
 from updater.install import Installer
@@ -30,20 +36,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
 @pytest.fixture
 def device(tmp_path: Path, pki: keygen.DevPki) -> Device:
     return make_device(tmp_path / "device", pki, image_bytes(BLOCKS, seed=1))
-
-
-def veritysetup_verify(slot: Path, v: SlotVerity) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [
-            "veritysetup",
-            "verify",
-            str(slot),
-            str(slot),
-            v.root_hash,
-            f"--hash-offset={v.hash_offset}",
-        ],
-        capture_output=True,
-    )
 
 
 def fw_printenv(device: Device) -> dict[str, str]:

@@ -7,14 +7,13 @@ environment holds, and running the install again must complete.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from bootctl.state import SlotVerity, select_boot
 from bundle_tool import keygen
-from tests.updater.device import Device, image_bytes, make_device
+from tests.updater.device import Device, image_bytes, make_device, veritysetup_verify
 from tests.updater.faults import Power, PowerCut
 from updater import install
 from updater.filesource import FileSource
@@ -33,18 +32,7 @@ def booted_slot_verifies(device: Device) -> str:
     decision = select_boot(ctl.env(), ctl.board.slot_names, ctl.board.tries)
     assert decision.slot is not None, "no slot would boot"
     v = SlotVerity.from_env(ctl.env()[f"BOOT_{decision.slot}_VERITY"])
-    slot = device.slot(decision.slot)
-    r = subprocess.run(
-        [
-            "veritysetup",
-            "verify",
-            str(slot),
-            str(slot),
-            v.root_hash,
-            f"--hash-offset={v.hash_offset}",
-        ],
-        capture_output=True,
-    )
+    r = veritysetup_verify(device.slot(decision.slot), v)
     assert r.returncode == 0, (decision.slot, r.stderr)
     return decision.slot
 
