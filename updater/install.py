@@ -155,7 +155,6 @@ class Installer:
         self.clock = clock
         self.progress = progress
         self.state = StateDir(config.state_dir)
-        self._fetched_base = 0
         self._reused = 0
 
     # --- checks before anything is written ------------------------------------------------
@@ -287,7 +286,7 @@ class Installer:
                     f"slot {target} holds {capacity} bytes; "
                     f"the image and its hash tree need {needed}"
                 )
-            self._invalidate(target, force)
+            self._invalidate(target)
             self.state.record_slot(target, None)
             checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
             self._reused = 0
@@ -332,11 +331,9 @@ class Installer:
             signers=tuple(s.subject for s in head.signers),
         )
 
-    def _invalidate(self, target: str, force: bool) -> None:
+    def _invalidate(self, target: str) -> None:
         """No tries and no root hash for the target, in one env write (none if already so)."""
         names = self.board.slot_names
-        if target == self.control.booted_slot() and not force:
-            raise UsageError(f"refusing to install into the booted slot {target}")
         store = self.control.store
         with store.locked():
             env = store.load()
