@@ -6,6 +6,7 @@ The only place that prints and that turns exceptions into exit statuses.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -249,6 +250,13 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"signature by {sig['subject']} (not checked)")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("abupdate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to render the manual)."""
     p = argparse.ArgumentParser(
@@ -262,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:

@@ -192,3 +192,34 @@ def test_help_documents_exit_statuses() -> None:
     r = run("verify", "--help")
     assert r.returncode == 0
     assert "exit status" in r.stdout and "signature or certificate" in r.stdout
+
+
+def test_two_signatures_and_a_threshold(tmp_path: Path, keys: Path) -> None:
+    second = tmp_path / "second"
+    assert run("keygen", "-o", second).returncode == 0
+    image = write_image(tmp_path / "rootfs.img", 16)
+    r = create(
+        keys,
+        image,
+        tmp_path / "b",
+        "--compatible",
+        "b",
+        "--key",
+        second / "signer.key",
+        "--cert",
+        second / "signer.pem",
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run("info", tmp_path / "b", "--json").stdout)
+    assert len(info["signatures"]) == 2
+    both = ("--keyring", keys / "ca.pem", "--keyring", second / "ca.pem")
+    assert run("verify", tmp_path / "b", *both, "--threshold", "2").returncode == 0
+    one = run("verify", tmp_path / "b", "--keyring", keys / "ca.pem", "--threshold", "2")
+    assert one.returncode == 4
+    assert "1 of 2 required signatures trusted" in one.stderr
+    assert run("verify", tmp_path / "b", *both, "--threshold", "0").returncode == 2
+
+
+def test_version() -> None:
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("bundle-tool ")
