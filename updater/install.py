@@ -49,6 +49,7 @@ SPAN_BLOCKS = 256  # blocks checked and written per step in the stream path (1 M
 GROUP = verity.HASHES_PER_BLOCK  # data blocks covered by one leaf block
 BATCH_GROUPS = 16  # leaf groups planned together in the delta path (8 MiB of data)
 MERGE_GAP_BLOCKS = 8  # fetch a gap this small rather than start another range
+COLD_GROUPS = 32  # see _DeltaWriter.cold
 FLUSH_EVERY = 64 << 20  # make progress durable this often, so a power cut resumes
 
 
@@ -456,6 +457,10 @@ class _DeltaWriter:
         self.hash_offset = part.image.size
         self.base = hashlib.sha256(self.vinfo.salt)
         self.unflushed = 0
+        # Groups in a row in which the active slot held no wanted block: past
+        # COLD_GROUPS, it is only probed every COLD_GROUPS groups (a fresh install of an
+        # unrelated image then costs no extra hashing).
+        self.cold = 0
 
     def leaf_offset(self, j: int) -> int:
         return self.hash_offset + (self.checker.first_leaf + j) * BLOCK
@@ -515,7 +520,8 @@ class _DeltaWriter:
             if j in leaves and on_target[j] == leaves[j][: count * verity.DIGEST_SIZE]:
                 on_active[j] = None  # the target already holds the whole group
                 continue
-            on_active[j] = self.digests(self.active, j)
+            probe = self.cold < COLD_GROUPS or j % COLD_GROUPS == 0
+            on_active[j] = self.digests(self.active, j) if probe else None
             if j not in leaves and on_active[j] is not None:
                 candidate = pack_leaf(on_active[j] or b"")
                 if self.leaf_ok(j, candidate):
@@ -540,6 +546,7 @@ class _DeltaWriter:
             first, count = self.group_span(j)
             want = leaves[j]
             t, a = on_target[j], on_active[j]
+            copies = len(copy)
             for i in range(count):
                 d = want[i * verity.DIGEST_SIZE : (i + 1) * verity.DIGEST_SIZE]
                 sl = slice(i * verity.DIGEST_SIZE, (i + 1) * verity.DIGEST_SIZE)
@@ -549,6 +556,8 @@ class _DeltaWriter:
                     copy.append(first + i)
                 else:
                     fetch.append(first + i)
+            if a is not None:
+                self.cold = 0 if len(copy) > copies else self.cold + 1
         expected = self._expected(groups, leaves)
         for b0, n in runs(copy):
             assert self.active is not None

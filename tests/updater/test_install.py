@@ -302,3 +302,27 @@ def test_read_back_catches_a_failing_medium(device: Device) -> None:
         inst.install(src)
     env = fw_printenv(device)
     assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
+
+
+def test_delta_stops_hashing_an_unrelated_active_slot(
+    tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from updater import install
+
+    blocks = 128 * 96  # 96 leaf groups
+    dev = make_device(tmp_path / "dev", pki, image_bytes(blocks, seed=1))
+    probes: list[int] = []
+    real = install._DeltaWriter.digests
+
+    def counting(self: install._DeltaWriter, slot: object, j: int) -> bytes | None:
+        if slot is not None and slot is self.active:
+            probes.append(j)
+        return real(self, slot, j)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(install._DeltaWriter, "digests", counting)
+    unrelated = dev.bundle(image_bytes(blocks, seed=2), "unrelated.bundle")
+    result = install_file(dev, unrelated, delta=True)
+    assert result.bytes_reused == 0  # type: ignore[attr-defined]
+    # 32 groups are probed before the active slot counts as cold, then one in 32.
+    assert probes == [*range(32), 32, 64]
+    assert_installed(dev)
