@@ -212,7 +212,7 @@ def main() -> None:
         root = make_bundle(image, bundle, pki, "2.0.0")
         device = make_device(workdir / "dev", pki, image_bytes(256, seed=1))
 
-        print(f"\n== install of one {gib(size)} image from a local file ==")
+        common.section(f"\n== install of one {gib(size)} image from a local file ==")
         local_first = local_runs(n, device, bundle)
         t_ours = [r.seconds for r in local_first]
         subprocess.run(
@@ -251,7 +251,9 @@ def main() -> None:
                 with device.config_path.open("a") as f:
                     f.write(f'[http]\nca_file = "{tls.ca_file}"\n')
                 url = nginx.url(bundle.name)
-                print("\n== install of the same bundle over HTTPS from nginx on 127.0.0.1 ==")
+                common.section(
+                    "\n== install of the same bundle over HTTPS from nginx on 127.0.0.1 =="
+                )
                 for label, extra in (("adaptive (default)", ()), ("--no-delta", ("--no-delta",))):
                     runs, served = [], []
                     for _ in range(n):
@@ -267,7 +269,7 @@ def main() -> None:
                     )
                     print(f"  HTTPS / local speed: {min(t_ours) / min(times):.0%} (min)")
 
-                print(f"\n== delta install over HTTPS: 1% of {gib(size)} changed ==")
+                common.section(f"\n== delta install over HTTPS: 1% of {gib(size)} changed ==")
                 delta_dev = make_device(workdir / "dev-delta", pki, image.read_bytes())
                 with delta_dev.config_path.open("a") as f:
                     f.write(f'[http]\nca_file = "{tls.ca_file}"\n')
@@ -293,7 +295,7 @@ def main() -> None:
                     (bundle.parent / name).unlink()
                 shutil.rmtree(workdir / "dev-delta")
 
-        print("\n== local install: time and peak RSS by image size ==")
+        common.section("\n== local install: time and peak RSS by image size ==")
         for each in args.rss_sizes:
             if each != size:
                 bundle.unlink()

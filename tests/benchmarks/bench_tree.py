@@ -149,7 +149,7 @@ def main() -> None:
         image = workdir / "image.img"
         common.make_image(image, size)
         warm(image)
-        print(f"\n== hash tree of one {gib(size)} image (sha256, 4096/4096, same salt) ==")
+        common.section(f"\n== hash tree of one {gib(size)} image (sha256, 4096/4096, same salt) ==")
 
         roots: set[str] = set()
 
@@ -182,7 +182,7 @@ def main() -> None:
             f"{statistics.median(t_vs) / statistics.median(t_ours):.2f}x (median)"
         )
 
-        print("\n== bundle-tool create (tree, sign, write and fsync the bundle) ==")
+        common.section("\n== bundle-tool create (tree, sign, write and fsync the bundle) ==")
         for each in args.sizes:
             if each != size:
                 image.unlink()

@@ -210,3 +210,8 @@ def cleanup(workdir: Path, keep: bool) -> None:
         print(f"kept {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def section(title: str) -> None:
+    """Print a section title with the load average at that moment."""
+    print(f"{title}  [load average {load_now()}]", flush=True)
