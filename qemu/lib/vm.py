@@ -195,15 +195,14 @@ class Console:
     def run(self, command: str, timeout: float = 60) -> tuple[int, str]:
         """Run a shell command; return its exit status and output.
 
-        The command is framed as `CMD; echo MARK=$?` with a fresh marker, so its exit
-        status is read from the console and the echo of the command line is skipped.
+        The command is framed as `echo "S""N"; CMD; echo "M""N=$?"` with a fresh N: the
+        shell's echo of that line (which the terminal may wrap) never matches the markers
+        the commands print, so the output and exit status are read reliably.
         """
-        mark = f"M{time.monotonic_ns() % 10**9}"
-        self.send(f"{command}; echo {mark}=$?\n")
-        # The echoed command line contains "{mark}=$?"; the result line has digits.
-        m = self.expect(rf"{mark}=\$\?\n", timeout)
-        start = m.end()
-        m = self.expect(rf"{mark}=(\d+)\n", timeout)
+        n = time.monotonic_ns() % 10**9
+        self.send(f'echo "S""{n}"; {command}; echo "M""{n}=$?"\n')
+        start = self.expect(rf"S{n}\n", timeout).end()
+        m = self.expect(rf"M{n}=(\d+)\n", timeout)
         with self._lock:
             output = self.log[start : m.start()]
         return int(m.group(1)), output.strip("\n")

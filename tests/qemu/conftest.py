@@ -1,0 +1,125 @@
+"""Fixtures of the QEMU flows: images built once per session, one device per test.
+
+Options:
+  --qemu-arch arm64|amd64   run only that architecture (default both; run two pytest
+                            processes, one per architecture, to use two cores)
+  --device-port URL         drive a real board instead of QEMU (e.g. /dev/ttyUSB0 or
+                            socket://HOST:PORT); tests that need power control or a disk
+                            image are skipped
+  --device-arch ARCH        the real board's architecture (default arm64)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.qemu.device import REPO, Device, copy_disk
+
+BUILD = REPO / "qemu" / "build"
+ARCHES = ("arm64", "amd64")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qemu", "QEMU device flows")
+    group.addoption("--qemu-arch", choices=ARCHES, help="run the QEMU flows for one architecture")
+    group.addoption("--device-port", help="serial port (pyserial URL) of a real board")
+    group.addoption("--device-arch", default="arm64", choices=ARCHES)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "arch" in metafunc.fixturenames:
+        config = metafunc.config
+        if config.getoption("--device-port"):
+            arches: tuple[str, ...] = (config.getoption("--device-arch"),)
+        elif config.getoption("--qemu-arch"):
+            arches = (config.getoption("--qemu-arch"),)
+        else:
+            arches = ARCHES
+        metafunc.parametrize("arch", arches)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for log in getattr(item, "console_logs", []):
+            if log.exists():
+                text = log.read_text(errors="replace")
+                report.sections.append((f"device console {log.name}", text[-20000:]))
+
+
+def _locked_build(arch: str, out: Path, *args: str) -> dict[str, object]:
+    """Run qemu/build-image under a per-architecture lock (parallel sessions share it)."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / f".lock-{arch}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(
+            [str(REPO / "qemu" / "build-image"), "--arch", arch, "--out", str(out), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        pytest.fail(f"qemu/build-image --arch {arch} {' '.join(args)} failed:\n{proc.stderr}")
+    info: dict[str, object] = json.loads(proc.stdout)
+    return info
+
+
+class Images:
+    """Images and root filesystems built on demand, once per session."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, ...], dict[str, object]] = {}
+
+    def get(self, arch: str, name: str, *args: str) -> dict[str, object]:
+        """Build (or reuse) variant `name` of `arch` made with build-image `args`."""
+        key = (arch, name, *args)
+        if key not in self._done:
+            self._done[key] = _locked_build(arch, BUILD / arch / f"test-{name}", *args)
+        return self._done[key]
+
+    def base(self, arch: str) -> dict[str, object]:
+        """The device image: version 1.0.0 in slot A, slot B empty."""
+        return self.get(arch, "base")
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("QEMU is not installed (./.ci/setup installs it)")
+    return Images()
+
+
+@pytest.fixture
+def device(
+    request: pytest.FixtureRequest, arch: str, images: Images, tmp_path: Path
+) -> Iterator[Device]:
+    """A powered-off device with a private copy of the base image (or a real board)."""
+    log = tmp_path / f"console-{arch}.log"
+    request.node.console_logs = [log]
+    port = request.config.getoption("--device-port")
+    if port:
+        dev = Device(arch, log, port=port)
+    else:
+        info = images.base(arch)
+        dev = Device(arch, log, disk=copy_disk(Path(str(info["disk"])), tmp_path / "disk.img"))
+    try:
+        yield dev
+    finally:
+        dev.power_off()
+
+
+@pytest.fixture
+def qemu_only(device: Device) -> Device:
+    """The device, for tests that need QEMU's power control or its disk image."""
+    if not device.is_qemu:
+        pytest.skip("needs QEMU (power control or disk image access)")
+    return device
