@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.qemu.device import REPO, Device, copy_disk
+from tests.qemu.device import BOARDS, REPO, Device, copy_disk
 
 BUILD = REPO / "qemu" / "build"
 ARCHES = ("arm64", "amd64")
@@ -89,6 +89,80 @@ class Images:
     def base(self, arch: str) -> dict[str, object]:
         """The device image: version 1.0.0 in slot A, slot B empty."""
         return self.get(arch, "base")
+
+
+class Bundles:
+    """Signed bundles of root filesystem variants, made once per session."""
+
+    def __init__(self, images: Images, workdir: Path) -> None:
+        self.images = images
+        self.dir = workdir
+        self.keys = BUILD / "keys"  # the development keys the images trust
+        self._done: dict[tuple[object, ...], Path] = {}
+
+    def other_keys(self) -> Path:
+        """A signing key and certificate from a CA no image trusts."""
+        keys = self.dir / "other-keys"
+        if not keys.exists():
+            subprocess.run(
+                [str(REPO / ".venv/bin/bundle-tool"), "keygen", "-o", str(keys)],
+                check=True,
+                capture_output=True,
+            )
+        return keys
+
+    def get(
+        self,
+        arch: str,
+        version: str,
+        security_version: int,
+        *,
+        health_fails: bool = False,
+        untrusted: bool = False,
+    ) -> Path:
+        """A bundle of a root filesystem of `version` (built with qemu/build-image)."""
+        key = (arch, version, security_version, health_fails, untrusted)
+        if key not in self._done:
+            args = ["--rootfs-only", "--version", version]
+            if health_fails:
+                args.append("--health-fails")
+            name = f"v{version}" + ("-bad" if health_fails else "")
+            info = self.images.get(arch, name, *args)
+            keys = self.other_keys() if untrusted else self.keys
+            out = (
+                self.dir
+                / f"{arch}-{name}-sv{security_version}{'-untrusted' if untrusted else ''}.bundle"
+            )
+            board = REPO / "board-configs" / f"{BOARDS[arch]}.toml"
+            subprocess.run(
+                [
+                    str(REPO / ".venv/bin/bundle-tool"),
+                    "create",
+                    "--image",
+                    str(info["rootfs"]),
+                    "--version",
+                    version,
+                    "--board-config",
+                    str(board),
+                    "--key",
+                    str(keys / "signer.key"),
+                    "--cert",
+                    str(keys / "signer.pem"),
+                    "--security-version",
+                    str(security_version),
+                    "-o",
+                    str(out),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            self._done[key] = out
+        return self._done[key]
+
+
+@pytest.fixture(scope="session")
+def bundles(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    return Bundles(images, tmp_path_factory.mktemp("bundles"))
 
 
 @pytest.fixture(scope="session")

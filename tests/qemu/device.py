@@ -55,6 +55,8 @@ class Device:
         self.forward: list[int] = []
         self.machine: vm.Machine | None = None
         self.console: vm.Console | None = None
+        #: What userspace printed between "booted slot" and "system ready" on the last boot.
+        self.boot_messages = ""
 
     @property
     def is_qemu(self) -> bool:
@@ -124,7 +126,8 @@ class Device:
         """Wait until userspace came up and the shell is ready; return the slot and version."""
         m = self.expect(BOOTED, timeout)
         boot = Boot(m.group(1), m.group(2))
-        self.expect(READY, 120)
+        ready = self.expect(READY, 120)
+        self.boot_messages = self.con.log[m.end() : ready.start()]
         time.sleep(0.3)  # let the shell print its prompt
         return boot
 

@@ -1,0 +1,204 @@
+"""The update flows of the product on emulated devices, driven over the serial console.
+
+Each flow starts from the base image (version 1.0.0 in slot A, slot B empty) and uses
+bundles made with bundle-tool from root filesystems built by qemu/build-image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.qemu.conftest import Bundles
+from tests.qemu.device import INITRAMFS_FAILED, Boot, Device, usb_stick
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+INSTALL_TIMEOUT = 600
+BUNDLE = "/mnt/update.bundle"
+
+
+def attach_usb(device: Device, bundle: Path, tmp_path: Path) -> None:
+    """Put `bundle` on a FAT "USB stick" attached as the second disk (/dev/vdb)."""
+    device.usb = usb_stick({"update.bundle": bundle}, tmp_path / "usb.img")
+
+
+def mount_usb(device: Device) -> None:
+    device.sh("mount -t vfat -o ro /dev/vdb /mnt")
+
+
+def install(device: Device, source: str = BUNDLE, *args: str) -> tuple[int, dict[str, object]]:
+    """`updater install --json SOURCE`; return its exit status and last JSON object."""
+    rc, out = device.sh_rc(f"updater install --json {' '.join(args)} {source}", INSTALL_TIMEOUT)
+    objects = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert objects, f"updater printed no JSON:\n{out}"
+    return rc, objects[-1]
+
+
+def test_good_update_from_usb(device: Device, bundles: Bundles, tmp_path: Path) -> None:
+    arch = device.arch
+    attach_usb(device, bundles.get(arch, "2.0.0", 2), tmp_path)
+    device.power_on()
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    mount_usb(device)
+    rc, result = install(device)
+    assert rc == 0, result
+    assert result["slot"] == "B" and result["version"] == "2.0.0", result
+    env = device.env()
+    assert env["BOOT_ORDER"].split()[0] == "B", env
+    assert env["BOOT_B_VERITY"].count(":") == 2, env
+
+    device.reboot()
+    assert device.wait_booted() == Boot("B", "2.0.0")
+    assert "slot B marked good" in device.boot_messages
+    status = device.verity_root()
+    assert "data device: /dev/vda3" in status
+    assert status.split("root hash:")[1].strip() == device.env()["BOOT_B_VERITY"].split(":")[0]
+    assert "security floor 2" in device.sh("updater status")
+
+    # A further reboot stays on B.
+    device.reboot()
+    assert device.wait_booted() == Boot("B", "2.0.0")
+    env = device.env()
+    assert env["BOOT_B_LEFT"] == "3" and env["BOOT_ORDER"].split()[0] == "B", env
+
+
+def test_bad_update_falls_back_to_a(device: Device, bundles: Bundles, tmp_path: Path) -> None:
+    # Validly signed, but its health check fails before mark-good: it reboots every time.
+    attach_usb(device, bundles.get(device.arch, "2.0.1", 2, health_fails=True), tmp_path)
+    device.power_on()
+    device.wait_booted()
+    mount_usb(device)
+    rc, result = install(device)
+    assert rc == 0, result
+    device.reboot()
+    for _ in range(3):
+        m = device.expect(r"abupdate: booted slot (\w+), version (\S+)\n")
+        assert m.groups() == ("B", "2.0.1")
+        device.expect(r"abupdate: health check failed; rebooting without marking slot B good")
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    env = device.env()
+    assert env["BOOT_B_LEFT"] == "0", env
+    assert env["BOOT_A_LEFT"] == "3", env
+    # A stays the slot that boots.
+    device.reboot()
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    assert "security floor 0" in device.sh("updater status")
+
+
+def test_tampered_slot_is_refused(
+    qemu_only: Device, bundles: Bundles, images: object, tmp_path: Path
+) -> None:
+    device = qemu_only
+    attach_usb(device, bundles.get(device.arch, "2.0.0", 2), tmp_path)
+    device.power_on()
+    device.wait_booted()
+    mount_usb(device)
+    rc, result = install(device)
+    assert rc == 0, result
+    device.sh("sync")
+    device.power_off()
+    # Change one block of slot B's filesystem in the disk image (the squashfs superblock,
+    # so that the very first read at boot hits it).
+    assert device.disk is not None
+    offset = partition_offset(device, "B")
+    with open(device.disk, "r+b") as disk:
+        disk.seek(offset)
+        block = bytearray(disk.read(4096))
+        block[0] ^= 0xFF
+        disk.seek(offset)
+        disk.write(block)
+    device.power_on()
+    for _ in range(3):
+        m = device.expect(INITRAMFS_FAILED)
+        assert "/dev/mapper/vroot" in m.group(1), m.group(1)
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    assert re.search(r"verity.*(corrupted|error)", device.con.log, re.I)
+    env = device.env()
+    assert env["BOOT_B_LEFT"] == "0" and env["BOOT_A_LEFT"] == "3", env
+
+
+def partition_offset(device: Device, slot: str) -> int:
+    """Byte offset of a slot's partition in the device's disk image (from sfdisk)."""
+    assert device.disk is not None
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(device.disk)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    index = {"A": 1, "B": 2}[slot]
+    start: int = table["partitiontable"]["partitions"][index]["start"] * 512
+    return start
+
+
+def test_refused_bundles_change_nothing(device: Device, bundles: Bundles, tmp_path: Path) -> None:
+    untrusted = bundles.get(device.arch, "2.0.0", 2, untrusted=True)
+    device.usb = usb_stick({"untrusted.bundle": untrusted}, tmp_path / "usb.img")
+    device.power_on()
+    device.wait_booted()
+    mount_usb(device)
+    before = device.env()
+    rc, result = install(device, "/mnt/untrusted.bundle")
+    assert rc == 4, result  # signature or certificate does not establish trust
+    assert device.env() == before
+    device.reboot()
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    assert device.env()["BOOT_ORDER"].split()[0] == "A"
+
+
+def test_downgrade_is_refused_after_an_update(
+    device: Device, bundles: Bundles, tmp_path: Path
+) -> None:
+    arch = device.arch
+    device.usb = usb_stick(
+        {
+            "new.bundle": bundles.get(arch, "2.0.0", 2),
+            "old.bundle": bundles.get(arch, "1.5.0", 1),
+        },
+        tmp_path / "usb.img",
+    )
+    device.power_on()
+    device.wait_booted()
+    mount_usb(device)
+    rc, result = install(device, "/mnt/new.bundle")
+    assert rc == 0, result
+    device.reboot()
+    assert device.wait_booted() == Boot("B", "2.0.0")
+    mount_usb(device)
+    before = device.env()
+    rc, result = install(device, "/mnt/old.bundle")
+    assert rc == 5, result  # refused by policy: below the anti-rollback floor
+    assert device.env() == before
+    device.reboot()
+    assert device.wait_booted() == Boot("B", "2.0.0")
+
+
+def test_power_cut_during_install_then_resume(
+    qemu_only: Device, bundles: Bundles, tmp_path: Path
+) -> None:
+    device = qemu_only
+    attach_usb(device, bundles.get(device.arch, "2.0.0", 2), tmp_path)
+    device.power_on()
+    device.wait_booted()
+    mount_usb(device)
+    before = device.env()
+    # Start the install and cut the power once it reports having written part of slot B.
+    device.con.send(f"updater install --json {BUNDLE}\n")
+    device.expect(r'"phase": "data", "done": [1-9]\d{7}', 300)
+    device.power_cut()
+
+    device.power_on()
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    assert device.env() == before
+    mount_usb(device)
+    rc, result = install(device, BUNDLE, "--delta")
+    assert rc == 0, result
+    # Resumed: what was written before the power cut is kept, not fetched again.
+    assert int(str(result["bytes_reused"])) > 0, result
+    assert int(str(result["bytes_fetched"])) < int(str(result["image_size"])), result
+    device.reboot()
+    assert device.wait_booted() == Boot("B", "2.0.0")
