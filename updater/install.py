@@ -561,12 +561,18 @@ class _DeltaWriter:
         expected = self._expected(groups, leaves)
         for b0, n in runs(copy):
             assert self.active is not None
-            data = self.active.pread(b0 * BLOCK, n * BLOCK)
-            self.inst.write_checked(self.dev, self.checker, b0, data, expected(b0, n))
+            for first in range(b0, b0 + n, SPAN_BLOCKS):
+                count = min(SPAN_BLOCKS, b0 + n - first)
+                data = self.active.pread(first * BLOCK, count * BLOCK)
+                self.inst.write_checked(self.dev, self.checker, first, data, expected(first, count))
             self.inst._reused += n * BLOCK
         for b0, n in runs(fetch, MERGE_GAP_BLOCKS):
-            data = self.source.read_exact(self.part.data_offset + b0 * BLOCK, n * BLOCK)
-            self.inst.write_checked(self.dev, self.checker, b0, data, expected(b0, n))
+            # One request per run, checked and written a span at a time (flat memory).
+            stream = ExactReader(self.source.read(self.part.data_offset + b0 * BLOCK, n * BLOCK))
+            for first in range(b0, b0 + n, SPAN_BLOCKS):
+                count = min(SPAN_BLOCKS, b0 + n - first)
+                data = stream.take(count * BLOCK)
+                self.inst.write_checked(self.dev, self.checker, first, data, expected(first, count))
             self.unflushed += n * BLOCK
         if self.unflushed >= FLUSH_EVERY:
             self.dev.flush()
