@@ -67,13 +67,19 @@ class Arch:
     wheel_platforms: tuple[str, ...]
 
 
+# Loaded by the initramfs (with their dependencies); they stay loaded in the slot's system.
+MODULES = (
+    *("virtio_pci", "virtio_blk", "virtio_net", "dm-verity", "squashfs", "vfat"),
+    *("nls_cp437", "nls_ascii"),
+)
+
 ARCHES = {
     "arm64": Arch(
         "arm64",
         "aarch64-linux-gnu",
         "qemu-arm64-uboot.toml",
         ("libubootenv-tool",),
-        ("virtio_pci", "virtio_blk", "dm-verity", "squashfs", "vfat", "nls_cp437", "nls_ascii"),
+        MODULES,
         ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_aarch64"),
     ),
     "amd64": Arch(
@@ -81,7 +87,7 @@ ARCHES = {
         "x86_64-linux-gnu",
         "qemu-x86_64-grub.toml",
         (),
-        ("virtio_pci", "virtio_blk", "dm-verity", "squashfs", "vfat", "nls_cp437", "nls_ascii"),
+        MODULES,
         ("manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux_2_17_x86_64"),
     ),
 }
@@ -257,7 +263,9 @@ def make_kernel(arch: Arch, deb: Path) -> Path:
         (out / "kver").write_text(kver)
         shutil.rmtree(tree)
 
-    return cached_dir(BUILD / arch.name / f"kernel-{digest('kernel', 1, deb.name)}", make)
+    return cached_dir(
+        BUILD / arch.name / f"kernel-{digest('kernel', 2, deb.name, arch.modules)}", make
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cmd = vm.qemu_command(cfg)
     if a.print:
-        print(" ".join(cmd))
+        print(shlex.join(cmd))
         return 0
     os.execvp(cmd[0], cmd)  # noqa: S606
 

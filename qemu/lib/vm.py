@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -109,7 +110,10 @@ def qemu_command(cfg: VmConfig) -> list[str]:
     if cfg.usb is not None:
         cmd += ["-drive", f"file={cfg.usb},if=virtio,format=raw,readonly=on"]
     if cfg.forward:
-        fwd = ",".join(f"guestfwd=tcp:{GUEST_SERVER_IP}:{p}-tcp:127.0.0.1:{p}" for p in cfg.forward)
+        # One bridge process per guest connection (a `tcp:` target would be a single
+        # connection shared by all of them).
+        bridge = f"{sys.executable} {Path(__file__).with_name('tcpbridge.py')}"
+        fwd = ",".join(f"guestfwd=tcp:{GUEST_SERVER_IP}:{p}-cmd:{bridge} {p}" for p in cfg.forward)
         model = "virtio-net-pci"
         cmd += ["-nic", f"user,model={model},restrict=on,{fwd}"]
     else:

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.tlsca import CertificateAuthority, TlsFiles
 from tests.qemu.device import BOARDS, REPO, Device, copy_disk
 
 BUILD = REPO / "qemu" / "build"
+UPDATE_SERVER = "updates.abupdate.test"  # the host, as the images' /etc/hosts names it
 ARCHES = ("arm64", "amd64")
 
 
@@ -74,16 +76,26 @@ def _locked_build(arch: str, out: Path, *args: str) -> dict[str, object]:
 
 
 class Images:
-    """Images and root filesystems built on demand, once per session."""
+    """Images and root filesystems built on demand, once per session.
 
-    def __init__(self) -> None:
+    Every image trusts the session's update-server CA, so any slot can install over HTTPS.
+    """
+
+    def __init__(self, tls: TlsFiles) -> None:
+        self.tls = tls
         self._done: dict[tuple[str, ...], dict[str, object]] = {}
 
     def get(self, arch: str, name: str, *args: str) -> dict[str, object]:
         """Build (or reuse) variant `name` of `arch` made with build-image `args`."""
         key = (arch, name, *args)
         if key not in self._done:
-            self._done[key] = _locked_build(arch, BUILD / arch / f"test-{name}", *args)
+            self._done[key] = _locked_build(
+                arch,
+                BUILD / arch / f"test-{name}",
+                "--server-ca",
+                str(self.tls.ca_file),
+                *args,
+            )
         return self._done[key]
 
     def base(self, arch: str) -> dict[str, object]:
@@ -166,10 +178,20 @@ def bundles(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Bundles
 
 
 @pytest.fixture(scope="session")
-def images() -> Images:
+def update_server_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA and a server certificate for the name the images give the host."""
+    d = tmp_path_factory.mktemp("update-server-tls")
+    ca = CertificateAuthority("abupdate QEMU update server CA")
+    cert, key = ca.issue(d, "server", server_names=(UPDATE_SERVER, "127.0.0.1", "localhost"))
+    client_cert, client_key = ca.issue(d, "device-client", client=True)
+    return TlsFiles(ca.write(d / "ca.pem"), cert, key, client_cert, client_key)
+
+
+@pytest.fixture(scope="session")
+def images(update_server_tls: TlsFiles) -> Images:
     if shutil.which("qemu-system-aarch64") is None:
         pytest.skip("QEMU is not installed (./.ci/setup installs it)")
-    return Images()
+    return Images(update_server_tls)
 
 
 @pytest.fixture

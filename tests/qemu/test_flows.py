@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.qemu.conftest import Bundles
+from tests.helpers.nginx import NginxServer
+from tests.helpers.tlsca import TlsFiles
+from tests.qemu.conftest import UPDATE_SERVER, Bundles
 from tests.qemu.device import INITRAMFS_FAILED, Boot, Device, usb_stick
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -192,3 +194,40 @@ def test_power_cut_during_install_then_resume(
     assert int(str(result["bytes_fetched"])) < int(str(result["image_size"])), result
     device.reboot()
     assert device.wait_booted() == Boot("B", "2.0.0")
+
+
+def test_good_update_over_https_then_delta(
+    qemu_only: Device, bundles: Bundles, update_server_tls: TlsFiles, tmp_path: Path
+) -> None:
+    device = qemu_only
+    arch = device.arch
+    root = tmp_path / "www"
+    root.mkdir()
+    v2 = bundles.get(arch, "2.0.0", 2)
+    v21 = bundles.get(arch, "2.1.0", 2)
+    (root / "v2.bundle").symlink_to(v2)
+    (root / "v21.bundle").symlink_to(v21)
+    with NginxServer(tmp_path / "nginx", root, update_server_tls) as server:
+        device.forward = [server.port]
+        base = f"https://{UPDATE_SERVER}:{server.port}"
+        device.power_on()
+        assert device.wait_booted() == Boot("A", "1.0.0")
+        rc, result = install(device, f"{base}/v2.bundle")
+        assert rc == 0, result
+        assert result["slot"] == "B", result
+        device.reboot()
+        assert device.wait_booted() == Boot("B", "2.0.0")
+        assert "slot B marked good" in device.boot_messages
+
+        # 2.1.0 differs from 2.0.0 in a few blocks: installing it into A over HTTPS
+        # reuses the running slot's blocks and downloads little more than the changes.
+        server.reset_log()
+        rc, result = install(device, f"{base}/v21.bundle")
+        assert rc == 0, result
+        assert result["slot"] == "A", result
+        fetched = server.body_bytes_served()
+        assert int(str(result["bytes_reused"])) > 0, result
+        assert fetched < v21.stat().st_size // 2, (fetched, result)
+        device.reboot()
+        assert device.wait_booted() == Boot("A", "2.1.0")
+        device.verity_root()
