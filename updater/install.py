@@ -92,23 +92,35 @@ class InstallResult:
 
 
 class ExactReader:
-    """Takes exact-size pieces from a stream of chunks of any size."""
+    """Takes exact-size pieces from a stream of chunks of any size, copying each byte once."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._it = iter(chunks)
-        self._buf = bytearray()
+        self._head = memoryview(b"")  # unread part of the current chunk
 
     def take(self, n: int) -> bytes:
-        while len(self._buf) < n:
+        if len(self._head) >= n:
+            if (
+                n == len(self._head)
+                and isinstance(self._head.obj, bytes)
+                and (len(self._head.obj) == n)
+            ):
+                piece = self._head.obj  # a whole chunk of exactly the size asked: no copy
+            else:
+                piece = self._head[:n].tobytes()
+            self._head = self._head[n:]
+            return piece
+        parts = [self._head]
+        have = len(self._head)
+        while have < n:
             chunk = next(self._it, None)
             if chunk is None:
                 raise BundleError("bundle ends early")
-            if not self._buf and len(chunk) == n:
-                return chunk
-            self._buf += chunk
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+            view = memoryview(chunk)
+            parts.append(view[: n - have])
+            self._head = view[n - have :]
+            have += len(parts[-1])
+        return b"".join(parts)
 
 
 def runs(indices: Sequence[int], gap: int = 0) -> Iterator[tuple[int, int]]:
@@ -489,7 +501,7 @@ class _DeltaWriter:
         first, count = self.group_span(j)
         data = dev.pread(first * BLOCK, count * BLOCK)
         if len(data) < count * BLOCK:
-            data = data.ljust(count * BLOCK, b"\x00")
+            return None  # a plain file that ends before this group holds none of it
         return verity.digest_blocks(self.vinfo.salt, data)
 
     def leaf_ok(self, j: int, block: bytes) -> bool:
