@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -68,13 +69,28 @@ def _check_options(opts: CreateOptions) -> None:
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    """Copy `length` bytes of `src` from `offset` to the current position of `dst`."""
+    """Copy `length` bytes of `src` from `offset` to the current position of `dst`.
+
+    `sendfile` copies in the kernel between any two files (unlike `copy_file_range`,
+    which refuses to cross filesystems on many kernels); plain reads and writes are
+    the fallback.
+    """
     done = 0
-    while done < length:
-        n = os.copy_file_range(src, dst, min(length - done, 1 << 30), offset + done)
-        if n == 0:
-            raise BundleIOError("input file shrank while the bundle was written")
-        done += n
+    try:
+        while done < length:
+            n = os.sendfile(dst, src, offset + done, min(length - done, 1 << 30))
+            if n == 0:
+                raise BundleIOError("input file shrank while the bundle was written")
+            done += n
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        while done < length:
+            chunk = os.pread(src, min(length - done, 1 << 20), offset + done)
+            if not chunk:
+                raise BundleIOError("input file shrank while the bundle was written") from e
+            os.write(dst, chunk)
+            done += len(chunk)
 
 
 def _artifact(path: Path, architecture: str | None) -> Artifact:

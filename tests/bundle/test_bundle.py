@@ -242,3 +242,17 @@ def test_header_bounds() -> None:
         container.parse_header(b"X" + good[1:])
     with pytest.raises(BundleError, match="malformed"):
         container.parse_header(good[:40] + b"\1" + good[41:])
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")
+def test_image_and_output_on_different_filesystems(
+    tmp_path: Path, signer: signing.Signer, keyring: tuple[object, ...]
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        image = write_image(Path(shm) / "img", 300)
+        out = tmp_path / "b.bundle"
+        create_bundle(CreateOptions(image, "1.0.0", "b", [signer], BUILD_TIME), out)
+        head = verify(out.read_bytes(), keyring)
+        assert head.manifest.images[0].sha256 == hashlib.sha256(image.read_bytes()).digest()
