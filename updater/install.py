@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +53,7 @@ BATCH_GROUPS = 16  # leaf groups planned together in the delta path (8 MiB of da
 MERGE_GAP_BLOCKS = 8  # fetch a gap this small rather than start another range
 COLD_GROUPS = 32  # see _DeltaWriter.cold
 FLUSH_EVERY = 64 << 20  # make progress durable this often, so a power cut resumes
+PIPELINE_DEPTH = 4  # spans read ahead of, and written behind, the one being checked
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,17 @@ class Installer:
 
     # --- writing and checking blocks -------------------------------------------------------
 
+    def check_blocks(
+        self, checker: verity.TreeChecker, first: int, data: bytes, expected: bytes
+    ) -> None:
+        """Refuse blocks [first, first + len(data)/4096) unless they match `expected`."""
+        bad = checker.bad_block(first, data, expected)
+        if bad is not None:
+            raise BundleError(
+                f"image block {bad} (image offset {bad * BLOCK}) does not match the signed "
+                "hash tree; it was not written"
+            )
+
     def write_checked(
         self,
         dev: SlotDevice,
@@ -383,12 +397,7 @@ class Installer:
         expected: bytes,
     ) -> None:
         """Check blocks [first, first + len(data)/4096) against `expected`, then write them."""
-        bad = checker.bad_block(first, data, expected)
-        if bad is not None:
-            raise BundleError(
-                f"image block {bad} (image offset {bad * BLOCK}) does not match the signed "
-                "hash tree; it was not written"
-            )
+        self.check_blocks(checker, first, data, expected)
         dev.pwrite(first * BLOCK, data)
 
     def _stream(
@@ -406,18 +415,47 @@ class Installer:
         def leaf(j: int) -> bytes:
             return dev.pread(hash_offset + (checker.first_leaf + j) * BLOCK, BLOCK)
 
-        unflushed = 0
-        block = 0
-        while block < vinfo.data_blocks:
-            count = min(SPAN_BLOCKS, vinfo.data_blocks - block)
-            data = reader.take(count * BLOCK)
-            self.write_checked(dev, checker, block, data, checker.leaf_digests(block, count, leaf))
-            block += count
-            unflushed += len(data)
-            if unflushed >= FLUSH_EVERY:
-                dev.flush()
-                unflushed = 0
-            self._report("data", block * BLOCK, part.image.size, source)
+        # Reads run ahead in one thread and writes trail behind in another while this
+        # thread checks each span: pread, pwrite and sha256 release the GIL, so the three
+        # overlap. Writes stay in order, and a flush waits for every write before it.
+        reads: deque[tuple[int, int, Future[bytes]]] = deque()
+        writes: deque[Future[None]] = deque()
+        reader_thread = ThreadPoolExecutor(1, thread_name_prefix="abupdate-read")
+        writer_thread = ThreadPoolExecutor(1, thread_name_prefix="abupdate-write")
+        next_block = 0
+
+        def read_ahead() -> None:
+            nonlocal next_block
+            while len(reads) < PIPELINE_DEPTH and next_block < vinfo.data_blocks:
+                count = min(SPAN_BLOCKS, vinfo.data_blocks - next_block)
+                reads.append((next_block, count, reader_thread.submit(reader.take, count * BLOCK)))
+                next_block += count
+
+        def drain_writes(keep: int = 0) -> None:
+            while len(writes) > keep:
+                writes.popleft().result()
+
+        try:
+            unflushed = 0
+            read_ahead()
+            while reads:
+                first, count, pending = reads.popleft()
+                data = pending.result()
+                read_ahead()
+                expected = checker.leaf_digests(first, count, leaf)
+                self.check_blocks(checker, first, data, expected)
+                writes.append(writer_thread.submit(dev.pwrite, first * BLOCK, data))
+                drain_writes(keep=PIPELINE_DEPTH)
+                unflushed += len(data)
+                if unflushed >= FLUSH_EVERY:
+                    drain_writes()
+                    dev.flush()
+                    unflushed = 0
+                self._report("data", (first + count) * BLOCK, part.image.size, source)
+            drain_writes()
+        finally:
+            reader_thread.shutdown(wait=False, cancel_futures=True)
+            writer_thread.shutdown(wait=True, cancel_futures=True)
 
     def _read_back(self, dev: SlotDevice, part: ImageLayout) -> None:
         """Check the slot again as it reads from the medium, in small, flat memory.
