@@ -30,8 +30,9 @@ import cpio
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_DIR = REPO / "qemu"
-CACHE = QEMU_DIR / "cache"
-BUILD = QEMU_DIR / "build"
+# Downloads and build outputs; the environment can move them (e.g. to time a cold build).
+CACHE = Path(os.environ.get("ABUPDATE_QEMU_CACHE", QEMU_DIR / "cache"))
+BUILD = Path(os.environ.get("ABUPDATE_QEMU_BUILD", QEMU_DIR / "build"))
 SOURCE_DATE_EPOCH = 1700000000
 #: The update server as the guest knows it (qemu/run --forward maps it to the host).
 GUEST_SERVER_IP = "10.0.2.100"
@@ -124,7 +125,7 @@ def digest(*parts: object) -> str:
 def cached_dir(path: Path, make: object) -> Path:
     """Create `path` with `make(tmpdir)` unless it already exists (atomic rename)."""
     if path.exists():
-        return path
+        return touch(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -135,6 +136,26 @@ def cached_dir(path: Path, make: object) -> Path:
     except OSError:
         shutil.rmtree(tmp)  # built concurrently by another process
     return path
+
+
+def touch(path: Path) -> Path:
+    """Mark a cached output as just used (pruning keeps the most recently used)."""
+    os.utime(path)
+    return path
+
+
+def prune(directory: Path, prefix: str, keep: int) -> None:
+    """Remove all but the `keep` most recently used cache entries named `prefix`*."""
+    entries = sorted(
+        (p for p in directory.glob(f"{prefix}*") if ".tmp" not in p.name),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in entries[keep:]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def safe_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
@@ -330,7 +351,7 @@ def make_initramfs(arch: Arch, base: Path, kernel: Path) -> Path:
     init_src = QEMU_DIR / "initramfs" / "init"
     out = BUILD / arch.name / f"initrd-{digest('initrd', 3, base.name, kernel.name, init_src)}.img"
     if out.exists():
-        return out
+        return touch(out)
     log(f"{arch.name}: writing the initramfs")
     E = cpio.Entry
     d = stat.S_IFDIR | 0o755
@@ -502,7 +523,7 @@ def make_rootfs(
     )
     out = BUILD / arch.name / f"rootfs-{key}.img"
     if out.exists():
-        return out
+        return touch(out)
     tree = BUILD / arch.name / f"rootfs-tree.{os.getpid()}"
     if tree.exists():
         shutil.rmtree(tree)
@@ -659,7 +680,8 @@ def make_slot(rootfs: Path) -> tuple[Path, str]:
     out = rootfs.with_name(rootfs.stem.replace("rootfs-", "slot-") + ".img")
     meta = out.with_suffix(".verity")
     if out.exists() and meta.exists():
-        return out, meta.read_text().strip()
+        touch(meta)
+        return touch(out), meta.read_text().strip()
     verity = verity_format(rootfs, out.with_suffix(".tmp"))
     out.with_suffix(".tmp").rename(out)
     meta.write_text(verity + "\n")
@@ -872,6 +894,11 @@ def build(
             boot_script="bootctl" if bootfiles.have_bootctl_generator() else "stand-in",
         )
         shutil.rmtree(work, ignore_errors=True)
+    arch_dir = BUILD / arch.name
+    for prefix, keep in (("rootfs-", 12), ("slot-", 24), ("base-", 2), ("kernel-", 2)):
+        prune(arch_dir, prefix, keep)
+    prune(arch_dir, "initrd-", 2)
+    prune(BUILD, "wheel-", 3)
     info["seconds"] = round(time.monotonic() - t0, 1)
     (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -902,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--keyring",
         type=Path,
-        help=f"CA certificate(s) the device trusts (default {DEV_KEYS.relative_to(REPO)}/ca.pem, "
+        help="CA certificate(s) the device trusts (default qemu/build/keys/ca.pem, "
         "made with bundle-tool keygen when missing)",
     )
     p.add_argument("--server-ca", type=Path, help="CA the device trusts for HTTPS update servers")

@@ -79,8 +79,10 @@ class Device:
             )
             self.console = self.machine.start()
         else:
+            # A real board is already running: reboot it so the test starts at power-on.
             assert self.port is not None
             self.console = vm.Console(self.port, self.log_file)
+            self.console.send("\nreboot -f\n")
         return self.console
 
     def power_off(self) -> None:
