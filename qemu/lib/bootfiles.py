@@ -6,12 +6,15 @@ bootctl's generator, a minimal stand-in implementing the same contract is used.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+# mkimage dates its header from SOURCE_DATE_EPOCH when set.
+REPRODUCIBLE = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
 
 
 def have_bootctl_generator() -> bool:
@@ -45,6 +48,7 @@ def boot_script(board: Any, board_path: Path, workdir: Path) -> dict[str, Path]:
                     ],
                     check=True,
                     cwd=REPO,
+                    env=REPRODUCIBLE,
                 )
         else:
             cmd.write_text(_placeholder_uboot(board))
@@ -65,6 +69,7 @@ def boot_script(board: Any, board_path: Path, workdir: Path) -> dict[str, Path]:
             ],
             check=True,
             cwd=REPO,
+            env=REPRODUCIBLE,
         )
     else:
         cfg.write_text(_placeholder_grub(board))
@@ -91,6 +96,7 @@ def _mkimage(cmd: Path, scr: Path) -> None:
         ],
         check=True,
         capture_output=True,
+        env=REPRODUCIBLE,
     )
 
 

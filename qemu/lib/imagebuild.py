@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -538,6 +539,7 @@ def make_rootfs(
         "install",
         "-q",
         "--no-deps",
+        "--no-compile",
         "--no-index",
         "--only-binary=:all:",
         "--python-version",
@@ -558,7 +560,8 @@ def make_rootfs(
             "-m",
             "compileall",
             "-q",
-            "-j0",
+            "-f",
+            "-j1",  # one process, fixed order: marshal output depends on refcounts
             "--invalidation-mode",
             "unchecked-hash",
             "-s",
@@ -665,6 +668,7 @@ def verity_format(rootfs: Path, out: Path) -> str:
         f"--hash-offset={blocks * 4096}",
         f"--data-blocks={blocks}",
         f"--salt={salt}",
+        f"--uuid={uuid.UUID(salt[:32])}",
         out,
         out,
         capture_output=True,
@@ -717,6 +721,15 @@ def make_boot_partition(
         efi = workdir / "BOOTX64.EFI"
         run("grub-mkimage", "-O", "x86_64-efi", "-p", "/EFI/BOOT", "-o", efi, *GRUB_MODULES)
         files["EFI/BOOT/BOOTX64.EFI"] = efi
+    # Staged with fixed timestamps and copied with `mcopy -s -m`, without a volume label
+    # (mkfs.vfat would date it): the same inputs give the same partition, byte for byte.
+    stage = workdir / "stage"
+    for dest, src in sorted(files.items()):
+        target = stage / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    for path in [*stage.rglob("*"), stage]:
+        os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
     image = workdir / "boot.vfat"
     image.unlink(missing_ok=True)
     run(
@@ -724,8 +737,6 @@ def make_boot_partition(
         "-C",
         "-F",
         "32",
-        "-n",
-        "BOOT",
         "-i",
         "abcd1234",
         image,
@@ -733,16 +744,7 @@ def make_boot_partition(
         stdout=subprocess.DEVNULL,
     )
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    made: set[str] = set()
-    for dest, src in sorted(files.items()):
-        parts = dest.split("/")[:-1]
-        for i in range(len(parts)):
-            d = "/".join(parts[: i + 1])
-            if d not in made:
-                run("mmd", "-i", image, f"::{d}", env=env)
-                made.add(d)
-        os.utime(src, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
-        run("mcopy", "-m", "-i", image, src, f"::{dest}", env=env)
+    run("mcopy", "-s", "-m", "-i", image, *sorted(stage.iterdir()), "::/", env=env)
     return image
 
 
