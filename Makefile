@@ -8,7 +8,8 @@ demo: setup
 	./.venv/bin/python -m updater.demo
 
 test: setup lint
-	./.venv/bin/python -m pytest
+	./.venv/bin/python -m pytest --ignore=tests/qemu
+	./.ci/qemu-tests
 
 lint:
 	./.venv/bin/ruff check .
