@@ -7,12 +7,15 @@ Options:
                             socket://HOST:PORT); tests that need power control or a disk
                             image are skipped
   --device-arch ARCH        the real board's architecture (default arm64)
+The same settings as environment variables (usable from the repository root, where these
+options are unknown): ABUPDATE_QEMU_ARCH, ABUPDATE_DEVICE_PORT, ABUPDATE_DEVICE_ARCH.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -32,16 +35,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qemu", "QEMU device flows")
     group.addoption("--qemu-arch", choices=ARCHES, help="run the QEMU flows for one architecture")
     group.addoption("--device-port", help="serial port (pyserial URL) of a real board")
-    group.addoption("--device-arch", default="arm64", choices=ARCHES)
+    group.addoption("--device-arch", choices=ARCHES, help="the real board's architecture (arm64)")
+
+
+def option(config: pytest.Config, name: str) -> str | None:
+    """A command line option of this directory, or its ABUPDATE_* environment variable.
+
+    The options exist only when pytest is pointed at tests/qemu (this conftest is then
+    loaded at start-up); the environment variables work from anywhere, e.g. in CI.
+    """
+    value = config.getoption(name, default=None)
+    if value is None:
+        value = os.environ.get("ABUPDATE_" + name.lstrip("-").upper().replace("-", "_"))
+    return str(value) if value else None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "arch" in metafunc.fixturenames:
         config = metafunc.config
-        if config.getoption("--device-port"):
-            arches: tuple[str, ...] = (config.getoption("--device-arch"),)
-        elif config.getoption("--qemu-arch"):
-            arches = (config.getoption("--qemu-arch"),)
+        if option(config, "--device-port"):
+            arches: tuple[str, ...] = (option(config, "--device-arch") or "arm64",)
+        elif option(config, "--qemu-arch"):
+            arches = (str(option(config, "--qemu-arch")),)
         else:
             arches = ARCHES
         metafunc.parametrize("arch", arches)
@@ -201,7 +216,7 @@ def device(
     """A powered-off device with a private copy of the base image (or a real board)."""
     log = tmp_path / f"console-{arch}.log"
     request.node.console_logs = [log]
-    port = request.config.getoption("--device-port")
+    port = option(request.config, "--device-port")
     if port:
         dev = Device(arch, log, port=port)
     else:
