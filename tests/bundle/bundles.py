@@ -10,7 +10,11 @@ from pathlib import Path
 from bundle_tool.errors import BundleError
 
 BUILD_TIME = 1_700_000_000
-NOW = datetime.now(UTC)
+
+
+def now() -> datetime:
+    """The time to verify at: read when used, never at import (keys are made later)."""
+    return datetime.now(UTC)
 
 
 class BytesReader:

@@ -17,12 +17,12 @@ from bundle_tool.errors import BundleError, PolicyError, TrustError, UsageError
 from bundle_tool.manifest import parse_manifest
 from bundle_tool.policy import check_policy
 from bundle_tool.writer import CreateOptions, create_bundle
-from tests.bundle.bundles import BUILD_TIME, NOW, BytesReader, write_image
+from tests.bundle.bundles import BUILD_TIME, BytesReader, now, write_image
 
 
 def verify(data: bytes, keyring: tuple[object, ...]) -> container.VerifiedHead:
     src = BytesReader(data)
-    head = reader.read_head(src, keyring, at=NOW)  # type: ignore[arg-type]
+    head = reader.read_head(src, keyring, at=now())  # type: ignore[arg-type]
     reader.check_payload(src, head)
     return head
 
@@ -216,14 +216,14 @@ def test_untrusted_signer_is_refused(tmp_path: Path, small_bundle: bytes) -> Non
 
 def test_policy(small_bundle: bytes, keyring: tuple[object, ...]) -> None:
     m = verify(small_bundle, keyring).manifest
-    check_policy(m, compatible="test-board", at=NOW, security_floor=0)
+    check_policy(m, compatible="test-board", at=now(), security_floor=0)
     with pytest.raises(PolicyError, match="bundle is for 'test-board'"):
-        check_policy(m, compatible="other", at=NOW)
+        check_policy(m, compatible="other", at=now())
     with pytest.raises(PolicyError, match="below this device's anti-rollback floor 1"):
-        check_policy(m, compatible=None, at=NOW, security_floor=1)
+        check_policy(m, compatible=None, at=now(), security_floor=1)
     expiring = replace(m, expires=BUILD_TIME)
     with pytest.raises(PolicyError, match="expired on 2023-11-14"):
-        check_policy(expiring, compatible=None, at=NOW)
+        check_policy(expiring, compatible=None, at=now())
 
 
 def test_header_bounds() -> None:
