@@ -146,14 +146,20 @@ class Bundles:
         *,
         health_fails: bool = False,
         untrusted: bool = False,
+        image_version: str | None = None,
     ) -> Path:
-        """A bundle of a root filesystem of `version` (built with qemu/build-image)."""
-        key = (arch, version, security_version, health_fails, untrusted)
+        """A bundle labelled `version` of a root filesystem built with qemu/build-image.
+
+        The root filesystem is of `image_version` (default: `version`); a bundle that is
+        only ever refused can reuse another version's image.
+        """
+        key = (arch, version, security_version, health_fails, untrusted, image_version)
         if key not in self._done:
-            args = ["--rootfs-only", "--version", version]
+            built = image_version or version
+            args = ["--rootfs-only", "--version", built]
             if health_fails:
                 args.append("--health-fails")
-            name = f"v{version}" + ("-bad" if health_fails else "")
+            name = f"v{built}" + ("-bad" if health_fails else "")
             info = self.images.get(arch, name, *args)
             keys = self.other_keys() if untrusted else self.keys
             out = (

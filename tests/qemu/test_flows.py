@@ -49,7 +49,8 @@ def test_good_update_from_usb(device: Device, bundles: Bundles, tmp_path: Path) 
         device,
         {
             "update.bundle": bundles.get(arch, "2.0.0", 2),
-            "old.bundle": bundles.get(arch, "1.5.0", 1),
+            # Refused before anything is written, so it may carry the 2.0.0 image.
+            "old.bundle": bundles.get(arch, "1.5.0", 1, image_version="2.0.0"),
         },
         tmp_path,
     )
