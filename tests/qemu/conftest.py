@@ -162,10 +162,8 @@ class Bundles:
             name = f"v{built}" + ("-bad" if health_fails else "")
             info = self.images.get(arch, name, *args)
             keys = self.other_keys() if untrusted else self.keys
-            out = (
-                self.dir
-                / f"{arch}-{name}-sv{security_version}{'-untrusted' if untrusted else ''}.bundle"
-            )
+            trust = "-untrusted" if untrusted else ""
+            out = self.dir / f"{arch}-{name}-as-{version}-sv{security_version}{trust}.bundle"
             board = REPO / "board-configs" / f"{BOARDS[arch]}.toml"
             subprocess.run(
                 [
