@@ -520,7 +520,6 @@ def make_rootfs(
         overlay,
         board_path,
         opts,
-        bootfiles.have_bootctl_generator(),
     )
     out = BUILD / arch.name / f"rootfs-{key}.img"
     if out.exists():
@@ -893,7 +892,7 @@ def build(
                 n: {"offset": o, "size": s}
                 for n, (o, s) in zip(("boot", "A", "B"), layout, strict=True)
             },
-            boot_script="bootctl" if bootfiles.have_bootctl_generator() else "stand-in",
+            boot_script="bootctl",
         )
         shutil.rmtree(work, ignore_errors=True)
     arch_dir = BUILD / arch.name
