@@ -6,11 +6,9 @@ The only place that prints and that turns exceptions into exit statuses.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,6 +24,7 @@ from updater.errors import UpdaterError
 from updater.filesource import FileSource
 
 from . import container, keygen, policy, reader, signing, verity
+from .cliutil import add_command, exit_status, make_parser
 from .errors import BundleError, BundleIOError, BundleToolError, PolicyError, TrustError, UsageError
 from .manifest import Manifest
 from .writer import CreateOptions, create_bundle
@@ -250,37 +249,19 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"signature by {sig['subject']} (not checked)")
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("abupdate")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to render the manual)."""
-    p = argparse.ArgumentParser(
-        prog="bundle-tool",
-        description=textwrap.dedent(
-            """\
-            Build, inspect and verify signed A/B update bundles. A bundle holds a root
-            filesystem image, its dm-verity hash tree (ahead of the data, so a device can
-            check every block before writing it) and a signed manifest."""
-        ),
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p, sub = make_parser(
+        "bundle-tool",
+        """\
+        Build, inspect and verify signed A/B update bundles. A bundle holds a root
+        filesystem image, its dm-verity hash tree (ahead of the data, so a device can
+        check every block before writing it) and a signed manifest.""",
+        EPILOG,
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(
-            name,
-            help=help,
-            description=textwrap.dedent(description),
-            epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        c = add_command(sub, name, help, description, EPILOG)
         c.add_argument("--json", action="store_true", help="print the result as one JSON object")
         return c
 
@@ -391,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         result = COMMANDS[args.command](args)
     except (BundleToolError, UpdaterError) as e:
         # Reading the bundle goes through the updater's file source: its errors are I/O errors.
-        status = next((code for cls, code in EXIT_CODES if isinstance(e, cls)), EXIT_IO)
+        status = exit_status(e, EXIT_CODES, EXIT_IO)
         if getattr(args, "json", False):
             print(json.dumps({"error": str(e), "exit_status": status}))
         print(f"bundle-tool: error: {e}", file=sys.stderr)

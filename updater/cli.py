@@ -6,11 +6,9 @@ The only place that prints and that turns exceptions into exit statuses.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, NoReturn
@@ -19,6 +17,7 @@ from tqdm import tqdm
 
 from bootctl.control import SlotControl
 from bootctl.errors import BootctlError
+from bundle_tool.cliutil import add_command, exit_status, make_parser
 from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
 
 from . import errors
@@ -187,37 +186,19 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
             )
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("abupdate")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also renders the manual)."""
-    p = argparse.ArgumentParser(
-        prog="updater",
-        description=textwrap.dedent(
-            """\
-            Install signed A/B update bundles into the inactive slot. Every 4096-byte
-            block is checked against the signed dm-verity tree before it is written;
-            the boot order changes only after the whole slot was read back and checked."""
-        ),
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p, sub = make_parser(
+        "updater",
+        """\
+        Install signed A/B update bundles into the inactive slot. Every 4096-byte
+        block is checked against the signed dm-verity tree before it is written;
+        the boot order changes only after the whole slot was read back and checked.""",
+        EPILOG,
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(
-            name,
-            help=help,
-            description=textwrap.dedent(description),
-            epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        c = add_command(sub, name, help, description, EPILOG)
         c.add_argument(
             "--config",
             default=DEFAULT_CONFIG,
@@ -284,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         result = COMMANDS[args.command](args)
     except tuple(cls for cls, _ in EXIT_CODES) as e:
-        status = next(code for cls, code in EXIT_CODES if isinstance(e, cls))
+        status = exit_status(e, EXIT_CODES, EXIT_DEVICE)
         if args.json:
             print(json.dumps({"event": "error", "error": str(e), "exit_status": status}))
         print(f"updater: error: {e}", file=sys.stderr)
