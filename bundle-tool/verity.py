@@ -12,15 +12,14 @@ checking is done by `TreeChecker` (device side, streaming, in small memory).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
-import multiprocessing
+import mmap
 import os
 import tempfile
 import uuid as uuid_mod
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -36,6 +35,7 @@ from construct import (
     Struct,
 )
 
+from . import forked
 from .errors import BundleError, BundleIOError, UsageError
 
 BLOCK_SIZE = 4096
@@ -142,21 +142,24 @@ def check_salt(salt: bytes) -> None:
         raise UsageError(f"salt is {len(salt)} bytes; dm-verity allows at most {MAX_SALT_SIZE}")
 
 
-def digest_blocks(salt: bytes, data: bytes | memoryview) -> bytes:
-    """Concatenated sha256(salt || block) of each 4096-byte block of `data`."""
-    copy = hashlib.sha256(salt).copy
-    view = memoryview(data)
-
-    def one(start: int) -> bytes:
+def _digests(copy: Callable[[], hashlib._Hash], view: memoryview) -> bytes:
+    # The hot loop of every tree: kept flat, with its names bound locally.
+    out: list[bytes] = []
+    append = out.append
+    for start in range(0, len(view), BLOCK_SIZE):
         h = copy()
         h.update(view[start : start + BLOCK_SIZE])
-        return h.digest()
+        append(h.digest())
+    return b"".join(out)
 
-    return b"".join(map(one, range(0, len(view), BLOCK_SIZE)))
+
+def digest_blocks(salt: bytes, data: bytes | bytearray | memoryview) -> bytes:
+    """Concatenated sha256(salt || block) of each 4096-byte block of `data`."""
+    return _digests(hashlib.sha256(salt).copy, memoryview(data))
 
 
 SPOOL_IN_MEMORY = 16 << 20  # tree levels above this size go to a temporary file
-CHUNK_BLOCKS = 1024  # data blocks hashed per task (4 MiB)
+CHUNK_BLOCKS = 1024  # data blocks hashed per work item (4 MiB)
 
 
 @dataclass
@@ -209,13 +212,24 @@ class Tree:
         self.close()
 
 
-def _hash_file_range(path: str, salt: bytes, first: int, count: int) -> bytes:
-    """Leaf digests of `count` blocks of `path` from block `first` (runs in a worker)."""
-    with open(path, "rb", buffering=0) as f:
-        data = os.pread(f.fileno(), count * BLOCK_SIZE, first * BLOCK_SIZE)
-    if len(data) != count * BLOCK_SIZE:
-        raise BundleIOError(f"{path}: image ended early at block {first}")
-    return digest_blocks(salt, data)
+def _image_size(fd: int) -> int:
+    """Size of a regular file or a block device."""
+    return os.lseek(fd, 0, os.SEEK_END)
+
+
+def _hash_mapped(fd: int, base: hashlib._Hash, span: tuple[int, int]) -> bytes:
+    """Leaf digests of `count` blocks of the open file from block `first` (runs in a worker).
+
+    The blocks are hashed where the page cache holds them (a read-only mapping),
+    not copied out first.
+    """
+    first, count = span
+    with mmap.mmap(fd, count * BLOCK_SIZE, offset=first * BLOCK_SIZE, access=mmap.ACCESS_READ) as m:
+        view = memoryview(m)
+        try:
+            return _digests(base.copy, view)
+        finally:
+            view.release()
 
 
 def file_leaf_digests(
@@ -225,46 +239,33 @@ def file_leaf_digests(
     workers: int | None = None,
     observe: Callable[[bytes], None] | None = None,
 ) -> Iterator[bytes]:
-    """Leaf digests of the image's data blocks, in order.
+    """Leaf digests of the image's data blocks, in order, one chunk of blocks at a time.
 
-    The per-block loop holds the GIL, so threads do not scale; worker processes
-    do. At most `2 * workers` chunks are in flight, which keeps memory flat.
-    `observe` sees every chunk of data in order (e.g. for a whole-image hash);
-    it runs in this process while the workers hash the next chunks.
+    Worker processes (one per core) hash the chunks; see `forked`. `observe` sees
+    every chunk of data in order (e.g. for a whole-image hash); it runs in this
+    process while the workers hash.
+    Raises BundleIOError if the file holds fewer than `data_blocks` blocks.
     """
     workers = workers or os.cpu_count() or 1
-    ranges = [
+    spans = [
         (first, min(CHUNK_BLOCKS, data_blocks - first))
         for first in range(0, data_blocks, CHUNK_BLOCKS)
     ]
     with open(path, "rb", buffering=0) as f:
-
-        def observed(first: int, count: int) -> None:
-            if observe:
-                observe(os.pread(f.fileno(), count * BLOCK_SIZE, first * BLOCK_SIZE))
-
+        fd = f.fileno()
+        if _image_size(fd) < data_blocks * BLOCK_SIZE:
+            raise BundleIOError(
+                f"{path}: holds fewer than {data_blocks} blocks of {BLOCK_SIZE} bytes"
+            )
+        base = hashlib.sha256(salt)
         if workers <= 1 or data_blocks <= 4 * CHUNK_BLOCKS:
-            for first, count in ranges:
-                observed(first, count)
-                yield _hash_file_range(path, salt, first, count)
-            return
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            pending: deque[tuple[int, int, Future[bytes]]] = deque()
-            todo = iter(ranges)
-            for first, count in todo:
-                pending.append(
-                    (first, count, pool.submit(_hash_file_range, path, salt, first, count))
-                )
-                if len(pending) >= 2 * workers:
-                    break
-            while pending:
-                first, count, fut = pending.popleft()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.append((*nxt, pool.submit(_hash_file_range, path, salt, *nxt)))
-                observed(first, count)
-                yield fut.result()
+            digests: Iterator[bytes] = (_hash_mapped(fd, base, span) for span in spans)
+        else:
+            digests = forked.ordered_map(functools.partial(_hash_mapped, fd, base), spans, workers)
+        for (first, count), chunk in zip(spans, digests, strict=True):
+            if observe:
+                observe(os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE))
+            yield chunk
 
 
 def build_tree(

@@ -1,0 +1,96 @@
+"""Forked workers: results in order, errors carried back, children stopped early."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from bundle_tool import forked, verity
+from bundle_tool.errors import BundleIOError
+from tests.bundle.bundles import write_image
+
+
+def tagged(n: int) -> bytes:
+    # Results of varying size, some larger than a pipe's buffer, tagged with the
+    # worker's pid so the test can see that more than one process did the work.
+    return n.to_bytes(4, "little") * (n * 997 % 40_000) + os.getpid().to_bytes(8, "little")
+
+
+def test_results_come_back_in_order_from_several_processes() -> None:
+    got = list(forked.ordered_map(tagged, list(range(50)), workers=3))
+    assert [r[:-8] for r in got] == [tagged(n)[:-8] for n in range(50)]
+    pids = {r[-8:] for r in got}
+    assert len(pids) == 3
+    assert os.getpid().to_bytes(8, "little") not in pids
+
+
+def fail_at_seven(n: int) -> bytes:
+    if n == 7:
+        raise OSError(5, "Input/output error")
+    return bytes([n])
+
+
+def test_an_error_in_a_worker_comes_back_with_its_message() -> None:
+    got: list[bytes] = []
+    with pytest.raises(BundleIOError, match="Input/output error"):
+        got.extend(forked.ordered_map(fail_at_seven, list(range(20)), workers=2))
+    assert got == [bytes([n]) for n in range(7)]
+
+
+def die_at_three(n: int) -> bytes:
+    if n == 3:
+        os._exit(9)  # a worker killed (e.g. SIGBUS on a shrinking file)
+    return bytes([n])
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang() -> None:
+    with pytest.raises(BundleIOError, match="ended before its work was done"):
+        list(forked.ordered_map(die_at_three, list(range(10)), workers=2))
+
+
+def slow(n: int) -> bytes:
+    time.sleep(0.05)
+    return bytes([n])
+
+
+def children_of_this_process() -> set[int]:
+    """Pids whose parent is this process (from /proc/PID/stat)."""
+    me = os.getpid()
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry.name))
+    return found
+
+
+def test_closing_early_stops_and_reaps_the_children() -> None:
+    before = children_of_this_process()
+    gen = forked.ordered_map(slow, list(range(1000)), workers=2)
+    assert next(gen) == b"\x00"
+    assert len(children_of_this_process() - before) == 2
+    gen.close()
+    assert children_of_this_process() - before == set()
+
+
+def test_leaf_digests_refuse_a_short_image(tmp_path: Path) -> None:
+    image = write_image(tmp_path / "img", 5 * 1024, seed=1)
+    with pytest.raises(BundleIOError, match="fewer than 5121 blocks"):
+        list(verity.file_leaf_digests(str(image), b"salt", 5 * 1024 + 1))
+
+
+def test_leaf_digests_are_the_same_in_one_process_and_in_several(tmp_path: Path) -> None:
+    blocks = 5 * 1024 + 3
+    image = write_image(tmp_path / "img", blocks, seed=2)
+    seen = bytearray()
+    one = b"".join(verity.file_leaf_digests(str(image), b"s", blocks, workers=1))
+    many = b"".join(verity.file_leaf_digests(str(image), b"s", blocks, 2, seen.extend))
+    assert one == many == verity.digest_blocks(b"s", image.read_bytes())
+    assert seen == image.read_bytes()
