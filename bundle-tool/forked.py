@@ -1,4 +1,4 @@
-"""Run a function over a list of work items in forked processes, results in order.
+"""Work in forked processes: a function over a list of items, or a server of requests.
 
 Hashing holds the GIL between blocks, so threads do not scale and worker
 processes do. A process pool pays for pickling, a feeder thread and a queue on
@@ -7,14 +7,18 @@ items k, k + n, k + 2n, ... and writes each result to its own pipe, and the
 parent reads the pipes in turn. The pipe's buffer bounds how far a child runs
 ahead, so memory stays flat however many items there are.
 
+`Worker` is one child that answers requests sent while the parent goes on with
+other work (e.g. reading a slot back while the next part of it is written).
+
 Each record on a pipe is one status byte, an 8-byte little-endian length and
-that many bytes: the result (status 0) or an error message (status 1).
+that many bytes: the request or result (status 0) or an error message (status 1).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, TypeVar
@@ -28,31 +32,71 @@ _FAILED = b"\x01"
 _LENGTH = 8
 
 
-def _child(fn: Callable[[T], bytes], items: Sequence[T], out: BinaryIO) -> int:
-    """Body of a worker process: run `fn` over `items`, one record each."""
+def _record(status: bytes, body: bytes) -> bytes:
+    return status + len(body).to_bytes(_LENGTH, "little") + body
+
+
+def _read_exact(pipe: BinaryIO, n: int) -> bytes:
+    """Up to `n` bytes, fewer only at the end of the stream."""
+    parts: list[bytes] = []
+    while n:
+        data = pipe.read(n)
+        if not data:
+            break
+        parts.append(data)
+        n -= len(data)
+    return b"".join(parts)
+
+
+def _answer(fn: Callable[[T], bytes], item: T, out: BinaryIO) -> bool:
+    """Write the record of `fn(item)`; False (and an error record) if it failed."""
     try:
-        for item in items:
-            try:
-                result = fn(item)
-            except (OSError, ValueError, BundleIOError) as e:
-                message = str(e).encode("utf-8", "replace")
-                out.write(_FAILED + len(message).to_bytes(_LENGTH, "little") + message)
+        result = fn(item)
+    except (OSError, ValueError, BundleIOError) as e:
+        out.write(_record(_FAILED, str(e).encode("utf-8", "replace")))
+        out.flush()
+        return False
+    out.write(_record(_OK, result))
+    out.flush()
+    return True
+
+
+def _child(fn: Callable[[T], bytes], items: Sequence[T], out: BinaryIO) -> int:
+    """Body of an `ordered_map` process: run `fn` over `items`, one record each."""
+    try:
+        return 0 if all(_answer(fn, item, out) for item in items) else 1
+    except BaseException:  # a child must never return into the parent's code
+        return 2
+
+
+def _serve(fn: Callable[[bytes], bytes], requests: BinaryIO, out: BinaryIO) -> int:
+    """Body of a `Worker` process: answer each request until the parent stops sending."""
+    try:
+        while True:
+            head = _read_exact(requests, 1 + _LENGTH)
+            if len(head) < 1 + _LENGTH:
+                return 0
+            request = _read_exact(requests, int.from_bytes(head[1:], "little"))
+            if not _answer(fn, request, out):
                 return 1
-            out.write(_OK + len(result).to_bytes(_LENGTH, "little") + result)
-            out.flush()
-        return 0
     except BaseException:  # a child must never return into the parent's code
         return 2
 
 
 def _receive(pipe: BinaryIO) -> bytes:
-    head = pipe.read(1 + _LENGTH)
+    head = _read_exact(pipe, 1 + _LENGTH)
     if len(head) != 1 + _LENGTH:
-        raise BundleIOError("a hashing process ended before its work was done")
-    body = pipe.read(int.from_bytes(head[1:], "little"))
+        raise BundleIOError("a worker process ended before its work was done")
+    body = _read_exact(pipe, int.from_bytes(head[1:], "little"))
     if head[:1] == _FAILED:
         raise BundleIOError(body.decode("utf-8", "replace"))
     return body
+
+
+def _stop(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def ordered_map(fn: Callable[[T], bytes], items: Sequence[T], workers: int) -> Iterator[bytes]:
@@ -88,6 +132,71 @@ def ordered_map(fn: Callable[[T], bytes], items: Sequence[T], workers: int) -> I
         for p in pipes:
             p.close()
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _stop(pid)
+
+
+class Worker:
+    """One forked child answering requests in order: `fn(request) -> answer`.
+
+    The parent `send`s requests without waiting for the answers, takes those
+    that have arrived with `ready`, and the rest with `finish`. Requests and
+    answers should be small (they travel through pipes); the work is in the
+    child. An error raised by `fn` (OSError, ValueError, BundleIOError) ends
+    the child and comes back as a BundleIOError in its turn. Use as a context
+    manager: leaving it stops the child.
+    """
+
+    def __init__(self, fn: Callable[[bytes], bytes]) -> None:
+        req_r, req_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which leaves by _exit
+            code = 2
+            try:
+                os.close(req_w)
+                os.close(ans_r)
+                with os.fdopen(req_r, "rb") as requests, os.fdopen(ans_w, "wb") as out:
+                    code = _serve(fn, requests, out)
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(ans_w)
+        self._pid = pid
+        self._requests: BinaryIO = os.fdopen(req_w, "wb")
+        self._answers: BinaryIO = os.fdopen(ans_r, "rb", buffering=0)
+        self._due = 0
+
+    def send(self, request: bytes) -> None:
+        """Queue one request (the child takes them in order)."""
+        try:
+            self._requests.write(_record(_OK, request))
+            self._requests.flush()
+        except BrokenPipeError:
+            raise BundleIOError("a worker process ended before its work was done") from None
+        self._due += 1
+
+    def ready(self) -> Iterator[bytes]:
+        """The answers that have arrived, without waiting for more."""
+        while self._due and select.select([self._answers], [], [], 0)[0]:
+            self._due -= 1
+            yield _receive(self._answers)
+
+    def finish(self) -> Iterator[bytes]:
+        """Every answer still due, waiting for each."""
+        while self._due:
+            self._due -= 1
+            yield _receive(self._answers)
+
+    def close(self) -> None:
+        """Stop the child (whether or not it is done) and release the pipes."""
+        if self._pid:
+            self._requests.close()
+            self._answers.close()
+            _stop(self._pid)
+            self._pid = 0
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

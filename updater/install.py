@@ -11,7 +11,8 @@ The order, fixed and crash-safe (docs/updater.md explains why each step is where
    With a random-access source, blocks the target already holds are kept
    (resume) and blocks the active slot holds at the same place are copied
    (delta); only the rest is fetched, in coalesced ranges.
-5. fsync, drop the page cache, and check the whole slot again from the medium.
+5. fsync, drop the page cache, and check the whole slot again from the medium
+   (in the stream path, each flushed region while the next is written; see readback).
 6. One env write records the root hash and makes the target primary with full tries.
 
 A failure at any step leaves the booted slot and the boot order as they were.
@@ -35,11 +36,12 @@ from bootctl.errors import BootctlError, SlotError
 from bootctl.state import SlotVerity
 from bundle_tool import verity
 from bundle_tool.container import ImageLayout, VerifiedHead
-from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
+from bundle_tool.errors import BundleError, PolicyError, TrustError
 from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
 from bundle_tool.signing import load_keyring
 
+from . import readback
 from .config import DeviceConfig
 from .errors import DeviceError, TransportError, UsageError
 from .slotdev import FileSlot, SlotDevice
@@ -315,13 +317,18 @@ class Installer:
                 finally:
                     if active_dev is not None:
                         active_dev.close()
+                self._check_end(source, head)
+                dev.flush()
+                self._report("read-back", 0, image.size, source)
+                readback.read_back(dev, vinfo, image.size)
             else:
-                self._stream(source, part, checker, dev)
-            self._check_end(source, head)
-            dev.flush()
-            dev.drop_cache()
-            self._report("read-back", 0, image.size, source)
-            self._read_back(dev, part)
+                reader = self._stream_tree(source, part, checker, dev)
+                with readback.RegionReadBack(dev, checker, vinfo) as back:
+                    self._stream_data(source, reader, part, checker, dev, back=back)
+                    self._check_end(source, head)
+                    dev.flush()
+                    self._report("read-back", 0, image.size, source)
+                    back.finish()
             self._report("read-back", image.size, image.size, source)
 
         root = vinfo.root_hash.hex()
@@ -400,17 +407,34 @@ class Installer:
         self.check_blocks(checker, first, data, expected)
         dev.pwrite(first * BLOCK, data)
 
-    def _stream(
+    def _stream_tree(
         self, source: BundleSource, part: ImageLayout, checker: verity.TreeChecker, dev: SlotDevice
-    ) -> None:
-        """Read the hash area and data in one pass, checking each block before writing it."""
+    ) -> ExactReader:
+        """Start the one pass over hash area and data: check and write the hash area.
+
+        Returns the reader, positioned at the first data block.
+        """
         vinfo = part.image.verity
-        hash_offset = part.image.size
         reader = ExactReader(source.read(part.area_offset, vinfo.tree_size + part.image.size))
         area = (reader.take(BLOCK) for _ in range(vinfo.tree_size // BLOCK))
         for index, hash_block in checker.check_area(area):
-            dev.pwrite(hash_offset + index * BLOCK, hash_block)
+            dev.pwrite(part.image.size + index * BLOCK, hash_block)
         self._report("tree", vinfo.tree_size, vinfo.tree_size, source)
+        return reader
+
+    def _stream_data(
+        self,
+        source: BundleSource,
+        reader: ExactReader,
+        part: ImageLayout,
+        checker: verity.TreeChecker,
+        dev: SlotDevice,
+        *,
+        back: readback.RegionReadBack,
+    ) -> None:
+        """Check each data block before writing it; each flushed region is read back."""
+        vinfo = part.image.verity
+        hash_offset = part.image.size
 
         def leaf(j: int) -> bytes:
             return dev.pread(hash_offset + (checker.first_leaf + j) * BLOCK, BLOCK)
@@ -442,7 +466,10 @@ class Installer:
                 first, count, pending = reads.popleft()
                 data = pending.result()
                 read_ahead()
-                expected = checker.leaf_digests(first, count, leaf)
+                try:
+                    expected = checker.leaf_digests(first, count, leaf)
+                except BundleError as e:  # the leaf block was checked before it was written
+                    raise readback.medium_failed(dev, f"hash tree: {e}") from e
                 self.check_blocks(checker, first, data, expected)
                 writes.append(writer_thread.submit(dev.pwrite, first * BLOCK, data))
                 drain_writes(keep=PIPELINE_DEPTH)
@@ -450,39 +477,13 @@ class Installer:
                 if unflushed >= FLUSH_EVERY:
                     drain_writes()
                     dev.flush()
+                    back.flushed(first + count)
                     unflushed = 0
                 self._report("data", (first + count) * BLOCK, part.image.size, source)
             drain_writes()
         finally:
             reader_thread.shutdown(wait=False, cancel_futures=True)
             writer_thread.shutdown(wait=True, cancel_futures=True)
-
-    def _read_back(self, dev: SlotDevice, part: ImageLayout) -> None:
-        """Check the slot again as it reads from the medium, in small, flat memory.
-
-        The stored hash area is checked against the signed root hash as it streams
-        by; the data's leaf digests are computed by worker processes reading the slot
-        and compared with the stored leaf level.
-        """
-        vinfo = part.image.verity
-        checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
-        hash_offset = part.image.size
-        area = (dev.pread(hash_offset + i * BLOCK, BLOCK) for i in range(vinfo.tree_size // BLOCK))
-        first = checker.first_leaf
-        stored = ExactReader(block for i, block in checker.check_area(area) if i >= first)
-        try:
-            computed = verity.file_leaf_digests(dev.path, vinfo.salt, vinfo.data_blocks)
-            for n, digests in enumerate(computed):
-                want = vinfo.root_hash if not checker.geometry.levels else stored.take(len(digests))
-                if digests != want:
-                    raise DeviceError(
-                        f"slot {dev.path} does not read back as written (near block "
-                        f"{n * verity.CHUNK_BLOCKS}): the medium may be failing"
-                    )
-        except (OSError, BundleIOError) as e:
-            raise DeviceError(f"reading slot {dev.path} back failed: {e}") from e
-        except BundleError as e:
-            raise DeviceError(f"hash tree on slot {dev.path} does not read back: {e}") from e
 
 
 class _DeltaWriter:

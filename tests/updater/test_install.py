@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,22 @@ def assert_installed(device: Device, slot: str = "B") -> SlotVerity:
 def install_file(device: Device, bundle: Path, **kw: object) -> object:
     with FileSource(bundle) as src:
         return Installer(device.config()).install(src, **kw)  # type: ignore[arg-type]
+
+
+# One block (no tree), two leaf blocks, and more than one 4 MiB read-back chunk;
+# a flush every 300 blocks, so the slot is read back in several regions.
+@pytest.mark.parametrize("blocks", [1, 129, 2 * 1024 + 5])
+def test_stream_install_reads_back_by_regions(
+    device: Device, monkeypatch: pytest.MonkeyPatch, blocks: int
+) -> None:
+    from updater import install
+
+    monkeypatch.setattr(install, "FLUSH_EVERY", 300 * 4096)
+    new = image_bytes(blocks, seed=blocks)
+    install_file(device, device.bundle(new))
+    v = assert_installed(device)
+    assert v.data_blocks == blocks
+    assert device.slot("B").read_bytes()[: len(new)] == new
 
 
 def test_good_install_from_file(device: Device) -> None:
@@ -288,20 +306,81 @@ def test_cli_exit_statuses(device: Device, tmp_path: Path) -> None:
 class LyingMedium(FileSlot):
     """A slot that silently stores one bit wrong, as a failing flash chip might."""
 
+    bad_offset = 100 * 4096
+
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
         data = bytearray(data)
-        if offset <= 100 * 4096 < offset + len(data):
-            data[100 * 4096 - offset] ^= 0x10
+        if offset <= self.bad_offset < offset + len(data):
+            data[self.bad_offset - offset] ^= 0x10
         super().pwrite(offset, bytes(data))
 
 
-def test_read_back_catches_a_failing_medium(device: Device) -> None:
+class LyingAboutTheTree(LyingMedium):
+    """The wrong bit lands in the hash area, in its third leaf block.
+
+    The area is the superblock, one block of level 1, then six leaf blocks.
+    """
+
+    bad_offset = BLOCKS * 4096 + 5 * 4096 - 7
+
+
+@pytest.mark.parametrize(
+    ("medium", "flush_every", "delta", "reason"),
+    [
+        # Stream path, one region: the read-back after the last flush finds it.
+        (LyingMedium, 64 << 20, False, r"\(block 100\)"),
+        # Stream path, a flush every 64 blocks: the region holding block 100 is read
+        # back by the child while later regions are written.
+        (LyingMedium, 64 * 4096, False, r"\(block 100\)"),
+        (LyingAboutTheTree, 64 * 4096, False, "hash tree"),
+        # Random-access path: the whole slot is read back at the end.
+        (LyingMedium, 64 << 20, True, "near block 0"),
+        (LyingAboutTheTree, 64 << 20, True, "hash tree"),
+    ],
+)
+def test_read_back_catches_a_failing_medium(
+    device: Device,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    medium: type[FileSlot],
+    flush_every: int,
+    delta: bool,
+    reason: str,
+) -> None:
+    from updater import install
+
+    monkeypatch.setattr(install, "FLUSH_EVERY", flush_every)
     bundle = device.bundle(image_bytes(BLOCKS, seed=11))
-    inst = Installer(device.config(), open_slot=LyingMedium)
-    with FileSource(bundle) as src, pytest.raises(DeviceError, match="does not read back"):
-        inst.install(src)
+    inst = Installer(device.config(), open_slot=medium)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match="does not read back") as e:
+        inst.install(src, delta=delta)
+    assert re.search(reason, str(e.value)), e.value
     env = fw_printenv(device)
     assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
+
+
+def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A region that does not read back stops the install before the rest is written."""
+    from updater import install, readback
+
+    monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
+    flushes: list[int] = []
+    real = readback.RegionReadBack.flushed
+
+    def flushed(self: readback.RegionReadBack, upto_block: int) -> None:
+        flushes.append(upto_block)
+        if len(flushes) > 1:
+            time.sleep(0.5)  # give the child time to answer for the earlier regions
+        real(self, upto_block)
+
+    monkeypatch.setattr(readback.RegionReadBack, "flushed", flushed)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=12))
+    inst = Installer(device.config(), open_slot=LyingMedium)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match=r"\(block 100\)"):
+        inst.install(src)
+    # Spans of 256 blocks, each flushed: block 100 is in the first region, whose
+    # answer came back while later spans were written, before the end (block 700).
+    assert flushes[-1] < BLOCKS
 
 
 def test_delta_stops_hashing_an_unrelated_active_slot(

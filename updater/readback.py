@@ -1,0 +1,164 @@
+"""Reading a written slot back from the medium and checking it again (install step 5).
+
+A medium can accept a write and store something else (failing flash, a bad
+cable, a lying cache). So once a slot is written and flushed, its page cache is
+dropped and every block is read again and checked against the signed tree
+before the slot may boot. Two ways, the same checks:
+
+* `read_back`: the whole slot at the end. Worker processes hash the data while
+  this process checks the stored hash area against the root hash.
+* `RegionReadBack`: during a streamed install. Each time the installer has
+  flushed another region of data, a forked child reads that region back and
+  checks it against the stored leaf level (each leaf block checked against the
+  verified level above it), while this process writes the next region; at the
+  end the stored hash area is checked here. The read-back then costs little
+  more than the last region.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+
+from bundle_tool import forked, verity
+from bundle_tool.errors import BundleError, BundleIOError
+from bundle_tool.manifest import VerityInfo
+
+from .errors import DeviceError
+from .slotdev import SlotDevice
+
+BLOCK = verity.BLOCK_SIZE
+_REQUEST_BYTES = 8
+
+
+def medium_failed(dev: SlotDevice, where: str) -> DeviceError:
+    return DeviceError(
+        f"slot {dev.path} does not read back as written ({where}): the medium may be failing"
+    )
+
+
+def _stored_leaves(dev: SlotDevice, vinfo: VerityInfo, hash_offset: int) -> Iterator[bytes]:
+    """Check the hash area stored on `dev` against the root hash; yield its leaf blocks."""
+    checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
+    area = (dev.pread(hash_offset + i * BLOCK, BLOCK) for i in range(vinfo.tree_size // BLOCK))
+    first = checker.first_leaf
+    try:
+        for i, block in checker.check_area(area):
+            if i >= first:
+                yield block
+    except BundleError as e:
+        raise DeviceError(f"hash tree on slot {dev.path} does not read back: {e}") from e
+
+
+def read_back(dev: SlotDevice, vinfo: VerityInfo, hash_offset: int) -> None:
+    """Check the whole flushed slot as it reads from the medium, in small, flat memory.
+
+    Raises:
+        DeviceError: a block or the hash area does not match, or reading failed.
+    """
+    dev.drop_cache()
+    stored = _stored_leaves(dev, vinfo, hash_offset)
+    pending = b""
+    try:
+        computed = verity.file_leaf_digests(dev.path, vinfo.salt, vinfo.data_blocks)
+        for n, digests in enumerate(computed):
+            if vinfo.data_blocks == 1:
+                want = vinfo.root_hash
+            else:
+                while len(pending) < len(digests):
+                    pending += next(stored)
+                want, pending = pending[: len(digests)], pending[len(digests) :]
+            if digests != want:
+                raise medium_failed(dev, f"near block {n * verity.CHUNK_BLOCKS}")
+        for _ in stored:  # the rest of the stored leaf level is checked too
+            pass
+    except (OSError, BundleIOError) as e:
+        raise DeviceError(f"reading slot {dev.path} back failed: {e}") from e
+
+
+def _check_region(
+    path: str, checker: verity.TreeChecker, hash_offset: int, request: bytes
+) -> bytes:
+    """In the child: read data blocks back and check them; b"" if they match, else why not."""
+    first = int.from_bytes(request[:_REQUEST_BYTES], "little")
+    end = first + int.from_bytes(request[_REQUEST_BYTES:], "little")
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+
+        def leaf(j: int) -> bytes:
+            return os.pread(fd, BLOCK, hash_offset + (checker.first_leaf + j) * BLOCK)
+
+        for start in range(first, end, verity.CHUNK_BLOCKS):
+            count = min(verity.CHUNK_BLOCKS, end - start)
+            data = os.pread(fd, count * BLOCK, start * BLOCK)
+            if len(data) != count * BLOCK:
+                raise BundleIOError(f"{path} ends before block {start + count}")
+            try:
+                expected = checker.leaf_digests(start, count, leaf)
+            except BundleError as e:
+                return f"hash tree: {e}".encode()
+            bad = checker.bad_block(start, data, expected)
+            if bad is not None:
+                return f"block {bad}".encode()
+    return b""
+
+
+class RegionReadBack:
+    """Reads a slot back region by region while a streamed install goes on.
+
+    Create it once the hash area is written (from `checker`, whose upper levels
+    are verified); call `flushed` after each flush, and `finish` after the last.
+    Use as a context manager: leaving it stops the child.
+    """
+
+    def __init__(self, dev: SlotDevice, checker: verity.TreeChecker, vinfo: VerityInfo) -> None:
+        self.dev = dev
+        self.vinfo = vinfo
+        self.hash_offset = vinfo.data_blocks * BLOCK
+        self.sent = 0  # data blocks handed to the child so far
+        self._worker = forked.Worker(
+            functools.partial(_check_region, dev.path, checker, self.hash_offset)
+        )
+
+    def flushed(self, upto_block: int) -> None:
+        """Data blocks below `upto_block` (and the hash area) are flushed: check them.
+
+        Raises DeviceError as soon as an earlier region is known not to match.
+        """
+        self.dev.drop_cache()
+        if upto_block > self.sent:
+            self._worker.send(
+                self.sent.to_bytes(_REQUEST_BYTES, "little")
+                + (upto_block - self.sent).to_bytes(_REQUEST_BYTES, "little")
+            )
+            self.sent = upto_block
+        self._take(self._worker.ready)
+
+    def finish(self) -> None:
+        """After the final flush: check the last region, wait for all, check the hash area.
+
+        Raises:
+            DeviceError: a block or the hash area does not match, or reading failed.
+        """
+        self.flushed(self.vinfo.data_blocks)
+        self._take(self._worker.finish)
+        for _ in _stored_leaves(self.dev, self.vinfo, self.hash_offset):
+            pass
+
+    def _take(self, answers: Callable[[], Iterator[bytes]]) -> None:
+        try:
+            for answer in answers():
+                if answer:
+                    raise medium_failed(self.dev, answer.decode("utf-8", "replace"))
+        except BundleIOError as e:
+            raise DeviceError(f"reading slot {self.dev.path} back failed: {e}") from e
+
+    def close(self) -> None:
+        self._worker.close()
+
+    def __enter__(self) -> RegionReadBack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
