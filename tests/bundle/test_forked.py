@@ -94,3 +94,43 @@ def test_leaf_digests_are_the_same_in_one_process_and_in_several(tmp_path: Path)
     many = b"".join(verity.file_leaf_digests(str(image), b"s", blocks, 2, seen.extend))
     assert one == many == verity.digest_blocks(b"s", image.read_bytes())
     assert seen == image.read_bytes()
+
+
+def echo_pid(request: bytes) -> bytes:
+    if request == b"fail":
+        raise ValueError("asked to fail")
+    return request[::-1] + os.getpid().to_bytes(8, "little")
+
+
+def test_worker_answers_in_order_in_another_process() -> None:
+    with forked.Worker(echo_pid) as w:
+        for n in range(100):
+            w.send(b"req%d" % n)
+        answers = [*w.ready(), *w.finish()]
+        assert [a[:-8] for a in answers] == [(b"req%d" % n)[::-1] for n in range(100)]
+        assert {a[-8:] for a in answers} != {os.getpid().to_bytes(8, "little")}
+        assert list(w.finish()) == []
+
+
+def slow_echo(request: bytes) -> bytes:
+    time.sleep(0.3)
+    return request
+
+
+def test_worker_ready_does_not_wait() -> None:
+    with forked.Worker(slow_echo) as w:
+        w.send(b"\x01")
+        assert list(w.ready()) == []  # the child is still sleeping
+        assert list(w.finish()) == [b"\x01"]
+
+
+def test_worker_error_comes_back_and_ends_the_child() -> None:
+    before = children_of_this_process()
+    with forked.Worker(echo_pid) as w:
+        w.send(b"ok")
+        w.send(b"fail")
+        answers = w.finish()
+        assert next(answers)[:-8] == b"ko"
+        with pytest.raises(BundleIOError, match="asked to fail"):
+            next(answers)
+    assert children_of_this_process() - before == set()
