@@ -11,8 +11,8 @@ The order, fixed and crash-safe (docs/updater.md explains why each step is where
    With a random-access source, blocks the target already holds are kept
    (resume) and blocks the active slot holds at the same place are copied
    (delta); only the rest is fetched, in coalesced ranges.
-5. fsync, drop the page cache, and check the whole slot again from the medium
-   (in the stream path, each flushed region while the next is written; see readback).
+5. fsync, drop the page cache, and check the whole slot again from the medium:
+   each flushed region while the next is written, then the rest (see readback).
 6. One env write records the root hash and makes the target primary with full tries.
 
 A failure at any step leaves the booted slot and the boot order as they were.
@@ -21,6 +21,7 @@ A failure at any step leaves the booted slot and the boot order as they were.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from collections import deque
@@ -310,25 +311,29 @@ class Installer:
             self._reused = 0
             if delta is None:
                 delta = source.random_access and source.remote
-            if delta and source.random_access:
-                active_dev = self._open_active(active)
-                try:
-                    _DeltaWriter(self, source, part, checker, dev, active_dev).run()
-                finally:
-                    if active_dev is not None:
-                        active_dev.close()
-                self._check_end(source, head)
-                dev.flush()
-                self._report("read-back", 0, image.size, source)
-                readback.read_back(dev, vinfo, image.size)
-            else:
-                reader = self._stream_tree(source, part, checker, dev)
+            active_dev = self._open_active(active) if delta and source.random_access else None
+            try:
+                write_data: Callable[[readback.RegionReadBack], None]
+                if delta and source.random_access:
+                    writer = _DeltaWriter(self, source, part, checker, dev, active_dev)
+                    writer.write_upper()
+                    write_data = writer.write_data
+                else:
+                    reader = self._stream_tree(source, part, checker, dev)
+                    write_data = functools.partial(
+                        self._stream_data, source, reader, part, checker, dev
+                    )
+                # The tree above the leaves is verified now: the read-back child
+                # inherits it and checks each flushed region while the rest is written.
                 with readback.RegionReadBack(dev, checker, vinfo) as back:
-                    self._stream_data(source, reader, part, checker, dev, back=back)
+                    write_data(back)
                     self._check_end(source, head)
                     dev.flush()
                     self._report("read-back", 0, image.size, source)
                     back.finish()
+            finally:
+                if active_dev is not None:
+                    active_dev.close()
             self._report("read-back", image.size, image.size, source)
 
         root = vinfo.root_hash.hex()
@@ -422,14 +427,13 @@ class Installer:
         self._report("tree", vinfo.tree_size, vinfo.tree_size, source)
         return reader
 
-    def _stream_data(
+    def _stream_data(  # noqa: PLR0917 - private, bound with functools.partial
         self,
         source: BundleSource,
         reader: ExactReader,
         part: ImageLayout,
         checker: verity.TreeChecker,
         dev: SlotDevice,
-        *,
         back: readback.RegionReadBack,
     ) -> None:
         """Check each data block before writing it; each flushed region is read back."""
@@ -516,18 +520,27 @@ class _DeltaWriter:
     def leaf_offset(self, j: int) -> int:
         return self.hash_offset + (self.checker.first_leaf + j) * BLOCK
 
-    def run(self) -> None:
+    def write_upper(self) -> None:
+        """Fetch, check and write the superblock and the tree levels above the leaves."""
         upper = self.checker.first_leaf * BLOCK
         blocks = ExactReader(self.source.read(self.part.area_offset, upper))
         for index, block in self.checker.check_upper(
             blocks.take(BLOCK) for _ in range(self.checker.first_leaf)
         ):
             self.dev.pwrite(self.hash_offset + index * BLOCK, block)
+
+    def write_data(self, back: readback.RegionReadBack) -> None:
+        """Keep, copy or fetch every data block (and its leaf block), batch after batch."""
         groups = -(-self.vinfo.data_blocks // GROUP)
         for first in range(0, groups, BATCH_GROUPS):
             self.batch(range(first, min(groups, first + BATCH_GROUPS)))
-            done = min(self.vinfo.data_blocks, (first + BATCH_GROUPS) * GROUP) * BLOCK
-            self.inst._report("data", done, self.part.image.size, self.source)
+            end = min(self.vinfo.data_blocks, (first + BATCH_GROUPS) * GROUP)
+            if self.unflushed >= FLUSH_EVERY:
+                # Batches are written in order: every block before `end` is in place.
+                self.dev.flush()
+                self.unflushed = 0
+                back.flushed(end)
+            self.inst._report("data", end * BLOCK, self.part.image.size, self.source)
 
     def group_span(self, j: int) -> tuple[int, int]:
         first = j * GROUP
@@ -617,6 +630,7 @@ class _DeltaWriter:
                 data = self.active.pread(first * BLOCK, count * BLOCK)
                 self.inst.write_checked(self.dev, self.checker, first, data, expected(first, count))
             self.inst._reused += n * BLOCK
+            self.unflushed += n * BLOCK
         for b0, n in runs(fetch, MERGE_GAP_BLOCKS):
             # One request per run, checked and written a span at a time (flat memory).
             stream = ExactReader(self.source.read(self.part.data_offset + b0 * BLOCK, n * BLOCK))
@@ -625,9 +639,6 @@ class _DeltaWriter:
                 data = stream.take(count * BLOCK)
                 self.inst.write_checked(self.dev, self.checker, first, data, expected(first, count))
             self.unflushed += n * BLOCK
-        if self.unflushed >= FLUSH_EVERY:
-            self.dev.flush()
-            self.unflushed = 0
 
     def _expected(self, groups: range, leaves: dict[int, bytes]) -> Callable[[int, int], bytes]:
         def expected(first: int, count: int) -> bytes:

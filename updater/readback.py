@@ -3,16 +3,15 @@
 A medium can accept a write and store something else (failing flash, a bad
 cable, a lying cache). So once a slot is written and flushed, its page cache is
 dropped and every block is read again and checked against the signed tree
-before the slot may boot. Two ways, the same checks:
+before the slot may boot.
 
-* `read_back`: the whole slot at the end. Worker processes hash the data while
-  this process checks the stored hash area against the root hash.
-* `RegionReadBack`: during a streamed install. Each time the installer has
-  flushed another region of data, a forked child reads that region back and
-  checks it against the stored leaf level (each leaf block checked against the
-  verified level above it), while this process writes the next region; at the
-  end the stored hash area is checked here. The read-back then costs little
-  more than the last region.
+`RegionReadBack` does it while the install goes on: each time the installer has
+flushed another region of data (it writes regions in order, in the stream and
+the delta path alike), a forked child reads that region back and checks it
+against the stored leaf level, each leaf block checked against the verified
+level above it, while this process writes the next region. At the end the
+stored hash area is checked here. The read-back then costs little more than the
+last region, and a failing medium is found early.
 """
 
 from __future__ import annotations
@@ -49,32 +48,6 @@ def _stored_leaves(dev: SlotDevice, vinfo: VerityInfo, hash_offset: int) -> Iter
                 yield block
     except BundleError as e:
         raise DeviceError(f"hash tree on slot {dev.path} does not read back: {e}") from e
-
-
-def read_back(dev: SlotDevice, vinfo: VerityInfo, hash_offset: int) -> None:
-    """Check the whole flushed slot as it reads from the medium, in small, flat memory.
-
-    Raises:
-        DeviceError: a block or the hash area does not match, or reading failed.
-    """
-    dev.drop_cache()
-    stored = _stored_leaves(dev, vinfo, hash_offset)
-    pending = b""
-    try:
-        computed = verity.file_leaf_digests(dev.path, vinfo.salt, vinfo.data_blocks)
-        for n, digests in enumerate(computed):
-            if vinfo.data_blocks == 1:
-                want = vinfo.root_hash
-            else:
-                while len(pending) < len(digests):
-                    pending += next(stored)
-                want, pending = pending[: len(digests)], pending[len(digests) :]
-            if digests != want:
-                raise medium_failed(dev, f"near block {n * verity.CHUNK_BLOCKS}")
-        for _ in stored:  # the rest of the stored leaf level is checked too
-            pass
-    except (OSError, BundleIOError) as e:
-        raise DeviceError(f"reading slot {dev.path} back failed: {e}") from e
 
 
 def _check_region(

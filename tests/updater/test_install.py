@@ -333,8 +333,9 @@ class LyingAboutTheTree(LyingMedium):
         # back by the child while later regions are written.
         (LyingMedium, 64 * 4096, False, r"\(block 100\)"),
         (LyingAboutTheTree, 64 * 4096, False, "hash tree"),
-        # Random-access path: the whole slot is read back at the end.
-        (LyingMedium, 64 << 20, True, "near block 0"),
+        # Random-access (delta) path, one region and several.
+        (LyingMedium, 64 << 20, True, r"\(block 100\)"),
+        (LyingMedium, 64 * 4096, True, r"\(block 100\)"),
         (LyingAboutTheTree, 64 << 20, True, "hash tree"),
     ],
 )
@@ -347,14 +348,25 @@ def test_read_back_catches_a_failing_medium(
     delta: bool,
     reason: str,
 ) -> None:
-    from updater import install
+    from updater import install, readback
 
     monkeypatch.setattr(install, "FLUSH_EVERY", flush_every)
+    monkeypatch.setattr(install, "BATCH_GROUPS", 2)  # delta batches of 256 blocks
+    regions: list[int] = []
+    real = readback.RegionReadBack.flushed
+
+    def flushed(self: readback.RegionReadBack, upto_block: int) -> None:
+        regions.append(upto_block)
+        real(self, upto_block)
+
+    monkeypatch.setattr(readback.RegionReadBack, "flushed", flushed)
     bundle = device.bundle(image_bytes(BLOCKS, seed=11))
     inst = Installer(device.config(), open_slot=medium)
     with FileSource(bundle) as src, pytest.raises(DeviceError, match="does not read back") as e:
         inst.install(src, delta=delta)
     assert re.search(reason, str(e.value)), e.value
+    # With small flushes a region was read back before the end of the data.
+    assert regions and (regions[0] < BLOCKS) == (flush_every < 64 << 20), regions
     env = fw_printenv(device)
     assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
 
