@@ -25,7 +25,8 @@ import functools
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -140,6 +141,30 @@ def runs(indices: Sequence[int], gap: int = 0) -> Iterator[tuple[int, int]]:
             start = i
         prev = i
     yield start, prev - start + 1
+
+
+def prefetched(chunks: Iterable[bytes], pool: ThreadPoolExecutor) -> Iterator[bytes]:
+    """The chunks, with up to PIPELINE_DEPTH of them read ahead in `pool`'s one thread.
+
+    A network source then receives and decrypts (without the GIL) while the
+    caller checks and writes what came before.
+    """
+    it = iter(chunks)
+    pending: deque[Future[bytes | None]] = deque()
+    try:
+        while True:
+            while len(pending) < PIPELINE_DEPTH:
+                pending.append(pool.submit(next, it, None))
+            chunk = pending.popleft().result()
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        for f in pending:
+            f.cancel()
+        futures.wait(pending)
+        if isinstance(it, Generator):
+            it.close()
 
 
 def pack_leaf(digests: bytes) -> bytes:
@@ -512,6 +537,7 @@ class _DeltaWriter:
         self.hash_offset = part.image.size
         self.base = hashlib.sha256(self.vinfo.salt)
         self.unflushed = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="abupdate-fetch")
         # Groups in a row in which the active slot held no wanted block: past
         # COLD_GROUPS, it is only probed every COLD_GROUPS groups (a fresh install of an
         # unrelated image then costs no extra hashing).
@@ -532,15 +558,18 @@ class _DeltaWriter:
     def write_data(self, back: readback.RegionReadBack) -> None:
         """Keep, copy or fetch every data block (and its leaf block), batch after batch."""
         groups = -(-self.vinfo.data_blocks // GROUP)
-        for first in range(0, groups, BATCH_GROUPS):
-            self.batch(range(first, min(groups, first + BATCH_GROUPS)))
-            end = min(self.vinfo.data_blocks, (first + BATCH_GROUPS) * GROUP)
-            if self.unflushed >= FLUSH_EVERY:
-                # Batches are written in order: every block before `end` is in place.
-                self.dev.flush()
-                self.unflushed = 0
-                back.flushed(end)
-            self.inst._report("data", end * BLOCK, self.part.image.size, self.source)
+        try:
+            for first in range(0, groups, BATCH_GROUPS):
+                self.batch(range(first, min(groups, first + BATCH_GROUPS)))
+                end = min(self.vinfo.data_blocks, (first + BATCH_GROUPS) * GROUP)
+                if self.unflushed >= FLUSH_EVERY:
+                    # Batches are written in order: every block before `end` is in place.
+                    self.dev.flush()
+                    self.unflushed = 0
+                    back.flushed(end)
+                self.inst._report("data", end * BLOCK, self.part.image.size, self.source)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def group_span(self, j: int) -> tuple[int, int]:
         first = j * GROUP
@@ -633,7 +662,8 @@ class _DeltaWriter:
             self.unflushed += n * BLOCK
         for b0, n in runs(fetch, MERGE_GAP_BLOCKS):
             # One request per run, checked and written a span at a time (flat memory).
-            stream = ExactReader(self.source.read(self.part.data_offset + b0 * BLOCK, n * BLOCK))
+            chunks = self.source.read(self.part.data_offset + b0 * BLOCK, n * BLOCK)
+            stream = ExactReader(prefetched(chunks, self.pool))
             for first in range(b0, b0 + n, SPAN_BLOCKS):
                 count = min(SPAN_BLOCKS, b0 + n - first)
                 data = stream.take(count * BLOCK)

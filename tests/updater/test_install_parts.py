@@ -1,15 +1,19 @@
-"""Pure pieces of the installer: exact-size reads from a stream, coalesced runs."""
+"""Pieces of the installer: exact-size reads from a stream, coalesced runs, read-ahead."""
 
 from __future__ import annotations
 
 import itertools
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bundle_tool.errors import BundleError
-from updater.install import ExactReader, runs
+from updater.errors import TransportError
+from updater.install import ExactReader, prefetched, runs
 
 
 @given(
@@ -42,3 +46,41 @@ def test_runs_cover_every_index_once_and_bridge_small_gaps(indices: list[int], g
     for (a, n), (b, _) in itertools.pairwise(spans):
         assert b - (a + n) > gap  # runs closer than the gap would have been merged
     assert not set(covered) - set(indices) or gap > 0
+
+
+def test_prefetched_reads_ahead_in_its_thread_and_keeps_the_order() -> None:
+    threads: list[str] = []
+
+    def chunks() -> Iterator[bytes]:
+        for n in range(20):
+            threads.append(threading.current_thread().name)
+            yield bytes([n]) * (n + 1)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="fetch") as pool:
+        assert list(prefetched(chunks(), pool)) == [bytes([n]) * (n + 1) for n in range(20)]
+    assert len(threads) == 20 and all(t.startswith("fetch") for t in threads)
+
+
+def test_prefetched_carries_an_error_and_closes_the_source_when_stopped() -> None:
+    closed = threading.Event()
+
+    def failing() -> Iterator[bytes]:
+        yield b"a"
+        raise TransportError("connection reset")
+
+    def endless() -> Iterator[bytes]:
+        try:
+            while True:
+                yield b"x"
+        finally:
+            closed.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        got = prefetched(failing(), pool)
+        assert next(got) == b"a"
+        with pytest.raises(TransportError, match="connection reset"):
+            next(got)
+        stream = prefetched(endless(), pool)
+        assert next(stream) == b"x"
+        stream.close()  # waits for the reads in flight, then closes the source
+        assert closed.is_set()
