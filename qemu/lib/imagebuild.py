@@ -10,6 +10,7 @@ with `sfdisk` on a file and `dd conv=notrunc`. Every step's output is cached und
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gzip
 import hashlib
 import json
@@ -455,7 +456,12 @@ def our_sources_key() -> str:
 
 
 def build_our_wheel() -> Path:
-    """Wheel of this repository's packages (`pip wheel --no-deps .`), cached."""
+    """Wheel of this repository's packages (`pip wheel --no-deps .`), cached.
+
+    pip builds in the source tree (setuptools' build/ and *.egg-info), so two
+    builds at once (the arm64 and amd64 images made in parallel) would collide:
+    a lock shared by all architectures lets one build and the other reuse it.
+    """
 
     def make(out: Path) -> None:
         log("building the abupdate wheel")
@@ -472,7 +478,10 @@ def build_our_wheel() -> Path:
             capture_output=True,
         )
 
-    return cached_dir(BUILD / f"wheel-{our_sources_key()}", make)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / ".lock-wheel", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return cached_dir(BUILD / f"wheel-{our_sources_key()}", make)
 
 
 # ---------------------------------------------------------------------------------------
@@ -946,7 +955,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         info = build(a.arch, out, opts, a.refresh, a.rootfs_only)
-    except (subprocess.CalledProcessError, aptroot.AptError, RuntimeError) as e:
+    except subprocess.CalledProcessError as e:
+        log(f"error: {e}")
+        for output in (e.stdout, e.stderr):
+            if output:
+                sys.stderr.write(output if isinstance(output, str) else output.decode())
+        return 1
+    except (aptroot.AptError, RuntimeError) as e:
         log(f"error: {e}")
         return 1
     log(f"{a.arch}: done in {info['seconds']} s -> {out}")
