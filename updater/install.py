@@ -106,6 +106,11 @@ class ExactReader:
         self._head = memoryview(b"")  # unread part of the current chunk
 
     def take(self, n: int) -> bytes:
+        while n and not self._head:  # start on the next chunk: it may be taken whole
+            chunk = next(self._it, None)
+            if chunk is None:
+                raise BundleError("bundle ends early")
+            self._head = memoryview(chunk)
         if len(self._head) >= n:
             if (
                 n == len(self._head)
@@ -639,6 +644,9 @@ class _DeltaWriter:
             first, count = self.group_span(j)
             want = leaves[j]
             t, a = on_target[j], on_active[j]
+            if t is None and a is None:  # nothing to reuse (a fresh install): fetch it all
+                fetch.extend(range(first, first + count))
+                continue
             copies = len(copy)
             for i in range(count):
                 d = want[i * verity.DIGEST_SIZE : (i + 1) * verity.DIGEST_SIZE]
@@ -673,9 +681,12 @@ class _DeltaWriter:
     def _expected(self, groups: range, leaves: dict[int, bytes]) -> Callable[[int, int], bytes]:
         def expected(first: int, count: int) -> bytes:
             out = bytearray()
-            for b in range(first, first + count):
-                j, i = divmod(b, GROUP)
-                out += leaves[j][i * verity.DIGEST_SIZE : (i + 1) * verity.DIGEST_SIZE]
+            block, end = first, first + count
+            while block < end:  # one slice per leaf group the span touches
+                j, i = divmod(block, GROUP)
+                n = min(end - block, GROUP - i)
+                out += leaves[j][i * verity.DIGEST_SIZE : (i + n) * verity.DIGEST_SIZE]
+                block += n
             return bytes(out)
 
         return expected
