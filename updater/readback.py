@@ -90,9 +90,12 @@ class RegionReadBack:
         self.vinfo = vinfo
         self.hash_offset = vinfo.data_blocks * BLOCK
         self.sent = 0  # data blocks handed to the child so far
-        self._worker = forked.Worker(
-            functools.partial(_check_region, dev.path, checker, self.hash_offset)
-        )
+        try:
+            self._worker = forked.Worker(
+                functools.partial(_check_region, dev.path, checker, self.hash_offset)
+            )
+        except OSError as e:
+            raise DeviceError(f"cannot start the read-back process: {e.strerror}") from e
 
     def flushed(self, upto_block: int) -> None:
         """Data blocks below `upto_block` (and the hash area) are flushed: check them.

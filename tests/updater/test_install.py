@@ -417,3 +417,20 @@ def test_delta_stops_hashing_an_unrelated_active_slot(
     # 32 groups are probed before the active slot counts as cold, then one in 32.
     assert probes == [*range(32), 32, 64]
     assert_installed(dev)
+
+
+def test_no_read_back_process_is_a_device_error(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=13))
+    with pytest.raises(DeviceError, match="cannot start the read-back process"):
+        install_file(device, bundle)
+    env = fw_printenv(device)
+    assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
