@@ -148,7 +148,7 @@ def runs(indices: Sequence[int], gap: int = 0) -> Iterator[tuple[int, int]]:
     yield start, prev - start + 1
 
 
-def prefetched(chunks: Iterable[bytes], pool: ThreadPoolExecutor) -> Iterator[bytes]:
+def prefetched(chunks: Iterable[bytes], pool: ThreadPoolExecutor) -> Generator[bytes, None, None]:
     """The chunks, with up to PIPELINE_DEPTH of them read ahead in `pool`'s one thread.
 
     A network source then receives and decrypts (without the GIL) while the
@@ -670,12 +670,17 @@ class _DeltaWriter:
             self.unflushed += n * BLOCK
         for b0, n in runs(fetch, MERGE_GAP_BLOCKS):
             # One request per run, checked and written a span at a time (flat memory).
+            # Closed before the next request: the read-ahead thread is done with
+            # this answer (and its connection is back in the pool) when this one starts.
             chunks = self.source.read(self.part.data_offset + b0 * BLOCK, n * BLOCK)
-            stream = ExactReader(prefetched(chunks, self.pool))
-            for first in range(b0, b0 + n, SPAN_BLOCKS):
-                count = min(SPAN_BLOCKS, b0 + n - first)
-                data = stream.take(count * BLOCK)
-                self.inst.write_checked(self.dev, self.checker, first, data, expected(first, count))
+            with contextlib.closing(prefetched(chunks, self.pool)) as ahead:
+                stream = ExactReader(ahead)
+                for first in range(b0, b0 + n, SPAN_BLOCKS):
+                    count = min(SPAN_BLOCKS, b0 + n - first)
+                    data = stream.take(count * BLOCK)
+                    self.inst.write_checked(
+                        self.dev, self.checker, first, data, expected(first, count)
+                    )
             self.unflushed += n * BLOCK
 
     def _expected(self, groups: range, leaves: dict[int, bytes]) -> Callable[[int, int], bytes]:
