@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
 from cryptography.x509.verification import (
     Criticality,
@@ -441,8 +443,16 @@ def _parse_der(der: bytes, number: int, what: str) -> x509.Certificate:
 
 
 def _parse_certificate(der: bytes) -> x509.Certificate:
-    cert = x509.load_der_x509_certificate(der)
-    _touch(cert)
+    # cryptography only warns, for now, about some encodings RFC 5280 forbids (such
+    # as a serial number that is not positive); a bundle's certificates must not have
+    # them, and a warning printed in the middle of an install helps nobody.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            _touch(cert)
+        except CryptographyDeprecationWarning as exc:
+            raise ValueError(str(exc)) from exc
     return cert
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import hashlib
 import stat
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -265,6 +266,20 @@ def test_any_flipped_byte_in_an_entry_is_refused(
         tampered = replace(entry, **{field: bytes(data)})
     with pytest.raises((TrustError, BundleError)):
         verify_signatures(PAYLOAD, [tampered], ring, at=NOW)
+
+
+def test_a_certificate_with_a_negative_serial_is_refused_without_a_warning() -> None:
+    """RFC 5280 wants serial numbers positive; cryptography only warns about it (for now)."""
+    entry, ring = chained_entry("ed25519")
+    der = bytearray(entry.certificate)
+    at = der.index(b"\xa0\x03\x02\x01\x02\x02") + 6  # the serial, after the version
+    assert 0 < der[at] < 0x80  # its length
+    der[at + 1] = 0x80  # the first byte of the serial: the number is now negative
+    tampered = replace(entry, certificate=bytes(der))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail this test
+        with pytest.raises(BundleError, match="not a valid DER certificate"):
+            verify_signatures(PAYLOAD, [tampered], ring, at=NOW)
 
 
 @settings(max_examples=300, deadline=None)
