@@ -376,13 +376,14 @@ def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.Monk
     from updater import install, readback
 
     monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
+    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)  # a flush every 64 blocks
     flushes: list[int] = []
     real = readback.RegionReadBack.flushed
 
     def flushed(self: readback.RegionReadBack, upto_block: int) -> None:
         flushes.append(upto_block)
-        if len(flushes) > 1:
-            time.sleep(0.5)  # give the child time to answer for the earlier regions
+        if upto_block > 128:
+            time.sleep(0.2)  # give the child time to answer for the earlier regions
         real(self, upto_block)
 
     monkeypatch.setattr(readback.RegionReadBack, "flushed", flushed)
@@ -390,9 +391,9 @@ def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.Monk
     inst = Installer(device.config(), open_slot=LyingMedium)
     with FileSource(bundle) as src, pytest.raises(DeviceError, match=r"\(block 100\)"):
         inst.install(src)
-    # Spans of 256 blocks, each flushed: block 100 is in the first region, whose
-    # answer came back while later spans were written, before the end (block 700).
-    assert flushes[-1] < BLOCKS
+    # Block 100 is in the region flushed at block 128; its answer came back while
+    # later regions were written, before the end (block 700).
+    assert flushes[0] == 64 and flushes[-1] < BLOCKS, flushes
 
 
 def test_delta_stops_hashing_an_unrelated_active_slot(
