@@ -17,6 +17,7 @@ that many bytes: the request or result (status 0) or an error message (status 1)
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import signal
@@ -61,17 +62,33 @@ def _answer(fn: Callable[[T], bytes], item: T, out: BinaryIO) -> bool:
     return True
 
 
-def _child(fn: Callable[[T], bytes], items: Sequence[T], out: BinaryIO) -> int:
+def _fork(body: Callable[[], int], close: Sequence[int]) -> int:
+    """Fork, and return the child's pid.
+
+    The child closes `close` (the parent's ends of its pipes), runs `body`, and
+    leaves with its status (2 if it raised): it never returns into the parent's code.
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which leaves by _exit
+        code = 2
+        try:
+            for fd in close:
+                os.close(fd)
+            code = body()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _child(fn: Callable[[T], bytes], items: Sequence[T], out_fd: int) -> int:
     """Body of an `ordered_map` process: run `fn` over `items`, one record each."""
-    try:
+    with os.fdopen(out_fd, "wb") as out:
         return 0 if all(_answer(fn, item, out) for item in items) else 1
-    except BaseException:  # a child must never return into the parent's code
-        return 2
 
 
-def _serve(fn: Callable[[bytes], bytes], requests: BinaryIO, out: BinaryIO) -> int:
+def _serve(fn: Callable[[bytes], bytes], requests_fd: int, out_fd: int) -> int:
     """Body of a `Worker` process: answer each request until the parent stops sending."""
-    try:
+    with os.fdopen(requests_fd, "rb") as requests, os.fdopen(out_fd, "wb") as out:
         while True:
             head = _read_exact(requests, 1 + _LENGTH)
             if len(head) < 1 + _LENGTH:
@@ -79,8 +96,6 @@ def _serve(fn: Callable[[bytes], bytes], requests: BinaryIO, out: BinaryIO) -> i
             request = _read_exact(requests, int.from_bytes(head[1:], "little"))
             if not _answer(fn, request, out):
                 return 1
-    except BaseException:  # a child must never return into the parent's code
-        return 2
 
 
 def _receive(pipe: BinaryIO) -> bytes:
@@ -112,17 +127,10 @@ def ordered_map(fn: Callable[[T], bytes], items: Sequence[T], workers: int) -> I
     try:
         for k in range(workers):
             r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - runs in the child, which leaves by _exit
-                code = 2
-                try:
-                    os.close(r)
-                    for p in pipes:
-                        p.close()
-                    with os.fdopen(w, "wb") as out:
-                        code = _child(fn, items[k::workers], out)
-                finally:
-                    os._exit(code)
+            pid = _fork(
+                functools.partial(_child, fn, items[k::workers], w),
+                close=[r, *(p.fileno() for p in pipes)],
+            )
             os.close(w)
             pids.append(pid)
             pipes.append(os.fdopen(r, "rb"))
@@ -149,16 +157,7 @@ class Worker:
     def __init__(self, fn: Callable[[bytes], bytes]) -> None:
         req_r, req_w = os.pipe()
         ans_r, ans_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which leaves by _exit
-            code = 2
-            try:
-                os.close(req_w)
-                os.close(ans_r)
-                with os.fdopen(req_r, "rb") as requests, os.fdopen(ans_w, "wb") as out:
-                    code = _serve(fn, requests, out)
-            finally:
-                os._exit(code)
+        pid = _fork(functools.partial(_serve, fn, req_r, ans_w), close=[req_w, ans_r])
         os.close(req_r)
         os.close(ans_w)
         self._pid = pid
