@@ -172,6 +172,16 @@ def prefetched(chunks: Iterable[bytes], pool: ThreadPoolExecutor) -> Generator[b
             it.close()
 
 
+def group_pieces(first: int, count: int) -> Iterator[tuple[int, int, int]]:
+    """Split blocks [first, first + count) at leaf-group bounds: (group, index in it, count)."""
+    block, end = first, first + count
+    while block < end:
+        j, i = divmod(block, GROUP)
+        n = min(end - block, GROUP - i)
+        yield j, i, n
+        block += n
+
+
 def pack_leaf(digests: bytes) -> bytes:
     """A leaf-level hash block from the digests of up to 128 data blocks."""
     return digests.ljust(BLOCK, b"\x00")
@@ -580,15 +590,19 @@ class _DeltaWriter:
         first = j * GROUP
         return first, min(GROUP, self.vinfo.data_blocks - first)
 
-    def digests(self, dev: SlotDevice | None, j: int) -> bytes | None:
-        """Digests (with the new salt) of group j's blocks as they are on `dev`."""
+    def read_group(self, dev: SlotDevice | None, j: int) -> tuple[bytes, bytes] | None:
+        """Group j's blocks as they are on `dev`, and their digests (with the new salt).
+
+        A block whose digest matches its leaf entry may be written from these very
+        bytes: they are what was checked.
+        """
         if dev is None:
             return None
         first, count = self.group_span(j)
         data = dev.pread(first * BLOCK, count * BLOCK)
         if len(data) < count * BLOCK:
             return None  # a plain file that ends before this group holds none of it
-        return verity.digest_blocks(self.vinfo.salt, data)
+        return data, verity.digest_blocks(self.vinfo.salt, data)
 
     def leaf_ok(self, j: int, block: bytes) -> bool:
         try:
@@ -602,15 +616,16 @@ class _DeltaWriter:
         leaves: dict[int, bytes] = {}
         on_target: dict[int, bytes | None] = {}
         on_active: dict[int, bytes | None] = {}
+        active_data: dict[int, bytes] = {}  # the probed blocks, to copy without reading again
         for j in groups:
             first, count = self.group_span(j)
             if not has_leaves:
                 # One data block: its digest is the root hash itself.
                 leaves[j] = pack_leaf(self.vinfo.root_hash)
-                on_target[j] = self.digests(self.dev, j)
+                on_target[j] = _digests_of(self.read_group(self.dev, j))
             elif self.leaf_ok(j, stored := self.dev.pread(self.leaf_offset(j), BLOCK)):
                 leaves[j] = stored
-                on_target[j] = self.digests(self.dev, j)
+                on_target[j] = _digests_of(self.read_group(self.dev, j))
             else:
                 # Without a valid leaf on the target, an interrupted earlier install
                 # never reached this group's data: do not bother hashing the target.
@@ -619,7 +634,10 @@ class _DeltaWriter:
                 on_active[j] = None  # the target already holds the whole group
                 continue
             probe = self.cold < COLD_GROUPS or j % COLD_GROUPS == 0
-            on_active[j] = self.digests(self.active, j) if probe else None
+            group = self.read_group(self.active, j) if probe else None
+            on_active[j] = _digests_of(group)
+            if group is not None:
+                active_data[j] = group[0]
             if j not in leaves and on_active[j] is not None:
                 candidate = pack_leaf(on_active[j] or b"")
                 if self.leaf_ok(j, candidate):
@@ -659,15 +677,14 @@ class _DeltaWriter:
                     fetch.append(first + i)
             if a is not None:
                 self.cold = 0 if len(copy) > copies else self.cold + 1
-        expected = self._expected(groups, leaves)
         for b0, n in runs(copy):
-            assert self.active is not None
-            for first in range(b0, b0 + n, SPAN_BLOCKS):
-                count = min(SPAN_BLOCKS, b0 + n - first)
-                data = self.active.pread(first * BLOCK, count * BLOCK)
-                self.inst.write_checked(self.dev, self.checker, first, data, expected(first, count))
+            # Written from the bytes whose digests matched their leaf entries above.
+            for j, i, count in group_pieces(b0, n):
+                piece = memoryview(active_data[j])[i * BLOCK : (i + count) * BLOCK]
+                self.dev.pwrite((j * GROUP + i) * BLOCK, piece)
             self.inst._reused += n * BLOCK
             self.unflushed += n * BLOCK
+        expected = self._expected(groups, leaves)
         for b0, n in runs(fetch, MERGE_GAP_BLOCKS):
             # One request per run, checked and written a span at a time (flat memory).
             # Closed before the next request: the read-ahead thread is done with
@@ -685,16 +702,16 @@ class _DeltaWriter:
 
     def _expected(self, groups: range, leaves: dict[int, bytes]) -> Callable[[int, int], bytes]:
         def expected(first: int, count: int) -> bytes:
-            out = bytearray()
-            block, end = first, first + count
-            while block < end:  # one slice per leaf group the span touches
-                j, i = divmod(block, GROUP)
-                n = min(end - block, GROUP - i)
-                out += leaves[j][i * verity.DIGEST_SIZE : (i + n) * verity.DIGEST_SIZE]
-                block += n
-            return bytes(out)
+            return b"".join(
+                leaves[j][i * verity.DIGEST_SIZE : (i + n) * verity.DIGEST_SIZE]
+                for j, i, n in group_pieces(first, count)
+            )
 
         return expected
+
+
+def _digests_of(group: tuple[bytes, bytes] | None) -> bytes | None:
+    return None if group is None else group[1]
 
 
 def _open_control(config: DeviceConfig) -> SlotControl:

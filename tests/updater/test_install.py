@@ -404,14 +404,14 @@ def test_delta_stops_hashing_an_unrelated_active_slot(
     blocks = 128 * 96  # 96 leaf groups
     dev = make_device(tmp_path / "dev", pki, image_bytes(blocks, seed=1))
     probes: list[int] = []
-    real = install._DeltaWriter.digests
+    real = install._DeltaWriter.read_group
 
-    def counting(self: install._DeltaWriter, slot: object, j: int) -> bytes | None:
+    def counting(self: install._DeltaWriter, slot: object, j: int) -> tuple[bytes, bytes] | None:
         if slot is not None and slot is self.active:
             probes.append(j)
         return real(self, slot, j)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(install._DeltaWriter, "digests", counting)
+    monkeypatch.setattr(install._DeltaWriter, "read_group", counting)
     unrelated = dev.bundle(image_bytes(blocks, seed=2), "unrelated.bundle")
     result = install_file(dev, unrelated, delta=True)
     assert result.bytes_reused == 0  # type: ignore[attr-defined]
