@@ -11,14 +11,17 @@ variables (`HTTPS_PROXY`, `NO_PROXY`) are honoured through `requests`.
 
 from __future__ import annotations
 
+import functools
 import http.client
+import itertools
 import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import requests
@@ -26,6 +29,7 @@ import urllib3.exceptions
 
 from bundle_tool.errors import BundleError
 
+from . import byteranges
 from .errors import TransportError, UsageError
 from .source import BundleSource
 
@@ -33,6 +37,7 @@ from .source import BundleSource
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+MAX_RANGES = 64  # byte ranges asked for in one request (a Range header of about 2 KiB)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class HttpSettings:
 
 class _Retry(Exception):
     """A failure that another attempt may overcome (dropped connection, timeout, 503)."""
+
+
+class _NotAsked(Exception):
+    """A multi-range answer that is not the parts asked for, in order."""
 
 
 def _tls_reason(exc: BaseException) -> str:
@@ -169,6 +178,10 @@ class HttpSource(BundleSource):
         self._session.headers["Accept-Encoding"] = "identity"
         self._size: int | None = None
         self._etag: str | None = None
+        # None until a multi-range request was answered; False once one was not
+        # answered part by part (from then on every range is asked for alone).
+        self._multirange: bool | None = None
+        self.merge_gap = 0  # while a gap costs a part header, not a request
         self.retry_count = 0
         """Retries made so far (after drops, timeouts or busy answers)."""
         self.request_count = 0
@@ -241,7 +254,7 @@ class HttpSource(BundleSource):
             try:
                 self._check_range_answer(resp, pos, end)
                 reusable = resp.headers.get("Content-Length") == str(end - pos)
-                for chunk in self._body(resp, pos, end):
+                for chunk in self._body(functools.partial(self._recv, resp.raw), pos, end):
                     pos += len(chunk)
                     failures = 0
                     yield chunk
@@ -256,6 +269,90 @@ class HttpSource(BundleSource):
                 else:
                     # Unread bytes stay on the wire: drop the connection, never read them.
                     resp.close()
+
+    def read_spans(self, spans: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+        """Yield the bytes of each (offset, length) span in turn, up to MAX_RANGES per request.
+
+        The ranges are asked for together; the server answers with a
+        `multipart/byteranges` body. A server that answers otherwise (the whole
+        file, one range, parts other than those asked for) is asked for one
+        range at a time from then on (`read`). A dropped connection resumes
+        from the byte reached, as in `read`.
+
+        Raises:
+            BundleError, TransportError: as `read`.
+        """
+        todo = deque((offset, length) for offset, length in spans if length)
+        if any(offset < 0 or length < 0 for offset, length in todo):
+            raise ValueError(f"invalid ranges: {list(spans)}")
+        failures = 0
+        while todo:
+            if len(todo) == 1 or self._multirange is False:
+                while todo:
+                    yield from self.read(*todo.popleft())
+                return
+            batch = list(itertools.islice(todo, MAX_RANGES))
+            ranges = ",".join(f"{offset}-{offset + length - 1}" for offset, length in batch)
+            try:
+                resp = self._send("GET", {"Range": f"bytes={ranges}"}, todo[0][0])
+            except _Retry as e:
+                failures += 1
+                self._back_off(failures, str(e), todo[0][0])
+                continue
+            try:
+                for chunk in self._multipart(resp, todo, len(batch)):
+                    failures = 0
+                    yield chunk
+            except (_NotAsked, byteranges.MalformedParts):
+                self._multirange = False
+                self.merge_gap = BundleSource.merge_gap
+            except _Retry as e:
+                failures += 1
+                self._back_off(failures, str(e), todo[0][0])
+
+    def _multipart(
+        self, resp: requests.Response, todo: deque[tuple[int, int]], count: int
+    ) -> Iterator[bytes]:
+        """Yield the answer to a request for the first `count` spans of `todo`.
+
+        Each span is taken off `todo` as its bytes are yielded, so that a retry
+        asks for what is still missing. Raises _NotAsked or MalformedParts for an
+        answer that is not those parts in order (nothing more of it is read).
+        """
+        at = todo[0][0]  # where the bytes being received belong, for messages
+        received = 0
+
+        def recv(n: int) -> bytes:
+            nonlocal received
+            data = self._recv(resp.raw, n, at)
+            received += len(data)
+            return data
+
+        done = False
+        try:
+            boundary = self._multipart_boundary(resp, todo[count - 1][0] + todo[count - 1][1])
+            if boundary is None:
+                raise _NotAsked
+            parts = byteranges.Parts(recv, boundary)
+            for _ in range(count):
+                offset, length = todo[0]
+                self._expect_part(parts.next_part(), offset, length)
+                for chunk in self._body(lambda n, _at: parts.read(n), offset, offset + length):
+                    offset += len(chunk)
+                    length -= len(chunk)
+                    at = offset
+                    todo[0] = (offset, length)
+                    yield chunk
+                todo.popleft()
+            if parts.next_part() is not None:
+                raise _NotAsked
+            self._multirange = True
+            done = not parts.buffered and resp.headers.get("Content-Length") == str(received)
+        finally:
+            if done:
+                resp.raw.release_conn()
+            else:
+                resp.close()  # never read what is left of the answer
 
     def __enter__(self) -> Self:
         return self
@@ -366,12 +463,7 @@ class HttpSource(BundleSource):
             raise TransportError(
                 f"{self._where} answered {resp.status_code} {resp.reason} to a request for {asked}"
             )
-        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding != "identity":
-            raise TransportError(
-                f"{self._where} sent {asked} with Content-Encoding {encoding}; "
-                "serve bundles without compression"
-            )
+        self._check_encoding(resp, asked)
         header = resp.headers.get("Content-Range", "")
         m = _CONTENT_RANGE.fullmatch(header.strip())
         if m is None:
@@ -382,12 +474,7 @@ class HttpSource(BundleSource):
         first, last = int(m.group(1)), int(m.group(2))
         if m.group(3) != "*":
             total = int(m.group(3))
-            if self._size is not None and total != self._size:
-                raise TransportError(
-                    f"the bundle at {self._where} changed size during the download "
-                    f"({self._size} bytes, then {total})"
-                )
-            self._size = total
+            self._check_total(total)
             if first == pos and last == total - 1 and total < end:
                 raise BundleError(
                     f"bundle ends early: {self._where} has {total} bytes, {end} needed"
@@ -399,35 +486,81 @@ class HttpSource(BundleSource):
             )
         self._check_etag(resp)
 
-    def _body(self, resp: requests.Response, pos: int, end: int) -> Iterator[bytes]:
-        """Yield the body of a range answer, never reading past `end`.
+    def _check_encoding(self, resp: requests.Response, asked: str) -> None:
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise TransportError(
+                f"{self._where} sent {asked} with Content-Encoding {encoding}; "
+                "serve bundles without compression"
+            )
 
-        Bytes received before a failure are yielded first, then `_Retry` is
-        raised so the caller resumes from the byte reached.
+    def _check_total(self, total: int) -> None:
+        """Note the bundle's size from a Content-Range; refuse a change during the download."""
+        if self._size is not None and total != self._size:
+            raise TransportError(
+                f"the bundle at {self._where} changed size during the download "
+                f"({self._size} bytes, then {total})"
+            )
+        self._size = total
+
+    def _multipart_boundary(self, resp: requests.Response, end: int) -> str | None:
+        """The boundary of a multi-range answer; None for any other successful answer."""
+        self._check_status(resp, 0, end)
+        if resp.status_code != 206:
+            return None  # the whole file (200): not a byte of it is read
+        self._check_encoding(resp, "the ranges asked for")
+        boundary = byteranges.boundary_of(resp.headers.get("Content-Type", ""))
+        if boundary is not None:
+            self._check_etag(resp)
+        return boundary
+
+    def _expect_part(self, part: tuple[int, int, int | None] | None, pos: int, length: int) -> None:
+        """Accept the next part only if it is the range asked for next."""
+        if part is None or part[:2] != (pos, length):
+            raise _NotAsked
+        total = part[2]
+        if total is not None:
+            self._check_total(total)
+
+    def _recv(self, raw: Any, n: int, pos: int) -> bytes:
+        """Up to n bytes of an answer's body, at least one; _Retry when the connection broke.
+
+        read1 returns what one socket read delivered, so a trickling server
+        cannot hold us past the deadline inside one call.
         """
-        raw = resp.raw
+        try:
+            data: bytes = raw.read1(n, decode_content=False)
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+            raise _Retry(f"connection broken at byte {pos}: {e}") from e
+        if not data:
+            raise _Retry(f"connection closed at byte {pos}")
+        self.bytes_fetched += len(data)
+        self._time_left(pos)
+        return data
+
+    def _body(self, read: Callable[[int, int], bytes], pos: int, end: int) -> Iterator[bytes]:
+        """Yield bytes pos..end-1 of an answer, never reading past `end`.
+
+        `read(n, at)` returns up to n bytes (at least one) of the body, `at`
+        being the bundle offset they start at. Bytes received before a failure
+        are yielded first, then `_Retry` is raised so the caller resumes from
+        the byte reached.
+        """
         while pos < end:
             want = min(self.CHUNK, end - pos)
             parts: list[bytes] = []
             got = 0
-            failure: str | None = None
+            failure: _Retry | None = None
             while got < want:
-                # read1 returns what one socket read delivered, so a trickling
-                # server cannot hold us past the deadline inside one call.
                 try:
-                    data = raw.read1(want - got, decode_content=False)
-                except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
-                    failure = f"connection broken at byte {pos + got}: {e}"
-                    break
-                if not data:
-                    failure = f"connection closed at byte {pos + got}"
+                    data = read(want - got, pos + got)
+                except _Retry as e:
+                    failure = e
                     break
                 parts.append(data)
                 got += len(data)
-                self.bytes_fetched += len(data)
-                self._time_left(pos + got)
             if got:
                 pos += got
                 yield b"".join(parts)
             if failure is not None:
-                raise _Retry(failure)
+                raise failure

@@ -54,7 +54,6 @@ BLOCK = verity.BLOCK_SIZE
 SPAN_BLOCKS = 256  # blocks checked and written per step in the stream path (1 MiB)
 GROUP = verity.HASHES_PER_BLOCK  # data blocks covered by one leaf block
 BATCH_GROUPS = 16  # leaf groups planned together in the delta path (8 MiB of data)
-MERGE_GAP_BLOCKS = 8  # fetch a gap this small rather than start another range
 COLD_GROUPS = 32  # see _DeltaWriter.cold
 FLUSH_EVERY = 64 << 20  # make progress durable this often, so a power cut resumes
 PIPELINE_DEPTH = 4  # spans read ahead of, and written behind, the one being checked
@@ -133,6 +132,14 @@ class ExactReader:
             self._head = view[n - have :]
             have += len(parts[-1])
         return b"".join(parts)
+
+    def finish(self) -> None:
+        """Read the stream to its end and refuse bytes beyond those taken.
+
+        A source finishes its answers there (and can keep its connection).
+        """
+        if self._head or any(self._it):
+            raise BundleError("the source gave more bytes than were asked for")
 
 
 def runs(indices: Sequence[int], gap: int = 0) -> Iterator[tuple[int, int]]:
@@ -644,18 +651,16 @@ class _DeltaWriter:
                     leaves[j] = candidate
                     self.dev.pwrite(self.leaf_offset(j), candidate)
         missing = [j for j in groups if j not in leaves]
-        for j0, n in runs(missing):
-            fetched = ExactReader(
-                self.source.read(
-                    self.part.area_offset + (self.checker.first_leaf + j0) * BLOCK, n * BLOCK
-                )
-            )
-            for j in range(j0, j0 + n):
-                block = fetched.take(BLOCK)
-                if j in missing:
-                    self.checker.check_leaf(j, block)
-                    self.dev.pwrite(self.leaf_offset(j), block)
-                    leaves[j] = block
+        leaf_area = self.part.area_offset + self.checker.first_leaf * BLOCK
+        fetched = ExactReader(
+            self.source.read_spans([(leaf_area + j0 * BLOCK, n * BLOCK) for j0, n in runs(missing)])
+        )
+        for j in missing:
+            block = fetched.take(BLOCK)
+            self.checker.check_leaf(j, block)
+            self.dev.pwrite(self.leaf_offset(j), block)
+            leaves[j] = block
+        fetched.finish()
         fetch: list[int] = []
         copy: list[int] = []
         for j in groups:
@@ -685,20 +690,22 @@ class _DeltaWriter:
             self.inst._reused += n * BLOCK
             self.unflushed += n * BLOCK
         expected = self._expected(groups, leaves)
-        for b0, n in runs(fetch, MERGE_GAP_BLOCKS):
-            # One request per run, checked and written a span at a time (flat memory).
-            # Closed before the next request: the read-ahead thread is done with
-            # this answer (and its connection is back in the pool) when this one starts.
-            chunks = self.source.read(self.part.data_offset + b0 * BLOCK, n * BLOCK)
-            with contextlib.closing(prefetched(chunks, self.pool)) as ahead:
-                stream = ExactReader(ahead)
+        wanted = list(runs(fetch, self.source.merge_gap // BLOCK))
+        spans = [(self.part.data_offset + b0 * BLOCK, n * BLOCK) for b0, n in wanted]
+        # Fetched together (as few requests as the source allows), checked and written
+        # a span at a time (flat memory). Closed before the next batch: the read-ahead
+        # thread is done with these answers when the next batch's requests start.
+        with contextlib.closing(prefetched(self.source.read_spans(spans), self.pool)) as ahead:
+            stream = ExactReader(ahead)
+            for b0, n in wanted:
                 for first in range(b0, b0 + n, SPAN_BLOCKS):
                     count = min(SPAN_BLOCKS, b0 + n - first)
                     data = stream.take(count * BLOCK)
                     self.inst.write_checked(
                         self.dev, self.checker, first, data, expected(first, count)
                     )
-            self.unflushed += n * BLOCK
+                self.unflushed += n * BLOCK
+            stream.finish()
 
     def _expected(self, groups: range, leaves: dict[int, bytes]) -> Callable[[int, int], bytes]:
         def expected(first: int, count: int) -> bytes:

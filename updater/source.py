@@ -6,7 +6,7 @@ Concrete sources (local file, standard input, HTTPS) live in their own modules.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 
 class BundleSource(ABC):
@@ -22,6 +22,9 @@ class BundleSource(ABC):
     * Sources with `random_access = False` (standard input) accept only
       offsets at or after the end of the previous read; skipped bytes are read
       and discarded.
+    * `read_spans(spans)` yields the bytes of several (offset, length) spans
+      one after the other, as if `read` were called for each; a source may
+      fetch them together (one HTTP request for many ranges).
     * `bytes_fetched` counts the bytes actually transferred from the medium or
       network, so the installer can report how much a delta install saved.
     """
@@ -30,6 +33,9 @@ class BundleSource(ABC):
     random_access: bool = True
     #: Bytes are costly (network): the installer reuses local blocks before fetching.
     remote: bool = False
+    #: A gap between two wanted spans up to this many bytes is cheaper to read
+    #: through than to skip (each separate read costs a request or a seek).
+    merge_gap: int = 32 << 10
 
     def __init__(self) -> None:
         self.bytes_fetched = 0
@@ -41,6 +47,11 @@ class BundleSource(ABC):
     @abstractmethod
     def size(self) -> int | None:
         """Total size of the bundle as the medium reports it; None when unknown."""
+
+    def read_spans(self, spans: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+        """Yield the bytes of each (offset, length) span in turn, in chunks."""
+        for offset, length in spans:
+            yield from self.read(offset, length)
 
     def read_exact(self, offset: int, length: int) -> bytes:
         """Read a small range into one bytes object."""

@@ -5,9 +5,13 @@ Modes (set `FaultServer.mode` between requests):
 `served` lists each answer once it is written (`Served`), `requests` each
 request as it arrives.
 
-* `normal`: correct `206` answers to single byte ranges (`200` without Range).
+* `normal`: correct `206` answers to byte ranges (`200` without Range); a
+  request for several ranges gets a `multipart/byteranges` answer.
+* `single_ranges`: as `normal`, but a request for several ranges gets `200`
+  with the whole body (as servers without multi-range support answer).
 * `ignore_range`: `200` with the whole body, whatever the Range header says.
-* `lie`: a body of the right length but a `Content-Range` one byte off.
+* `lie`: a body of the right length but a `Content-Range` one byte off (in
+  each part of a multipart answer).
 * `overrun`: the right `Content-Range`, then everything up to the end of the
   data plus `OVERRUN_EXTRA` junk bytes, with a matching (too large) `Content-Length`.
 * `trickle`: the right answer, one body byte every `trickle_interval` seconds.
@@ -35,9 +39,12 @@ from typing import Any
 
 from .tlsca import TlsFiles
 
-MODES = ("normal", "ignore_range", "lie", "overrun", "trickle")
+MODES = ("normal", "single_ranges", "ignore_range", "lie", "overrun", "trickle")
+BOUNDARY = "fault-parts"
+_WHOLE_FILE = ("ignore_range", "single_ranges")  # modes that answer several ranges with 200
 OVERRUN_EXTRA = 64 * 1024
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+_RANGES = re.compile(r"bytes=\d+-\d+(,\d+-\d+)+")
 
 
 @dataclass
@@ -81,7 +88,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         m = _RANGE.fullmatch(header.strip()) if header else None
         extra: dict[str, str] = {}
-        if m is None or mode == "ignore_range":
+        if header and _RANGES.fullmatch(header.strip()) and mode not in _WHOLE_FILE:
+            parts = self._parts(header.strip(), mode == "lie")
+            if mode == "overrun":
+                parts += b"\xee" * OVERRUN_EXTRA
+            status, body = 206, memoryview(parts)
+            extra["Content-Type"] = f"multipart/byteranges; boundary={BOUNDARY}"
+        elif m is None or mode == "ignore_range":
             status, body = 200, memoryview(data)
         else:
             first = int(m.group(1))
@@ -121,9 +134,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.request.shutdown(socket.SHUT_RDWR)
 
+    def _parts(self, header: str, lie: bool) -> bytes:
+        """A multipart/byteranges body (the framing nginx uses) for `bytes=a-b,c-d,...`."""
+        data = self.server.owner.data
+        out = b""
+        for spec in header.removeprefix("bytes=").split(","):
+            first, last = (int(x) for x in spec.split("-"))
+            shown = (first + 1, last + 1) if lie else (first, last)
+            out += (
+                f"\r\n--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Range: bytes {shown[0]}-{shown[1]}/{len(data)}\r\n\r\n"
+            ).encode() + data[first : last + 1]
+        return out + f"\r\n--{BOUNDARY}--\r\n".encode()
+
     def _send_head(self, status: int, length: int, extra: dict[str, str]) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        if "Content-Type" not in extra:
+            self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", self.server.owner.etag)

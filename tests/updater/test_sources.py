@@ -459,3 +459,86 @@ def test_bundle_replaced_with_same_size_is_refused(fault_server: FaultServer) ->
         fault_server.etag = '"fault-2"'
         with pytest.raises(TransportError, match="changed during the download"):
             read_all(source, 0, 100)
+
+
+# --- several ranges in one request (multipart/byteranges) ---------------------------
+
+SPANS = [(10, 100), (5000, 3000), (70000, 5), (1_000_000, 600_000), (3_100_000, 7)]
+
+
+def read_spans_all(source: BundleSource, spans: list[tuple[int, int]]) -> bytes:
+    chunks = list(source.read_spans(spans))
+    assert all(0 < len(c) <= BundleSource.CHUNK for c in chunks)
+    return b"".join(chunks)
+
+
+def expected_spans(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    return b"".join(data[offset : offset + length] for offset, length in spans)
+
+
+def test_nginx_answers_many_ranges_in_one_request(served: tuple[NginxServer, bytes]) -> None:
+    nginx_server, data = served
+    nginx_server.reset_log()
+    with HttpSource(nginx_server.url("b.bundle"), HttpSettings(nginx_server.ca_file)) as source:
+        assert source.merge_gap == 0  # a gap costs a part header, not a request
+        assert read_spans_all(source, SPANS) == expected_spans(data, SPANS)
+        assert read_spans_all(source, SPANS[1:3]) == expected_spans(data, SPANS[1:3])
+        fetched = source.bytes_fetched
+    entries = nginx_server.log_entries()
+    assert [e["range"].count(",") + 1 for e in entries] == [5, 2]
+    assert len({e["connection"] for e in entries}) == 1  # each answer read to its end
+    # Every byte nginx sent was counted; the framing is a small share.
+    assert fetched == sum(int(e["body_bytes_sent"]) for e in entries)
+    assert fetched - sum(n for _, n in SPANS + SPANS[1:3]) < 7 * 150
+
+
+def test_server_without_multirange_support_is_asked_one_range_at_a_time(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.mode = "single_ranges"
+    data = fault_server.data
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        assert read_spans_all(source, SPANS) == expected_spans(data, SPANS)
+        assert read_spans_all(source, SPANS[:2]) == expected_spans(data, SPANS[:2])
+        # The whole file it sent instead was not read; gaps are bridged from now on.
+        assert source.bytes_fetched == sum(n for _, n in SPANS + SPANS[:2])
+        assert source.merge_gap == BundleSource.merge_gap
+        assert source.retry_count == 0
+    ranges = [r for _, r in fault_server.requests]
+    assert ranges[0] is not None and ranges[0].count(",") == len(SPANS) - 1
+    assert ranges[1:] == [f"bytes={o}-{o + n - 1}" for o, n in SPANS + SPANS[:2]]
+
+
+def test_many_ranges_resume_after_dropped_connections(fault_server: FaultServer) -> None:
+    data = fault_server.data
+    spans = [(offset, 999) for offset in range(0, len(data) - 999, 50_000)]
+    # Five drops of at most 8 kB each, within an answer of about 70 kB: all five happen.
+    fault_server.drop_randomly(seed=5, count=5, max_bytes=8_000)
+    settings = fast_settings(fault_server.ca_file, retries=9)
+    with HttpSource(fault_server.url(), settings) as source:
+        assert read_spans_all(source, spans) == expected_spans(data, spans)
+        assert source.retry_count == 5
+    assert [s.dropped for s in fault_server.served] == [True] * 5 + [False]
+    # Each retry asks again, in one request, for what was still missing.
+    ranges = [r or "" for _, r in fault_server.requests]
+    assert all(r.count(",") > 30 for r in ranges)
+    assert [len(r) for r in ranges] == sorted((len(r) for r in ranges), reverse=True)
+
+
+def test_parts_other_than_those_asked_for_are_not_used(fault_server: FaultServer) -> None:
+    fault_server.mode = "lie"
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        # The multipart answer is given up for single ranges, whose lie is refused.
+        with pytest.raises(TransportError, match="wrong Content-Range 'bytes 11-110/"):
+            read_spans_all(source, SPANS)
+        assert source.bytes_fetched < 2 * 1024  # no part's bytes were taken
+
+
+def test_junk_after_the_last_part_is_not_read(fault_server: FaultServer) -> None:
+    fault_server.mode = "overrun"
+    data = fault_server.data
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        assert read_spans_all(source, SPANS[:3]) == expected_spans(data, SPANS[:3])
+        framing = source.bytes_fetched - sum(n for _, n in SPANS[:3])
+        assert 0 < framing < 3 * 150 + 1024  # at most one framing line's worth of junk
+        assert source.retry_count == 0

@@ -1,0 +1,128 @@
+"""Reading a `multipart/byteranges` answer (RFC 9110, section 14.6) as it arrives.
+
+Asked for several byte ranges in one request, a server answers `206` with a
+`multipart/byteranges` body: each part is a boundary line, a few header lines
+(one of them `Content-Range`), an empty line and the part's bytes:
+
+    --BOUNDARY
+    Content-Type: application/octet-stream
+    Content-Range: bytes 8192-12287/1082205383
+
+    <4096 bytes>
+    --BOUNDARY
+    ...
+    --BOUNDARY--
+
+`Parts` reads such a body from a function that returns the next bytes on the
+wire, without ever holding more than a line or a caller-sized piece of a part,
+and bounds the framing it accepts (line length, header count) so a server
+cannot make it read much more than the parts it asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from email.message import Message
+
+MAX_LINE = 1024  # bytes in one framing line
+MAX_HEADERS = 16  # header lines in one part
+_CONTENT_RANGE = re.compile(rb"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+class MalformedParts(Exception):
+    """The body does not follow the multipart/byteranges framing."""
+
+
+def boundary_of(content_type: str) -> str | None:
+    """The boundary of a `multipart/byteranges` Content-Type, else None."""
+    msg = Message()
+    msg["Content-Type"] = content_type
+    if msg.get_content_type() != "multipart/byteranges":
+        return None
+    boundary = msg.get_param("boundary")
+    return boundary if isinstance(boundary, str) and 0 < len(boundary) <= 70 else None
+
+
+class Parts:
+    """The parts of one multipart/byteranges body.
+
+    Args:
+        read1: returns up to n (> 0) further bytes of the body, at least one;
+            whatever it raises (a dropped connection) passes through unchanged.
+        boundary: the boundary from the answer's Content-Type.
+    """
+
+    def __init__(self, read1: Callable[[int], bytes], boundary: str) -> None:
+        self._read1 = read1
+        self._delimiter = b"--" + boundary.encode("ascii")
+        self._buf = b""
+        self._left = 0  # bytes of the current part not yet read
+
+    def next_part(self) -> tuple[int, int, int | None] | None:
+        """Move to the next part: (first byte, length, total size or None); None at the end.
+
+        Raises:
+            MalformedParts: missing boundary, headers or Content-Range, or unread bytes
+                left in the current part.
+        """
+        if self._left:
+            raise MalformedParts("the previous part was not read to its end")
+        # Before the first delimiter the body may start with an empty line; after a
+        # part, its bytes are followed by one (the CRLF that belongs to the delimiter).
+        line = self._line()
+        if line == b"":
+            line = self._line()
+        if line == self._delimiter + b"--":
+            return None
+        if line != self._delimiter:
+            raise MalformedParts(f"expected the part boundary, got {line[:80]!r}")
+        found = None
+        for _ in range(MAX_HEADERS + 1):
+            header = self._line()
+            if header == b"":
+                break
+            name, _, value = header.partition(b":")
+            if name.strip().lower() == b"content-range":
+                if found is not None:
+                    raise MalformedParts("a part has two Content-Range headers")
+                found = _CONTENT_RANGE.fullmatch(value.strip())
+                if found is None:
+                    raise MalformedParts(f"malformed part Content-Range {value.strip()!r}")
+        else:
+            raise MalformedParts(f"a part has more than {MAX_HEADERS} header lines")
+        if found is None:
+            raise MalformedParts("a part has no Content-Range")
+        first, last = int(found.group(1)), int(found.group(2))
+        if last < first:
+            raise MalformedParts(f"a part has the empty range {first}-{last}")
+        total = None if found.group(3) == b"*" else int(found.group(3))
+        self._left = last - first + 1
+        return first, self._left, total
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet handed out (after the end: bytes past the body)."""
+        return len(self._buf)
+
+    def read(self, n: int) -> bytes:
+        """Up to n (> 0) bytes of the current part, at least one; b"" once it is read."""
+        n = min(n, self._left)
+        if n <= 0:
+            return b""
+        if self._buf:
+            data, self._buf = self._buf[:n], self._buf[n:]
+        else:
+            data = self._read1(n)
+        self._left -= len(data)
+        return data
+
+    def _line(self) -> bytes:
+        while (end := self._buf.find(b"\r\n")) < 0:
+            if len(self._buf) > MAX_LINE:
+                raise MalformedParts(f"a framing line is longer than {MAX_LINE} bytes")
+            self._buf += self._read1(MAX_LINE)
+        if end > MAX_LINE:
+            raise MalformedParts(f"a framing line is longer than {MAX_LINE} bytes")
+        line, self._buf = self._buf[:end], self._buf[end + 2 :]
+        return line
