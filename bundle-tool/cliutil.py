@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -11,10 +10,20 @@ from typing import Any
 
 def package_version() -> str:
     """The installed distribution's version ("unknown" when run from a bare tree)."""
+    import importlib.metadata  # noqa: PLC0415 - slow to load; only --version needs it
+
     try:
         return importlib.metadata.version("abupdate")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _Version(argparse.Action):
+    """`--version`: looks the version up only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
 
 
 def make_parser(prog: str, description: str, epilog: str) -> tuple[argparse.ArgumentParser, Any]:
@@ -25,7 +34,7 @@ def make_parser(prog: str, description: str, epilog: str) -> tuple[argparse.Argu
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     return parser, sub
 

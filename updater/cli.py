@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, NoReturn
 
-from tqdm import tqdm
-
 from bootctl.control import SlotControl
 from bootctl.errors import BootctlError
 from bundle_tool.cliutil import add_command, exit_status, make_parser
@@ -84,6 +82,8 @@ class ProgressPrinter:
         if p.phase != self.phase:
             self.close()
             self.phase = p.phase
+            from tqdm import tqdm  # noqa: PLC0415 - loaded only when a bar is shown
+
             self.bar = tqdm(
                 total=p.total,
                 desc=p.phase,

@@ -39,7 +39,7 @@ from bootctl.board import BoardConfig, load_board
 from bootctl.errors import BootctlError
 
 from .errors import UsageError
-from .httpsource import HttpSettings
+from .httpsettings import HttpSettings
 
 DEFAULT_CONFIG = "/etc/abupdate/device.toml"
 TOP_KEYS = {"board", "keyring", "state_dir", "threshold", "cmdline", "slots", "env", "http"}

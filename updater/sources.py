@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .filesource import FileSource, StdinSource
-from .httpsource import HttpSettings, HttpSource
+from .httpsettings import HttpSettings
 from .source import BundleSource
 
 BUNDLE_SUFFIX = ".bundle"
@@ -50,6 +50,8 @@ def open_source(spec: str, http: HttpSettings | None = None) -> BundleSource:
     if scheme:
         if scheme != "https":
             raise UsageError(f"only https:// URLs are supported, not {scheme}://: {spec}")
+        from .httpsource import HttpSource  # noqa: PLC0415 - the HTTP client loads only for URLs
+
         return HttpSource(spec, http)
     path = Path(spec)
     if path.is_dir():

@@ -12,7 +12,8 @@ from tests.helpers.faultserver import FaultServer
 from tests.helpers.nginx import NginxServer
 from tests.updater.device import Device, image_bytes, make_device
 from tests.updater.test_install import assert_installed
-from updater.httpsource import HttpSettings, HttpSource
+from updater.httpsettings import HttpSettings
+from updater.httpsource import HttpSource
 from updater.install import BATCH_GROUPS, GROUP, Installer
 
 BLOCKS = 16384  # 64 MiB

@@ -18,7 +18,8 @@ from tests.helpers.nginx import NginxServer, free_port
 from tests.helpers.tlsca import CertificateAuthority
 from updater.errors import TransportError, UsageError
 from updater.filesource import FileSource, StdinSource
-from updater.httpsource import HttpSettings, HttpSource
+from updater.httpsettings import HttpSettings
+from updater.httpsource import HttpSource
 from updater.source import BundleSource
 from updater.sources import open_source
 
