@@ -462,17 +462,19 @@ class Installer:
     def _stream_tree(
         self, source: BundleSource, part: ImageLayout, checker: verity.TreeChecker, dev: SlotDevice
     ) -> ExactReader:
-        """Start the one pass over hash area and data: check and write the hash area.
+        """Check and write the hash area; return a reader of the data that follows it.
 
-        Returns the reader, positioned at the first data block.
+        The data is read on its own, so that its chunks start on a data block
+        and each span is taken whole from one chunk, without a copy.
         """
         vinfo = part.image.verity
-        reader = ExactReader(source.read(part.area_offset, vinfo.tree_size + part.image.size))
-        area = (reader.take(BLOCK) for _ in range(vinfo.tree_size // BLOCK))
+        tree = ExactReader(source.read(part.area_offset, vinfo.tree_size))
+        area = (tree.take(BLOCK) for _ in range(vinfo.tree_size // BLOCK))
         for index, hash_block in checker.check_area(area):
             dev.pwrite(part.image.size + index * BLOCK, hash_block)
+        tree.finish()
         self._report("tree", vinfo.tree_size, vinfo.tree_size, source)
-        return reader
+        return ExactReader(source.read(part.data_offset, part.image.size))
 
     def _stream_data(  # noqa: PLR0917 - private, bound with functools.partial
         self,
