@@ -55,6 +55,7 @@ SPAN_BLOCKS = 256  # blocks checked and written per step in the stream path (1 M
 GROUP = verity.HASHES_PER_BLOCK  # data blocks covered by one leaf block
 BATCH_GROUPS = 16  # leaf groups planned together in the delta path (8 MiB of data)
 COLD_GROUPS = 32  # see _DeltaWriter.cold
+COLD_BATCHES = 8  # batches planned as one while the active slot is cold (fewer requests)
 FLUSH_EVERY = 64 << 20  # make progress durable this often, so a power cut resumes
 PIPELINE_DEPTH = 4  # spans read ahead of, and written behind, the one being checked
 
@@ -582,10 +583,15 @@ class _DeltaWriter:
     def write_data(self, back: readback.RegionReadBack) -> None:
         """Keep, copy or fetch every data block (and its leaf block), batch after batch."""
         groups = -(-self.vinfo.data_blocks // GROUP)
+        first = 0
         try:
-            for first in range(0, groups, BATCH_GROUPS):
-                self.batch(range(first, min(groups, first + BATCH_GROUPS)))
-                end = min(self.vinfo.data_blocks, (first + BATCH_GROUPS) * GROUP)
+            while first < groups:
+                # While the running slot holds nothing (a fresh install), nearly every
+                # block is fetched: larger batches mean fewer, longer requests.
+                size = BATCH_GROUPS * (COLD_BATCHES if self.cold >= COLD_GROUPS else 1)
+                self.batch(range(first, min(groups, first + size)))
+                first += size
+                end = min(self.vinfo.data_blocks, first * GROUP)
                 if self.unflushed >= FLUSH_EVERY:
                     # Batches are written in order: every block before `end` is in place.
                     self.dev.flush()

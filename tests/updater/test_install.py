@@ -412,11 +412,21 @@ def test_delta_stops_hashing_an_unrelated_active_slot(
         return real(self, slot, j)  # type: ignore[arg-type]
 
     monkeypatch.setattr(install._DeltaWriter, "read_group", counting)
+    batches: list[range] = []
+    real_batch = install._DeltaWriter.batch
+
+    def batch(self: install._DeltaWriter, groups: range) -> None:
+        batches.append(groups)
+        real_batch(self, groups)
+
+    monkeypatch.setattr(install._DeltaWriter, "batch", batch)
     unrelated = dev.bundle(image_bytes(blocks, seed=2), "unrelated.bundle")
     result = install_file(dev, unrelated, delta=True)
     assert result.bytes_reused == 0  # type: ignore[attr-defined]
     # 32 groups are probed before the active slot counts as cold, then one in 32.
     assert probes == [*range(32), 32, 64]
+    # Once cold, batches grow eightfold (fewer, longer requests).
+    assert batches == [range(0, 16), range(16, 32), range(32, 96)]
     assert_installed(dev)
 
 
