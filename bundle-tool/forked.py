@@ -180,11 +180,17 @@ class Worker:
             self._due -= 1
             yield _receive(self._answers)
 
+    def answer(self) -> bytes:
+        """The next answer due, waiting for it."""
+        if not self._due:
+            raise ValueError("no answer is due")
+        self._due -= 1
+        return _receive(self._answers)
+
     def finish(self) -> Iterator[bytes]:
         """Every answer still due, waiting for each."""
         while self._due:
-            self._due -= 1
-            yield _receive(self._answers)
+            yield self.answer()
 
     def close(self) -> None:
         """Stop the child (whether or not it is done) and release the pipes."""

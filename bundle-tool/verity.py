@@ -448,10 +448,17 @@ class TreeChecker:
 
     def bad_block(self, first_block: int, data: bytes | memoryview, expected: bytes) -> int | None:
         """Index of the first block of `data` whose digest differs from `expected`, or None."""
-        got = digest_blocks(self.salt, data)
-        if got == expected:
-            return None
-        for i in range(0, len(got), DIGEST_SIZE):
-            if got[i : i + DIGEST_SIZE] != expected[i : i + DIGEST_SIZE]:
-                return first_block + i // DIGEST_SIZE
-        return None  # pragma: no cover - unequal strings differ somewhere
+        return first_mismatch(first_block, digest_blocks(self.salt, data), expected)
+
+
+def first_mismatch(first_block: int, got: bytes, expected: bytes) -> int | None:
+    """Index of the first block whose digest in `got` differs from `expected`, or None.
+
+    Both hold the digests of the blocks from `first_block` on, one after the other.
+    """
+    if got == expected:
+        return None
+    for i in range(0, max(len(got), len(expected)), DIGEST_SIZE):
+        if got[i : i + DIGEST_SIZE] != expected[i : i + DIGEST_SIZE]:
+            return first_block + i // DIGEST_SIZE
+    return None  # pragma: no cover - unequal strings differ somewhere

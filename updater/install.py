@@ -43,7 +43,7 @@ from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
 from bundle_tool.signing import load_keyring
 
-from . import readback
+from . import hashing, readback
 from .config import DeviceConfig
 from .errors import DeviceError, TransportError, UsageError
 from .slotdev import FileSlot, SlotDevice
@@ -223,6 +223,7 @@ class Installer:
         self.progress = progress
         self.state = StateDir(config.state_dir)
         self._reused = 0
+        self._hashing: hashing.SpanDigests | None = None  # during an install's write
 
     # --- checks before anything is written ------------------------------------------------
 
@@ -360,6 +361,8 @@ class Installer:
             if delta is None:
                 delta = source.random_access and source.remote
             active_dev = self._open_active(active) if delta and source.random_access else None
+            # Blocks are hashed by a child from here on (forked before any thread starts).
+            self._hashing = hasher = hashing.SpanDigests(vinfo.salt, SPAN_BLOCKS * BLOCK)
             try:
                 write_data: Callable[[readback.RegionReadBack], None]
                 if delta and source.random_access:
@@ -380,6 +383,8 @@ class Installer:
                     self._report("read-back", 0, image.size, source)
                     back.finish()
             finally:
+                hasher.close()
+                self._hashing = None
                 if active_dev is not None:
                     active_dev.close()
             self._report("read-back", image.size, image.size, source)
@@ -441,12 +446,18 @@ class Installer:
         self, checker: verity.TreeChecker, first: int, data: bytes, expected: bytes
     ) -> None:
         """Refuse blocks [first, first + len(data)/4096) unless they match `expected`."""
-        bad = checker.bad_block(first, data, expected)
+        bad = verity.first_mismatch(first, self.block_digests(checker.salt, data), expected)
         if bad is not None:
             raise BundleError(
                 f"image block {bad} (image offset {bad * BLOCK}) does not match the signed "
                 "hash tree; it was not written"
             )
+
+    def block_digests(self, salt: bytes, data: bytes | memoryview) -> bytes:
+        """sha256(salt || block) of each block of `data`: in the hashing child during a write."""
+        if self._hashing is not None and self._hashing.salt == salt:
+            return self._hashing.digests(data)
+        return verity.digest_blocks(salt, data)
 
     def write_checked(
         self,
@@ -617,7 +628,7 @@ class _DeltaWriter:
         data = dev.pread(first * BLOCK, count * BLOCK)
         if len(data) < count * BLOCK:
             return None  # a plain file that ends before this group holds none of it
-        return data, verity.digest_blocks(self.vinfo.salt, data)
+        return data, self.inst.block_digests(self.vinfo.salt, data)
 
     def leaf_ok(self, j: int, block: bytes) -> bool:
         try:

@@ -445,3 +445,32 @@ def test_no_read_back_process_is_a_device_error(
         install_file(device, bundle)
     env = fw_printenv(device)
     assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["stream", "delta"])
+def test_blocks_are_hashed_by_a_child_and_its_death_costs_nothing(
+    device: Device, monkeypatch: pytest.MonkeyPatch, delta: bool
+) -> None:
+    import os
+    import signal
+
+    from updater import install
+    from updater.install import Progress
+
+    monkeypatch.setattr(install, "BATCH_GROUPS", 1)  # a delta progress report per leaf group
+    bundle = device.bundle(image_bytes(BLOCKS, seed=14))
+    seen: list[bool] = []
+
+    def progress(p: Progress) -> None:
+        worker = installer._hashing._worker if installer._hashing else None
+        if p.phase == "data":
+            seen.append(worker is not None)
+            if worker is not None and p.done >= 512 * 4096:  # well into the data
+                os.kill(worker._pid, signal.SIGKILL)
+
+    installer = Installer(device.config(), progress=progress)
+    with FileSource(bundle) as src:
+        installer.install(src, delta=delta)
+    assert seen[0] and not seen[-1]  # the child hashed, then this process took over
+    assert installer._hashing is None
+    assert_installed(device)

@@ -1,0 +1,67 @@
+"""Block digests computed in a forked child, and what happens when it cannot help."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+
+import pytest
+
+from bundle_tool import forked, verity
+from updater.hashing import SpanDigests
+
+SALT = b"salt-1234"
+SPAN = 16 * 4096
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 15, 16, 17, 50])
+def test_digests_match_hashing_here(blocks: int) -> None:
+    data = random.Random(blocks).randbytes(blocks * 4096)
+    with SpanDigests(SALT, SPAN) as digests:
+        assert digests.digests(data) == verity.digest_blocks(SALT, data)
+        assert digests.digests(memoryview(data)[4096:]) == verity.digest_blocks(SALT, data[4096:])
+
+
+def test_without_a_child_the_digests_are_computed_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    data = random.Random(2).randbytes(40 * 4096)
+    with SpanDigests(SALT, SPAN) as digests:
+        assert digests.digests(data) == verity.digest_blocks(SALT, data)
+
+
+def test_a_child_that_dies_is_replaced_by_hashing_here() -> None:
+    data = random.Random(3).randbytes(40 * 4096)
+    with SpanDigests(SALT, SPAN) as digests:
+        assert digests.digests(data[:4096]) == verity.digest_blocks(SALT, data[:4096])
+        worker = digests._worker
+        assert worker is not None
+        os.kill(worker._pid, signal.SIGKILL)
+        assert digests.digests(data) == verity.digest_blocks(SALT, data)
+        assert digests._worker is None
+
+
+def test_worker_answer_waits_for_the_next_one() -> None:
+    with forked.Worker(lambda request: request[::-1]) as worker:
+        with pytest.raises(ValueError, match="no answer is due"):
+            worker.answer()
+        worker.send(b"abc")
+        worker.send(b"de")
+        assert worker.answer() == b"cba"
+        assert list(worker.finish()) == [b"ed"]
+
+
+@pytest.mark.parametrize(
+    ("got", "expected", "first"),
+    [
+        (b"a" * 64, b"a" * 64, None),
+        (b"a" * 32 + b"b" * 32, b"a" * 64, 11),
+        (b"a" * 32, b"a" * 64, 11),  # fewer digests than expected: the missing block
+    ],
+)
+def test_first_mismatch(got: bytes, expected: bytes, first: int | None) -> None:
+    assert verity.first_mismatch(10, got, expected) == first
