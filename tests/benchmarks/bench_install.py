@@ -20,8 +20,8 @@ slot A booted, slot B the target), it prints, each timing repeated --repeat time
     the default adaptive path and with --no-delta, MiB/s and bytes nginx served;
   * delta: a new image with 1% of its blocks changed, in runs of 8 blocks and
     scattered one by one, installed over HTTPS onto a device whose slot A holds the
-    old image: bytes nginx served (body bytes, from its access log) and their share
-    of the image size.
+    old image: bytes nginx served (body bytes, from its access log), their share
+    of the image size, and the number of requests.
 Then the local install's time and peak RSS for each size of --rss-sizes (GiB).
 Before every timed run the target slot is emptied and the bundle's cached pages are
 dropped, for ours and the reference alike. Everything lives in a temporary directory
@@ -279,18 +279,20 @@ def main() -> None:
                     name = f"delta-{run_len}.bundle"
                     make_bundle(new, bundle.parent / name, pki, "3.0.0")
                     new.unlink()
-                    runs, served, fetched = [], [], []
+                    runs, served, fetched, requests = [], [], [], []
                     for _ in range(n):
                         empty(delta_dev.slot("B"))
                         nginx.reset_log()
                         run, result = install(delta_dev, nginx.url(name))
                         runs.append(run)
                         served.append(nginx.body_bytes_served())
+                        requests.append(len(nginx.log_entries()))
                         fetched.append(int(result["bytes_fetched"]))
                     print(
                         f"{label}: {changed} blocks changed; nginx served {max(served)} bytes = "
-                        f"{max(served) / size:.2%} of the image (updater counted "
-                        f"{max(fetched)}); {summary([r.seconds for r in runs], size)}"
+                        f"{max(served) / size:.2%} of the image in {max(requests)} requests "
+                        f"(updater counted {max(fetched)}); "
+                        f"{summary([r.seconds for r in runs], size)}"
                     )
                     (bundle.parent / name).unlink()
                 shutil.rmtree(workdir / "dev-delta")
