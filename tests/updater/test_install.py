@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,19 @@ def assert_installed(device: Device, slot: str = "B") -> SlotVerity:
     result = veritysetup_verify(device.slot(slot), v)
     assert result.returncode == 0, result.stderr
     return v
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tuple[Any, ...]]:
+    """Record the arguments (self first) of every call of `owner.name`, which still runs."""
+    calls: list[tuple[Any, ...]] = []
+    real = getattr(owner, name)
+
+    def recording(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
 
 
 def install_file(device: Device, bundle: Path, **kw: object) -> object:
@@ -352,19 +366,13 @@ def test_read_back_catches_a_failing_medium(
 
     monkeypatch.setattr(install, "FLUSH_EVERY", flush_every)
     monkeypatch.setattr(install, "BATCH_GROUPS", 2)  # delta batches of 256 blocks
-    regions: list[int] = []
-    real = readback.RegionReadBack.flushed
-
-    def flushed(self: readback.RegionReadBack, upto_block: int) -> None:
-        regions.append(upto_block)
-        real(self, upto_block)
-
-    monkeypatch.setattr(readback.RegionReadBack, "flushed", flushed)
+    flushed = spy(monkeypatch, readback.RegionReadBack, "flushed")
     bundle = device.bundle(image_bytes(BLOCKS, seed=11))
     inst = Installer(device.config(), open_slot=medium)
     with FileSource(bundle) as src, pytest.raises(DeviceError, match="does not read back") as e:
         inst.install(src, delta=delta)
     assert re.search(reason, str(e.value)), e.value
+    regions = [upto_block for _, upto_block in flushed]
     # With small flushes a region was read back before the end of the data.
     assert regions and (regions[0] < BLOCKS) == (flush_every < 64 << 20), regions
     env = fw_printenv(device)
@@ -403,30 +411,16 @@ def test_delta_stops_hashing_an_unrelated_active_slot(
 
     blocks = 128 * 96  # 96 leaf groups
     dev = make_device(tmp_path / "dev", pki, image_bytes(blocks, seed=1))
-    probes: list[int] = []
-    real = install._DeltaWriter.read_group
-
-    def counting(self: install._DeltaWriter, slot: object, j: int) -> tuple[bytes, bytes] | None:
-        if slot is not None and slot is self.active:
-            probes.append(j)
-        return real(self, slot, j)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(install._DeltaWriter, "read_group", counting)
-    batches: list[range] = []
-    real_batch = install._DeltaWriter.batch
-
-    def batch(self: install._DeltaWriter, groups: range) -> None:
-        batches.append(groups)
-        real_batch(self, groups)
-
-    monkeypatch.setattr(install._DeltaWriter, "batch", batch)
+    reads = spy(monkeypatch, install._DeltaWriter, "read_group")
+    batches = spy(monkeypatch, install._DeltaWriter, "batch")
     unrelated = dev.bundle(image_bytes(blocks, seed=2), "unrelated.bundle")
     result = install_file(dev, unrelated, delta=True)
     assert result.bytes_reused == 0  # type: ignore[attr-defined]
     # 32 groups are probed before the active slot counts as cold, then one in 32.
+    probes = [j for writer, slot, j in reads if slot is not None and slot is writer.active]
     assert probes == [*range(32), 32, 64]
     # Once cold, batches grow eightfold (fewer, longer requests).
-    assert batches == [range(0, 16), range(16, 32), range(32, 96)]
+    assert [groups for _, groups in batches] == [range(0, 16), range(16, 32), range(32, 96)]
     assert_installed(dev)
 
 
