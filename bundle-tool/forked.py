@@ -21,6 +21,7 @@ import functools
 import os
 import select
 import signal
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, TypeVar
 
@@ -74,10 +75,32 @@ def _fork(body: Callable[[], int], close: Sequence[int]) -> int:
         try:
             for fd in close:
                 os.close(fd)
+            _release_sockets()
             code = body()
         finally:
             os._exit(code)
     return pid
+
+
+def _release_sockets() -> None:
+    """In a child: let go of the sockets inherited from the parent.
+
+    Otherwise a connection the parent closes (say, an HTTP answer it will not
+    read) stays open here, and the server goes on sending into it. Each socket's
+    descriptor is pointed at /dev/null rather than closed, so that its number is
+    not reused while the parent's socket object, copied into the child, still
+    names it.
+    """
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            for name in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError, ValueError):
+                    fd = int(name)
+                    if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                        os.dup2(null, fd)
+        finally:
+            os.close(null)
 
 
 def _child(fn: Callable[[T], bytes], items: Sequence[T], out_fd: int) -> int:
@@ -195,7 +218,8 @@ class Worker:
     def close(self) -> None:
         """Stop the child (whether or not it is done) and release the pipes."""
         if self._pid:
-            self._requests.close()
+            with contextlib.suppress(OSError):  # a child that died leaves a broken pipe
+                self._requests.close()
             self._answers.close()
             _stop(self._pid)
             self._pid = 0

@@ -28,6 +28,8 @@ from email.message import Message
 MAX_LINE = 1024  # bytes in one framing line
 MAX_HEADERS = 16  # header lines in one part
 _CONTENT_RANGE = re.compile(rb"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+# RFC 2046 section 5.1.1: 1 to 70 of these characters, the last not a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 
 
 class MalformedParts(Exception):
@@ -41,7 +43,7 @@ def boundary_of(content_type: str) -> str | None:
     if msg.get_content_type() != "multipart/byteranges":
         return None
     boundary = msg.get_param("boundary")
-    return boundary if isinstance(boundary, str) and 0 < len(boundary) <= 70 else None
+    return boundary if isinstance(boundary, str) and _BOUNDARY.fullmatch(boundary) else None
 
 
 class Parts:

@@ -33,21 +33,22 @@ def _digest_shared(salt: bytes, shared: mmap.mmap, request: bytes) -> bytes:
 class SpanDigests:
     """`digests(data)`: sha256(salt || block) of each 4096-byte block of `data`.
 
-    Computed by a forked child, `span_bytes` at a time. Use as a context manager:
-    leaving it stops the child.
+    Computed by a forked child, `span_bytes` at a time, for one thread at a time
+    (the buffer is shared). Use as a context manager: leaving it stops the child.
     """
 
     def __init__(self, salt: bytes, span_bytes: int) -> None:
         self.salt = salt
-        self._shared = mmap.mmap(-1, span_bytes)  # MAP_SHARED: the child sees the copies
-        self._worker: forked.Worker | None
+        self._shared: mmap.mmap | None = None
+        self._worker: forked.Worker | None = None
         try:
+            self._shared = mmap.mmap(-1, span_bytes)  # MAP_SHARED: the child sees the copies
             self._worker = forked.Worker(functools.partial(_digest_shared, salt, self._shared))
         except OSError:
-            self._worker = None
+            self.close()
 
     def digests(self, data: bytes | memoryview) -> bytes:
-        if self._worker is None:
+        if self._worker is None or self._shared is None:
             return verity.digest_blocks(self.salt, data)
         out: list[bytes] = []
         with memoryview(data) as view:
@@ -65,14 +66,16 @@ class SpanDigests:
         return b"".join(out)
 
     def _stop_worker(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
 
     def close(self) -> None:
         """Stop the child and release the shared buffer."""
         self._stop_worker()
-        self._shared.close()
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     def __enter__(self) -> SpanDigests:
         return self

@@ -310,10 +310,16 @@ class HttpSource(BundleSource):
                     todo[0] = (offset, length)
                     yield chunk
                 todo.popleft()
-            if parts.next_part() is not None:
-                raise _NotAsked
             self._multirange = True
-            done = not parts.buffered and resp.headers.get("Content-Length") == str(received)
+            # Everything asked for has come. The connection is kept only if the
+            # answer then ends as it should (the closing boundary and nothing more).
+            try:
+                ended = parts.next_part() is None
+            except (_Retry, byteranges.MalformedParts):
+                ended = False
+            done = (
+                ended and not parts.buffered and resp.headers.get("Content-Length") == str(received)
+            )
         finally:
             if done:
                 resp.raw.release_conn()
@@ -471,6 +477,8 @@ class HttpSource(BundleSource):
 
     def _multipart_boundary(self, resp: requests.Response, end: int) -> str | None:
         """The boundary of a multi-range answer; None for any other successful answer."""
+        if resp.status_code == 416:
+            return None  # some servers refuse many ranges so; each alone tells what is wrong
         self._check_status(resp, 0, end)
         if resp.status_code != 206:
             return None  # the whole file (200): not a byte of it is read

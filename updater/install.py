@@ -701,6 +701,8 @@ class _DeltaWriter:
                     fetch.append(first + i)
             if a is not None:
                 self.cold = 0 if len(copy) > copies else self.cold + 1
+            if len(copy) == copies:
+                active_data.pop(j, None)  # nothing to copy from it: let it go
         for b0, n in runs(copy):
             # Written from the bytes whose digests matched their leaf entries above.
             for j, i, count in group_pieces(b0, n):

@@ -134,3 +134,21 @@ def test_worker_error_comes_back_and_ends_the_child() -> None:
         with pytest.raises(BundleIOError, match="asked to fail"):
             next(answers)
     assert children_of_this_process() - before == set()
+
+
+def test_children_let_go_of_inherited_sockets() -> None:
+    import socket
+    import stat
+
+    def kind(request: bytes) -> bytes:
+        mode = os.fstat(int(request)).st_mode
+        return b"socket" if stat.S_ISSOCK(mode) else b"other"
+
+    a, b = socket.socketpair()
+    with a, b, forked.Worker(kind) as worker:
+        worker.send(str(a.fileno()).encode())
+        assert worker.answer() == b"other"  # the child holds no copy of the connection
+        a.sendall(b"still here")  # the parent's socket is untouched
+        assert b.recv(100) == b"still here"
+        a.close()
+        assert b.recv(100) == b""  # closed here, closed for good

@@ -9,6 +9,10 @@ request as it arrives.
   request for several ranges gets a `multipart/byteranges` answer.
 * `single_ranges`: as `normal`, but a request for several ranges gets `200`
   with the whole body (as servers without multi-range support answer).
+* `single_ranges_416`: as `normal`, but a request for several ranges gets
+  `416 Range Not Satisfiable` (as servers limiting the number of ranges answer).
+* `unterminated`: as `normal`, but a multipart answer stops (the connection is
+  closed) after the last part's bytes, before its closing boundary.
 * `ignore_range`: `200` with the whole body, whatever the Range header says.
 * `lie`: a body of the right length but a `Content-Range` one byte off (in
   each part of a multipart answer).
@@ -39,8 +43,18 @@ from typing import Any
 
 from .tlsca import TlsFiles
 
-MODES = ("normal", "single_ranges", "ignore_range", "lie", "overrun", "trickle")
+MODES = (
+    "normal",
+    "single_ranges",
+    "single_ranges_416",
+    "unterminated",
+    "ignore_range",
+    "lie",
+    "overrun",
+    "trickle",
+)
 BOUNDARY = "fault-parts"
+_CLOSING = f"\r\n--{BOUNDARY}--\r\n".encode()
 _WHOLE_FILE = ("ignore_range", "single_ranges")  # modes that answer several ranges with 200
 OVERRUN_EXTRA = 64 * 1024
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
@@ -88,7 +102,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         m = _RANGE.fullmatch(header.strip()) if header else None
         extra: dict[str, str] = {}
-        if header and _RANGES.fullmatch(header.strip()) and mode not in _WHOLE_FILE:
+        several = bool(header and _RANGES.fullmatch(header.strip()))
+        if several and mode == "single_ranges_416":
+            self._send_head(416, 0, {"Content-Range": f"bytes */{len(data)}"})
+            owner.record(Served(self.command, header, 416, 0, False))
+            return
+        if several and mode not in _WHOLE_FILE:
             parts = self._parts(header.strip(), mode == "lie")
             if mode == "overrun":
                 parts += b"\xee" * OVERRUN_EXTRA
@@ -109,6 +128,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if mode == "overrun":
                 body = memoryview(bytes(data[first:]) + b"\xee" * OVERRUN_EXTRA)
         drop = None if head else owner.next_drop()
+        if several and mode == "unterminated":
+            drop = len(body) - len(_CLOSING)
         self._send_head(status, len(body), extra)
         if head:
             owner.record(Served(self.command, header, status, 0, False))
@@ -145,7 +166,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 f"\r\n--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
                 f"Content-Range: bytes {shown[0]}-{shown[1]}/{len(data)}\r\n\r\n"
             ).encode() + data[first : last + 1]
-        return out + f"\r\n--{BOUNDARY}--\r\n".encode()
+        return out + _CLOSING
 
     def _send_head(self, status: int, length: int, extra: dict[str, str]) -> None:
         self.send_response(status)

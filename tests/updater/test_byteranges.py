@@ -114,6 +114,9 @@ def test_a_dropped_connection_passes_through() -> None:
         ("multipart/byteranges", None),
         ("application/octet-stream", None),
         ("multipart/byteranges; boundary=" + "x" * 71, None),
+        ("multipart/byteranges; boundary=" + "x" * 70, "x" * 70),
+        ("multipart/byteranges; boundary=\xe9t\xe9", None),  # not ASCII
+        ('multipart/byteranges; boundary="ends in space "', None),
     ],
 )
 def test_boundary_of(content_type: str, boundary: str | None) -> None:

@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,20 @@ def test_worker_answer_waits_for_the_next_one() -> None:
 )
 def test_first_mismatch(got: bytes, expected: bytes, first: int | None) -> None:
     assert verity.first_mismatch(10, got, expected) == first
+
+
+def test_a_child_found_dead_when_sending_is_replaced_by_hashing_here() -> None:
+    import time
+
+    data = random.Random(5).randbytes(20 * 4096)
+    with SpanDigests(SALT, SPAN) as digests:
+        worker = digests._worker
+        assert worker is not None
+        os.kill(worker._pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{worker._pid}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # The request now meets a broken pipe, and stopping the child must not fail on it.
+        assert digests.digests(data) == verity.digest_blocks(SALT, data)
+        assert digests._worker is None

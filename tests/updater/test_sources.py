@@ -543,3 +543,26 @@ def test_junk_after_the_last_part_is_not_read(fault_server: FaultServer) -> None
         framing = source.bytes_fetched - sum(n for _, n in SPANS[:3])
         assert 0 < framing < 3 * 150 + 1024  # at most one framing line's worth of junk
         assert source.retry_count == 0
+
+
+def test_server_refusing_many_ranges_with_416_is_asked_one_at_a_time(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.mode = "single_ranges_416"
+    data = fault_server.data
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        assert read_spans_all(source, SPANS) == expected_spans(data, SPANS)
+        assert source.retry_count == 0
+    statuses = [s.status for s in fault_server.served]
+    assert statuses == [416] + [206] * len(SPANS)
+
+
+def test_answer_cut_before_its_closing_boundary_loses_nothing(fault_server: FaultServer) -> None:
+    fault_server.mode = "unterminated"
+    data = fault_server.data
+    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+        for _ in range(2):  # each answer ends early; nothing is asked again
+            assert read_spans_all(source, SPANS[:3]) == expected_spans(data, SPANS[:3])
+        assert source.retry_count == 0
+        assert source.merge_gap == 0  # multi-range answers still count as working
+    assert [r.count(",") for _, r in fault_server.requests if r] == [2, 2]
