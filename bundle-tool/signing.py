@@ -54,9 +54,12 @@ MAX_CHAIN_LENGTH = 4
 # Ed25519 signatures are 64 bytes, DER-encoded ECDSA P-256 signatures at most 72.
 MAX_SIGNATURE_SIZE = 128
 
-# What cryptography raises for certificates it cannot decode.
+# What cryptography raises for certificates it cannot decode. TypeError too: a name
+# attribute of the wrong ASN.1 type (a BitString for anything but
+# x500UniqueIdentifier) fails with it when the name is decoded.
 _MALFORMED = (
     ValueError,
+    TypeError,
     x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
