@@ -669,6 +669,7 @@ class _DeltaWriter:
                 if self.leaf_ok(j, candidate):
                     leaves[j] = candidate
                     self.dev.pwrite(self.leaf_offset(j), candidate)
+                    self.cold = 0  # the running slot holds this group: probe the next ones
         missing = [j for j in groups if j not in leaves]
         leaf_area = self.part.area_offset + self.checker.first_leaf * BLOCK
         fetched = ExactReader(

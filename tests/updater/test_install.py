@@ -424,6 +424,25 @@ def test_delta_stops_hashing_an_unrelated_active_slot(
     assert_installed(dev)
 
 
+def test_delta_probes_again_once_a_cold_active_slot_matches(
+    tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from updater import install
+
+    monkeypatch.setattr(install, "BATCH_GROUPS", 1)
+    monkeypatch.setattr(install, "COLD_GROUPS", 4)  # cold after 4 groups; then batches of 8
+    groups = 40
+    old = image_bytes(groups * 128, seed=1)
+    dev = make_device(tmp_path / "dev", pki, old)
+    head = 6 * 128 * 4096  # the first 6 groups differ, the rest is the running image
+    new = image_bytes(6 * 128, seed=2) + old[head:]
+    result = install_file(dev, dev.bundle(new, "partly.bundle"), delta=True)
+    # Groups 4..11 form one cold batch probing groups 4 and 8. Group 8 matches, so
+    # 9..11 are probed (and copied) too; only 6 and 7 are fetched though unchanged.
+    assert result.bytes_reused == (groups - 8) * 128 * 4096  # type: ignore[attr-defined]
+    assert_installed(dev)
+
+
 def test_no_read_back_process_is_a_device_error(
     device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
