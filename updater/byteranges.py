@@ -27,9 +27,20 @@ from email.message import Message
 
 MAX_LINE = 1024  # bytes in one framing line
 MAX_HEADERS = 16  # header lines in one part
-_CONTENT_RANGE = re.compile(rb"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.ASCII)
 # RFC 2046 section 5.1.1: 1 to 70 of these characters, the last not a space.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+
+def content_range(value: str) -> tuple[int, int, int | None] | None:
+    """(first, last, total) of a `bytes FIRST-LAST/TOTAL` Content-Range; None if not one.
+
+    The total is None for `*` (a length the server does not tell).
+    """
+    m = _CONTENT_RANGE.fullmatch(value.strip())
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2)), None if m.group(3) == "*" else int(m.group(3))
 
 
 class MalformedParts(Exception):
@@ -88,17 +99,16 @@ class Parts:
             if name.strip().lower() == b"content-range":
                 if found is not None:
                     raise MalformedParts("a part has two Content-Range headers")
-                found = _CONTENT_RANGE.fullmatch(value.strip())
+                found = content_range(value.decode("latin-1"))
                 if found is None:
                     raise MalformedParts(f"malformed part Content-Range {value.strip()!r}")
         else:
             raise MalformedParts(f"a part has more than {MAX_HEADERS} header lines")
         if found is None:
             raise MalformedParts("a part has no Content-Range")
-        first, last = int(found.group(1)), int(found.group(2))
+        first, last, total = found
         if last < first:
             raise MalformedParts(f"a part has the empty range {first}-{last}")
-        total = None if found.group(3) == b"*" else int(found.group(3))
         self._left = last - first + 1
         return first, self._left, total
 

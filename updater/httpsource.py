@@ -35,7 +35,6 @@ from .source import BundleSource
 
 # Statuses worth asking again: the server or a gateway is busy or restarting.
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 MAX_RANGES = 64  # byte ranges asked for in one request (a Range header of about 2 KiB)
 # Most bytes one socket read is asked for. A read returns one TLS record (16 KiB)
@@ -147,13 +146,18 @@ class HttpSource(BundleSource):
         # None until a multi-range request was answered; False once one was not
         # answered part by part (from then on every range is asked for alone).
         self._multirange: bool | None = None
-        self.merge_gap = 0  # while a gap costs a part header, not a request
         self.retry_count = 0
         """Retries made so far (after drops, timeouts or busy answers)."""
         self.request_count = 0
         """HTTP requests sent so far."""
 
     # -- public API -----------------------------------------------------------
+
+    @property
+    def merge_gap(self) -> int:
+        # While the server answers several ranges at once, a gap costs a part
+        # header (about 100 bytes), not a request.
+        return self.MERGE_GAP if self._multirange is False else 0
 
     def size(self) -> int | None:
         """The bundle's size from a `Content-Range` seen so far, else from a HEAD request.
@@ -271,7 +275,6 @@ class HttpSource(BundleSource):
                     yield chunk
             except (_NotAsked, byteranges.MalformedParts):
                 self._multirange = False
-                self.merge_gap = BundleSource.merge_gap
             except _Retry as e:
                 failures += 1
                 self._back_off(failures, str(e), todo[0][0])
@@ -437,15 +440,14 @@ class HttpSource(BundleSource):
             )
         self._check_encoding(resp, asked)
         header = resp.headers.get("Content-Range", "")
-        m = _CONTENT_RANGE.fullmatch(header.strip())
-        if m is None:
+        parsed = byteranges.content_range(header)
+        if parsed is None:
             raise TransportError(
                 f"{self._where} answered a request for {asked} with a missing or "
                 f"malformed Content-Range {header!r}"
             )
-        first, last = int(m.group(1)), int(m.group(2))
-        if m.group(3) != "*":
-            total = int(m.group(3))
+        first, last, total = parsed
+        if total is not None:
             self._check_total(total)
             if first == pos and last == total - 1 and total < end:
                 raise BundleError(

@@ -33,9 +33,8 @@ class BundleSource(ABC):
     random_access: bool = True
     #: Bytes are costly (network): the installer reuses local blocks before fetching.
     remote: bool = False
-    #: A gap between two wanted spans up to this many bytes is cheaper to read
-    #: through than to skip (each separate read costs a request or a seek).
-    merge_gap: int = 32 << 10
+    #: Default of `merge_gap`.
+    MERGE_GAP = 32 << 10
 
     def __init__(self) -> None:
         self.bytes_fetched = 0
@@ -47,6 +46,14 @@ class BundleSource(ABC):
     @abstractmethod
     def size(self) -> int | None:
         """Total size of the bundle as the medium reports it; None when unknown."""
+
+    @property
+    def merge_gap(self) -> int:
+        """Bytes of a gap between two wanted spans worth reading through rather than skipping.
+
+        Each separate read costs a request or a seek.
+        """
+        return self.MERGE_GAP
 
     def read_spans(self, spans: Sequence[tuple[int, int]]) -> Iterator[bytes]:
         """Yield the bytes of each (offset, length) span in turn, in chunks."""

@@ -503,7 +503,7 @@ def test_server_without_multirange_support_is_asked_one_range_at_a_time(
         assert read_spans_all(source, SPANS[:2]) == expected_spans(data, SPANS[:2])
         # The whole file it sent instead was not read; gaps are bridged from now on.
         assert source.bytes_fetched == sum(n for _, n in SPANS + SPANS[:2])
-        assert source.merge_gap == BundleSource.merge_gap
+        assert source.merge_gap == BundleSource.MERGE_GAP
         assert source.retry_count == 0
     ranges = [r for _, r in fault_server.requests]
     assert ranges[0] is not None and ranges[0].count(",") == len(SPANS) - 1
