@@ -245,7 +245,7 @@ class HttpSource(BundleSource):
 
         The ranges are asked for together; the server answers with a
         `multipart/byteranges` body. A server that answers otherwise (the whole
-        file, one range, parts other than those asked for) is asked for one
+        file, one range, parts other than those asked for, 416) is asked for one
         range at a time from then on (`read`). A dropped connection resumes
         from the byte reached, as in `read`.
 
