@@ -60,6 +60,11 @@ def fast_settings(ca_file: str, **overrides: float | int | str | None) -> HttpSe
     return HttpSettings(**fields)  # type: ignore[arg-type]
 
 
+def fault_source(server: FaultServer) -> HttpSource:
+    """An HTTPS source for the fault server's bundle, with `fast_settings`."""
+    return HttpSource(server.url(), fast_settings(server.ca_file))
+
+
 # -- local file ----------------------------------------------------------------
 
 
@@ -331,7 +336,7 @@ def test_dropped_connections_resume_from_the_byte_reached(
 ) -> None:
     data = fault_server.data
     fault_server.drop_randomly(seed, count=30, max_bytes=200_000)
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         got = read_all(source, 0, len(data) // 2)
         got += read_all(source, len(data) // 2, len(data) - len(data) // 2)
         assert got == data
@@ -378,7 +383,7 @@ def test_deadline_stops_retries_before_it_passes(fault_server: FaultServer) -> N
 
 def test_server_ignoring_range_is_refused(fault_server: FaultServer) -> None:
     fault_server.mode = "ignore_range"
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         with pytest.raises(TransportError, match="ignored the Range request"):
             read_all(source, 1000, 1000)
         assert source.retry_count == 0
@@ -387,7 +392,7 @@ def test_server_ignoring_range_is_refused(fault_server: FaultServer) -> None:
 
 def test_wrong_content_range_is_refused(fault_server: FaultServer) -> None:
     fault_server.mode = "lie"
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         with pytest.raises(TransportError, match="wrong Content-Range 'bytes 1001-2000/"):
             read_all(source, 1000, 1000)
         assert source.bytes_fetched == 0
@@ -398,7 +403,7 @@ def test_server_sending_more_than_asked_is_cut_at_the_range_end(
 ) -> None:
     fault_server.mode = "overrun"
     data = fault_server.data
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         for offset, length in [(1000, 5000), (2_000_000, 1_000_000), (len(data) - 10, 10)]:
             before = source.bytes_fetched
             assert read_all(source, offset, length) == data[offset : offset + length]
@@ -431,7 +436,7 @@ def test_read_timeout_resumes_from_the_byte_reached(fault_server: FaultServer) -
 
 
 def test_bundle_replaced_during_download_is_refused(fault_server: FaultServer) -> None:
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         read_all(source, 0, 100)
         fault_server.data = fault_server.data + b"new"
         with pytest.raises(TransportError, match="changed size"):
@@ -441,7 +446,7 @@ def test_bundle_replaced_during_download_is_refused(fault_server: FaultServer) -
 def test_busy_server_is_retried(fault_server: FaultServer) -> None:
     fault_server.busy = 2
     data = fault_server.data
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         assert read_all(source, 10, 20) == data[10:30]
         assert source.retry_count == 2
     assert [s.status for s in fault_server.served] == [503, 503, 206]
@@ -449,13 +454,13 @@ def test_busy_server_is_retried(fault_server: FaultServer) -> None:
 
 def test_size_falls_back_to_a_range_request_without_head(fault_server: FaultServer) -> None:
     fault_server.refuse_head = True
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         assert source.size() == len(fault_server.data)
     assert fault_server.requests == [("HEAD", None), ("GET", "bytes=0-0")]
 
 
 def test_bundle_replaced_with_same_size_is_refused(fault_server: FaultServer) -> None:
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         assert source.size() == len(fault_server.data)
         fault_server.etag = '"fault-2"'
         with pytest.raises(TransportError, match="changed during the download"):
@@ -498,7 +503,7 @@ def test_server_without_multirange_support_is_asked_one_range_at_a_time(
 ) -> None:
     fault_server.mode = "single_ranges"
     data = fault_server.data
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         assert read_spans_all(source, SPANS) == expected_spans(data, SPANS)
         assert read_spans_all(source, SPANS[:2]) == expected_spans(data, SPANS[:2])
         # The whole file it sent instead was not read; gaps are bridged from now on.
@@ -528,7 +533,7 @@ def test_many_ranges_resume_after_dropped_connections(fault_server: FaultServer)
 
 def test_parts_other_than_those_asked_for_are_not_used(fault_server: FaultServer) -> None:
     fault_server.mode = "lie"
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         # The multipart answer is given up for single ranges, whose lie is refused.
         with pytest.raises(TransportError, match="wrong Content-Range 'bytes 11-110/"):
             read_spans_all(source, SPANS)
@@ -538,7 +543,7 @@ def test_parts_other_than_those_asked_for_are_not_used(fault_server: FaultServer
 def test_junk_after_the_last_part_is_not_read(fault_server: FaultServer) -> None:
     fault_server.mode = "overrun"
     data = fault_server.data
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         assert read_spans_all(source, SPANS[:3]) == expected_spans(data, SPANS[:3])
         framing = source.bytes_fetched - sum(n for _, n in SPANS[:3])
         assert 0 < framing < 3 * 150 + 1024  # at most one framing line's worth of junk
@@ -550,7 +555,7 @@ def test_server_refusing_many_ranges_with_416_is_asked_one_at_a_time(
 ) -> None:
     fault_server.mode = "single_ranges_416"
     data = fault_server.data
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         assert read_spans_all(source, SPANS) == expected_spans(data, SPANS)
         assert source.retry_count == 0
     statuses = [s.status for s in fault_server.served]
@@ -560,7 +565,7 @@ def test_server_refusing_many_ranges_with_416_is_asked_one_at_a_time(
 def test_answer_cut_before_its_closing_boundary_loses_nothing(fault_server: FaultServer) -> None:
     fault_server.mode = "unterminated"
     data = fault_server.data
-    with HttpSource(fault_server.url(), fast_settings(fault_server.ca_file)) as source:
+    with fault_source(fault_server) as source:
         for _ in range(2):  # each answer ends early; nothing is asked again
             assert read_spans_all(source, SPANS[:3]) == expected_spans(data, SPANS[:3])
         assert source.retry_count == 0
