@@ -220,10 +220,12 @@ class Console:
 
     def close(self) -> None:
         """Stop reading and close the port."""
+        # The reader wakes at least every 0.2 s (the read timeout) and sees _stop: let
+        # it leave before the port goes, or its read meets a port half closed.
         self._stop = True
+        self._thread.join(timeout=2)
         with contextlib.suppress(serial.SerialException, OSError):
             self.port.close()
-        self._thread.join(timeout=2)
         if self._log_file:
             self._log_file.close()
 
