@@ -1,25 +1,37 @@
 """A bundle on an HTTPS server, read with byte-range requests.
 
 Every read is one `Range` request whose `206` answer must carry exactly the
-requested `Content-Range`. A dropped connection or a read timeout resumes from
-the byte reached with a new range request, after an exponential back-off, a
-bounded number of times in a row; an overall deadline bounds the whole
-download. TLS is verified against a configured CA file or the system store, an
-optional client certificate identifies the device, and the usual proxy
-variables (`HTTPS_PROXY`, `NO_PROXY`) are honoured through `requests`.
+requested `Content-Range`. A dropped connection or a read timeout resumes with
+a new range request for the rest, after an exponential back-off, a bounded
+number of times in a row; an overall deadline bounds the whole download. TLS
+is verified against a configured CA file or the system store, an optional
+client certificate identifies the device, and the usual proxy variables
+(`HTTPS_PROXY`, `NO_PROXY`) are honoured through `requests`.
+
+A single-range answer is taken a whole chunk (1 MiB) per call while no
+connection has failed: a third less CPU than a call per socket read. Such a
+call runs many socket reads, so a timer shuts the connection down should the
+deadline pass inside it, and the bytes of a chunk cut short are received
+again. After the first failure, answers are taken one socket read at a time:
+every byte received counts, and a server that stalls again and again still
+makes progress. Multipart answers are always read that way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import itertools
 import os
 import re
+import socket
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -49,6 +61,42 @@ class _Retry(Exception):
 
 class _NotAsked(Exception):
     """A multi-range answer that is not the parts asked for, in order."""
+
+
+class _DeadlineCut:
+    """Shuts the connection being read down when the overall deadline passes.
+
+    A call that reads a whole chunk runs many socket reads: the read timeout
+    bounds each of them, not their sum. Shutting the connection down ends such
+    a call. One timer thread serves every answer of a source.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    @contextlib.contextmanager
+    def watching(self, sock: socket.socket) -> Iterator[None]:
+        """While in the block, the deadline shuts `sock` down."""
+        with self._lock:
+            self._sock = sock
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sock = None
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):  # already closed: nothing left to wake
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _tls_reason(exc: BaseException) -> str:
@@ -146,6 +194,10 @@ class HttpSource(BundleSource):
         # None until a multi-range request was answered; False once one was not
         # answered part by part (from then on every range is asked for alone).
         self._multirange: bool | None = None
+        # True until a connection failed; from then on bodies are read one socket
+        # read at a time (see the module docstring).
+        self._whole_chunks = True
+        self._cut: _DeadlineCut | None = None  # started with the first whole-chunk read
         self.retry_count = 0
         """Retries made so far (after drops, timeouts or busy answers)."""
         self.request_count = 0
@@ -196,7 +248,8 @@ class HttpSource(BundleSource):
     def read(self, offset: int, length: int) -> Iterator[bytes]:
         """Yield exactly `length` bytes from `offset`, in chunks of at most `CHUNK` bytes.
 
-        A dropped connection or a read timeout is resumed from the byte reached.
+        A dropped connection or a read timeout is resumed from the last chunk
+        yielded (see the module docstring).
 
         Raises:
             BundleError: The bundle on the server ends before `offset + length`.
@@ -221,15 +274,21 @@ class HttpSource(BundleSource):
                 self._back_off(failures, str(e), pos)
                 continue
             reusable = False
+            sock = getattr(resp.raw.connection, "sock", None)
+            if not (self._whole_chunks and isinstance(sock, socket.socket)):
+                sock = None  # read a socket read per call
             try:
                 self._check_range_answer(resp, pos, end)
                 reusable = resp.headers.get("Content-Length") == str(end - pos)
-                for chunk in self._body(functools.partial(self._recv, resp.raw), pos, end):
-                    pos += len(chunk)
-                    failures = 0
-                    yield chunk
+                recv = self._recv if sock is None else self._recv_chunk
+                with self._deadline_cut(sock, pos):
+                    for chunk in self._body(functools.partial(recv, resp.raw), pos, end):
+                        pos += len(chunk)
+                        failures = 0
+                        yield chunk
             except _Retry as e:
                 reusable = False
+                self._whole_chunks = False
                 resp.close()
                 failures += 1
                 self._back_off(failures, str(e), pos)
@@ -247,7 +306,7 @@ class HttpSource(BundleSource):
         `multipart/byteranges` body. A server that answers otherwise (the whole
         file, one range, parts other than those asked for, 416) is asked for one
         range at a time from then on (`read`). A dropped connection resumes
-        from the byte reached, as in `read`.
+        from the byte reached: these answers are read a socket read at a time.
 
         Raises:
             BundleError, TransportError: as `read`.
@@ -334,6 +393,8 @@ class HttpSource(BundleSource):
 
     def close(self) -> None:
         """Close the session and its kept-alive connections."""
+        if self._cut is not None:
+            self._cut.cancel()
         self._session.close()
 
     # -- internals ------------------------------------------------------------
@@ -346,6 +407,14 @@ class HttpSource(BundleSource):
                 f"of {self._where}"
             )
         return left
+
+    def _deadline_cut(self, sock: socket.socket | None, pos: int) -> AbstractContextManager[None]:
+        """A block in which the deadline shuts `sock` down (None: nothing to watch)."""
+        if sock is None:
+            return contextlib.nullcontext()
+        if self._cut is None:
+            self._cut = _DeadlineCut(self._time_left(pos))
+        return self._cut.watching(sock)
 
     def _back_off(self, failures: int, reason: str, pos: int) -> None:
         """Wait before retry number `failures` in a row, or give up."""
@@ -508,6 +577,20 @@ class HttpSource(BundleSource):
             data: bytes = raw.read1(min(n, READ1_MAX), decode_content=False)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
             raise _Retry(f"connection broken at byte {pos}: {e}") from e
+        return self._received(data, pos)
+
+    def _recv_chunk(self, raw: Any, n: int, pos: int) -> bytes:
+        """Like `_recv`, but waits for all n bytes unless the answer ends first.
+
+        Bytes received in a call that fails are lost (and asked for again).
+        """
+        try:
+            data: bytes = raw.read(n, decode_content=False)
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+            raise _Retry(f"connection broken at byte {pos}: {e}") from e
+        return self._received(data, pos)
+
+    def _received(self, data: bytes, pos: int) -> bytes:
         if not data:
             raise _Retry(f"connection closed at byte {pos}")
         self.bytes_fetched += len(data)
