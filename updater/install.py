@@ -643,6 +643,7 @@ class _DeltaWriter:
         on_target: dict[int, bytes | None] = {}
         on_active: dict[int, bytes | None] = {}
         active_data: dict[int, bytes] = {}  # the probed blocks, to copy without reading again
+        probed: set[int] = set()  # groups looked for on the active slot
         for j in groups:
             first, count = self.group_span(j)
             if not has_leaves:
@@ -659,8 +660,11 @@ class _DeltaWriter:
             if j in leaves and on_target[j] == leaves[j][: count * verity.DIGEST_SIZE]:
                 on_active[j] = None  # the target already holds the whole group
                 continue
-            probe = self.cold < COLD_GROUPS or j % COLD_GROUPS == 0
-            group = self.read_group(self.active, j) if probe else None
+            if self.cold < COLD_GROUPS or j % COLD_GROUPS == 0:
+                probed.add(j)
+                group = self.read_group(self.active, j)
+            else:
+                group = None
             on_active[j] = _digests_of(group)
             if group is not None:
                 active_data[j] = group[0]
@@ -687,20 +691,20 @@ class _DeltaWriter:
             first, count = self.group_span(j)
             want = leaves[j]
             t, a = on_target[j], on_active[j]
+            copies = len(copy)
             if t is None and a is None:  # nothing to reuse (a fresh install): fetch it all
                 fetch.extend(range(first, first + count))
-                continue
-            copies = len(copy)
-            for i in range(count):
-                d = want[i * verity.DIGEST_SIZE : (i + 1) * verity.DIGEST_SIZE]
-                sl = slice(i * verity.DIGEST_SIZE, (i + 1) * verity.DIGEST_SIZE)
-                if t is not None and t[sl] == d:
-                    self.inst._reused += BLOCK
-                elif a is not None and a[sl] == d:
-                    copy.append(first + i)
-                else:
-                    fetch.append(first + i)
-            if a is not None:
+            else:
+                for i in range(count):
+                    d = want[i * verity.DIGEST_SIZE : (i + 1) * verity.DIGEST_SIZE]
+                    sl = slice(i * verity.DIGEST_SIZE, (i + 1) * verity.DIGEST_SIZE)
+                    if t is not None and t[sl] == d:
+                        self.inst._reused += BLOCK
+                    elif a is not None and a[sl] == d:
+                        copy.append(first + i)
+                    else:
+                        fetch.append(first + i)
+            if j in probed:  # the active slot, however short, held none of it: colder
                 self.cold = 0 if len(copy) > copies else self.cold + 1
             if len(copy) == copies:
                 active_data.pop(j, None)  # nothing to copy from it: let it go

@@ -424,6 +424,20 @@ def test_delta_stops_hashing_an_unrelated_active_slot(
     assert_installed(dev)
 
 
+def test_delta_counts_a_short_active_slot_as_cold(
+    tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from updater import install
+
+    # The running slot is a plain file of one leaf group: beyond it, it holds nothing.
+    dev = make_device(tmp_path / "dev", pki, image_bytes(128, seed=1))
+    batches = spy(monkeypatch, install._DeltaWriter, "batch")
+    result = install_file(dev, dev.bundle(image_bytes(128 * 96, seed=2)), delta=True)
+    assert result.bytes_reused == 0  # type: ignore[attr-defined]
+    assert [groups for _, groups in batches] == [range(0, 16), range(16, 32), range(32, 96)]
+    assert_installed(dev)
+
+
 def test_delta_probes_again_once_a_cold_active_slot_matches(
     tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
