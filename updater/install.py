@@ -704,7 +704,7 @@ class _DeltaWriter:
                         copy.append(first + i)
                     else:
                         fetch.append(first + i)
-            if j in probed:  # the active slot, however short, held none of it: colder
+            if j in probed:  # a probe that found nothing to copy (also past its end) cools
                 self.cold = 0 if len(copy) > copies else self.cold + 1
             if len(copy) == copies:
                 active_data.pop(j, None)  # nothing to copy from it: let it go
