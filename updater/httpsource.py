@@ -8,8 +8,8 @@ is verified against a configured CA file or the system store, an optional
 client certificate identifies the device, and the usual proxy variables
 (`HTTPS_PROXY`, `NO_PROXY`) are honoured through `requests`.
 
-A single-range answer is taken a whole chunk (1 MiB) per call while no
-connection has failed: a third less CPU than a call per socket read. Such a
+A single-range answer is taken a whole chunk (1 MiB) per call until an
+answer breaks off: a third less CPU than a call per socket read. Such a
 call runs many socket reads, so a timer shuts the connection down should the
 deadline pass inside it, and the bytes of a chunk cut short are received
 again. After the first failure, answers are taken one socket read at a time:
@@ -194,7 +194,7 @@ class HttpSource(BundleSource):
         # None until a multi-range request was answered; False once one was not
         # answered part by part (from then on every range is asked for alone).
         self._multirange: bool | None = None
-        # True until a connection failed; from then on bodies are read one socket
+        # True until an answer broke off; from then on answers are read one socket
         # read at a time (see the module docstring).
         self._whole_chunks = True
         self._cut: _DeadlineCut | None = None  # started with the first whole-chunk read
@@ -280,9 +280,9 @@ class HttpSource(BundleSource):
             try:
                 self._check_range_answer(resp, pos, end)
                 reusable = resp.headers.get("Content-Length") == str(end - pos)
-                recv = self._recv if sock is None else self._recv_chunk
+                recv = functools.partial(self._recv, resp.raw, whole=sock is not None)
                 with self._deadline_cut(sock, pos):
-                    for chunk in self._body(functools.partial(recv, resp.raw), pos, end):
+                    for chunk in self._body(recv, pos, end):
                         pos += len(chunk)
                         failures = 0
                         yield chunk
@@ -335,6 +335,7 @@ class HttpSource(BundleSource):
             except (_NotAsked, byteranges.MalformedParts):
                 self._multirange = False
             except _Retry as e:
+                self._whole_chunks = False
                 failures += 1
                 self._back_off(failures, str(e), todo[0][0])
 
@@ -567,30 +568,22 @@ class HttpSource(BundleSource):
         if total is not None:
             self._check_total(total)
 
-    def _recv(self, raw: Any, n: int, pos: int) -> bytes:
+    def _recv(self, raw: Any, n: int, pos: int, *, whole: bool = False) -> bytes:
         """Up to n bytes of an answer's body, at least one; _Retry when the connection broke.
 
-        read1 returns what one socket read delivered, so a trickling server
-        cannot hold us past the deadline inside one call.
+        By default what one socket read delivered (read1), so a trickling server
+        cannot hold us past the deadline inside one call. With `whole`, all n
+        bytes unless the answer ends first; the caller watches the deadline
+        (`_deadline_cut`), and the bytes of a call that fails are lost.
         """
         try:
-            data: bytes = raw.read1(min(n, READ1_MAX), decode_content=False)
+            data: bytes = (
+                raw.read(n, decode_content=False)
+                if whole
+                else raw.read1(min(n, READ1_MAX), decode_content=False)
+            )
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
             raise _Retry(f"connection broken at byte {pos}: {e}") from e
-        return self._received(data, pos)
-
-    def _recv_chunk(self, raw: Any, n: int, pos: int) -> bytes:
-        """Like `_recv`, but waits for all n bytes unless the answer ends first.
-
-        Bytes received in a call that fails are lost (and asked for again).
-        """
-        try:
-            data: bytes = raw.read(n, decode_content=False)
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
-            raise _Retry(f"connection broken at byte {pos}: {e}") from e
-        return self._received(data, pos)
-
-    def _received(self, data: bytes, pos: int) -> bytes:
         if not data:
             raise _Retry(f"connection closed at byte {pos}")
         self.bytes_fetched += len(data)
