@@ -9,12 +9,12 @@ client certificate identifies the device, and the usual proxy variables
 (`HTTPS_PROXY`, `NO_PROXY`) are honoured through `requests`.
 
 A single-range answer is taken a whole chunk (1 MiB) per call until an
-answer breaks off: a third less CPU than a call per socket read. Such a
-call runs many socket reads, so a timer shuts the connection down should the
-deadline pass inside it, and the bytes of a chunk cut short are received
-again. After the first failure, answers are taken one socket read at a time:
-every byte received counts, and a server that stalls again and again still
-makes progress. Multipart answers are always read that way.
+answer breaks off: about a quarter less CPU to receive than a call per socket
+read. Such a call runs many socket reads, so a timer shuts the connection down
+should the deadline pass inside it, and the bytes of a chunk cut short are
+received again. After the first failure, answers are taken one socket read at
+a time: every byte received counts, and a server that stalls again and again
+still makes progress. Multipart answers are always read that way.
 """
 
 from __future__ import annotations
