@@ -121,20 +121,34 @@ def _serve(fn: Callable[[bytes], bytes], requests_fd: int, out_fd: int) -> int:
                 return 1
 
 
-def _receive(pipe: BinaryIO) -> bytes:
+def _receive(pipe: BinaryIO, reap: Callable[[], str]) -> bytes:
+    """The next record from a child; `reap` says how the child ended if it is gone."""
     head = _read_exact(pipe, 1 + _LENGTH)
     if len(head) != 1 + _LENGTH:
-        raise BundleIOError("a worker process ended before its work was done")
+        raise BundleIOError(f"a worker process ended before its work was done ({reap()})")
     body = _read_exact(pipe, int.from_bytes(head[1:], "little"))
     if head[:1] == _FAILED:
         raise BundleIOError(body.decode("utf-8", "replace"))
     return body
 
 
+def _reap(pid: int) -> str:
+    """Wait for the child `pid`, which has closed its end of the pipe; how it ended."""
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status))
+        if sig == signal.SIGBUS:
+            return "killed by SIGBUS: a file it had mapped could not be read"
+        return f"killed by {sig.name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
 def _stop(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    """Kill and reap the child `pid`, unless it was reaped already (0)."""
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def ordered_map(fn: Callable[[T], bytes], items: Sequence[T], workers: int) -> Iterator[bytes]:
@@ -157,8 +171,14 @@ def ordered_map(fn: Callable[[T], bytes], items: Sequence[T], workers: int) -> I
             os.close(w)
             pids.append(pid)
             pipes.append(os.fdopen(r, "rb"))
+
+        def reap(k: int) -> str:
+            pid, pids[k] = pids[k], 0
+            return _reap(pid)
+
         for i in range(len(items)):
-            yield _receive(pipes[i % workers])
+            k = i % workers
+            yield _receive(pipes[k], functools.partial(reap, k))
     finally:
         for p in pipes:
             p.close()
@@ -201,23 +221,27 @@ class Worker:
         """The answers that have arrived, without waiting for more."""
         while self._due and select.select([self._answers], [], [], 0)[0]:
             self._due -= 1
-            yield _receive(self._answers)
+            yield _receive(self._answers, self._reap)
 
     def answer(self) -> bytes:
         """The next answer due, waiting for it."""
         if not self._due:
             raise ValueError("no answer is due")
         self._due -= 1
-        return _receive(self._answers)
+        return _receive(self._answers, self._reap)
 
     def finish(self) -> Iterator[bytes]:
         """Every answer still due, waiting for each."""
         while self._due:
             yield self.answer()
 
+    def _reap(self) -> str:
+        pid, self._pid = self._pid, 0
+        return _reap(pid)
+
     def close(self) -> None:
         """Stop the child (whether or not it is done) and release the pipes."""
-        if self._pid:
+        if not self._answers.closed:
             with contextlib.suppress(OSError):  # a child that died leaves a broken pipe
                 self._requests.close()
             self._answers.close()

@@ -217,11 +217,15 @@ def _image_size(fd: int) -> int:
     return os.lseek(fd, 0, os.SEEK_END)
 
 
-def _hash_mapped(fd: int, base: hashlib._Hash, span: tuple[int, int]) -> bytes:
-    """Leaf digests of `count` blocks of the open file from block `first` (runs in a worker).
+def hash_mapped(fd: int, base: hashlib._Hash, span: tuple[int, int]) -> bytes:
+    """Leaf digests of `count` blocks of the open file from block `first`.
 
-    The blocks are hashed where the page cache holds them (a read-only mapping),
-    not copied out first.
+    `base` is sha256(salt). The blocks are hashed where the page cache holds
+    them (a read-only mapping), not copied out first. The mapping lasts this
+    call only, so what it adds to the resident set stays one span. A block that
+    cannot be read (past the end of the file, a medium error) raises SIGBUS:
+    callers check the file's size first, and where a medium may fail (a slot
+    read back) call this in a forked worker, whose end the parent reports.
     """
     first, count = span
     with mmap.mmap(fd, count * BLOCK_SIZE, offset=first * BLOCK_SIZE, access=mmap.ACCESS_READ) as m:
@@ -259,9 +263,9 @@ def file_leaf_digests(
             )
         base = hashlib.sha256(salt)
         if workers <= 1 or data_blocks <= 4 * CHUNK_BLOCKS:
-            digests: Iterator[bytes] = (_hash_mapped(fd, base, span) for span in spans)
+            digests: Iterator[bytes] = (hash_mapped(fd, base, span) for span in spans)
         else:
-            digests = forked.ordered_map(functools.partial(_hash_mapped, fd, base), spans, workers)
+            digests = forked.ordered_map(functools.partial(hash_mapped, fd, base), spans, workers)
         for (first, count), chunk in zip(spans, digests, strict=True):
             if observe:
                 observe(os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE))

@@ -17,6 +17,7 @@ last region, and a failing medium is found early.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 
@@ -51,25 +52,31 @@ def _check_stored_area(dev: SlotDevice, vinfo: VerityInfo, hash_offset: int) -> 
 def _check_region(
     path: str, checker: verity.TreeChecker, hash_offset: int, request: bytes
 ) -> bytes:
-    """In the child: read data blocks back and check them; b"" if they match, else why not."""
+    """In the child: read data blocks back and check them; b"" if they match, else why not.
+
+    The blocks are hashed where the page cache holds them once read (see
+    `verity.hash_mapped`). A read the medium fails kills this child with
+    SIGBUS, and the parent reports it.
+    """
     first = int.from_bytes(request[:_REQUEST_BYTES], "little")
     end = first + int.from_bytes(request[_REQUEST_BYTES:], "little")
+    base = hashlib.sha256(checker.salt)
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()
+        if os.lseek(fd, 0, os.SEEK_END) < end * BLOCK:
+            raise BundleIOError(f"{path} ends before block {end}")
 
         def leaf(j: int) -> bytes:
             return os.pread(fd, BLOCK, hash_offset + (checker.first_leaf + j) * BLOCK)
 
         for start in range(first, end, verity.CHUNK_BLOCKS):
             count = min(verity.CHUNK_BLOCKS, end - start)
-            data = os.pread(fd, count * BLOCK, start * BLOCK)
-            if len(data) != count * BLOCK:
-                raise BundleIOError(f"{path} ends before block {start + count}")
             try:
                 expected = checker.leaf_digests(start, count, leaf)
             except BundleError as e:
                 return f"hash tree: {e}".encode()
-            bad = checker.bad_block(start, data, expected)
+            got = verity.hash_mapped(fd, base, (start, count))
+            bad = verity.first_mismatch(start, got, expected)
             if bad is not None:
                 return f"block {bad}".encode()
     return b""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
+import functools
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -47,8 +50,40 @@ def die_at_three(n: int) -> bytes:
 
 
 def test_a_worker_that_dies_is_an_error_not_a_hang() -> None:
-    with pytest.raises(BundleIOError, match="ended before its work was done"):
+    before = children_of_this_process()
+    with pytest.raises(BundleIOError, match=r"ended before its work was done \(exit status 9\)"):
         list(forked.ordered_map(die_at_three, list(range(10)), workers=2))
+    assert children_of_this_process() - before == set()
+
+
+class ShrinkOnFirstBlock:
+    """Stands in for sha256(salt): the file loses its second block once mapped."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def copy(self) -> hashlib._Hash:
+        os.ftruncate(self.fd, verity.BLOCK_SIZE)
+        return hashlib.sha256()
+
+
+def hash_mapped_blocks(path: str, request: bytes) -> bytes:
+    """Hash the file's two blocks where they are mapped; b"shrink" loses one meanwhile."""
+    faulthandler.disable()  # pytest's, inherited: the SIGBUS expected here is not a crash to trace
+    with open(path, "rb+") as f:
+        fd = f.fileno()
+        base = ShrinkOnFirstBlock(fd) if request == b"shrink" else hashlib.sha256()
+        return verity.hash_mapped(fd, base, (0, 2))  # type: ignore[arg-type]
+
+
+def test_a_worker_killed_by_a_failed_mapped_read_says_so(tmp_path: Path) -> None:
+    image = write_image(tmp_path / "img", 2, seed=3)
+    with forked.Worker(functools.partial(hash_mapped_blocks, str(image))) as w:
+        w.send(b"whole")
+        assert w.answer() == verity.digest_blocks(b"", image.read_bytes())
+        w.send(b"shrink")
+        with pytest.raises(BundleIOError, match="killed by SIGBUS: a file it had mapped"):
+            w.answer()
 
 
 def slow(n: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -375,6 +376,25 @@ def test_read_back_catches_a_failing_medium(
     regions = [upto_block for _, upto_block in flushed]
     # With small flushes a region was read back before the end of the data.
     assert regions and (regions[0] < BLOCKS) == (flush_every < 64 << 20), regions
+    env = fw_printenv(device)
+    assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
+
+
+class ShrinkingMedium(FileSlot):
+    """A slot that loses all but its first 50 blocks once flushed (a medium swapped under us)."""
+
+    def flush(self) -> None:
+        super().flush()
+        os.truncate(self.path, 50 * 4096)
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_read_back_of_a_slot_that_shrank_is_a_device_error(device: Device, delta: bool) -> None:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=13))
+    inst = Installer(device.config(), open_slot=ShrinkingMedium)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match="back failed") as e:
+        inst.install(src, delta=delta)
+    assert f"ends before block {BLOCKS}" in str(e.value)
     env = fw_printenv(device)
     assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
 
