@@ -121,7 +121,7 @@ def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
     installer = Installer(config, progress=printer)
     try:
         with open_source(args.source, config.http) as source:
-            result = installer.install(source, slot=args.slot, force=args.force, delta=args.delta)
+            result = installer.install(source, slot=args.slot, delta=args.delta)
     finally:
         printer.close()
     out = result.to_dict()
@@ -222,7 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("source", metavar="SOURCE")
     i.add_argument("--slot", help="target slot (default: the one not booted)")
-    i.add_argument("--force", action="store_true", help="allow installing into the booted slot")
     i.add_argument("--reboot", action="store_true", help="reboot when the install succeeded")
     d = i.add_mutually_exclusive_group()
     d.add_argument(

@@ -263,9 +263,7 @@ class Installer:
         )
         return head
 
-    def choose_target(
-        self, image_class: str, slot: str | None, force: bool
-    ) -> tuple[str, str | None]:
+    def choose_target(self, image_class: str, slot: str | None) -> tuple[str, str | None]:
         """The slot to write and the booted slot of the same class (if any)."""
         try:
             booted = self.control.booted_slot()
@@ -277,7 +275,7 @@ class Installer:
         if slot is not None:
             if slot not in same:
                 raise UsageError(f"slot {slot} is not a {image_class} slot of {self.board.name}")
-            if slot == booted and not force:
+            if slot == booted:
                 raise UsageError(f"refusing to install into the booted slot {slot}")
             return slot, booted if booted in same else None
         others = [s for s in same if s != booted]
@@ -295,7 +293,6 @@ class Installer:
         source: BundleSource,
         *,
         slot: str | None = None,
-        force: bool = False,
         delta: bool | None = None,
     ) -> InstallResult:
         """Install the bundle from `source`; see the module docstring for the steps.
@@ -303,13 +300,12 @@ class Installer:
         Args:
             source: where the bundle comes from.
             slot: target slot (default: the inactive one).
-            force: allow installing into the booted slot.
             delta: reuse blocks of the target and active slots (default: when the
                 source allows random access and is remote).
         """
         started = self.clock()
         try:
-            result = self._install(source, slot, force, delta, started)
+            result = self._install(source, slot, delta, started)
         except (BundleError, TrustError, PolicyError, TransportError, DeviceError, UsageError) as e:
             self._record_failure(e, started)
             raise
@@ -334,7 +330,6 @@ class Installer:
         self,
         source: BundleSource,
         slot: str | None,
-        force: bool,
         delta: bool | None,
         started: float,
     ) -> InstallResult:
@@ -343,7 +338,7 @@ class Installer:
             raise PolicyError("bundles with more than one image are not supported yet")
         part = head.images[0]
         image = part.image
-        target, active = self.choose_target(image.slot_class, slot, force)
+        target, active = self.choose_target(image.slot_class, slot)
         vinfo = image.verity
         needed = image.size + vinfo.tree_size
 
@@ -391,9 +386,7 @@ class Installer:
 
         root = vinfo.root_hash.hex()
         self._report("switch", 0, 1, source)
-        self.control.set_primary(
-            target, SlotVerity(root, vinfo.salt.hex(), vinfo.data_blocks), force=force
-        )
+        self.control.set_primary(target, SlotVerity(root, vinfo.salt.hex(), vinfo.data_blocks))
         m = head.manifest
         now = int(self.clock())
         self.state.record_slot(
