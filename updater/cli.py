@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         """\
         Install the bundle at SOURCE: a file (e.g. on a USB stick), - for standard
         input, or an https:// URL. Over HTTPS, blocks the target or the running slot
-        already hold are not downloaded, and an interrupted install resumes.""",
+        already hold are not downloaded. An interrupted install resumes when run
+        again, from a URL or a file alike.""",
     )
     i.add_argument("source", metavar="SOURCE")
     i.add_argument("--slot", help="target slot (default: the one not booted)")
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="delta",
         action="store_true",
         default=None,
-        help="reuse blocks of the target and running slots (default for https://)",
+        help="reuse blocks of the target and running slots (default for https://, and"
+        " for a file whose install into the target was interrupted)",
     )
     d.add_argument(
         "--no-delta", dest="delta", action="store_false", help="fetch every block from SOURCE"

@@ -39,6 +39,7 @@ from bootctl.state import SlotVerity
 from bundle_tool import verity
 from bundle_tool.container import ImageLayout, VerifiedHead
 from bundle_tool.errors import BundleError, PolicyError, TrustError
+from bundle_tool.manifest import VerityInfo
 from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
 from bundle_tool.signing import load_keyring
@@ -301,7 +302,8 @@ class Installer:
             source: where the bundle comes from.
             slot: target slot (default: the inactive one).
             delta: reuse blocks of the target and active slots (default: when the
-                source allows random access and is remote).
+                source allows random access, and is remote or the target already
+                holds this image's tree, as after an interrupted install: it resumes).
         """
         started = self.clock()
         try:
@@ -354,7 +356,7 @@ class Installer:
             checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
             self._reused = 0
             if delta is None:
-                delta = source.random_access and source.remote
+                delta = source.random_access and (source.remote or _holds_tree(dev, vinfo))
             active_dev = self._open_active(active) if delta and source.random_access else None
             # Blocks are hashed by a child from here on (forked before any thread starts).
             self._hashing = hasher = hashing.SpanDigests(vinfo.salt, SPAN_BLOCKS * BLOCK)
@@ -542,6 +544,25 @@ class Installer:
         finally:
             reader_thread.shutdown(wait=False, cancel_futures=True)
             writer_thread.shutdown(wait=True, cancel_futures=True)
+
+
+def _holds_tree(dev: SlotDevice, vinfo: VerityInfo) -> bool:
+    """Whether `dev` holds this image's hash area above the leaves, where it belongs.
+
+    The tree is written before the data, so this is the mark of an earlier
+    install of the same image into this slot, interrupted or not: the delta path
+    then keeps the blocks it flushed instead of writing them again.
+    """
+    probe = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
+    offset = vinfo.data_blocks * BLOCK
+    try:
+        for _ in probe.check_upper(
+            dev.pread(offset + i * BLOCK, BLOCK) for i in range(probe.first_leaf)
+        ):
+            pass
+    except (BundleError, DeviceError):
+        return False
+    return True
 
 
 class _DeltaWriter:

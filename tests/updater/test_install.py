@@ -166,6 +166,51 @@ def test_reinstall_resumes_without_fetching_data(device: Device) -> None:
     assert_installed(device)
 
 
+class FailingAfter500Blocks(FileSlot):
+    """A medium that fails once the install has written past data block 500."""
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        if 500 * 4096 <= offset < BLOCKS * 4096:
+            raise DeviceError(f"slot {self.path}: write failed: Input/output error")
+        super().pwrite(offset, data)
+
+
+@pytest.mark.parametrize("cli", [False, True])
+def test_an_interrupted_install_from_a_file_resumes_when_run_again(
+    device: Device, monkeypatch: pytest.MonkeyPatch, *, cli: bool
+) -> None:
+    from updater import install
+
+    monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
+    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)  # a flush every 64 blocks
+    new = image_bytes(BLOCKS, seed=14)
+    bundle = device.bundle(new)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match="Input/output error"):
+        Installer(device.config(), open_slot=FailingAfter500Blocks).install(src)
+    # Run again as a user would, with no delta option: the flushed blocks are kept.
+    if cli:
+        args = ["install", str(bundle), "--json", "--config", str(device.config_path)]
+        r = subprocess.run(
+            [sys.executable, "-m", "updater.cli", *args],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        again = json.loads(r.stdout.splitlines()[-1])
+    else:
+        again = install_file(device, bundle).to_dict()  # type: ignore[attr-defined]
+    assert again["bytes_reused"] >= 448 * 4096, again
+    assert again["bytes_fetched"] <= (BLOCKS - 448 + 16) * 4096, again
+    assert_installed(device)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+
+
+def test_a_fresh_install_from_a_file_takes_the_stream_path(device: Device) -> None:
+    result = install_file(device, device.bundle(image_bytes(BLOCKS, seed=15)))
+    assert result.bytes_reused == 0  # type: ignore[attr-defined]
+    assert result.bytes_fetched >= BLOCKS * 4096  # type: ignore[attr-defined]
+
+
 # --- refusals: the booted slot and the environment stay byte-identical --------------------
 
 
