@@ -13,14 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, NoReturn
 
-from bootctl.control import SlotControl
 from bootctl.errors import BootctlError
 from bundle_tool.cliutil import add_command, exit_status, make_parser
 from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
 
 from . import errors
-from .config import DEFAULT_CONFIG, DeviceConfig, load_config
-from .install import Installer, Progress
+from .config import DEFAULT_CONFIG, load_config
+from .install import Installer, Progress, open_control
 from .sources import open_source
 from .statedir import StateDir
 
@@ -109,12 +108,6 @@ def _size(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
-def _control(config: DeviceConfig) -> SlotControl:
-    return SlotControl.open(
-        config.board, env_override=config.env_override, cmdline_path=config.cmdline
-    )
-
-
 def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     printer = ProgressPrinter(args.json)
@@ -134,7 +127,7 @@ def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     state = StateDir(config.state_dir)
-    out = _control(config).status().to_dict()
+    out = open_control(config).status().to_dict()
     records = state.slot_records()
     for name, slot in out["slots"].items():
         record = records.get(name)
@@ -147,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_mark_good(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
-    control = _control(config)
+    control = open_control(config)
     slot = control.mark_good()
     installer = Installer(config, control=control)
     installer.refresh_floor()

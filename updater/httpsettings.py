@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
+_SECONDS = ("connect_timeout", "read_timeout", "deadline", "backoff_initial", "backoff_max")
+
 
 @dataclass(frozen=True)
 class HttpSettings:
@@ -38,6 +40,12 @@ class HttpSettings:
     backoff_max: float = 8.0
 
     def __post_init__(self) -> None:
+        for name in _SECONDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"HTTP setting {name} must be a number of seconds, not {value!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int):
+            raise UsageError(f"HTTP setting retries must be a whole number, not {self.retries!r}")
         for name in ("connect_timeout", "read_timeout", "deadline"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"HTTP setting {name} must be a positive number of seconds")

@@ -99,8 +99,14 @@ class _DeadlineCut:
         self._timer.cancel()
 
 
-def _tls_reason(exc: BaseException) -> str:
-    """Find the OpenSSL reason behind a wrapped TLS error, for a one-line message."""
+def _reason(exc: BaseException) -> str:
+    """The cause behind a wrapped transport error, for a one-line message.
+
+    requests and urllib3 wrap it in text that quotes the whole URL, query string
+    (perhaps a token) included, and their retry bookkeeping. Only the cause is
+    kept: the OpenSSL reason of a TLS error, the system's text of a socket error
+    ("Connection refused", "Name or service not known"), else the error's kind.
+    """
     seen: set[int] = set()
     todo: list[object] = [exc]
     while todo:
@@ -111,9 +117,11 @@ def _tls_reason(exc: BaseException) -> str:
         if isinstance(e, ssl.SSLCertVerificationError):
             return f"certificate verify failed: {e.verify_message}"
         if isinstance(e, ssl.SSLError):
-            return e.reason or str(e)
+            return e.reason or type(e).__name__
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
         todo.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
-    return str(exc)
+    return type(exc).__name__
 
 
 def system_ca_store() -> str | bool:
@@ -450,7 +458,7 @@ class HttpSource(BundleSource):
                 allow_redirects=True,
             )
         except requests.exceptions.SSLError as e:
-            reason = _tls_reason(e)
+            reason = _reason(e)
             if _is_certificate_problem(e):
                 raise TransportError(
                     f"TLS certificate check with {self._where} failed ({reason}); "
@@ -458,13 +466,15 @@ class HttpSource(BundleSource):
                 ) from e
             raise _Retry(f"TLS error: {reason}") from e
         except requests.exceptions.ProxyError as e:
-            raise _Retry(f"proxy failed: {e}") from e
+            raise _Retry(f"proxy failed: {_reason(e)}") from e
+        except requests.exceptions.ConnectTimeout as e:
+            raise _Retry("connecting timed out") from e
         except requests.exceptions.Timeout as e:
-            raise _Retry(f"timed out: {e}") from e
+            raise _Retry("timed out waiting for the server") from e
         except requests.exceptions.ConnectionError as e:
-            raise _Retry(f"connection failed: {e}") from e
+            raise _Retry(f"connection failed: {_reason(e)}") from e
         except (requests.exceptions.RequestException, OSError) as e:
-            raise TransportError(f"{method} {self._where} failed: {e}") from e
+            raise TransportError(f"{method} {self._where} failed: {_reason(e)}") from e
         if urlsplit(resp.url).scheme != "https" and not self._allow_http:
             resp.close()
             raise TransportError(f"{self._where} redirected to a non-HTTPS URL; refused")

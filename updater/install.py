@@ -34,7 +34,7 @@ from typing import Any
 
 from bootctl import state as slotstate
 from bootctl.control import SlotControl
-from bootctl.errors import BootctlError, SlotError
+from bootctl.errors import BootctlError, ConfigError, SlotError
 from bootctl.state import SlotVerity
 from bundle_tool import verity
 from bundle_tool.container import ImageLayout, VerifiedHead
@@ -218,7 +218,7 @@ class Installer:
     ) -> None:
         self.config = config
         self.board = config.board
-        self.control = control or _open_control(config)
+        self.control = control or open_control(config)
         self.open_slot = open_slot
         self.clock = clock
         self.progress = progress
@@ -761,10 +761,18 @@ def _digests_of(group: tuple[bytes, bytes] | None) -> bytes | None:
     return None if group is None else group[1]
 
 
-def _open_control(config: DeviceConfig) -> SlotControl:
+def open_control(config: DeviceConfig) -> SlotControl:
+    """The boot environment and slot state of the configured device.
+
+    Raises:
+        UsageError: the configuration's environment location is malformed.
+        DeviceError: the environment cannot be read.
+    """
     try:
         return SlotControl.open(
             config.board, env_override=config.env_override, cmdline_path=config.cmdline
         )
+    except ConfigError as e:
+        raise UsageError(f"device config: boot environment: {e}") from e
     except BootctlError as e:
         raise DeviceError(f"boot environment: {e}") from e

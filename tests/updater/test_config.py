@@ -9,6 +9,7 @@ import pytest
 
 from updater.config import load_config, parse_config
 from updater.errors import UsageError
+from updater.install import open_control
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "docs" / "examples"
@@ -49,6 +50,10 @@ BASE = {
         ({"env": {"grubenv": "x"}}, r"unknown key|fw_env_config"),
         ({"threshold": 0}, "threshold"),
         ({"http": {"read_timeout": -1}}, "read_timeout"),
+        ({"http": {"connect_timeout": True}}, "connect_timeout must be a number of seconds"),
+        ({"http": {"deadline": "10"}}, "deadline must be a number of seconds, not '10'"),
+        ({"http": {"retries": 1.5}}, "retries must be a whole number"),
+        ({"http": {"retries": True}}, "retries must be a whole number"),
         ({"board": str(REPO / "missing.toml")}, "board"),
     ],
 )
@@ -62,3 +67,13 @@ def test_required_keys() -> None:
         data = {k: v for k, v in BASE.items() if k != key}
         with pytest.raises(UsageError, match=f"'{key}' is required"):
             parse_config(data, Path("/tmp"))
+
+
+@pytest.mark.parametrize(
+    "lines", [["uboot.env 0x0000 0x2000"], ["uboot.env zero 0x4000"], []], ids=str
+)
+def test_a_bad_env_location_is_a_configuration_error(tmp_path: Path, lines: list[str]) -> None:
+    """Found when the environment is opened, it is still the configuration's fault (exit 2)."""
+    config = parse_config({**BASE, "env": {"fw_env_config": lines}}, tmp_path)
+    with pytest.raises(UsageError, match="device config: boot environment"):
+        open_control(config)

@@ -132,3 +132,36 @@ def test_untrusted_server_certificate_changes_nothing(
     with pytest.raises(TransportError, match="certificate"):
         https_install(device, nginx_server.url("b.bundle"), str(other_ca))
     assert device.snapshot() == before
+
+
+def test_transport_errors_name_the_cause_not_the_query_or_credentials(
+    tmp_path: Path, pki: keygen.DevPki
+) -> None:
+    """A token in the URL stays out of the message, the JSON error and the state."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    device = make_device(tmp_path / "dev", pki, image_bytes(8, seed=1))
+    with device.config_path.open("a") as f:
+        f.write("[http]\nretries = 1\nbackoff_initial = 0.01\n")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"https://user:hunter2@127.0.0.1:{port}/x.bundle?token=SECRETTOKEN"
+    args = ["install", url, "--json", "--config", str(device.config_path)]
+    r = subprocess.run(
+        [sys.executable, "-m", "updater.cli", *args],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 6, r.stderr
+    stderr = r.stderr.strip().splitlines()
+    assert len(stderr) == 1 and "Connection refused" in stderr[0], stderr
+    assert f"https://127.0.0.1:{port}/x.bundle" in stderr[0]
+    last = (device.root / "state" / "last-install.json").read_text()
+    error = json.loads(r.stdout.splitlines()[-1])
+    for text in (r.stderr, r.stdout, last):
+        assert "SECRETTOKEN" not in text and "hunter2" not in text
+    assert error["event"] == "error" and "Connection refused" in error["error"]
