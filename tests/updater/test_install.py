@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -51,14 +51,28 @@ def fw_printenv(device: Device) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines())
 
 
-def assert_installed(device: Device, slot: str = "B") -> SlotVerity:
+def assert_installed(device: Device, slot: str = "B", bundle: Path | None = None) -> SlotVerity:
+    """The env boots `slot` first with full tries, and the slot verifies with its root hash.
+
+    With `bundle`, that root hash must be the one its signed manifest names.
+    """
     env = fw_printenv(device)
     assert env["BOOT_ORDER"].split()[0] == slot
     assert env[f"BOOT_{slot}_LEFT"] == "3"
     v = SlotVerity.from_env(env[f"BOOT_{slot}_VERITY"])
+    if bundle is not None:
+        assert v.root_hash == manifest_root_hash(bundle)
     result = veritysetup_verify(device.slot(slot), v)
     assert result.returncode == 0, result.stderr
     return v
+
+
+def manifest_root_hash(bundle: Path) -> str:
+    from bundle_tool.container import HEADER_SIZE, inspect_head, parse_header
+
+    raw = bundle.read_bytes()
+    manifest, _ = inspect_head(raw[: parse_header(raw[:HEADER_SIZE]).head_size])
+    return manifest.images[0].verity.root_hash.hex()
 
 
 def spy(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tuple[Any, ...]]:
@@ -99,7 +113,7 @@ def test_good_install_from_file(device: Device) -> None:
     new = image_bytes(BLOCKS, seed=2)
     bundle = device.bundle(new)
     result = install_file(device, bundle)
-    v = assert_installed(device)
+    v = assert_installed(device, bundle=bundle)
     assert device.slot("B").read_bytes()[: len(new)] == new
     assert result.slot == "B" and result.version == "2.0.0"  # type: ignore[attr-defined]
     assert v.data_blocks == BLOCKS
@@ -129,7 +143,7 @@ def test_good_install_from_stdin_with_the_cli(device: Device) -> None:
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert lines[-1]["event"] == "result" and lines[-1]["slot"] == "B"
     assert any(line["event"] == "progress" and line["phase"] == "data" for line in lines)
-    assert_installed(device)
+    assert_installed(device, bundle=bundle)
 
 
 def test_good_install_over_https(device: Device, nginx_server) -> None:  # type: ignore[no-untyped-def]
@@ -152,7 +166,7 @@ def test_good_install_over_https(device: Device, nginx_server) -> None:  # type:
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    assert_installed(device)
+    assert_installed(device, bundle=bundle)
     # Slot B was empty and A holds other data: everything came over the network once.
     assert nginx_server.body_bytes_served() >= BLOCKS * 4096
 
@@ -163,7 +177,7 @@ def test_reinstall_resumes_without_fetching_data(device: Device) -> None:
     again = install_file(device, bundle, delta=True)
     assert again.bytes_reused == BLOCKS * 4096  # type: ignore[attr-defined]
     assert again.bytes_fetched < 16 * 4096  # type: ignore[attr-defined]
-    assert_installed(device)
+    assert_installed(device, bundle=bundle)
 
 
 class FailingAfter500Blocks(FileSlot):
@@ -245,7 +259,8 @@ REFUSALS: dict[str, tuple[type[Exception], str]] = {
     "wrong compatible": (PolicyError, "this device is 'qemu-arm64-uboot'"),
     "downgrade": (PolicyError, "below this device's anti-rollback floor 5"),
     "expired": (PolicyError, "expired on"),
-    "corrupt tree": (BundleError, "hash tree block"),
+    "corrupt tree": (BundleError, "hash tree block 0 of level 1 does not match"),
+    "corrupt leaf": (BundleError, "hash tree block 2 of level 0 does not match"),
     "corrupt data": (BundleError, "image block 333 "),
     "truncated": (BundleError, "truncated"),
     "extra bytes": (BundleError, "1 bytes the manifest does not account for"),
@@ -276,8 +291,10 @@ def test_refusal_leaves_booted_slot_and_env_untouched(
         StateDir(device.root / "state").raise_floor(5)
     elif case == "expired":
         bundle = device.bundle(image_bytes(BLOCKS, 6), "e.bundle", expires=BUILD_TIME + 1)
-    elif case == "corrupt tree":
+    elif case == "corrupt tree":  # the area: superblock, level 1 (one block), 6 leaf blocks
         bundle = flip(good, layout(device, good)[0] + 4096 + 100)
+    elif case == "corrupt leaf":
+        bundle = flip(good, layout(device, good)[0] + 4 * 4096 + 100)
     elif case == "corrupt data":
         bundle = flip(good, layout(device, good)[1] + 333 * 4096 + 7)
     elif case == "truncated":
@@ -295,6 +312,57 @@ def test_refusal_leaves_booted_slot_and_env_untouched(
     assert device.snapshot() == before
     last = StateDir(device.root / "state").last_result()
     assert last is not None and last["status"] == "failed"
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_a_corrupt_block_from_a_file_is_never_written(device: Device, delta: bool) -> None:
+    good = device.bundle(image_bytes(BLOCKS, seed=7))
+    data = layout(device, good)[1]
+    bad = flip(good, data + 333 * 4096 + 7)
+    bad_block = bad.read_bytes()[data + 333 * 4096 : data + 334 * 4096]
+    with FileSource(bad) as src, pytest.raises(BundleError, match="image block 333 "):
+        Installer(device.config()).install(src, delta=delta)
+    assert device.slot("B").read_bytes()[333 * 4096 : 334 * 4096] != bad_block
+
+
+class RecordingSlot(FileSlot):
+    """A file slot that notes each flush in `events` (the test resets the list)."""
+
+    events: ClassVar[list[str]] = []
+
+    def flush(self) -> None:
+        super().flush()
+        self.events.append("flush")
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_each_flushed_region_is_read_back_past_the_page_cache(
+    device: Device, monkeypatch: pytest.MonkeyPatch, delta: bool
+) -> None:
+    from updater import install
+
+    monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
+    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)
+    monkeypatch.setattr(install, "BATCH_GROUPS", 1)
+    events = RecordingSlot.events = []
+    real = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        events.append("drop" if advice == os.POSIX_FADV_DONTNEED else "other")
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=16))
+    with FileSource(bundle) as src:
+        Installer(device.config(), open_slot=RecordingSlot).install(src, delta=delta)
+    assert_installed(device)
+    assert events.count("flush") >= 3, events
+    # Every flush is followed by dropping the slot's cache, before the next write
+    # is made durable and before the final check.
+    assert events[-1] == "drop", events
+    for i, event in enumerate(events):
+        if event == "flush":
+            assert "drop" in events[i + 1 : i + 2], events
 
 
 def test_corrupt_data_from_a_stream_is_found_before_it_is_written(device: Device) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from bundle_tool import keygen
+from bundle_tool.errors import BundleError
 from tests.helpers.faultserver import FaultServer
 from tests.helpers.nginx import NginxServer
 from tests.updater.device import Device, image_bytes, make_device
-from tests.updater.test_install import assert_installed
+from tests.updater.test_install import assert_installed, flip, layout
 from updater.httpsettings import HttpSettings
 from updater.httpsource import HttpSource
 from updater.install import BATCH_GROUPS, GROUP, Installer
@@ -55,7 +56,7 @@ def test_delta_update_downloads_little(
     nginx_server.reset_log()
     result = https_install(device, nginx_server.url("v2.bundle"), nginx_server.ca_file)
     served = nginx_server.body_bytes_served()
-    assert_installed(device)
+    assert_installed(device, bundle=bundle)
     assert device.slot("B").read_bytes()[: len(new)] == new
     assert result.bytes_fetched == served  # type: ignore[attr-defined]
     # The leaf blocks of each batch of leaf groups come in one request, its data
@@ -89,7 +90,7 @@ def test_install_survives_dropped_connections(
     result = https_install(
         device, fault_server.url(), fault_server.ca_file, backoff_initial=0.01, retries=8
     )
-    assert_installed(device)
+    assert_installed(device, bundle=bundle)
     assert len([s for s in fault_server.served if s.dropped]) >= 1  # drops really happened
     assert result.bytes_fetched >= 700 * 4096  # type: ignore[attr-defined]
 
@@ -165,3 +166,20 @@ def test_transport_errors_name_the_cause_not_the_query_or_credentials(
     for text in (r.stderr, r.stdout, last):
         assert "SECRETTOKEN" not in text and "hunter2" not in text
     assert error["event"] == "error" and "Connection refused" in error["error"]
+
+
+def test_a_corrupt_block_over_https_is_never_written(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer
+) -> None:
+    """The default HTTPS path (delta) checks each fetched block before writing it."""
+    device = make_device(tmp_path / "dev", pki, image_bytes(700, seed=1))
+    good = device.bundle(image_bytes(700, seed=5))
+    data = layout(device, good)[1]
+    bad = flip(good, data + 333 * 4096 + 7)
+    (Path(nginx_server.root) / "bad.bundle").write_bytes(bad.read_bytes())
+    booted, env = device.slot("A").read_bytes(), device.env_file.read_bytes()
+    with pytest.raises(BundleError, match="image block 333 "):
+        https_install(device, nginx_server.url("bad.bundle"), nginx_server.ca_file)
+    slot_b = device.slot("B").read_bytes()
+    assert slot_b[333 * 4096 : 334 * 4096] != bad.read_bytes()[data + 333 * 4096 :][:4096]
+    assert device.slot("A").read_bytes() == booted and device.env_file.read_bytes() == env
