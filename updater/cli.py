@@ -127,13 +127,14 @@ def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     state = StateDir(config.state_dir)
-    out = open_control(config).status().to_dict()
+    control = open_control(config)
+    out = control.status().to_dict()
     records = state.slot_records()
     for name, slot in out["slots"].items():
         record = records.get(name)
         slot["device"] = config.slot_device(name)
         slot["installed"] = asdict(record) if record else None
-    out["security_floor"] = state.security_floor()
+    out["security_floor"] = Installer(config, control=control).security_floor()
     out["last_install"] = state.last_result()
     return out
 

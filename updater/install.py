@@ -228,22 +228,29 @@ class Installer:
 
     # --- checks before anything is written ------------------------------------------------
 
-    def refresh_floor(self) -> None:
-        """Raise the anti-rollback floor once a newly installed slot was marked good.
+    def security_floor(self) -> int:
+        """The floor in force: the stored one, or the security version of a good booted slot.
 
         A slot counts as good when it is booted, first in the boot order and has its
-        full tries (what mark-good restores).
+        full tries (what mark-good restores, `updater mark-good` or `abctl mark-good`).
+        Nothing is written; `refresh_floor` stores it.
         """
+        stored = self.state.security_floor()
         try:
             booted = self.control.booted_slot()
             if booted is None:
-                return
+                return stored
             st = slotstate.parse_state(self.control.env(), self.board.slot_names)
         except BootctlError as e:
             raise DeviceError(f"cannot read the slot state: {e}") from e
         record = self.state.slot_records().get(booted)
         if record and st.primary == booted and st.slot(booted).tries >= self.board.tries:
-            self.state.raise_floor(record.security_version)
+            return max(stored, record.security_version)
+        return stored
+
+    def refresh_floor(self) -> None:
+        """Store the floor in force (raise it once a newly installed slot was marked good)."""
+        self.state.raise_floor(self.security_floor())
 
     def check(self, source: BundleSource) -> VerifiedHead:
         """Read and check a bundle's head: signatures, compatible, expiry, anti-rollback."""

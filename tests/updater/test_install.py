@@ -408,6 +408,28 @@ def test_floor_rises_only_after_mark_good(device: Device) -> None:
     assert fw_printenv(device)["BOOT_B_LEFT"] == "3"
 
 
+def test_status_shows_the_floor_in_force_after_abctl_mark_good(device: Device) -> None:
+    install_file(device, device.bundle(image_bytes(BLOCKS, seed=9), security_version=4))
+    device.boot("B")
+    ctl = device.control()
+    ctl.store.save({**ctl.env(), "BOOT_B_LEFT": "2"})  # booted once, not yet good
+    ctl.mark_good()  # as `abctl mark-good` does: the updater's floor is not stored yet
+
+    def status() -> dict[str, Any]:
+        args = ["status", "--json", "--config", str(device.config_path)]
+        r = subprocess.run(
+            [sys.executable, "-m", "updater.cli", *args], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+    assert status()["security_floor"] == 4  # what the next install enforces
+    assert StateDir(device.root / "state").security_floor() == 0  # status wrote nothing
+    older = device.bundle(image_bytes(BLOCKS, seed=10), "old.bundle", security_version=3)
+    with pytest.raises(PolicyError, match="below this device's anti-rollback floor 4"):
+        install_file(device, older)
+
+
 def test_cli_exit_statuses(device: Device, tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
