@@ -312,6 +312,10 @@ class Installer:
                 source allows random access, and is remote or the target already
                 holds this image's tree, as after an interrupted install: it resumes).
         """
+        if delta and not source.random_access:
+            raise UsageError(
+                "delta needs a file or an https:// URL; standard input is read once, in order"
+            )
         started = self.clock()
         try:
             result = self._install(source, slot, delta, started)

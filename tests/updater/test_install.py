@@ -376,6 +376,14 @@ def test_corrupt_data_from_a_stream_is_found_before_it_is_written(device: Device
     assert device.slot("B").read_bytes()[512 * 4096 : BLOCKS * 4096] == bytes(188 * 4096)
 
 
+def test_delta_from_a_stream_is_refused_not_ignored(device: Device) -> None:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=8))
+    before = device.snapshot()
+    with bundle.open("rb") as f, pytest.raises(UsageError, match="standard input is read once"):
+        Installer(device.config()).install(StdinSource(f), delta=True)
+    assert device.snapshot() == before
+
+
 def test_trailing_bytes_on_a_stream_are_refused(device: Device, tmp_path: Path) -> None:
     good = device.bundle(image_bytes(BLOCKS, seed=8))
     extra = tmp_path / "extra.bundle"
