@@ -1,7 +1,9 @@
 """A device on plain files for installer tests: slots, U-Boot env, cmdline, keyring, state.
 
-Slot A holds a release and is booted; slot B is empty and not bootable, as on a
-freshly flashed device. Bundles are built with the real `bundle_tool` writer.
+Slot A holds a release and is booted. Slot B is either empty and not bootable, as
+on a freshly flashed device, or (`make_device(..., b_image=...)`) holds an older
+release, verified and bootable after A, as on a device updated before. Bundles
+are built with the real `bundle_tool` writer.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from pathlib import Path
 
 from bootctl.board import load_board
 from bootctl.control import SlotControl
-from bootctl.state import SlotVerity
+from bootctl.envstore import GrubEnvStore, UBootEnvStore
+from bootctl.state import SlotVerity, parse_state
 from bundle_tool import keygen, signing, verity
 from bundle_tool.writer import CreateOptions, create_bundle
 from updater.config import DeviceConfig, load_config
+from updater.filesource import FileSource
+from updater.install import Installer
+from updater.statedir import FLOOR_FILE, SLOTS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 BOARD = REPO / "board-configs" / "qemu-arm64-uboot.toml"
@@ -95,13 +101,48 @@ class Device:
         image.unlink()
         return out
 
-    def snapshot(self) -> dict[str, bytes]:
-        """Bytes of the booted slot and the environment (must survive any refusal)."""
-        return {"A": self.slot("A").read_bytes(), "env": self.env_file.read_bytes()}
+    def env_files(self) -> list[Path]:
+        """Every file holding a copy of the boot environment (two for a redundant one)."""
+        store = self.control().store
+        if isinstance(store, UBootEnvStore):
+            return [Path(loc.device) for loc in store.locations]
+        assert isinstance(store, GrubEnvStore)
+        return [store.path]
+
+    def snapshot(self, *, target: bool = False) -> dict[str, bytes | None]:
+        """The bytes a refused install must leave as they were (None: the file is absent).
+
+        Always slot A, every environment copy (the first under "env") and the
+        anti-rollback floor; never last-install.json, which records the refusal.
+
+        Args:
+            target: also slot B (the target) and the slot records (slots.json).
+                Use it for every refusal made before writing (signatures, policy,
+                the booted slot, a wrong bundle size, transport): those touch
+                nothing. A bundle found corrupt while B is written (a bad tree or
+                data block) refuses after writing the blocks checked before it and
+                forgetting B's record, so those compare with the default.
+        """
+        files = {"A": self.slot("A")}
+        for i, path in enumerate(self.env_files()):
+            files["env" if i == 0 else f"env{i}"] = path
+        state = self.config().state_dir
+        files[FLOOR_FILE] = state / FLOOR_FILE
+        if target:
+            files["B"] = self.slot("B")
+            files[SLOTS_FILE] = state / SLOTS_FILE
+        return {key: path.read_bytes() if path.exists() else None for key, path in files.items()}
 
 
-def make_device(root: Path, pki: keygen.DevPki, a_image: bytes) -> Device:
-    """A device booted from slot A holding `a_image` (with its hash tree), B empty."""
+def make_device(
+    root: Path, pki: keygen.DevPki, a_image: bytes, *, b_image: bytes | None = None
+) -> Device:
+    """A device booted from slot A holding `a_image` (with its hash tree).
+
+    Slot B is empty and not bootable; with `b_image`, it holds that image (version
+    1.0.0, installed by the real Installer) with its root hash recorded and full
+    tries, second in the boot order: bootable, but A boots first.
+    """
     root.mkdir(parents=True, exist_ok=True)
     dev = Device(root, pki)
     shutil.copy(pki.ca_cert, root / "keyring.pem")
@@ -127,7 +168,28 @@ def make_device(root: Path, pki: keygen.DevPki, a_image: bytes) -> Device:
     ctl.init({"A": a_verity})
     env = ctl.env()
     ctl.store.save({**env, "BOOT_ORDER": "A B", "BOOT_B_LEFT": "0"})
+    if b_image is not None:
+        install_older_b(dev, b_image)
     return dev
+
+
+def install_older_b(dev: Device, image: bytes) -> None:
+    """Install `image` into slot B for real, then put A first again with full tries.
+
+    What a device looks like after an earlier update to B that was rolled back
+    (or a factory image in both slots): B verifies against its recorded root
+    hash and would boot if A failed.
+    """
+    bundle = dev.bundle(image, "older-b.bundle", version="1.0.0")
+    with FileSource(bundle) as src:
+        Installer(dev.config()).install(src, slot="B")
+    bundle.unlink()
+    ctl = dev.control()
+    ctl.reset()  # BOOT_ORDER "A B", full tries for both; root hashes kept
+    st = parse_state(ctl.env(), ctl.board.slot_names)
+    b = st.slot("B")
+    assert st.order == ("A", "B") and b.bootable and b.verity is not None, st
+    assert veritysetup_verify(dev.slot("B"), b.verity).returncode == 0
 
 
 def veritysetup_verify(slot: Path, v: SlotVerity) -> subprocess.CompletedProcess[bytes]:

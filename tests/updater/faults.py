@@ -1,17 +1,23 @@
 """Power cuts for installer tests: a slot that loses whatever was not flushed.
 
-Every write, flush and environment save is one "event"; after `budget` events
-the power goes: the event is not carried out, and each slot's writes since its
-last flush are undone, as a real medium would lose its volatile cache.
+Every write, flush and environment save is one "event". With a budget of N the
+power goes right after the N-th event (with 0, before the first): each slot's
+writes since its last flush are undone, as a real medium would lose its
+volatile cache, also on a slot the installer has already closed, and every
+later event fails without effect. A budget of the total number of events cuts
+right after the last one, the final environment save.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TypeVar
 
 from bootctl.control import SlotControl
 from updater.slotdev import FileSlot
+
+T = TypeVar("T")
 
 
 class PowerCut(Exception):
@@ -19,17 +25,33 @@ class PowerCut(Exception):
 
 
 class Power:
+    """Counts events; with `budget`, cuts the power once that many were carried out."""
+
     def __init__(self, budget: int | None = None) -> None:
         self.budget = budget
         self.events = 0
+        self.off = False
         self.slots: list[PowerCutSlot] = []
 
-    def tick(self) -> None:
-        self.events += 1
-        if self.budget is not None and self.events > self.budget:
+    def _cut_due(self) -> bool:
+        return self.off or (self.budget is not None and self.events >= self.budget)
+
+    def _cut(self) -> None:
+        if not self.off:
+            self.off = True
             for slot in self.slots:
                 slot.lose_unflushed()
-            raise PowerCut(f"power lost at event {self.events}")
+        raise PowerCut(f"power lost after event {self.events}")
+
+    def event(self, action: Callable[[], T]) -> T:
+        """Carry out one event, unless the power is already gone; cut after it if due."""
+        if self._cut_due():
+            self._cut()
+        result = action()
+        self.events += 1
+        if self._cut_due():
+            self._cut()
+        return result
 
     def opener(self) -> Callable[[str], FileSlot]:
         def open_slot(path: str) -> FileSlot:
@@ -40,18 +62,19 @@ class Power:
         return open_slot
 
     def watch_env(self, control: SlotControl) -> SlotControl:
-        """Count every environment save as an event (cut before it, or after it)."""
+        """Count every environment save as an event (a save is atomic: whole or not at all)."""
         save = control.store.save
 
         def counted(*args: object, **kw: object) -> None:
-            self.tick()
-            save(*args, **kw)  # type: ignore[arg-type]
+            self.event(lambda: save(*args, **kw))  # type: ignore[arg-type]
 
         control.store.save = counted  # type: ignore[method-assign]
         return control
 
 
 class PowerCutSlot(FileSlot):
+    """A file-backed slot that remembers how to undo its writes since the last flush."""
+
     def __init__(self, path: str, power: Power) -> None:
         super().__init__(path)
         self.power = power
@@ -59,20 +82,30 @@ class PowerCutSlot(FileSlot):
         self.flushed_size = os.fstat(self._fd).st_size
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
-        self.power.tick()
-        self.undo.append((offset, super().pread(offset, len(data))))
-        super().pwrite(offset, data)
+        def write() -> None:
+            self.undo.append((offset, FileSlot.pread(self, offset, len(data))))
+            FileSlot.pwrite(self, offset, data)
+
+        self.power.event(write)
 
     def flush(self) -> None:
-        self.power.tick()
-        super().flush()
-        self.undo.clear()
-        self.flushed_size = os.fstat(self._fd).st_size
+        def flush() -> None:
+            FileSlot.flush(self)
+            self.undo.clear()
+            self.flushed_size = os.fstat(self._fd).st_size
+
+        self.power.event(flush)
 
     def lose_unflushed(self) -> None:
-        if self._fd < 0:
-            return
-        for offset, old in reversed(self.undo):
-            FileSlot.pwrite(self, offset, old)
-        os.ftruncate(self._fd, self.flushed_size)
+        """Undo the writes since the last flush, through a new descriptor if closed."""
+        fd = self._fd if self._fd >= 0 else os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for offset, old in reversed(self.undo):
+                done = 0
+                while done < len(old):
+                    done += os.pwrite(fd, old[done:], offset + done)
+            os.ftruncate(fd, self.flushed_size)
+        finally:
+            if fd != self._fd:
+                os.close(fd)
         self.undo.clear()

@@ -268,10 +268,17 @@ REFUSALS: dict[str, tuple[type[Exception], str]] = {
 }
 
 
+# Found while the target is written: the blocks checked before are on it by then.
+FOUND_WHILE_WRITING = {"corrupt tree", "corrupt leaf", "corrupt data"}
+
+
+@pytest.mark.parametrize("b_bootable", [False, True], ids=["fresh", "bootable-b"])
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_refusal_leaves_booted_slot_and_env_untouched(
-    device: Device, tmp_path: Path, case: str
+    tmp_path: Path, pki: keygen.DevPki, case: str, b_bootable: bool
 ) -> None:
+    b_image = image_bytes(BLOCKS, seed=17) if b_bootable else None
+    device = make_device(tmp_path / "device", pki, image_bytes(BLOCKS, seed=1), b_image=b_image)
     good = device.bundle(image_bytes(BLOCKS, seed=6))
     kw: dict[str, object] = {}
     bundle = good
@@ -305,11 +312,22 @@ def test_refusal_leaves_booted_slot_and_env_untouched(
         bundle.write_bytes(good.read_bytes() + b"\0")
     elif case == "booted slot":
         kw = {"slot": "A"}
-    before = device.snapshot()
+    written = case in FOUND_WHILE_WRITING
+
+    def snapshot() -> dict[str, bytes | None]:
+        files = device.snapshot(target=not written)
+        if written and b_bootable:  # B was made unbootable first: one env write
+            del files["env"]
+        return files
+
+    before = snapshot()
     error, message = REFUSALS[case]
     with pytest.raises(error, match=message):
         install_file(device, bundle, **kw)
-    assert device.snapshot() == before
+    assert snapshot() == before
+    env = fw_printenv(device)
+    assert env["BOOT_ORDER"] == "A B" and env["BOOT_A_LEFT"] == "3"
+    assert env["BOOT_B_LEFT"] == ("0" if written or not b_bootable else "3")
     last = StateDir(device.root / "state").last_result()
     assert last is not None and last["status"] == "failed"
 

@@ -1,25 +1,34 @@
 """Power cuts at every write, flush and environment save of an install.
 
-After each cut the boot logic (the same selection the U-Boot and GRUB scripts
-make) must pick a slot that `veritysetup verify` accepts with the root hash the
-environment holds, and running the install again must complete.
+Each sweep starts from one of two devices: slot B empty (freshly flashed) or
+slot B holding an older, verified release that would boot if A failed. After
+each cut, every slot the boot logic could boot (tries left and a root hash
+recorded) must pass `veritysetup verify` with that root hash, not only the one
+it picks first: a B being rewritten while still bootable would fail here. The
+old slot is picked until the final environment save, B from right after it on,
+and running the install again must complete.
 """
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bootctl.state import SlotVerity, select_boot
+from bootctl.state import SlotVerity, parse_state, select_boot
 from bundle_tool import keygen
-from tests.updater.device import Device, image_bytes, make_device, veritysetup_verify
+from bundle_tool.errors import PolicyError
+from tests.updater.device import BUILD_TIME, Device, image_bytes, make_device, veritysetup_verify
 from tests.updater.faults import Power, PowerCut
 from updater import install
 from updater.filesource import FileSource
 from updater.install import Installer
+from updater.statedir import StateDir
 
 BLOCKS = 1200
+START = {"fresh": None, "bootable-b": 3}  # slot B: empty, or an older release (image seed)
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +36,48 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
     return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
 
 
-def booted_slot_verifies(device: Device) -> str:
+@dataclass(frozen=True)
+class Start:
+    """A device to copy for every cut, and the bundle to install on it."""
+
+    template: Device
+    bundle: Path
+    new: bytes
+
+
+@pytest.fixture(scope="module", params=list(START))
+def start(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pki: keygen.DevPki
+) -> Start:
+    seed = START[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    template = make_device(
+        root / "template",
+        pki,
+        image_bytes(BLOCKS, seed=1),
+        b_image=None if seed is None else image_bytes(BLOCKS, seed=seed),
+    )
+    new = image_bytes(BLOCKS, seed=2)
+    bundle = root / "update.bundle"
+    template.bundle(new).rename(bundle)
+    return Start(template, bundle, new)
+
+
+def copy_device(start: Start, root: Path) -> Device:
+    shutil.copytree(start.template.root, root)
+    return Device(root, start.template.pki)
+
+
+def bootable_slots_verify(device: Device) -> str:
+    """Check every slot the boot logic could boot; return the one it picks first."""
     ctl = device.control()
-    decision = select_boot(ctl.env(), ctl.board.slot_names, ctl.board.tries)
+    env = ctl.env()
+    bootable = [s for s in parse_state(env, ctl.board.slot_names).slots if s.tries and s.verity_raw]
+    for s in bootable:
+        r = veritysetup_verify(device.slot(s.name), SlotVerity.from_env(s.verity_raw))
+        assert r.returncode == 0, f"slot {s.name} would boot but does not verify: {r.stderr!r}"
+    decision = select_boot(env, ctl.board.slot_names, ctl.board.tries)
     assert decision.slot is not None, "no slot would boot"
-    v = SlotVerity.from_env(ctl.env()[f"BOOT_{decision.slot}_VERITY"])
-    r = veritysetup_verify(device.slot(decision.slot), v)
-    assert r.returncode == 0, (decision.slot, r.stderr)
     return decision.slot
 
 
@@ -46,31 +90,58 @@ def run_install(device: Device, bundle: Path, power: Power, delta: bool) -> inst
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["stream", "delta"])
-def test_power_cut_at_every_event(
-    tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch, delta: bool
+def test_power_cut_after_every_event(
+    tmp_path: Path, start: Start, monkeypatch: pytest.MonkeyPatch, delta: bool
 ) -> None:
     # Flush often so that a cut keeps some progress and a resume has something to reuse.
     monkeypatch.setattr(install, "FLUSH_EVERY", 256 * 4096)
     monkeypatch.setattr(install, "BATCH_GROUPS", 2)
-    new = image_bytes(BLOCKS, seed=2)
-    template = make_device(tmp_path / "template", pki, image_bytes(BLOCKS, seed=1))
-    bundle = template.bundle(new)
     counting = Power()
-    run_install(template, bundle, counting, delta)
+    run_install(copy_device(start, tmp_path / "count"), start.bundle, counting, delta)
     total = counting.events
     assert total > 10
     resumed_with_reuse = 0
-    for budget in range(total):
-        device = make_device(tmp_path / f"cut{budget}", pki, image_bytes(BLOCKS, seed=1))
+    # budget == total: the power goes right after the final environment save.
+    for budget in range(total + 1):
+        device = copy_device(start, tmp_path / f"cut{budget}")
         with pytest.raises(PowerCut):
-            run_install(device, bundle, Power(budget), delta)
-        slot = booted_slot_verifies(device)
-        # Before the final switch the old slot boots; the switch is the very last event.
-        assert slot == ("B" if budget >= total else "A")
-        again = run_install(device, bundle, Power(), delta=True)
+            run_install(device, start.bundle, Power(budget), delta)
+        # Before the final switch the old slot boots first; from right after it, B.
+        assert bootable_slots_verify(device) == ("B" if budget == total else "A"), budget
+        if budget == total:
+            assert device.slot("B").read_bytes()[: len(start.new)] == start.new
+            continue
+        again = run_install(device, start.bundle, Power(), delta=True)
         if again.bytes_reused:
             resumed_with_reuse += 1
-        assert booted_slot_verifies(device) == "B"
-        assert device.slot("B").read_bytes()[: len(new)] == new
+        assert bootable_slots_verify(device) == "B"
+        assert device.slot("B").read_bytes()[: len(start.new)] == start.new
     # Cuts after the first flushes keep work that the next run reuses.
     assert resumed_with_reuse > total // 3, (resumed_with_reuse, total)
+
+
+POLICY_REFUSALS = {
+    "wrong compatible": "this device is 'qemu-arm64-uboot'",
+    "expired": "expired on",
+    "downgrade": "below this device's anti-rollback floor 5",
+}
+
+
+@pytest.mark.parametrize("case", list(POLICY_REFUSALS))
+def test_policy_refusal_comes_before_any_event(tmp_path: Path, start: Start, case: str) -> None:
+    """A refused bundle gives a power cut nothing to interrupt: no write, flush or save."""
+    device = copy_device(start, tmp_path / "device")
+    image = image_bytes(BLOCKS, seed=5)
+    if case == "wrong compatible":
+        bundle = device.bundle(image, "refused.bundle", compatible="other-board")
+    elif case == "expired":
+        bundle = device.bundle(image, "refused.bundle", expires=BUILD_TIME + 1)
+    else:
+        StateDir(device.config().state_dir).raise_floor(5)
+        bundle = device.bundle(image, "refused.bundle", security_version=4)
+    before = device.snapshot(target=True)
+    power = Power()
+    with pytest.raises(PolicyError, match=POLICY_REFUSALS[case]):
+        run_install(device, bundle, power, delta=False)
+    assert power.events == 0, "a refused install wrote to a slot or saved the environment"
+    assert device.snapshot(target=True) == before
