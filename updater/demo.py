@@ -151,7 +151,18 @@ def main() -> None:
     tampered.write_bytes(bytes(data))
     slot_a_before = slot_a.read_bytes()
     run(tool("bundle-tool"), "verify", tampered, "--keyring", OUT / "keys/ca.pem", expect=3)
-    run(tool("updater"), "install", tampered, "--config", dev / "device.toml", expect=3)
+    # Slot B already holds this very image: a plain re-run would keep B's blocks
+    # (each one checked against the signed tree) and never read the tampered one.
+    # --no-delta reads the whole bundle, as a first install of it does.
+    run(
+        tool("updater"),
+        "install",
+        tampered,
+        "--no-delta",
+        "--config",
+        dev / "device.toml",
+        expect=3,
+    )
     run(tool("updater"), "status", "--config", dev / "device.toml")
     assert slot_a.read_bytes() == slot_a_before
     print(
