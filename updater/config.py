@@ -147,8 +147,8 @@ def parse_config(data: Mapping[str, Any], base: Path) -> DeviceConfig:
 
 
 def load_config(path: str | Path) -> DeviceConfig:
-    """Read and check a device config file."""
-    path = Path(path)
+    """Read and check a device config file (relative paths in it are relative to it)."""
+    path = Path(path).absolute()
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError as e:

@@ -67,8 +67,9 @@ class Progress:
 
     Attributes:
         phase: "tree", "data", "read-back" or "switch".
-        done: image bytes handled so far in this phase.
-        total: image bytes of this phase.
+        done: what is done of this phase so far: bytes ("tree": of the hash area;
+            "data" and "read-back": of the image), or 0 then 1 for "switch".
+        total: the size of this phase in the same unit.
         fetched: bytes read from the source so far (network or medium).
         reused: image bytes kept on the target or copied from the active slot.
     """
@@ -323,8 +324,9 @@ class Installer:
             self._record_failure(e, started)
             raise
         except BootctlError as e:
-            self._record_failure(e, started)
-            raise DeviceError(f"boot environment: {e}") from e
+            error = DeviceError(f"boot environment: {e}")
+            self._record_failure(error, started)
+            raise error from e
         self.state.record_result(result.to_dict())
         return result
 

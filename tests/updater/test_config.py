@@ -77,3 +77,12 @@ def test_a_bad_env_location_is_a_configuration_error(tmp_path: Path, lines: list
     config = parse_config({**BASE, "env": {"fw_env_config": lines}}, tmp_path)
     with pytest.raises(UsageError, match="device config: boot environment"):
         open_control(config)
+
+
+def test_paths_are_absolute_when_the_config_is_named_relatively(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(EXAMPLES)
+    cfg = load_config("device-files.toml")
+    assert cfg.slot_device("A") == str(EXAMPLES / "slot-A.img")
+    assert cfg.state_dir == EXAMPLES / "state"

@@ -394,6 +394,24 @@ def test_corrupt_data_from_a_stream_is_found_before_it_is_written(device: Device
     assert device.slot("B").read_bytes()[512 * 4096 : BLOCKS * 4096] == bytes(188 * 4096)
 
 
+def test_a_failed_env_write_is_recorded_as_reported(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bootctl.errors import StorageError
+
+    inst = Installer(device.config())
+
+    def fail(*args: object, **kw: object) -> None:
+        raise StorageError("cannot write uboot.env: No space left on device")
+
+    monkeypatch.setattr(inst.control, "set_primary", fail)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=18))
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match=r"^boot environment: ") as e:
+        inst.install(src)
+    last = StateDir(device.root / "state").last_result()
+    assert last is not None and (last["error"], last["kind"]) == (str(e.value), "DeviceError")
+
+
 def test_delta_from_a_stream_is_refused_not_ignored(device: Device) -> None:
     bundle = device.bundle(image_bytes(BLOCKS, seed=8))
     before = device.snapshot()
