@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from cryptography import x509
 from tqdm import tqdm
 
-from bootctl.board import load_board
+from bootctl.board import ARCHITECTURES, load_board
 from bootctl.errors import BootctlError
 from updater.errors import UpdaterError
 from updater.filesource import FileSource
@@ -49,7 +49,8 @@ exit status:
   2  bad usage or unusable input (e.g. image size not a multiple of 4096)
   3  invalid, corrupt, truncated or overlong bundle
   4  signature or certificate does not establish trust
-  5  bundle refused by policy (wrong compatible, expired, below --security-floor)
+  5  bundle refused by policy (wrong compatible or architecture, expired, below
+     --security-floor)
   6  file could not be read or written
 
 environment:
@@ -118,22 +119,35 @@ def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
         "ca": str(pki.ca_cert),
         "signer_key": str(pki.signer_key),
         "signer_cert": str(pki.signer_cert),
+        "ca_key": str(pki.ca_key),
         "warning": "development keys only - not for production",
     }
 
 
+def _target_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The compatible and architecture named by --board-config, --compatible, --architecture.
+
+    A board config sets both; an option that names something else is refused.
+    """
+    compatible: str | None = args.compatible
+    architecture: str | None = args.architecture
+    if not args.board_config:
+        return compatible, architecture
+    try:
+        board = load_board(args.board_config)
+    except BootctlError as e:
+        raise UsageError(f"board config {args.board_config}: {e}") from e
+    for option, given, wanted in (
+        ("--compatible", compatible, board.compatible),
+        ("--architecture", architecture, board.architecture),
+    ):
+        if given and given != wanted:
+            raise UsageError(f"{option} {given} contradicts the board config's {wanted}")
+    return board.compatible, board.architecture
+
+
 def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
-    compatible, architecture = args.compatible, args.architecture
-    if args.board_config:
-        try:
-            board = load_board(args.board_config)
-        except BootctlError as e:
-            raise UsageError(f"board config {args.board_config}: {e}") from e
-        if compatible and compatible != board.compatible:
-            raise UsageError(
-                f"--compatible {compatible} contradicts the board config's {board.compatible}"
-            )
-        compatible, architecture = board.compatible, board.architecture
+    compatible, architecture = _target_of(args)
     if not compatible:
         raise UsageError("give --compatible or --board-config")
     if len(args.key) != len(args.cert):
@@ -204,14 +218,16 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
     for path in args.keyring:
         keyring.extend(signing.load_keyring(_read(path, "keyring")))
     at = datetime.fromtimestamp(_parse_time(args.at), UTC) if args.at else datetime.now(UTC)
+    compatible, architecture = _target_of(args)
     progress = _progress_bar(not args.json)
     with _open_file(args.bundle) as src:
         head = reader.read_head(src, keyring, at=at, threshold=args.threshold)
         policy.check_policy(
             head.manifest,
-            compatible=args.compatible,
+            compatible=compatible,
             at=at,
             security_floor=args.security_floor,
+            architecture=architecture,
         )
         reader.check_payload(src, head, progress)
     return {
@@ -226,6 +242,7 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"CA (install on devices as keyring): {result['ca']}")
         print(f"signing key:                       {result['signer_key']}")
         print(f"signing certificate:               {result['signer_cert']}")
+        print(f"CA private key (keep it secret):   {result['ca_key']}")
         print("WARNING: development keys only - not for production")
         return
     if command == "create":
@@ -249,6 +266,15 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"signature by {sig['subject']} (not checked)")
 
 
+def _add_target_options(
+    parser: argparse.ArgumentParser, *, compatible: str, board: str, architecture: str
+) -> None:
+    """The options that name the target board (`create`, `verify`); see `_target_of`."""
+    parser.add_argument("--compatible", help=compatible)
+    parser.add_argument("--board-config", metavar="FILE", help=board)
+    parser.add_argument("--architecture", choices=ARCHITECTURES, help=architecture)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to render the manual)."""
     p, sub = make_parser(
@@ -269,9 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
         "keygen",
         "make a throwaway development CA and signing certificate",
         """\
-        Make a development CA (ca.pem: the keyring devices trust) and a code-signing
-        key and certificate issued by it (signer.key, signer.pem) in DIR.
-        DEVELOPMENT ONLY: the keys are unencrypted and meant for trying things out.""",
+        Make a development CA (ca.pem: the keyring devices trust; ca.key: the CA's
+        private key, readable only by you: keep it to issue more signing certificates)
+        and a code-signing key and certificate issued by it (signer.key, signer.pem)
+        in DIR. DEVELOPMENT ONLY: the keys are unencrypted and meant for trying things
+        out.""",
     )
     k.add_argument("-o", "--output", metavar="DIR", required=True, help="directory to write to")
     k.add_argument("--algorithm", choices=("ed25519", "ecdsa-p256"), default="ed25519")
@@ -287,11 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--image", required=True, help="root filesystem image (size a multiple of 4096)")
     c.add_argument("--version", required=True, help="product version, semantic versioning (1.2.0)")
-    c.add_argument("--compatible", help="board family the bundle installs on")
-    c.add_argument(
-        "--board-config", metavar="FILE", help="take compatible and architecture from a board file"
+    _add_target_options(
+        c,
+        compatible="board family the bundle installs on",
+        board="take compatible and architecture from a board file",
+        architecture="Debian architecture of the image and of ELF artifacts",
     )
-    c.add_argument("--architecture", help="Debian architecture (arm64, amd64, ...)")
     c.add_argument("--key", action="append", required=True, help="signing key (PEM); repeatable")
     c.add_argument(
         "--cert", action="append", required=True, help="its certificate (PEM); repeatable"
@@ -324,11 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = command(
         "verify",
-        "check a bundle as a device would",
+        "check a bundle as the updater on a device would",
         """\
-        Check BUNDLE exactly as the updater does before installing: signatures against
-        the keyring, the manifest, every byte of the hash tree and data, and the size.
-        Exit 0 only if everything holds.""",
+        Check BUNDLE with the checks the updater makes before installing: signatures
+        against the keyring, the manifest, every byte of the hash tree and data, and
+        the size; then the policy values given here: the board's compatible and
+        architecture (--board-config, or --compatible and --architecture), expiry
+        (at --at, default now) and the anti-rollback floor (--security-floor). A
+        policy value not given is not checked. Exit 0 only if everything holds.""",
     )
     v.add_argument("bundle", metavar="BUNDLE")
     v.add_argument(
@@ -345,7 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="distinct trusted signing keys required (default 1)",
     )
-    v.add_argument("--compatible", help="also require this compatible")
+    _add_target_options(
+        v,
+        compatible="also require this compatible",
+        board="also require the compatible and architecture of this board file",
+        architecture="also require images built for this architecture",
+    )
     v.add_argument(
         "--security-floor",
         type=int,

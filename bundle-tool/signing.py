@@ -420,6 +420,12 @@ def verify_signatures(
         else:
             reasons.append(f"signature {entry.number}: {problem}")
     if len(trusted) < threshold:
+        if not reasons:
+            count = f"{len(trusted)} signature" + ("" if len(trusted) == 1 else "s")
+            reasons.append(
+                f"the bundle carries only {count}, all trusted: sign it with "
+                f"{threshold} distinct trusted keys"
+            )
         raise TrustError(
             f"{len(trusted)} of {threshold} required signatures trusted; " + "; ".join(reasons)
         )

@@ -143,57 +143,74 @@ def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Man
         if progress:
             progress("hashing", hashed, size)
 
-    tree = verity.build_tree(
-        str(opts.image),
-        size // verity.BLOCK_SIZE,
-        salt,
-        observe=observe,
-        spool_dir=str(output.parent),
-    )
-    with tree:
-        image = Image(
-            slot_class=opts.slot_class,
-            size=size,
-            sha256=sha.digest(),
-            verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
-            architecture=opts.architecture,
-        )
-        manifest = Manifest(
-            compatible=opts.compatible,
-            version=opts.version,
-            security_version=opts.security_version,
-            build_time=opts.build_time,
-            images=(image,),
-            artifacts=artifacts,
-            expires=opts.expires,
-            architecture=opts.architecture,
-        )
-        manifest_raw = manifest.to_bytes()
-        sigs = build_signature_block([sign(manifest_raw, s) for s in opts.signers])
-        header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
+    # The output file first: an unwritable output fails before the image is hashed.
+    fd, tmp = _temporary_output(output)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            with verity.build_tree(
+                str(opts.image),
+                size // verity.BLOCK_SIZE,
+                salt,
+                observe=observe,
+                spool_dir=str(output.parent),
+            ) as tree:
+                image = Image(
+                    slot_class=opts.slot_class,
+                    size=size,
+                    sha256=sha.digest(),
+                    verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
+                    architecture=opts.architecture,
+                )
+                manifest = Manifest(
+                    compatible=opts.compatible,
+                    version=opts.version,
+                    security_version=opts.security_version,
+                    build_time=opts.build_time,
+                    images=(image,),
+                    artifacts=artifacts,
+                    expires=opts.expires,
+                    architecture=opts.architecture,
+                )
+                manifest_raw = manifest.to_bytes()
+                sigs = build_signature_block([sign(manifest_raw, s) for s in opts.signers])
+                header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
                 out.write(header.to_bytes() + manifest_raw + sigs)
                 for chunk in tree.area_chunks():
                     out.write(chunk)
-                out.flush()
-                with opts.image.open("rb") as img:
-                    if os.fstat(img.fileno()).st_mtime_ns != st.st_mtime_ns:
-                        raise BundleIOError(f"{opts.image} changed while the bundle was built")
-                    _copy_range(img.fileno(), out.fileno(), 0, size)
-                for path, art in zip(opts.artifacts, artifacts, strict=True):
-                    with path.open("rb") as f:
-                        _copy_range(f.fileno(), out.fileno(), 0, art.size)
-                if progress:
-                    progress("writing", size, size)
-                # No fsync: a build tool leaves durability to the build system; the
-                # rename below still means no reader ever sees a partial bundle.
-            if os.path.getsize(tmp) != header.total_size:
-                raise BundleIOError("an input file changed size while the bundle was written")
-            os.chmod(tmp, 0o644)
+            out.flush()
+            with opts.image.open("rb") as img:
+                if os.fstat(img.fileno()).st_mtime_ns != st.st_mtime_ns:
+                    raise BundleIOError(f"{opts.image} changed while the bundle was built")
+                _copy_range(img.fileno(), out.fileno(), 0, size)
+            for path, art in zip(opts.artifacts, artifacts, strict=True):
+                with path.open("rb") as f:
+                    _copy_range(f.fileno(), out.fileno(), 0, art.size)
+            if progress:
+                progress("writing", size, size)
+            # No fsync: a build tool leaves durability to the build system; the
+            # rename below still means no reader ever sees a partial bundle.
+        if os.path.getsize(tmp) != header.total_size:
+            raise BundleIOError("an input file changed size while the bundle was written")
+        os.chmod(tmp, 0o644)
+        try:
             os.replace(tmp, output)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except OSError as e:
+            raise _cannot_write(output, e) from e
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return manifest
+
+
+def _cannot_write(output: Path, error: OSError) -> BundleIOError:
+    return BundleIOError(f"cannot write bundle {output}: {error.strerror or error}")
+
+
+def _temporary_output(output: Path) -> tuple[int, str]:
+    """A new file next to `output` (renamed over it once complete)."""
+    if output.is_dir():
+        raise _cannot_write(output, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+    try:
+        return tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    except OSError as e:
+        raise _cannot_write(output, e) from e

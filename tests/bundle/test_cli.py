@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bootctl.board import ARCHITECTURES
 from tests.bundle.bundles import write_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,3 +224,87 @@ def test_two_signatures_and_a_threshold(tmp_path: Path, keys: Path) -> None:
 def test_version() -> None:
     r = run("--version")
     assert r.returncode == 0 and r.stdout.startswith("bundle-tool ")
+
+
+def test_verify_checks_the_board_as_the_updater_does(tmp_path: Path, keys: Path) -> None:
+    """A bundle built for another architecture fails `verify --board-config` (exit 5)."""
+    image = write_image(tmp_path / "rootfs.img", 16)
+    amd64 = tmp_path / "amd64.bundle"
+    r = create(keys, image, amd64, "--compatible", "qemu-arm64-uboot", "--architecture", "amd64")
+    assert r.returncode == 0, r.stderr
+    ring = ("--keyring", keys / "ca.pem")
+
+    r = run("verify", amd64, *ring, "--board-config", BOARD)
+    assert r.returncode == 5
+    assert r.stderr == "bundle-tool: error: image is built for amd64, this device is arm64\n"
+    assert run("verify", amd64, *ring, "--architecture", "arm64").returncode == 5
+    assert run("verify", amd64, *ring, "--architecture", "amd64").returncode == 0
+
+    arm64 = tmp_path / "arm64.bundle"
+    assert create(keys, image, arm64, "--board-config", BOARD).returncode == 0
+    assert run("verify", arm64, *ring, "--board-config", BOARD).returncode == 0
+    other = run("verify", arm64, *ring, "--board-config", BOARD, "--compatible", "other")
+    assert other.returncode == 2
+    assert "--compatible other contradicts the board config's qemu-arm64-uboot" in other.stderr
+
+    manual = run("verify", "--help").stdout
+    assert "--board-config" in manual and "exactly as" not in manual
+
+
+def test_create_refuses_a_contradicting_or_unknown_architecture(tmp_path: Path, keys: Path) -> None:
+    image = write_image(tmp_path / "rootfs.img", 16)
+    out = tmp_path / "b"
+    r = create(keys, image, out, "--board-config", BOARD, "--architecture", "amd64")
+    assert r.returncode == 2
+    assert r.stderr == (
+        "bundle-tool: error: --architecture amd64 contradicts the board config's arm64\n"
+    )
+    assert not out.exists()
+    # Naming the board's own architecture is no contradiction.
+    assert (
+        create(keys, image, out, "--board-config", BOARD, "--architecture", "arm64").returncode == 0
+    )
+
+    r = create(keys, image, tmp_path / "c", "--compatible", "b", "--architecture", "sparc")
+    assert r.returncode == 2
+    assert "invalid choice: 'sparc'" in r.stderr
+    assert all(arch in r.stderr for arch in ARCHITECTURES)
+    assert not (tmp_path / "c").exists()
+
+
+def test_threshold_not_met_by_trusted_signatures_says_why(tmp_path: Path, keys: Path) -> None:
+    image = write_image(tmp_path / "rootfs.img", 16)
+    assert create(keys, image, tmp_path / "b", "--compatible", "b").returncode == 0
+    r = run("verify", tmp_path / "b", "--keyring", keys / "ca.pem", "--threshold", "2")
+    assert r.returncode == 4
+    assert r.stderr == (
+        "bundle-tool: error: 1 of 2 required signatures trusted; the bundle carries only "
+        "1 signature, all trusted: sign it with 2 distinct trusted keys\n"
+    )
+
+
+def test_create_errors_name_the_output_not_a_temporary_file(tmp_path: Path, keys: Path) -> None:
+    image = write_image(tmp_path / "rootfs.img", 16)
+    missing = tmp_path / "missing" / "t.bundle"
+    r = create(keys, image, missing, "--compatible", "b")
+    assert r.returncode == 6
+    assert (
+        r.stderr
+        == f"bundle-tool: error: cannot write bundle {missing}: No such file or directory\n"
+    )
+
+    directory = tmp_path / "out"
+    directory.mkdir()
+    r = create(keys, image, directory, "--compatible", "b")
+    assert r.returncode == 6
+    assert r.stderr == f"bundle-tool: error: cannot write bundle {directory}: Is a directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "rootfs.img"]
+
+
+def test_keygen_names_the_ca_key(tmp_path: Path) -> None:
+    assert "ca.key" in run("keygen", "--help").stdout
+    r = run("keygen", "-o", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    ca_key = Path(json.loads(r.stdout)["ca_key"])
+    assert ca_key == tmp_path / "ca.key"
+    assert ca_key.stat().st_mode & 0o777 == 0o600
