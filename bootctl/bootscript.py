@@ -21,12 +21,23 @@ from bootctl.board import MAX_TRIES, BoardConfig
 from bootctl.errors import ConfigError, StorageError
 
 __all__ = [
+    "MKIMAGE_ARCH",
     "compile_uboot_script",
+    "mkimage_arch",
     "render_boot_script",
     "render_grub_cfg",
     "render_uboot_script",
     "slot_vars",
 ]
+
+
+#: `mkimage -A` name of each architecture in `bootctl.board.ARCHITECTURES` (`mkimage -A list`).
+MKIMAGE_ARCH: dict[str, str] = {
+    "arm64": "arm64",
+    "amd64": "x86_64",
+    "armhf": "arm",
+    "riscv64": "riscv",
+}
 
 
 class _Template(string.Template):
@@ -82,6 +93,7 @@ def render_uboot_script(board: BoardConfig) -> str:
     defaults += [f"setenv BOOT_{s}_LEFT {board.tries}" for s in board.slot_names]
     return _template("boot.cmd.in").substitute(
         board=board.name,
+        mkimage_arch=mkimage_arch(board.architecture),
         uboot_device=board.boot.uboot_device,
         env_addr=board.boot.uboot_env_addr,
         env_file=board.env.uboot_file,
@@ -160,25 +172,51 @@ def render_boot_script(board: BoardConfig) -> str:
     return render_grub_cfg(board)
 
 
+def mkimage_arch(architecture: str) -> str:
+    """The `mkimage -A` name of a board's Debian architecture (`armhf` is `arm`, ...).
+
+    Raises:
+        ConfigError: The architecture is not one of `bootctl.board.ARCHITECTURES`.
+    """
+    try:
+        return MKIMAGE_ARCH[architecture]
+    except KeyError:
+        raise ConfigError(f"mkimage has no name for architecture {architecture!r}") from None
+
+
+def _mkimage_error(output: str, program: str) -> str:
+    """The line of mkimage's output that says what went wrong.
+
+    mkimage names the problem on a line of its own ("Error: Invalid architecture",
+    "/usr/bin/mkimage: Can't open ...") and may follow it with its whole usage text.
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        for prefix in ("Error:", f"{program}:"):
+            if line.startswith(prefix):
+                return line.removeprefix(prefix).strip()
+    return lines[0] if lines else "no message"
+
+
 def compile_uboot_script(source: Path, output: Path, architecture: str = "arm64") -> None:
     """Compile a `boot.cmd` into a `boot.scr` legacy image with `mkimage`.
 
     Args:
         source: The script source.
         output: The image to write.
-        architecture: Debian architecture of the board (`mkimage -A` takes the same names,
-            except `armhf` which is `arm`).
+        architecture: Debian architecture of the board (see `mkimage_arch`).
 
     Raises:
+        ConfigError: The architecture has no mkimage name.
         StorageError: `mkimage` is missing or fails.
     """
+    arch = mkimage_arch(architecture)
     mkimage = shutil.which("mkimage")
     if mkimage is None:
         raise StorageError("mkimage not found; install u-boot-tools")
-    arch = {"armhf": "arm", "amd64": "x86_64"}.get(architecture, architecture)
     cmd = [mkimage, "-A", arch, "-O", "linux", "-T", "script", "-C", "none"]
     cmd += ["-n", "abupdate boot script", "-d", str(source), str(output)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise StorageError(f"mkimage failed: {detail[-1] if detail else result.returncode}")
+        detail = _mkimage_error(result.stderr + result.stdout, mkimage)
+        raise StorageError(f"mkimage failed: {detail}")

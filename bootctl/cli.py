@@ -20,6 +20,7 @@ from bootctl.errors import (
     StorageError,
 )
 from bootctl.state import SlotVerity
+from bundle_tool.cliutil import add_command, make_parser
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -46,9 +47,12 @@ exit status:
   1  internal error (a bug: please report it)
   2  usage error (bad arguments)
   3  configuration error (board config or fw_env.config missing or invalid)
-  4  environment error (no valid copy, size mismatch, variables do not fit)
-  5  slot error (unknown slot, or refused: e.g. marking the booted slot bad without --force)
-  6  storage error (the environment file or device cannot be read, written or flushed)
+  4  environment error (no valid copy, size mismatch, variables do not fit,
+     variable not set)
+  5  slot error (unknown slot, malformed verity value, or refused: e.g. marking
+     the booted slot bad without --force, or the booted slot is unknown)
+  6  storage error (the environment file or device cannot be read, written or
+     flushed)
 """
 
 
@@ -176,14 +180,21 @@ def _cmd_reset(args: argparse.Namespace, board: BoardConfig) -> int:
 def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> int:
     text = render_boot_script(board)
     out: Path = args.output
+    to_stdout = str(out) == "-"
     if args.mkimage:
         if board.bootloader != "u-boot":
             raise ConfigError("--mkimage applies to U-Boot boards only")
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "boot.cmd"
             source.write_text(text, encoding="utf-8")
-            compile_uboot_script(source, out, board.architecture)
-    elif str(out) == "-":
+            # mkimage writes only to a named file; for '-' it goes through a temporary one.
+            target = Path(tmp) / "boot.scr" if to_stdout else out
+            compile_uboot_script(source, target, board.architecture)
+            if to_stdout:
+                sys.stdout.flush()
+                sys.stdout.buffer.write(target.read_bytes())
+                sys.stdout.buffer.flush()
+    elif to_stdout:
         sys.stdout.write(text)
     else:
         try:
@@ -196,8 +207,8 @@ def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> int:
 _DESCRIPTION = """\
 Inspect and change the A/B slot state kept in the U-Boot environment or the GRUB
 environment block: the boot order (BOOT_ORDER), the boot attempts left per slot
-(BOOT_<slot>_LEFT) and the dm-verity parameters the boot script passes to the kernel
-(BOOT_<slot>_VERITY). See docs/abctl.md and docs/boot-protocol.md.
+(BOOT_<slot>_LEFT) and the dm-verity parameters the boot script passes to the
+kernel (BOOT_<slot>_VERITY). See docs/abctl.md and docs/boot-protocol.md.
 
 Every change is one atomic environment write. The running slot is read from
 abupdate.slot= (or rauc.slot=) on the kernel command line.
@@ -206,12 +217,7 @@ abupdate.slot= (or rauc.slot=) on the kernel command line.
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `abctl` (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
-        prog="abctl",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser, sub = make_parser("abctl", _DESCRIPTION, _EPILOG)
     parser.add_argument(
         "--board",
         type=Path,
@@ -233,21 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="kernel command line to find the booted slot in (default /proc/cmdline)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=help_,
-            description=description,
-            epilog=_EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        return add_command(sub, name, help_, description, _EPILOG)
 
     p = add(
         "status",
         "show boot order, tries left, verity values and the booted slot",
-        "Show the slot state. Malformed values are reported as warnings, never fatal.",
+        """\
+        Show the slot state. Malformed values are reported as warnings, never fatal.""",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cmd_status)
@@ -255,17 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "mark-good",
         "give the booted slot its full tries back (after boot-complete.target)",
-        "Mark the running slot good: its tries-left counter goes back to the board's tries. "
-        "Run it only once the system is healthy; the shipped abctl-mark-good.service does so "
-        "after boot-complete.target.",
+        """\
+        Mark the running slot good: its tries-left counter goes back to the board's
+        tries. Run it only once the system is healthy; the shipped
+        abctl-mark-good.service does so after boot-complete.target.""",
     )
     p.set_defaults(func=_cmd_mark_good)
 
     p = add(
         "mark-bad",
         "set a slot's tries to 0 so the bootloader skips it",
-        "Mark SLOT (default: the booted slot) bad: it gets no more boot attempts until it is "
-        "installed again or marked good. The booted slot needs --force.",
+        """\
+        Mark SLOT (default: the booted slot) bad: it gets no more boot attempts until
+        it is installed again or marked good. The booted slot needs --force.""",
     )
     p.add_argument("slot", nargs="?", metavar="SLOT", help="slot name (default: booted slot)")
     p.add_argument("--force", action="store_true", help="allow marking the booted slot bad")
@@ -274,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "set-primary",
         "boot SLOT next, with full tries",
-        "Put SLOT first in BOOT_ORDER with full tries and record its verity value, in one "
-        "environment write. This is what an install does last. The booted slot needs --force.",
+        """\
+        Put SLOT first in BOOT_ORDER with full tries and record its verity value, in
+        one environment write. This is what an install does last. The booted slot
+        needs --force.""",
     )
     p.add_argument("slot", metavar="SLOT")
     p.add_argument(
@@ -289,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "set-verity",
         "record (or clear) a slot's dm-verity parameters",
-        "Record VALUE (HASH:SALT:BLOCKS; an empty string clears it) as the slot's verity "
-        "parameters. A slot without them is never booted. The booted slot needs --force.",
+        """\
+        Record VALUE (HASH:SALT:BLOCKS; an empty string clears it) as the slot's
+        verity parameters. A slot without them is never booted. The booted slot needs
+        --force.""",
     )
     p.add_argument("slot", metavar="SLOT")
     p.add_argument("value", metavar="VALUE")
@@ -300,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "print-env",
         "print environment variables as NAME=VALUE",
-        "Print all variables of the environment (or only NAMEs), one NAME=VALUE per line.",
+        """\
+        Print all variables of the environment (or only NAMEs), one NAME=VALUE per
+        line.""",
     )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.set_defaults(func=_cmd_print_env)
@@ -308,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "init",
         "create the environment (also over a corrupt one)",
-        "Write a fresh environment: default boot order and full tries. Variables of a valid "
-        "environment are kept; a corrupt or missing one is replaced. This is the only command "
-        "that writes when no valid copy exists.",
+        """\
+        Write a fresh environment: default boot order and full tries. Variables of a
+        valid environment are kept; a corrupt or missing one is replaced. This is the
+        only command that writes when no valid copy exists.""",
     )
     p.add_argument(
         "--verity",
@@ -324,17 +333,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "reset",
         "default boot order and full tries for every slot",
-        "Reset BOOT_ORDER to the board's order and every slot's tries; verity values stay.",
+        """\
+        Reset BOOT_ORDER to the board's order and every slot's tries; verity values
+        stay.""",
     )
     p.set_defaults(func=_cmd_reset)
 
     p = add(
         "boot-script",
         "write the board's boot script (U-Boot boot.cmd/boot.scr or GRUB grub.cfg)",
-        "Generate the boot script that implements the slot selection for this board: "
-        "U-Boot boot.cmd source (or, with --mkimage, the compiled boot.scr) or GRUB grub.cfg.",
+        """\
+        Generate the boot script that implements the slot selection for this board:
+        U-Boot boot.cmd source (or, with --mkimage, the compiled boot.scr) or GRUB
+        grub.cfg.""",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-' for stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="file to write; '-' for stdout",
+    )
     p.add_argument(
         "--mkimage",
         action="store_true",

@@ -153,3 +153,69 @@ def test_console_script_help_and_exit_status(tmp_path: Path) -> None:
     )
     assert result.returncode == 3
     assert result.stderr.startswith("abctl: error: cannot read board config")
+
+
+def test_boot_script_mkimage_to_stdout(tmp_path: Path) -> None:
+    """`-o -` means stdout with --mkimage too (no file named '-')."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bootctl.cli",
+            "--board",
+            ARM,
+            "boot-script",
+            "-o",
+            "-",
+            "--mkimage",
+        ],
+        capture_output=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert result.stdout[:4] == bytes.fromhex("27051956")  # legacy U-Boot image magic
+    scr = tmp_path / "boot.scr"
+    scr.write_bytes(result.stdout)
+    listing = subprocess.run(
+        ["mkimage", "-l", str(scr)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "AArch64 Linux Script" in listing
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bootctl.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("abctl ")
+
+
+COMMANDS = [
+    "status",
+    "mark-good",
+    "mark-bad",
+    "set-primary",
+    "set-verity",
+    "print-env",
+    "init",
+    "reset",
+    "boot-script",
+]
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_is_wrapped(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exc:
+        main([*filter(None, [command]), "--help"])
+    assert exc.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "exit status:" in lines
+    assert [line for line in lines if len(line) > 80] == []

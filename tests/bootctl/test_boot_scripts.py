@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from bootctl.board import load_board
+from bootctl.board import ARCHITECTURES, load_board
 from bootctl.bootscript import render_boot_script, render_grub_cfg, render_uboot_script
 from bootctl.cli import main
 from bootctl.errors import ConfigError
@@ -113,3 +115,63 @@ def test_uboot_script_needs_a_single_copy_env() -> None:
     )
     with pytest.raises(ConfigError, match="single-copy"):
         render_uboot_script(dataclasses.replace(board, env=env))
+
+
+#: mkimage's `-A` name and its `mkimage -l` description of each board architecture.
+MKIMAGE = {
+    "arm64": ("arm64", "AArch64"),
+    "amd64": ("x86_64", "AMD x86_64"),
+    "armhf": ("arm", "ARM"),
+    "riscv64": ("riscv", "RISC-V"),
+}
+
+
+def _uboot_board(tmp_path: Path, architecture: str) -> Path:
+    """The arm64 U-Boot board config with another architecture."""
+    text = (BOARD_DIR / "qemu-arm64-uboot.toml").read_text()
+    assert 'architecture = "arm64"' in text
+    path = tmp_path / f"{architecture}.toml"
+    path.write_text(text.replace('architecture = "arm64"', f'architecture = "{architecture}"'))
+    return path
+
+
+def test_every_architecture_has_an_mkimage_name() -> None:
+    assert set(MKIMAGE) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_compiles_with_mkimage(architecture: str, tmp_path: Path) -> None:
+    board = _uboot_board(tmp_path, architecture)
+    name, description = MKIMAGE[architecture]
+    source = tmp_path / "boot.cmd"
+    assert main(["--board", str(board), "boot-script", "-o", str(source)]) == 0
+    hint = f"#   mkimage -A {name} -O linux -T script -C none -d boot.cmd boot.scr\n"
+    assert hint in source.read_text()
+    scr = tmp_path / "boot.scr"
+    assert main(["--board", str(board), "boot-script", "-o", str(scr), "--mkimage"]) == 0
+    listing = subprocess.run(
+        ["mkimage", "-l", str(scr)], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"Image Type:   {description} Linux Script" in listing
+
+
+def test_mkimage_failure_names_the_real_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arm = str(BOARD_DIR / "qemu-arm64-uboot.toml")
+    missing = tmp_path / "missing" / "boot.scr"
+    assert main(["--board", arm, "boot-script", "-o", str(missing), "--mkimage"]) == 6
+    err = capsys.readouterr().err
+    assert err == f"abctl: error: mkimage failed: Can't open {missing}: No such file or directory\n"
+
+    # The real mkimage, given an architecture it does not know: it prints the error,
+    # then its whole usage text.
+    real = shutil.which("mkimage")
+    assert real is not None
+    wrapper = tmp_path / "bin" / "mkimage"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {real} "$@" -A no-such-arch\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    assert main(["--board", arm, "boot-script", "-o", str(tmp_path / "b.scr"), "--mkimage"]) == 6
+    assert capsys.readouterr().err == "abctl: error: mkimage failed: Invalid architecture\n"
