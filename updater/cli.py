@@ -50,7 +50,8 @@ exit status:
   5  bundle refused by policy: wrong compatible, expired, or a downgrade below the
      anti-rollback floor
   6  transport: the bundle could not be fetched (network, TLS, HTTP, medium)
-  7  device: a slot, the boot environment or the state directory failed
+  7  device: a slot, the boot environment or the state directory failed, or the
+     reboot asked for with --reboot (the install itself succeeded)
 In every failure case the booted slot and the boot order are left as they were.
 
 environment:
@@ -91,8 +92,9 @@ class ProgressPrinter:
                 unit_divisor=1024,
                 leave=False,
             )
-        self.bar.update(p.done - self.bar.n)
+        # The figures first: update() redraws the bar, with them.
         self.bar.set_postfix(fetched=_size(p.fetched), reused=_size(p.reused), refresh=False)
+        self.bar.update(p.done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -119,9 +121,25 @@ def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
         printer.close()
     out = result.to_dict()
     if args.reboot:
-        subprocess.run(["reboot"], check=False)
-        out["rebooting"] = True
+        out["rebooting"] = True  # main() reboots once this result is printed
     return out
+
+
+def reboot(result: dict[str, Any]) -> None:
+    """Reboot after a successful install (its result is printed already).
+
+    The install is done and the new slot boots next whatever happens here, so a
+    reboot that cannot be run is reported as a device error, in one line.
+    """
+    done = f"installed {result['version']} into slot {result['slot']}, which boots next, but"
+    try:
+        r = subprocess.run(["reboot"], capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise errors.DeviceError(f"{done} could not run reboot: {e.strerror}") from e
+    if r.returncode != 0:
+        said = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        reason = f": {said[-1].strip()}" if said else ""
+        raise errors.DeviceError(f"{done} reboot failed with status {r.returncode}{reason}")
 
 
 def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,8 +178,9 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"slot {result['marked_good']} marked good")
     else:
         print(
-            f"board {result.get('board')}, booted {result.get('booted')}, "
-            f"next boot {result.get('next_boot')}, security floor {result['security_floor']}"
+            f"board {result.get('board')}, booted {result.get('booted') or '-'}, "
+            f"next boot {result.get('next_boot') or '-'}, "
+            f"security floor {result['security_floor']}"
         )
         for name, slot in result["slots"].items():
             inst = slot.get("installed")
@@ -259,16 +278,20 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
+        if args.json:
+            install = args.command == "install"
+            print(json.dumps({"event": "result", **result} if install else result), flush=True)
+        else:
+            _print_text(args.command, result)
+            sys.stdout.flush()
+        if result.get("rebooting"):  # printed first: a reboot may end this process at once
+            reboot(result)
     except tuple(cls for cls, _ in EXIT_CODES) as e:
         status = exit_status(e, EXIT_CODES, EXIT_DEVICE)
         if args.json:
             print(json.dumps({"event": "error", "error": str(e), "exit_status": status}))
         print(f"updater: error: {e}", file=sys.stderr)
         sys.exit(status)
-    if args.json:
-        print(json.dumps({"event": "result", **result} if args.command == "install" else result))
-    else:
-        _print_text(args.command, result)
     sys.exit(EXIT_OK)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from bundle_tool import keygen
 from bundle_tool.errors import BundleError
 from tests.helpers.faultserver import FaultServer
 from tests.helpers.nginx import NginxServer, free_port
+from tests.helpers.silentserver import SilentServer
 from tests.helpers.tlsca import CertificateAuthority
+from tests.updater.device import image_bytes, make_device
 from updater.errors import TransportError, UsageError
 from updater.filesource import FileSource, StdinSource
 from updater.httpsettings import HttpSettings
 from updater.httpsource import HttpSource
+from updater.install import Installer
 from updater.source import BundleSource
 from updater.sources import open_source
 
@@ -284,6 +290,58 @@ def test_untrusted_server_certificate_is_refused(
     assert nginx.body_bytes_served() == 0
 
 
+def hashed_ca_dir(ca_file: str, directory: Path) -> Path:
+    """A directory in OpenSSL's c_rehash layout (`<subject hash>.0`) holding `ca_file`."""
+    directory.mkdir()
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", ca_file],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    shutil.copy(ca_file, directory / f"{subject_hash}.0")
+    return directory
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_install_without_ca_file_trusts_the_system_store(
+    served: tuple[NginxServer, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+) -> None:
+    nginx, _ = served
+    blocks = 300
+    device = make_device(
+        tmp_path / "device", keygen.make_dev_pki(tmp_path / "pki"), image_bytes(blocks, seed=1)
+    )
+    image = image_bytes(blocks, seed=2)
+    (nginx.root / "u.bundle").write_bytes(device.bundle(image).read_bytes())
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    # The run's CA stands for the operating system's store, found the way OpenSSL finds it.
+    nowhere = tmp_path / "nowhere"
+    if variable == "SSL_CERT_FILE":
+        monkeypatch.setenv("SSL_CERT_FILE", nginx.ca_file)
+        monkeypatch.setenv("SSL_CERT_DIR", str(nowhere))
+    else:
+        monkeypatch.setenv("SSL_CERT_FILE", str(nowhere / "cert.pem"))
+        monkeypatch.setenv("SSL_CERT_DIR", str(hashed_ca_dir(nginx.ca_file, tmp_path / "certs")))
+    settings = HttpSettings()
+    assert settings.ca_file is None
+    with HttpSource(nginx.url("u.bundle"), settings) as source:
+        result = Installer(device.config()).install(source)
+    assert result.slot == "B" and result.bytes_fetched >= len(image)
+    assert device.slot("B").read_bytes()[: len(image)] == image
+    # The same store without the run's CA: the server is refused.
+    stranger = CertificateAuthority("stranger CA").write(tmp_path / "stranger.pem")
+    monkeypatch.setenv("SSL_CERT_FILE", str(stranger))
+    monkeypatch.setenv("SSL_CERT_DIR", str(nowhere))
+    source = HttpSource(nginx.url("u.bundle"), settings)
+    with source, pytest.raises(TransportError, match="certificate verify failed"):
+        Installer(device.config()).install(source)
+
+
 def test_mutual_tls_needs_the_client_certificate(
     nginx_factory: Callable[..., NginxServer], tmp_path: Path
 ) -> None:
@@ -435,6 +493,40 @@ def test_read_timeout_resumes_from_the_byte_reached(fault_server: FaultServer) -
     # The first answer is read a whole chunk per call: its one byte is lost with
     # the timeout. From then on every byte received counts.
     assert ranges == ["bytes=500-502", "bytes=500-502", "bytes=501-502", "bytes=502-502"]
+
+
+def test_connect_timeout_bounds_a_tls_handshake_that_never_completes() -> None:
+    settings = HttpSettings(
+        connect_timeout=0.5,
+        read_timeout=60.0,  # were it used for the handshake, the test would time out
+        deadline=600.0,
+        retries=2,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+    )
+    attempts = settings.retries + 1
+    bound = attempts * settings.connect_timeout + settings.retries * settings.backoff_max + 10.0
+    failures: list[Exception] = []
+    with SilentServer() as server:
+
+        def fetch() -> None:
+            with HttpSource(server.url(), settings) as source:
+                try:
+                    read_all(source, 0, 10)
+                except Exception as e:  # the test looks at it
+                    failures.append(e)
+
+        start = time.monotonic()
+        worker = threading.Thread(target=fetch, daemon=True)
+        worker.start()
+        worker.join(timeout=bound)
+        elapsed = time.monotonic() - start
+        assert not worker.is_alive(), f"still connecting after {bound:.1f} s"
+    (failure,) = failures
+    assert isinstance(failure, TransportError), failure
+    assert "after 2 retries" in str(failure) and "timed out" in str(failure)
+    assert server.accepted == attempts  # each attempt connected, then waited in the handshake
+    assert elapsed >= attempts * settings.connect_timeout * 0.9
 
 
 def test_bundle_replaced_during_download_is_refused(fault_server: FaultServer) -> None:
