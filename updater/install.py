@@ -327,7 +327,7 @@ class Installer:
             error = DeviceError(f"boot environment: {e}")
             self._record_failure(error, started)
             raise error from e
-        self.state.record_result(result.to_dict())
+        self.state.record_result({**result.to_dict(), "at": int(started)})
         return result
 
     def _record_failure(self, error: Exception, started: float) -> None:

@@ -395,6 +395,7 @@ def test_status_after_install(device: Device, tmp_path: Path) -> None:
     assert (last["status"], last["slot"], last["version"]) == ("installed", "B", "2.1.0")
     assert (last["root_hash"], last["image_size"], last["bytes_reused"]) == (root, IMAGE_SIZE, 0)
     assert last["bytes_fetched"] >= IMAGE_SIZE
+    assert time.time() - 60 < last["at"] <= time.time()  # when it started
 
     r = updater(device, "status")
     assert r.returncode == 0, r.stderr
