@@ -63,6 +63,11 @@ def _check_options(opts: CreateOptions) -> None:
         raise UsageError("at least one signing key and certificate are needed")
     if opts.security_version < 0 or opts.build_time < 0:
         raise UsageError("security version and build time must not be negative")
+    if opts.expires is not None and opts.expires <= opts.build_time:
+        raise UsageError(
+            "the bundle would expire before it was built: --expires must be later than "
+            "the build time (SOURCE_DATE_EPOCH, or now)"
+        )
     names = [a.name for a in opts.artifacts]
     if len(set(names)) != len(names):
         raise UsageError("two artifacts have the same file name")

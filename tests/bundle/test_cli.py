@@ -149,7 +149,8 @@ def test_exit_statuses(tmp_path: Path, keys: Path) -> None:
     assert r.returncode == 2  # argparse: --keyring is required
 
 
-def test_expired_bundle(tmp_path: Path, keys: Path) -> None:
+def test_expired_bundle(tmp_path: Path, keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # built in 2023, whenever this runs
     image = write_image(tmp_path / "rootfs.img", 16)
     assert (
         create(
@@ -162,6 +163,19 @@ def test_expired_bundle(tmp_path: Path, keys: Path) -> None:
     late = run("verify", tmp_path / "b", "--keyring", keys / "ca.pem", "--at", "2030-01-01")
     assert late.returncode == 5
     assert "expired on 2030-01-01" in late.stderr
+
+
+def test_a_bundle_expiring_before_its_build_time_is_refused(
+    tmp_path: Path, keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14
+    image = write_image(tmp_path / "rootfs.img", 16)
+    r = create(keys, image, tmp_path / "b", "--compatible", "b", "--expires", "2023-01-01")
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith(
+        "--expires must be later than the build time (SOURCE_DATE_EPOCH, or now)"
+    ), r.stderr
+    assert not (tmp_path / "b").exists()
 
 
 def test_board_config_and_elf_artifacts(tmp_path: Path, keys: Path) -> None:
