@@ -9,6 +9,9 @@
   `nginx_factory(require_client_cert=True)` for mutual TLS.
 * `fault_server`: `FaultServer` serving `.data` (3 MiB of seeded random bytes
   unless a test assigns other bytes), with `.mode`, `.drops`, `.served`.
+* `pki` (session): a development CA and signer (`keygen.make_dev_pki`).
+* `device`: a device on plain files (tests/updater/device.py) booted from slot A,
+  which holds a 700-block image; slot B empty and not bootable.
 
 Servers live on 127.0.0.1, so the proxy variables are told to leave it alone.
 """
@@ -21,11 +24,27 @@ from pathlib import Path
 
 import pytest
 
+from bundle_tool import keygen
 from tests.helpers.faultserver import FaultServer
 from tests.helpers.nginx import NginxServer
 from tests.helpers.tlsca import TlsFiles, make_tls_files
+from tests.updater.device import Device, image_bytes, make_device
 
 FAULT_DATA_SIZE = 3 * 1024 * 1024
+
+
+DEVICE_BLOCKS = 700  # 2.8 MiB: several 1 MiB spans and leaf blocks, two tree levels
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
+    """Development keys made once per test run."""
+    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def device(tmp_path: Path, pki: keygen.DevPki) -> Device:
+    return make_device(tmp_path / "device", pki, image_bytes(DEVICE_BLOCKS, seed=1))
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from bootctl.board import load_board
 from bootctl.control import SlotControl
@@ -100,6 +102,23 @@ class Device:
         )
         image.unlink()
         return out
+
+    def cli(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        stdin: IO[bytes] | int | None = subprocess.DEVNULL,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `updater ARGS --config DEVICE.toml` in a child process; its output."""
+        return subprocess.run(
+            [sys.executable, "-m", "updater.cli", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            stdin=stdin,
+            cwd=REPO,
+            timeout=120,
+        )
 
     def env_files(self) -> list[Path]:
         """Every file holding a copy of the boot environment (two for a redundant one)."""

@@ -19,7 +19,7 @@ import termios
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -27,21 +27,11 @@ from bootctl.state import SlotVerity
 from bundle_tool import keygen, signing, verity
 from tests.helpers.nginx import NginxServer, free_port
 from tests.helpers.tlsca import CertificateAuthority
-from tests.updater.device import REPO, SALT, Device, image_bytes, make_device
+from tests.updater.device import REPO, SALT, Device, image_bytes
 from updater.statedir import StateDir
 
 BLOCKS = 700  # 2.8 MiB: several 1 MiB spans, two tree levels
 IMAGE_SIZE = BLOCKS * 4096
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
-    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def device(tmp_path: Path, pki: keygen.DevPki) -> Device:
-    return make_device(tmp_path / "device", pki, image_bytes(BLOCKS, seed=1))
 
 
 def environ(**changes: str | None) -> dict[str, str]:
@@ -53,24 +43,6 @@ def environ(**changes: str | None) -> dict[str, str]:
         else:
             env[name] = value
     return env
-
-
-def updater(
-    device: Device,
-    *args: str,
-    env: dict[str, str] | None = None,
-    stdin: IO[bytes] | int | None = subprocess.DEVNULL,
-) -> subprocess.CompletedProcess[str]:
-    """Run `updater ARGS --config DEVICE.toml` and collect its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "updater.cli", *args, "--config", str(device.config_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=stdin,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
@@ -128,7 +100,7 @@ def test_reboot_runs_only_when_asked_and_after_a_successful_install(
     compatible = "qemu-arm64-uboot" if bundle_ok else "another-board"
     bundle = device.bundle(image_bytes(BLOCKS, seed=2), compatible=compatible)
     args = ["install", str(bundle), "--json", *(["--reboot"] if reboot else [])]
-    r = updater(device, *args, env=env)
+    r = device.cli(*args, env=env)
     if not bundle_ok:
         assert r.returncode == 5, r.stderr
         assert not log.exists()  # a refused install never reboots
@@ -153,7 +125,7 @@ def test_the_result_is_out_before_the_reboot_ends_the_updater(
     log = fake_reboot(bindir, device, kills=True)
     env = environ(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
     bundle = device.bundle(image_bytes(BLOCKS, seed=2))
-    r = updater(device, "install", str(bundle), "--json", "--reboot", env=env)
+    r = device.cli("install", str(bundle), "--json", "--reboot", env=env)
     assert r.returncode == -9 and log.read_text() == "reboot \n", r.stderr
     result = json.loads(r.stdout.splitlines()[-1])
     assert result["event"] == "result" and result["rebooting"] is True
@@ -169,7 +141,7 @@ def test_reboot_that_cannot_run_is_a_one_line_device_error(
     else:
         fake_reboot(bindir, device, status=1, says="Failed to talk to init daemon.")
     bundle = device.bundle(image_bytes(BLOCKS, seed=3))
-    r = updater(device, "install", str(bundle), "--reboot", env=environ(PATH=str(bindir)))
+    r = device.cli("install", str(bundle), "--reboot", env=environ(PATH=str(bindir)))
     assert r.returncode == 7, r.stderr
     reason = one_line_error(r)
     assert reason.startswith("installed 2.0.0 into slot B, which boots next, but ")
@@ -357,7 +329,7 @@ def test_status_after_install(device: Device, tmp_path: Path) -> None:
         root = tree.root_hash.hex()
     bundle = device.bundle(new, version="2.1.0", security_version=3)
 
-    r = updater(device, "install", str(bundle))
+    r = device.cli("install", str(bundle))
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # no progress bar when stderr is not a terminal
     assert re.fullmatch(
@@ -366,7 +338,7 @@ def test_status_after_install(device: Device, tmp_path: Path) -> None:
         r.stdout,
     )
 
-    r = updater(device, "status", "--json")
+    r = device.cli("status", "--json")
     assert r.returncode == 0, r.stderr
     status = json.loads(r.stdout)
     assert status["board"] == "qemu-arm64-uboot"
@@ -397,7 +369,7 @@ def test_status_after_install(device: Device, tmp_path: Path) -> None:
     assert last["bytes_fetched"] >= IMAGE_SIZE
     assert time.time() - 60 < last["at"] <= time.time()  # when it started
 
-    r = updater(device, "status")
+    r = device.cli("status")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
         "board qemu-arm64-uboot, booted A, next boot B, security floor 0",
@@ -474,7 +446,7 @@ def test_each_failure_class_has_its_exit_status_and_one_line(
         set_config(device, 'device = "slot-B.img"', 'device = "plain-file/slot-B.img"')
     status, message = EXIT_CASES[case]
     order = boot_order(device)
-    r = updater(device, *args, env=env)
+    r = device.cli(*args, env=env)
     assert r.returncode == status, r.stderr
     assert message in one_line_error(r)
     assert r.stdout == ""
@@ -484,7 +456,7 @@ def test_each_failure_class_has_its_exit_status_and_one_line(
 def test_json_errors_carry_the_exit_status(device: Device) -> None:
     with device.config_path.open("a") as f:
         f.write("[http]\nretries = 0\n")
-    r = updater(device, "install", f"https://127.0.0.1:{free_port()}/u.bundle", "--json")
+    r = device.cli("install", f"https://127.0.0.1:{free_port()}/u.bundle", "--json")
     assert r.returncode == 6
     event: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
     assert event["event"] == "error" and event["exit_status"] == 6

@@ -32,16 +32,6 @@ from updater.statedir import StateDir
 BLOCKS = 700  # 2.8 MiB: several leaf blocks, two tree levels
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
-    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def device(tmp_path: Path, pki: keygen.DevPki) -> Device:
-    return make_device(tmp_path / "device", pki, image_bytes(BLOCKS, seed=1))
-
-
 def fw_printenv(device: Device) -> dict[str, str]:
     config = device.root / "fw_env.config"
     config.write_text(f"{device.env_file} 0x0000 0x4000\n")
@@ -203,12 +193,7 @@ def test_an_interrupted_install_from_a_file_resumes_when_run_again(
         Installer(device.config(), open_slot=FailingAfter500Blocks).install(src)
     # Run again as a user would, with no delta option: the flushed blocks are kept.
     if cli:
-        args = ["install", str(bundle), "--json", "--config", str(device.config_path)]
-        r = subprocess.run(
-            [sys.executable, "-m", "updater.cli", *args],
-            capture_output=True,
-            text=True,
-        )
+        r = device.cli("install", str(bundle), "--json")
         assert r.returncode == 0, r.stderr
         again = json.loads(r.stdout.splitlines()[-1])
     else:
@@ -219,8 +204,15 @@ def test_an_interrupted_install_from_a_file_resumes_when_run_again(
     assert device.slot("B").read_bytes()[: len(new)] == new
 
 
-def test_a_fresh_install_from_a_file_takes_the_stream_path(device: Device) -> None:
+@pytest.mark.parametrize("b_holds", ["nothing", "another image"])
+def test_a_fresh_install_from_a_file_takes_the_stream_path(
+    tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch, b_holds: str
+) -> None:
+    b_image = image_bytes(BLOCKS, seed=19) if b_holds == "another image" else None
+    device = make_device(tmp_path / "device", pki, image_bytes(BLOCKS, seed=1), b_image=b_image)
+    streamed = spy(monkeypatch, Installer, "_stream_tree")
     result = install_file(device, device.bundle(image_bytes(BLOCKS, seed=15)))
+    assert len(streamed) == 1  # not the delta path: B does not hold this image's tree
     assert result.bytes_reused == 0  # type: ignore[attr-defined]
     assert result.bytes_fetched >= BLOCKS * 4096  # type: ignore[attr-defined]
 
@@ -442,11 +434,7 @@ def test_floor_rises_only_after_mark_good(device: Device) -> None:
     ctl.store.save({**env, "BOOT_B_LEFT": "2"})
     Installer(device.config()).refresh_floor()
     assert state.security_floor() == 0
-    r = subprocess.run(
-        [sys.executable, "-m", "updater.cli", "mark-good", "--config", str(device.config_path)],
-        capture_output=True,
-        text=True,
-    )
+    r = device.cli("mark-good")
     assert r.returncode == 0, r.stderr
     assert state.security_floor() == 4
     assert fw_printenv(device)["BOOT_B_LEFT"] == "3"
@@ -460,10 +448,7 @@ def test_status_shows_the_floor_in_force_after_abctl_mark_good(device: Device) -
     ctl.mark_good()  # as `abctl mark-good` does: the updater's floor is not stored yet
 
     def status() -> dict[str, Any]:
-        args = ["status", "--json", "--config", str(device.config_path)]
-        r = subprocess.run(
-            [sys.executable, "-m", "updater.cli", *args], capture_output=True, text=True
-        )
+        r = device.cli("status", "--json")
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)  # type: ignore[no-any-return]
 
@@ -475,13 +460,7 @@ def test_status_shows_the_floor_in_force_after_abctl_mark_good(device: Device) -
 
 
 def test_cli_exit_statuses(device: Device, tmp_path: Path) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "updater.cli", *args, "--config", str(device.config_path)],
-            capture_output=True,
-            text=True,
-        )
-
+    run = device.cli
     good = device.bundle(image_bytes(BLOCKS, seed=10))
     assert run("install", str(flip(good, layout(device, good)[1]))).returncode == 3
     other = device.bundle(image_bytes(BLOCKS, 10), "o.bundle", signer=other_signer(tmp_path)[1])

@@ -20,11 +20,6 @@ from updater.install import BATCH_GROUPS, GROUP, Installer
 BLOCKS = 16384  # 64 MiB
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
-    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
-
-
 def changed(data: bytes, fraction: float, run: int, seed: int) -> bytes:
     """`data` with `fraction` of its 4096-byte blocks rewritten, in runs of `run` blocks."""
     rng = random.Random(seed)
@@ -140,23 +135,15 @@ def test_transport_errors_name_the_cause_not_the_query_or_credentials(
 ) -> None:
     """A token in the URL stays out of the message, the JSON error and the state."""
     import json
-    import socket
-    import subprocess
-    import sys
+
+    from tests.helpers.nginx import free_port
 
     device = make_device(tmp_path / "dev", pki, image_bytes(8, seed=1))
     with device.config_path.open("a") as f:
         f.write("[http]\nretries = 1\nbackoff_initial = 0.01\n")
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     url = f"https://user:hunter2@127.0.0.1:{port}/x.bundle?token=SECRETTOKEN"
-    args = ["install", url, "--json", "--config", str(device.config_path)]
-    r = subprocess.run(
-        [sys.executable, "-m", "updater.cli", *args],
-        capture_output=True,
-        text=True,
-    )
+    r = device.cli("install", url, "--json")
     assert r.returncode == 6, r.stderr
     stderr = r.stderr.strip().splitlines()
     assert len(stderr) == 1 and "Connection refused" in stderr[0], stderr

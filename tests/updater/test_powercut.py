@@ -31,11 +31,6 @@ BLOCKS = 1200
 START = {"fresh": None, "bootable-b": 3}  # slot B: empty, or an older release (image seed)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
-    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
-
-
 @dataclass(frozen=True)
 class Start:
     """A device to copy for every cut, and the bundle to install on it."""

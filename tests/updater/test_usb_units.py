@@ -66,12 +66,51 @@ def udevadm_verify() -> str | None:
 
 def test_udev_rule_syntax_is_valid() -> None:
     parse_rules(RULE)  # raises, naming the line and the problem
+
+
+def test_udev_rule_passes_udevadm_verify() -> None:
     udevadm = udevadm_verify()
-    if udevadm is not None:
-        r = subprocess.run(
-            [udevadm, "verify", "--resolve-names=never", str(RULE)], capture_output=True, text=True
-        )
-        assert r.returncode == 0, r.stdout + r.stderr
+    if udevadm is None:
+        pytest.skip("udevadm has no verify command before systemd 254 (Debian 12 has 252)")
+    r = subprocess.run(
+        [udevadm, "verify", "--resolve-names=never", str(RULE)], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def exec_start(mount_root: Path, kernel_name: str) -> str:
+    """The unit's ExecStart command for `kernel_name`, mounting below `mount_root`."""
+    (line,) = [x for x in TEMPLATE.read_text().splitlines() if x.startswith("ExecStart=")]
+    command = line.removeprefix("ExecStart=").replace("%i", kernel_name).replace("%I", kernel_name)
+    return command.replace("/run/abupdate-usb/", f"{mount_root}/")
+
+
+@pytest.mark.parametrize("bundles", [0, 1, 2])
+def test_usb_unit_hands_the_mount_point_to_the_updater(tmp_path: Path, bundles: int) -> None:
+    """No bundle: nothing to do. Else the updater gets the mount point and applies its
+    rule of exactly one `*.bundle` (tests/updater/test_sources.py checks that rule)."""
+    mount = tmp_path / "run" / "sdb1"
+    mount.mkdir(parents=True)
+    for n in range(bundles):
+        (mount / f"update-{n}.bundle").write_bytes(b"")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    stub = bindir / "updater"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    stub.chmod(0o755)
+    r = subprocess.run(
+        exec_start(tmp_path / "run", "sdb1"),
+        shell=True,
+        env={**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    if bundles == 0:
+        assert not calls.exists()
+    else:
+        assert calls.read_text() == f"install --json {mount}\n"
 
 
 def test_udev_rule_starts_the_shipped_unit_for_usb_partitions_only() -> None:
