@@ -1,4 +1,4 @@
-"""Pieces shared by the project's command lines (`bundle-tool`, `updater`)."""
+"""Pieces shared by the project's command lines (`bundle-tool`, `updater`, `abctl`)."""
 
 from __future__ import annotations
 

@@ -204,6 +204,7 @@ class Worker:
         os.close(req_r)
         os.close(ans_w)
         self._pid = pid
+        self._ended = ""  # how the child ended, once reaped
         self._requests: BinaryIO = os.fdopen(req_w, "wb")
         self._answers: BinaryIO = os.fdopen(ans_r, "rb", buffering=0)
         self._due = 0
@@ -214,7 +215,9 @@ class Worker:
             self._requests.write(_record(_OK, request))
             self._requests.flush()
         except BrokenPipeError:
-            raise BundleIOError("a worker process ended before its work was done") from None
+            raise BundleIOError(
+                f"a worker process ended before its work was done ({self._reap()})"
+            ) from None
         self._due += 1
 
     def ready(self) -> Iterator[bytes]:
@@ -236,8 +239,11 @@ class Worker:
             yield self.answer()
 
     def _reap(self) -> str:
-        pid, self._pid = self._pid, 0
-        return _reap(pid)
+        """Wait for the child, which has ended, once; how it ended."""
+        if self._pid:
+            pid, self._pid = self._pid, 0
+            self._ended = _reap(pid)
+        return self._ended
 
     def close(self) -> None:
         """Stop the child (whether or not it is done) and release the pipes."""

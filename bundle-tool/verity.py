@@ -218,14 +218,22 @@ def _image_size(fd: int) -> int:
 
 
 def hash_mapped(fd: int, base: hashlib._Hash, span: tuple[int, int]) -> bytes:
-    """Leaf digests of `count` blocks of the open file from block `first`.
+    """Leaf digests of a span of blocks of an open file, hashed where they are mapped.
 
-    `base` is sha256(salt). The blocks are hashed where the page cache holds
-    them (a read-only mapping), not copied out first. The mapping lasts this
-    call only, so what it adds to the resident set stays one span. A block that
-    cannot be read (past the end of the file, a medium error) raises SIGBUS:
-    callers check the file's size first, and where a medium may fail (a slot
-    read back) call this in a forked worker, whose end the parent reports.
+    The blocks are hashed where the page cache holds them (a read-only mapping),
+    not copied out first. The mapping lasts this call only, so what it adds to
+    the resident set stays one span. A block that cannot be read (past the end
+    of the file, a medium error) raises SIGBUS: callers check the file's size
+    first, and where a medium may fail (a slot read back) call this in a forked
+    worker, whose end the parent reports.
+
+    Args:
+        fd: the file (or block device), open for reading.
+        base: sha256(salt), copied for each block.
+        span: (first block, number of blocks).
+
+    Returns:
+        The concatenated 32-byte digests, one per block.
     """
     first, count = span
     with mmap.mmap(fd, count * BLOCK_SIZE, offset=first * BLOCK_SIZE, access=mmap.ACCESS_READ) as m:

@@ -52,7 +52,8 @@ exit status:
   6  transport: the bundle could not be fetched (network, TLS, HTTP, medium)
   7  device: a slot, the boot environment or the state directory failed, or the
      reboot asked for with --reboot (the install itself succeeded)
-In every failure case the booted slot and the boot order are left as they were.
+In every failure case the booted slot and the boot order are left as they were,
+except a failed --reboot (status 7 after the result): the install stands.
 
 environment:
   HTTPS_PROXY, NO_PROXY  honoured for https:// sources
@@ -130,6 +131,9 @@ def reboot(result: dict[str, Any]) -> None:
 
     The install is done and the new slot boots next whatever happens here, so a
     reboot that cannot be run is reported as a device error, in one line.
+
+    Raises:
+        DeviceError: `reboot` could not be run, or exited with an error.
     """
     done = f"installed {result['version']} into slot {result['slot']}, which boots next, but"
     try:

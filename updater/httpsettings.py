@@ -6,6 +6,7 @@ load the HTTP client.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -44,6 +45,8 @@ class HttpSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise UsageError(f"HTTP setting {name} must be a number of seconds, not {value!r}")
+            if not math.isfinite(value):
+                raise UsageError(f"HTTP setting {name} must be a finite number of seconds")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int):
             raise UsageError(f"HTTP setting retries must be a whole number, not {self.retries!r}")
         for name in ("connect_timeout", "read_timeout", "deadline"):

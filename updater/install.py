@@ -38,7 +38,7 @@ from bootctl.errors import BootctlError, ConfigError, SlotError
 from bootctl.state import SlotVerity
 from bundle_tool import verity
 from bundle_tool.container import ImageLayout, VerifiedHead
-from bundle_tool.errors import BundleError, PolicyError, TrustError
+from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
 from bundle_tool.manifest import VerityInfo
 from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
@@ -68,7 +68,7 @@ class Progress:
     Attributes:
         phase: "tree", "data", "read-back" or "switch".
         done: what is done of this phase so far: bytes ("tree": of the hash area;
-            "data" and "read-back": of the image), or 0 then 1 for "switch".
+            "data" and "read-back": of the image), or 0 for "switch" (of 1).
         total: the size of this phase in the same unit.
         fetched: bytes read from the source so far (network or medium).
         reused: image bytes kept on the target or copied from the active slot.
@@ -239,8 +239,11 @@ class Installer:
         stored = self.state.security_floor()
         try:
             booted = self.control.booted_slot()
-            if booted is None:
-                return stored
+        except SlotError:  # the command line names no slot of this board: none is good
+            return stored
+        if booted is None:
+            return stored
+        try:
             st = slotstate.parse_state(self.control.env(), self.board.slot_names)
         except BootctlError as e:
             raise DeviceError(f"cannot read the slot state: {e}") from e
@@ -325,6 +328,10 @@ class Installer:
             raise
         except BootctlError as e:
             error = DeviceError(f"boot environment: {e}")
+            self._record_failure(error, started)
+            raise error from e
+        except BundleIOError as e:  # a helper process failed (see bundle_tool.forked)
+            error = DeviceError(str(e))
             self._record_failure(error, started)
             raise error from e
         self.state.record_result({**result.to_dict(), "at": int(started)})

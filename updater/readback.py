@@ -109,10 +109,15 @@ class RegionReadBack:
         """
         self.dev.drop_cache()
         if upto_block > self.sent:
-            self._worker.send(
-                self.sent.to_bytes(_REQUEST_BYTES, "little")
-                + (upto_block - self.sent).to_bytes(_REQUEST_BYTES, "little")
-            )
+            try:
+                self._worker.send(
+                    self.sent.to_bytes(_REQUEST_BYTES, "little")
+                    + (upto_block - self.sent).to_bytes(_REQUEST_BYTES, "little")
+                )
+            except BundleIOError as e:
+                # The child is gone: its last answers say why, or else how it ended.
+                self._take(self._worker.finish)
+                raise DeviceError(f"reading slot {self.dev.path} back failed: {e}") from e
             self.sent = upto_block
         self._take(self._worker.ready)
 

@@ -54,6 +54,8 @@ BASE = {
         ({"http": {"deadline": "10"}}, "deadline must be a number of seconds, not '10'"),
         ({"http": {"retries": 1.5}}, "retries must be a whole number"),
         ({"http": {"retries": True}}, "retries must be a whole number"),
+        ({"http": {"connect_timeout": float("inf")}}, "connect_timeout must be a finite"),
+        ({"http": {"backoff_max": float("nan")}}, "backoff_max must be a finite"),
         ({"board": str(REPO / "missing.toml")}, "board"),
     ],
 )

@@ -459,6 +459,15 @@ def test_status_shows_the_floor_in_force_after_abctl_mark_good(device: Device) -
         install_file(device, older)
 
 
+def test_status_with_an_unknown_booted_slot_shows_the_problem(device: Device) -> None:
+    device.root.joinpath("cmdline").write_text("root=/dev/dm-0 abupdate.slot=C\n")
+    r = device.cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["booted"] is None and status["security_floor"] == 0
+    assert any("'C'" in problem for problem in status["problems"]), status["problems"]
+
+
 def test_cli_exit_statuses(device: Device, tmp_path: Path) -> None:
     run = device.cli
     good = device.bundle(image_bytes(BLOCKS, seed=10))
@@ -555,6 +564,44 @@ def test_read_back_of_a_slot_that_shrank_is_a_device_error(device: Device, delta
     assert f"ends before block {BLOCKS}" in str(e.value)
     env = fw_printenv(device)
     assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
+    assert StateDir(device.root / "state").last_result()["error"] == str(e.value)  # type: ignore[index]
+
+
+def die_of_sigbus(*args: object) -> bytes:
+    """Stands in for the read-back check: ends as a failed read of a mapped page would."""
+    import faulthandler
+    import signal
+
+    faulthandler.disable()  # pytest's, inherited: not a crash to trace
+    os.kill(os.getpid(), signal.SIGBUS)
+    return b""  # pragma: no cover - not reached
+
+
+def test_a_read_back_process_killed_by_a_medium_error_is_a_device_error(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from updater import install, readback
+
+    monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
+    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)
+    monkeypatch.setattr(readback, "_check_region", die_of_sigbus)
+    real = readback.RegionReadBack.flushed
+
+    def flushed(self: readback.RegionReadBack, upto_block: int) -> None:
+        if upto_block > 64:  # the child died on the first region: wait for it (not reaping)
+            os.waitid(os.P_PID, self._worker._pid, os.WEXITED | os.WNOWAIT)
+        real(self, upto_block)
+
+    monkeypatch.setattr(readback.RegionReadBack, "flushed", flushed)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=20))
+    with FileSource(bundle) as src, pytest.raises(DeviceError) as e:
+        Installer(device.config()).install(src)
+    assert re.fullmatch(
+        r"reading slot \S+slot-B\.img back failed: .*killed by SIGBUS: a file it had mapped "
+        r"could not be read\)?",
+        str(e.value),
+    ), e.value
+    assert StateDir(device.root / "state").last_result()["kind"] == "DeviceError"  # type: ignore[index]
 
 
 def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
