@@ -384,6 +384,7 @@ def test_status_after_install(device: Device, tmp_path: Path) -> None:
 EXIT_CASES: dict[str, tuple[int, str]] = {
     "usage: http URL": (2, "only https:// URLs are supported"),
     "usage: booted slot": (2, "refusing to install into the booted slot A"),
+    "usage: missing bundle": (2, "bundle not found: "),
     "bundle: truncated": (3, "truncated"),
     "trust: unknown signer": (4, "0 of 1 required signatures trusted"),
     "policy: other board": (5, "this device is 'qemu-arm64-uboot'"),
@@ -413,6 +414,8 @@ def test_each_failure_class_has_its_exit_status_and_one_line(
         args = ["install", "http://127.0.0.1/u.bundle"]
     elif case == "usage: booted slot":
         args += ["--slot", "A"]
+    elif case == "usage: missing bundle":
+        args = ["install", str(tmp_path / "missing.bundle")]
     elif case == "bundle: truncated":
         short = tmp_path / "short.bundle"
         short.write_bytes(bundle.read_bytes()[:-4096])

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -114,21 +113,7 @@ def test_good_install_from_file(device: Device) -> None:
 def test_good_install_from_stdin_with_the_cli(device: Device) -> None:
     bundle = device.bundle(image_bytes(BLOCKS, seed=3))
     with bundle.open("rb") as f:
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "updater.cli",
-                "install",
-                "-",
-                "--config",
-                str(device.config_path),
-                "--json",
-            ],
-            stdin=f,
-            capture_output=True,
-            text=True,
-        )
+        r = device.cli("install", "-", "--json", stdin=f)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert lines[-1]["event"] == "result" and lines[-1]["slot"] == "B"
@@ -141,20 +126,7 @@ def test_good_install_over_https(device: Device, nginx_server) -> None:  # type:
     (Path(nginx_server.root) / "u.bundle").write_bytes(bundle.read_bytes())
     with device.config_path.open("a") as f:
         f.write(f'[http]\nca_file = "{nginx_server.ca_file}"\n')
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "updater.cli",
-            "install",
-            nginx_server.url("u.bundle"),
-            "--config",
-            str(device.config_path),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = device.cli("install", nginx_server.url("u.bundle"), "--json")
     assert r.returncode == 0, r.stderr
     assert_installed(device, bundle=bundle)
     # Slot B was empty and A holds other data: everything came over the network once.
@@ -466,23 +438,6 @@ def test_status_with_an_unknown_booted_slot_shows_the_problem(device: Device) ->
     status = json.loads(r.stdout)
     assert status["booted"] is None and status["security_floor"] == 0
     assert any("'C'" in problem for problem in status["problems"]), status["problems"]
-
-
-def test_cli_exit_statuses(device: Device, tmp_path: Path) -> None:
-    run = device.cli
-    good = device.bundle(image_bytes(BLOCKS, seed=10))
-    assert run("install", str(flip(good, layout(device, good)[1]))).returncode == 3
-    other = device.bundle(image_bytes(BLOCKS, 10), "o.bundle", signer=other_signer(tmp_path)[1])
-    assert run("install", str(other)).returncode == 4
-    wrong = device.bundle(image_bytes(BLOCKS, 10), "c.bundle", compatible="x")
-    r = run("install", str(wrong))
-    assert r.returncode == 5 and len(r.stderr.strip().splitlines()) == 1
-    assert run("install", "http://example.invalid/x.bundle").returncode == 2
-    assert run("install", str(tmp_path / "missing.bundle")).returncode == 2
-    status = run("status", "--json")
-    assert status.returncode == 0
-    data = json.loads(status.stdout)
-    assert data["booted"] == "A" and data["last_install"]["status"] == "failed"
 
 
 class LyingMedium(FileSlot):

@@ -307,14 +307,13 @@ def hashed_ca_dir(ca_file: str, directory: Path) -> Path:
 def test_install_without_ca_file_trusts_the_system_store(
     served: tuple[NginxServer, bytes],
     tmp_path: Path,
+    pki: keygen.DevPki,
     monkeypatch: pytest.MonkeyPatch,
     variable: str,
 ) -> None:
     nginx, _ = served
     blocks = 300
-    device = make_device(
-        tmp_path / "device", keygen.make_dev_pki(tmp_path / "pki"), image_bytes(blocks, seed=1)
-    )
+    device = make_device(tmp_path / "device", pki, image_bytes(blocks, seed=1))
     image = image_bytes(blocks, seed=2)
     (nginx.root / "u.bundle").write_bytes(device.bundle(image).read_bytes())
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
