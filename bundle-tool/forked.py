@@ -109,8 +109,11 @@ def _child(fn: Callable[[T], bytes], items: Sequence[T], out_fd: int) -> int:
         return 0 if all(_answer(fn, item, out) for item in items) else 1
 
 
-def _serve(fn: Callable[[bytes], bytes], requests_fd: int, out_fd: int) -> int:
+def _serve(fn: Callable[[bytes], bytes], requests_fd: int, out_fd: int, nice: int) -> int:
     """Body of a `Worker` process: answer each request until the parent stops sending."""
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     with os.fdopen(requests_fd, "rb") as requests, os.fdopen(out_fd, "wb") as out:
         while True:
             head = _read_exact(requests, 1 + _LENGTH)
@@ -193,14 +196,15 @@ class Worker:
     that have arrived with `ready`, and the rest with `finish`. Requests and
     answers should be small (they travel through pipes); the work is in the
     child. An error raised by `fn` (OSError, ValueError, BundleIOError) ends
-    the child and comes back as a BundleIOError in its turn. Use as a context
-    manager: leaving it stops the child.
+    the child and comes back as a BundleIOError in its turn. A child given a
+    `nice` increment yields the CPU to the parent (for work that may lag).
+    Use as a context manager: leaving it stops the child.
     """
 
-    def __init__(self, fn: Callable[[bytes], bytes]) -> None:
+    def __init__(self, fn: Callable[[bytes], bytes], nice: int = 0) -> None:
         req_r, req_w = os.pipe()
         ans_r, ans_w = os.pipe()
-        pid = _fork(functools.partial(_serve, fn, req_r, ans_w), close=[req_w, ans_r])
+        pid = _fork(functools.partial(_serve, fn, req_r, ans_w, nice), close=[req_w, ans_r])
         os.close(req_r)
         os.close(ans_w)
         self._pid = pid

@@ -7,11 +7,13 @@ before the slot may boot.
 
 `RegionReadBack` does it while the install goes on: each time the installer has
 flushed another region of data (it writes regions in order, in the stream and
-the delta path alike), a forked child reads that region back and checks it
-against the stored leaf level, each leaf block checked against the verified
-level above it, while this process writes the next region. At the end the
-stored hash area is checked here. The read-back then costs little more than the
-last region, and a failing medium is found early.
+the delta path alike), two forked children read that region back, half each,
+and check it against the stored leaf level, each leaf block checked against the
+verified level above it, while this process writes the next region. At the end
+the stored hash area is checked here. The read-back then costs little more than
+the last regions, shared by two processes, and a failing medium is found early.
+The children run at a lower priority than the writing: where the CPU is the
+limit, they take what the writing leaves and catch up at the end.
 """
 
 from __future__ import annotations
@@ -87,19 +89,25 @@ class RegionReadBack:
 
     Create it once the hash area is written (from `checker`, whose upper levels
     are verified); call `flushed` after each flush, and `finish` after the last.
-    Use as a context manager: leaving it stops the child.
+    Use as a context manager: leaving it stops the children.
     """
+
+    CHILDREN = 2  # each region is split between them
+    #: The children yield the CPU to the writing: they may lag, and catch up at the end.
+    NICE = 10
 
     def __init__(self, dev: SlotDevice, checker: verity.TreeChecker, vinfo: VerityInfo) -> None:
         self.dev = dev
         self.vinfo = vinfo
         self.hash_offset = vinfo.data_blocks * BLOCK
-        self.sent = 0  # data blocks handed to the child so far
+        self.sent = 0  # data blocks handed to the children so far
+        self._workers: list[forked.Worker] = []
+        check = functools.partial(_check_region, dev.path, checker, self.hash_offset)
         try:
-            self._worker = forked.Worker(
-                functools.partial(_check_region, dev.path, checker, self.hash_offset)
-            )
+            for _ in range(self.CHILDREN):
+                self._workers.append(forked.Worker(check, nice=self.NICE))
         except OSError as e:
+            self.close()
             raise DeviceError(f"cannot start the read-back process: {e.strerror}") from e
 
     def flushed(self, upto_block: int) -> None:
@@ -108,18 +116,26 @@ class RegionReadBack:
         Raises DeviceError as soon as an earlier region is known not to match.
         """
         self.dev.drop_cache()
-        if upto_block > self.sent:
-            try:
-                self._worker.send(
-                    self.sent.to_bytes(_REQUEST_BYTES, "little")
-                    + (upto_block - self.sent).to_bytes(_REQUEST_BYTES, "little")
-                )
-            except BundleIOError as e:
-                # The child is gone: its last answers say why, or else how it ended.
-                self._take(self._worker.finish)
-                raise DeviceError(f"reading slot {self.dev.path} back failed: {e}") from e
+        count = upto_block - self.sent
+        if count > 0:
+            share = -(-count // len(self._workers))
+            for k, worker in enumerate(self._workers):
+                first = self.sent + k * share
+                n = min(share, upto_block - first)
+                if n <= 0:
+                    break
+                try:
+                    worker.send(
+                        first.to_bytes(_REQUEST_BYTES, "little")
+                        + n.to_bytes(_REQUEST_BYTES, "little")
+                    )
+                except BundleIOError as e:
+                    # The child is gone: its last answers say why, or else how it ended.
+                    self._take(worker.finish)
+                    raise DeviceError(f"reading slot {self.dev.path} back failed: {e}") from e
             self.sent = upto_block
-        self._take(self._worker.ready)
+        for worker in self._workers:
+            self._take(worker.ready)
 
     def finish(self) -> None:
         """After the final flush: check the last region, wait for all, check the hash area.
@@ -128,7 +144,8 @@ class RegionReadBack:
             DeviceError: a block or the hash area does not match, or reading failed.
         """
         self.flushed(self.vinfo.data_blocks)
-        self._take(self._worker.finish)
+        for worker in self._workers:
+            self._take(worker.finish)
         _check_stored_area(self.dev, self.vinfo, self.hash_offset)
 
     def _take(self, answers: Callable[[], Iterator[bytes]]) -> None:
@@ -140,7 +157,8 @@ class RegionReadBack:
             raise DeviceError(f"reading slot {self.dev.path} back failed: {e}") from e
 
     def close(self) -> None:
-        self._worker.close()
+        for worker in self._workers:
+            worker.close()
 
     def __enter__(self) -> RegionReadBack:
         return self

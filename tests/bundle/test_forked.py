@@ -147,6 +147,19 @@ def test_worker_answers_in_order_in_another_process() -> None:
         assert list(w.finish()) == []
 
 
+def niceness(request: bytes) -> bytes:
+    return str(os.getpriority(os.PRIO_PROCESS, 0)).encode()
+
+
+def test_a_worker_can_yield_the_cpu() -> None:
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    with forked.Worker(niceness) as plain, forked.Worker(niceness, nice=5) as yielding:
+        plain.send(b"")
+        yielding.send(b"")
+        assert int(plain.answer()) == ours
+        assert int(yielding.answer()) == min(ours + 5, 19)
+
+
 def slow_echo(request: bytes) -> bytes:
     time.sleep(0.3)
     return request
