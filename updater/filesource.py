@@ -79,17 +79,42 @@ class FileSource(BundleSource):
             try:
                 chunk = os.pread(fd, want, pos)
             except OSError as e:
-                raise TransportError(
-                    f"reading {self.path} at byte {pos} failed: {e.strerror}"
-                ) from e
+                raise self._read_failed(pos, e) from e
             if not chunk:
-                raise BundleError(
-                    f"bundle ends early: {self.path} has {pos} bytes, "
-                    f"{end} needed (the file is truncated)"
-                )
+                raise self._ends_early(pos, end)
             self.bytes_fetched += len(chunk)
             pos += len(chunk)
             yield chunk
+
+    def _read_failed(self, pos: int, e: OSError) -> TransportError:
+        return TransportError(f"reading {self.path} at byte {pos} failed: {e.strerror}")
+
+    def _ends_early(self, pos: int, end: int) -> BundleError:
+        return BundleError(
+            f"bundle ends early: {self.path} has {pos} bytes, {end} needed (the file is truncated)"
+        )
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill `view` with the bytes from `offset`, read straight into it.
+
+        Raises:
+            BundleError: The file ends before `offset + len(view)`.
+            TransportError: Reading the medium failed.
+        """
+        _check_range(offset, len(view))
+        done = 0
+        while done < len(view):
+            fd = self._fd
+            if fd is None:
+                raise ValueError("read from a closed FileSource")
+            try:
+                got = os.preadv(fd, [view[done:]], offset + done)
+            except OSError as e:
+                raise self._read_failed(offset + done, e) from e
+            if not got:
+                raise self._ends_early(offset + done, offset + len(view))
+            self.bytes_fetched += got
+            done += got
 
     def __enter__(self) -> Self:
         return self

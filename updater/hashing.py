@@ -4,19 +4,26 @@
 the checking thread takes it back, and so do the threads that receive TLS records
 and write spans, after each record and each write. On a small machine those
 hand-offs cost as much as the hashing itself. `SpanDigests` moves the hashing
-out: each span is copied into memory shared with one forked child, which hashes
-it there and sends back the digests (32 bytes a block) through a pipe. This
-process waits for them without holding the GIL, so receiving and writing go on.
+out: spans of data sit in slots of memory shared with one forked child, which
+hashes them there and sends back the digests (32 bytes a block) through a pipe.
+This process waits for them without holding the GIL, so receiving and writing
+go on.
 
-The copy is what gets checked, and the bytes written are the caller's immutable
-`bytes`, equal to the copy; the digests are compared here, with the signed ones.
-Should the child not start or fail, the hashing is done here instead.
+The slots form a ring: a span is read into a slot (straight from a file, or
+copied from a stream), handed to the child, and written from that same slot
+once its digests match, so each byte is checked where it is written from and
+copied only by the kernel. While the child hashes one span, this process checks
+and writes the one before and reads the next. The digests are compared here,
+with the signed ones. Should the child not start or fail, the hashing is done
+here instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
+from collections import deque
 
 from bundle_tool import forked, verity
 from bundle_tool.errors import BundleIOError
@@ -25,44 +32,82 @@ _LENGTH = 8
 
 
 def _digest_shared(salt: bytes, shared: mmap.mmap, request: bytes) -> bytes:
-    """In the child: the digests of the first `request` bytes of the shared buffer."""
+    """In the child: the digests of `length` bytes of the shared buffer from `offset`."""
+    offset = int.from_bytes(request[:_LENGTH], "little")
+    length = int.from_bytes(request[_LENGTH:], "little")
     with memoryview(shared) as view:
-        return verity.digest_blocks(salt, view[: int.from_bytes(request, "little")])
+        return verity.digest_blocks(salt, view[offset : offset + length])
 
 
 class SpanDigests:
-    """`digests(data)`: sha256(salt || block) of each 4096-byte block of `data`.
+    """sha256(salt || block) of each 4096-byte block, computed by a forked child.
 
-    Computed by a forked child, `span_bytes` at a time, for one thread at a time
-    (the buffer is shared). Use as a context manager: leaving it stops the child.
+    Two ways to use it, from one thread at a time:
+
+    * `digests(data)` copies `data` into the first slot, `span_bytes` at a time,
+      and waits for its digests;
+    * as a ring of `slots` slots: fill `view(k, n)`, `submit(k, n)`, and later
+      `collect()` the digests of the oldest span submitted. A slot's bytes must
+      stay as they are until its digests are collected (and, to write what was
+      checked, until they are written from the slot).
+
+    Use as a context manager: leaving it stops the child.
     """
 
-    def __init__(self, salt: bytes, span_bytes: int) -> None:
+    def __init__(self, salt: bytes, span_bytes: int, slots: int = 1) -> None:
         self.salt = salt
-        self._shared: mmap.mmap | None = None
+        self.span_bytes = span_bytes
+        self.slots = slots
+        self._pending: deque[tuple[int, int]] = deque()  # (slot, length) submitted
         self._worker: forked.Worker | None = None
+        self._buffer: mmap.mmap | bytearray
         try:
-            self._shared = mmap.mmap(-1, span_bytes)  # MAP_SHARED: the child sees the copies
-            self._worker = forked.Worker(functools.partial(_digest_shared, salt, self._shared))
+            self._buffer = mmap.mmap(-1, span_bytes * slots)  # MAP_SHARED: the child sees it
+            self._worker = forked.Worker(functools.partial(_digest_shared, salt, self._buffer))
         except OSError:
-            self.close()
+            if not isinstance(getattr(self, "_buffer", None), mmap.mmap):
+                self._buffer = bytearray(span_bytes * slots)
+
+    def view(self, slot: int, length: int) -> memoryview:
+        """The first `length` bytes of slot `slot`, writable."""
+        if not 0 <= length <= self.span_bytes:
+            raise ValueError(f"a slot holds at most {self.span_bytes} bytes, not {length}")
+        start = slot * self.span_bytes
+        return memoryview(self._buffer)[start : start + length]
+
+    def submit(self, slot: int, length: int) -> None:
+        """Have the first `length` bytes of slot `slot` hashed; `collect` gives the digests."""
+        self._pending.append((slot, length))
+        if self._worker is not None:
+            offset = slot * self.span_bytes
+            try:
+                self._worker.send(
+                    offset.to_bytes(_LENGTH, "little") + length.to_bytes(_LENGTH, "little")
+                )
+            except BundleIOError:
+                self._stop_worker()  # the child is gone: collect hashes here
+
+    def collect(self) -> bytes:
+        """The digests of the oldest span submitted and not yet collected."""
+        slot, length = self._pending.popleft()
+        if self._worker is not None:
+            try:
+                return self._worker.answer()
+            except BundleIOError:
+                self._stop_worker()  # the child is gone: hash this and the rest here
+        with self.view(slot, length) as view:
+            return verity.digest_blocks(self.salt, view)
 
     def digests(self, data: bytes | memoryview) -> bytes:
-        if self._worker is None or self._shared is None:
-            return verity.digest_blocks(self.salt, data)
+        """The digests of `data`, passed through the first slot."""
         out: list[bytes] = []
-        with memoryview(data) as view:
-            step = len(self._shared)
-            for start in range(0, len(view), step):
-                piece = view[start : start + step]
-                self._shared[: len(piece)] = piece
-                try:
-                    self._worker.send(len(piece).to_bytes(_LENGTH, "little"))
-                    out.append(self._worker.answer())
-                except BundleIOError:
-                    self._stop_worker()  # the child is gone: hash the rest here
-                    out.append(verity.digest_blocks(self.salt, view[start:]))
-                    break
+        with memoryview(data) as whole:
+            for start in range(0, len(whole), self.span_bytes):
+                piece = whole[start : start + self.span_bytes]
+                with self.view(0, len(piece)) as slot:
+                    slot[:] = piece
+                self.submit(0, len(piece))
+                out.append(self.collect())
         return b"".join(out)
 
     def _stop_worker(self) -> None:
@@ -71,11 +116,11 @@ class SpanDigests:
             worker.close()
 
     def close(self) -> None:
-        """Stop the child and release the shared buffer."""
+        """Stop the child; the shared memory goes once no view of it is left."""
         self._stop_worker()
-        if self._shared is not None:
-            self._shared.close()
-            self._shared = None
+        if isinstance(self._buffer, mmap.mmap):
+            with contextlib.suppress(BufferError):  # a view still held (a read in flight)
+                self._buffer.close()
 
     def __enter__(self) -> SpanDigests:
         return self

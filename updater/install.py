@@ -47,6 +47,7 @@ from bundle_tool.signing import load_keyring
 from . import hashing, readback
 from .config import DeviceConfig
 from .errors import DeviceError, TransportError, UsageError
+from .filesource import FileSource
 from .slotdev import FileSlot, SlotDevice
 from .source import BundleSource
 from .statedir import SlotRecord, StateDir
@@ -58,7 +59,8 @@ BATCH_GROUPS = 16  # leaf groups planned together in the delta path (8 MiB of da
 COLD_GROUPS = 32  # see _DeltaWriter.cold
 COLD_BATCHES = 8  # batches planned as one while the active slot is cold (fewer requests)
 FLUSH_EVERY = 64 << 20  # make progress durable this often, so a power cut resumes
-PIPELINE_DEPTH = 4  # spans read ahead of, and written behind, the one being checked
+PIPELINE_DEPTH = 4  # chunks read ahead in the delta path
+RING_SLOTS = 8  # spans in the stream path's hashing ring: being read, hashed, checked, written
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,20 @@ class ExactReader:
             self._head = view[n - have :]
             have += len(parts[-1])
         return b"".join(parts)
+
+    def take_into(self, view: memoryview) -> None:
+        """Fill `view` with the next `len(view)` bytes."""
+        pos = 0
+        while pos < len(view):
+            if not self._head:
+                chunk = next(self._it, None)
+                if chunk is None:
+                    raise BundleError("bundle ends early")
+                self._head = memoryview(chunk)
+            n = min(len(view) - pos, len(self._head))
+            view[pos : pos + n] = self._head[:n]
+            self._head = self._head[n:]
+            pos += n
 
     def finish(self) -> None:
         """Read the stream to its end and refuse bytes beyond those taken.
@@ -379,7 +395,9 @@ class Installer:
                 delta = source.random_access and (source.remote or _holds_tree(dev, vinfo))
             active_dev = self._open_active(active) if delta and source.random_access else None
             # Blocks are hashed by a child from here on (forked before any thread starts).
-            self._hashing = hasher = hashing.SpanDigests(vinfo.salt, SPAN_BLOCKS * BLOCK)
+            self._hashing = hasher = hashing.SpanDigests(
+                vinfo.salt, SPAN_BLOCKS * BLOCK, RING_SLOTS
+            )
             try:
                 write_data: Callable[[readback.RegionReadBack], None]
                 if delta and source.random_access:
@@ -461,7 +479,12 @@ class Installer:
         self, checker: verity.TreeChecker, first: int, data: bytes, expected: bytes
     ) -> None:
         """Refuse blocks [first, first + len(data)/4096) unless they match `expected`."""
-        bad = verity.first_mismatch(first, self.block_digests(checker.salt, data), expected)
+        self._refuse_mismatch(first, self.block_digests(checker.salt, data), expected)
+
+    @staticmethod
+    def _refuse_mismatch(first: int, got: bytes, expected: bytes) -> None:
+        """Refuse blocks from `first` whose digests `got` are not those `expected`."""
+        bad = verity.first_mismatch(first, got, expected)
         if bad is not None:
             raise BundleError(
                 f"image block {bad} (image offset {bad * BLOCK}) does not match the signed "
@@ -512,55 +535,93 @@ class Installer:
         dev: SlotDevice,
         back: readback.RegionReadBack,
     ) -> None:
-        """Check each data block before writing it; each flushed region is read back."""
+        """Check each data block before writing it; each flushed region is read back.
+
+        Each span goes round the hashing ring (`hashing.SpanDigests`): read into a
+        free slot (in one thread), hashed by the child, compared here with the
+        signed leaves, written from the same slot (in another thread), and the
+        slot is free again. So a span is read, another hashed and others written
+        while this thread compares. Writes stay in order, and a flush waits for
+        every write before it.
+        """
+        hasher = self._hashing
+        if hasher is None:
+            raise ValueError("the stream path needs the hashing ring")
         vinfo = part.image.verity
         hash_offset = part.image.size
+        if isinstance(source, FileSource):
+            data_offset = part.data_offset
+
+            def fill(first: int, view: memoryview) -> None:
+                source.read_into(data_offset + first * BLOCK, view)
+        else:
+
+            def fill(first: int, view: memoryview) -> None:
+                reader.take_into(view)
 
         def leaf(j: int) -> bytes:
             return dev.pread(hash_offset + (checker.first_leaf + j) * BLOCK, BLOCK)
 
-        # Reads run ahead in one thread and writes trail behind in another while this
-        # thread checks each span: pread, pwrite and sha256 release the GIL, so the three
-        # overlap. Writes stay in order, and a flush waits for every write before it.
-        reads: deque[tuple[int, int, Future[bytes]]] = deque()
-        writes: deque[Future[None]] = deque()
+        free = deque(range(hasher.slots))
+        reads: deque[tuple[int, int, int, Future[None]]] = deque()  # first, count, slot
+        hashed: deque[tuple[int, int, int]] = deque()  # submitted to the child, in order
+        writes: deque[tuple[int, Future[None]]] = deque()  # slot, write
         reader_thread = ThreadPoolExecutor(1, thread_name_prefix="abupdate-read")
         writer_thread = ThreadPoolExecutor(1, thread_name_prefix="abupdate-write")
         next_block = 0
+        unflushed = 0
+
+        def reclaim(wait: int) -> None:
+            """Free the slots of finished writes, after waiting for the oldest `wait`."""
+            while writes and (wait > 0 or writes[0][1].done()):
+                slot, write = writes.popleft()
+                write.result()
+                free.append(slot)
+                wait -= 1
 
         def read_ahead() -> None:
             nonlocal next_block
-            while len(reads) < PIPELINE_DEPTH and next_block < vinfo.data_blocks:
+            reclaim(0 if free or reads or hashed else 1)  # else wait for a slot's write
+            while free and next_block < vinfo.data_blocks:
                 count = min(SPAN_BLOCKS, vinfo.data_blocks - next_block)
-                reads.append((next_block, count, reader_thread.submit(reader.take, count * BLOCK)))
+                slot = free.popleft()
+                view = hasher.view(slot, count * BLOCK)
+                reads.append(
+                    (next_block, count, slot, reader_thread.submit(fill, next_block, view))
+                )
                 next_block += count
 
-        def drain_writes(keep: int = 0) -> None:
-            while len(writes) > keep:
-                writes.popleft().result()
+        def check_and_write() -> None:
+            nonlocal unflushed
+            first, count, slot = hashed.popleft()
+            try:
+                expected = checker.leaf_digests(first, count, leaf)
+            except BundleError as e:  # the leaf block was checked before it was written
+                raise readback.medium_failed(dev, f"hash tree: {e}") from e
+            self._refuse_mismatch(first, hasher.collect(), expected)
+            view = hasher.view(slot, count * BLOCK)
+            writes.append((slot, writer_thread.submit(dev.pwrite, first * BLOCK, view)))
+            unflushed += count * BLOCK
+            if unflushed >= FLUSH_EVERY:
+                reclaim(len(writes))
+                dev.flush()
+                back.flushed(first + count)
+                unflushed = 0
+            self._report("data", (first + count) * BLOCK, part.image.size, source)
 
         try:
-            unflushed = 0
             read_ahead()
-            while reads:
-                first, count, pending = reads.popleft()
-                data = pending.result()
+            while reads or hashed:
+                if reads:
+                    first, count, slot, pending = reads.popleft()
+                    pending.result()
+                    hasher.submit(slot, count * BLOCK)
+                    hashed.append((first, count, slot))
+                # One span stays with the child while this thread checks the one before.
+                if len(hashed) > 1 or not reads:
+                    check_and_write()
                 read_ahead()
-                try:
-                    expected = checker.leaf_digests(first, count, leaf)
-                except BundleError as e:  # the leaf block was checked before it was written
-                    raise readback.medium_failed(dev, f"hash tree: {e}") from e
-                self.check_blocks(checker, first, data, expected)
-                writes.append(writer_thread.submit(dev.pwrite, first * BLOCK, data))
-                drain_writes(keep=PIPELINE_DEPTH)
-                unflushed += len(data)
-                if unflushed >= FLUSH_EVERY:
-                    drain_writes()
-                    dev.flush()
-                    back.flushed(first + count)
-                    unflushed = 0
-                self._report("data", (first + count) * BLOCK, part.image.size, source)
-            drain_writes()
+            reclaim(len(writes))
         finally:
             reader_thread.shutdown(wait=False, cancel_futures=True)
             writer_thread.shutdown(wait=True, cancel_futures=True)

@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ from updater.hashing import SpanDigests
 
 SALT = b"salt-1234"
 SPAN = 16 * 4096
+
+
+def wait_for_zombie(pid: int) -> None:
+    """Wait until the killed child `pid` has ended (and closed its pipes), unreaped."""
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("blocks", [0, 1, 15, 16, 17, 50])
@@ -46,6 +55,46 @@ def test_a_child_that_dies_is_replaced_by_hashing_here() -> None:
         assert digests._worker is None
 
 
+def test_a_ring_of_slots_hashes_spans_in_the_order_submitted() -> None:
+    rnd = random.Random(6)
+    spans = [rnd.randbytes(rnd.randrange(0, 17) * 4096) for _ in range(12)]
+    with SpanDigests(SALT, SPAN, slots=3) as ring:
+        with pytest.raises(ValueError, match="at most"):
+            ring.view(0, SPAN + 1)
+        collected: list[bytes] = []
+        for n, span in enumerate(spans):
+            with ring.view(n % 3, len(span)) as slot:
+                slot[:] = span
+            ring.submit(n % 3, len(span))
+            if n >= 2:  # three spans in flight, one per slot
+                collected.append(ring.collect())
+        collected += [ring.collect(), ring.collect()]
+    assert collected == [verity.digest_blocks(SALT, span) for span in spans]
+
+
+def test_a_ring_whose_child_dies_hashes_the_spans_in_flight_here() -> None:
+    spans = [random.Random(n).randbytes(16 * 4096) for n in range(4)]
+    with SpanDigests(SALT, SPAN, slots=3) as ring:
+        worker = ring._worker
+        assert worker is not None
+
+        def fill(n: int) -> None:
+            with ring.view(n % 3, len(spans[n])) as slot:
+                slot[:] = spans[n]
+            ring.submit(n % 3, len(spans[n]))
+
+        fill(0)
+        fill(1)
+        assert ring.collect() == verity.digest_blocks(SALT, spans[0])
+        os.kill(worker._pid, signal.SIGKILL)
+        wait_for_zombie(worker._pid)
+        fill(2)  # sent to a dead child
+        fill(3)
+        collected = [ring.collect(), ring.collect(), ring.collect()]
+        assert ring._worker is None
+    assert collected == [verity.digest_blocks(SALT, span) for span in spans[1:]]
+
+
 def test_worker_answer_waits_for_the_next_one() -> None:
     with forked.Worker(lambda request: request[::-1]) as worker:
         with pytest.raises(ValueError, match="no answer is due"):
@@ -69,17 +118,12 @@ def test_first_mismatch(got: bytes, expected: bytes, first: int | None) -> None:
 
 
 def test_a_child_found_dead_when_sending_is_replaced_by_hashing_here() -> None:
-    import time
-
     data = random.Random(5).randbytes(20 * 4096)
     with SpanDigests(SALT, SPAN) as digests:
         worker = digests._worker
         assert worker is not None
         os.kill(worker._pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while Path(f"/proc/{worker._pid}/stat").read_text().split()[2] != "Z":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_zombie(worker._pid)
         # The request now meets a broken pipe, and stopping the child must not fail on it.
         assert digests.digests(data) == verity.digest_blocks(SALT, data)
         assert digests._worker is None

@@ -98,6 +98,29 @@ def test_stream_install_reads_back_by_regions(
     assert device.slot("B").read_bytes()[: len(new)] == new
 
 
+# Rings of one to three 64-block slots: spans wait for a free slot, for its write
+# and for the child, and a flush comes between spans still in the ring.
+@pytest.mark.parametrize("slots", [1, 2, 3])
+@pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
+def test_stream_install_through_a_small_hashing_ring(
+    device: Device, monkeypatch: pytest.MonkeyPatch, slots: int, stdin: bool
+) -> None:
+    from updater import install
+
+    monkeypatch.setattr(install, "RING_SLOTS", slots)
+    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)
+    monkeypatch.setattr(install, "FLUSH_EVERY", 200 * 4096)
+    new = image_bytes(BLOCKS, seed=30 + slots)
+    bundle = device.bundle(new)
+    if stdin:
+        with bundle.open("rb") as f:
+            Installer(device.config()).install(StdinSource(f))
+    else:
+        install_file(device, bundle, delta=False)
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+
+
 def test_good_install_from_file(device: Device) -> None:
     new = image_bytes(BLOCKS, seed=2)
     bundle = device.bundle(new)
@@ -675,7 +698,7 @@ def test_blocks_are_hashed_by_a_child_and_its_death_costs_nothing(
         worker = installer._hashing._worker if installer._hashing else None
         if p.phase == "data":
             seen.append(worker is not None)
-            if worker is not None and p.done >= 512 * 4096:  # well into the data
+            if worker is not None and p.done >= 256 * 4096:  # after the first span
                 os.kill(worker._pid, signal.SIGKILL)
 
     installer = Installer(device.config(), progress=progress)

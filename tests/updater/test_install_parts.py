@@ -37,6 +37,29 @@ def test_exact_reader_returns_the_stream_in_pieces(
         pos += n
 
 
+@given(
+    data=st.binary(max_size=20000),
+    cuts=st.lists(st.integers(0, 20000), max_size=12),
+    sizes=st.lists(st.integers(0, 5000), max_size=30),
+)
+def test_exact_reader_fills_buffers_across_chunks(
+    data: bytes, cuts: list[int], sizes: list[int]
+) -> None:
+    bounds = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True)]
+    reader = ExactReader(chunks)
+    pos = 0
+    for n in sizes:
+        buffer = bytearray(b"\xee" * n)
+        if pos + n > len(data):
+            with pytest.raises(BundleError, match="ends early"):
+                reader.take_into(memoryview(buffer))
+            return
+        reader.take_into(memoryview(buffer))
+        assert buffer == data[pos : pos + n]
+        pos += n
+
+
 @given(st.lists(st.integers(0, 500), unique=True).map(sorted), st.integers(0, 10))
 def test_runs_cover_every_index_once_and_bridge_small_gaps(indices: list[int], gap: int) -> None:
     spans = list(runs(indices, gap))

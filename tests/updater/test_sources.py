@@ -87,6 +87,22 @@ def test_file_source_reads_random_ranges(tmp_path: Path) -> None:
         assert source.bytes_fetched == total
 
 
+def test_file_source_reads_into_a_buffer(tmp_path: Path) -> None:
+    data = payload()
+    path = tmp_path / "b.bundle"
+    path.write_bytes(data)
+    with FileSource(path) as source:
+        total = 0
+        for offset, length in random_ranges(SIZE, 40, seed=3):
+            buffer = bytearray(length)
+            source.read_into(offset, memoryview(buffer))
+            assert buffer == data[offset : offset + length]
+            total += length
+        assert source.bytes_fetched == total
+        with pytest.raises(BundleError, match=f"has {SIZE} bytes, {SIZE + 1} needed"):
+            source.read_into(SIZE - 100, memoryview(bytearray(101)))
+
+
 def test_file_source_refuses_reads_past_the_end(tmp_path: Path) -> None:
     path = tmp_path / "b.bundle"
     path.write_bytes(payload(1000))
