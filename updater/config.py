@@ -5,6 +5,7 @@
     state_dir = "/var/lib/abupdate"
     threshold = 1                     # distinct trusted signing keys required
     cmdline = "/proc/cmdline"         # where the booted slot is read from
+    find_moved_blocks = false         # downloads: look for moved blocks in the running slot
 
     [slots.A]                         # optional: override the board's slot devices
     device = "/dev/mmcblk0p2"
@@ -42,7 +43,17 @@ from .errors import UsageError
 from .httpsettings import HttpSettings
 
 DEFAULT_CONFIG = "/etc/abupdate/device.toml"
-TOP_KEYS = {"board", "keyring", "state_dir", "threshold", "cmdline", "slots", "env", "http"}
+TOP_KEYS = {
+    "board",
+    "keyring",
+    "state_dir",
+    "threshold",
+    "cmdline",
+    "find_moved_blocks",
+    "slots",
+    "env",
+    "http",
+}
 HTTP_KEYS = {f.name for f in dataclasses.fields(HttpSettings)}
 
 
@@ -58,6 +69,7 @@ class DeviceConfig:
     slot_devices: Mapping[str, str] = field(default_factory=dict)
     env_override: tuple[str, ...] | str | None = None
     http: HttpSettings = field(default_factory=HttpSettings)
+    find_moved_blocks: bool = False
 
     def slot_device(self, name: str) -> str:
         """The device (or file) the updater writes for slot `name`."""
@@ -90,6 +102,9 @@ def parse_config(data: Mapping[str, Any], base: Path) -> DeviceConfig:
     threshold = data.get("threshold", 1)
     if type(threshold) is not int or threshold < 1:
         raise UsageError("device config: 'threshold' must be an integer of at least 1")
+    find_moved = data.get("find_moved_blocks", False)
+    if not isinstance(find_moved, bool):
+        raise UsageError("device config: 'find_moved_blocks' must be true or false")
 
     slots: dict[str, str] = {}
     raw_slots = data.get("slots", {})
@@ -143,6 +158,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> DeviceConfig:
         slot_devices=slots,
         env_override=env,
         http=http,
+        find_moved_blocks=find_moved,
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -44,7 +45,7 @@ from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
 from bundle_tool.signing import load_keyring
 
-from . import hashing, readback
+from . import blockindex, hashing, readback
 from .config import DeviceConfig
 from .errors import DeviceError, TransportError, UsageError
 from .filesource import FileSource
@@ -68,9 +69,10 @@ class Progress:
     """One progress report.
 
     Attributes:
-        phase: "tree", "data", "read-back" or "switch".
+        phase: "tree", "index", "data", "read-back" or "switch".
         done: what is done of this phase so far: bytes ("tree": of the hash area;
-            "data" and "read-back": of the image), or 0 for "switch" (of 1).
+            "index": of the running slot; "data" and "read-back": of the image),
+            or 0 for "switch" (of 1).
         total: the size of this phase in the same unit.
         fetched: bytes read from the source so far (network or medium).
         reused: image bytes kept on the target or copied from the active slot.
@@ -402,6 +404,8 @@ class Installer:
                 write_data: Callable[[readback.RegionReadBack], None]
                 if delta and source.random_access:
                     writer = _DeltaWriter(self, source, part, checker, dev, active_dev)
+                    if self.config.find_moved_blocks and source.remote and active_dev:
+                        writer.index_active(self._running_blocks(active, vinfo))
                     writer.write_upper()
                     write_data = writer.write_data
                 else:
@@ -462,6 +466,17 @@ class Installer:
             return self.open_slot(self.config.slot_device(active))
         except DeviceError:
             return None  # no delta source; everything is fetched
+
+    def _running_blocks(self, active: str | None, vinfo: VerityInfo) -> int:
+        """Blocks of the image in slot `active`, as its recorded verity value says.
+
+        Without a valid record, as many as the new image has.
+        """
+        if active is not None:
+            with contextlib.suppress(BootctlError):
+                value = self.control.store.load().get(slotstate.verity_var(active), "")
+                return SlotVerity.from_env(value).data_blocks
+        return vinfo.data_blocks
 
     def _report(self, phase: str, done: int, total: int, source: BundleSource) -> None:
         if self.progress:
@@ -673,6 +688,28 @@ class _DeltaWriter:
         # COLD_GROUPS, it is only probed every COLD_GROUPS groups (a fresh install of an
         # unrelated image then costs no extra hashing).
         self.cold = 0
+        self.moved: blockindex.BlockIndex | None = None  # see index_active
+
+    def index_active(self, blocks: int) -> None:
+        """Index the active slot's first `blocks` blocks, to copy blocks that moved.
+
+        Reported as the "index" phase. A slot that cannot be read whole is indexed
+        as far as it goes, or not at all: blocks are then fetched instead.
+        """
+        if self.active is None:
+            return
+        path = self.active.path
+        try:
+            with open(path, "rb", buffering=0) as f:
+                blocks = min(blocks, os.lseek(f.fileno(), 0, os.SEEK_END) // BLOCK)
+
+            def report(done: int) -> None:
+                self.inst._report("index", done * BLOCK, blocks * BLOCK, self.source)
+
+            report(0)
+            self.moved = blockindex.build(path, self.vinfo.salt, blocks, report)
+        except (OSError, BundleIOError):
+            self.moved = None
 
     def leaf_offset(self, j: int) -> int:
         return self.hash_offset + (self.checker.first_leaf + j) * BLOCK
@@ -811,6 +848,8 @@ class _DeltaWriter:
             self.inst._reused += n * BLOCK
             self.unflushed += n * BLOCK
         expected = self._expected(groups, leaves)
+        if self.moved is not None:
+            fetch = self.copy_moved(fetch, expected)
         wanted = list(runs(fetch, self.source.merge_gap // BLOCK))
         spans = [(self.part.data_offset + b0 * BLOCK, n * BLOCK) for b0, n in wanted]
         # Fetched together (as few requests as the source allows), checked and written
@@ -827,6 +866,28 @@ class _DeltaWriter:
                     )
                 self.unflushed += n * BLOCK
             stream.finish()
+
+    def copy_moved(self, fetch: list[int], expected: Callable[[int, int], bytes]) -> list[int]:
+        """Copy the blocks of `fetch` the active slot holds elsewhere; return the rest.
+
+        Each candidate the index names is read, hashed and compared with its signed
+        leaf entry; only blocks that match are written, from the bytes checked.
+        """
+        if self.moved is None or self.active is None:
+            return fetch
+        found = [(b, c) for b in fetch if (c := self.moved.find(expected(b, 1))) is not None]
+        copied: set[int] = set()
+        for k in range(0, len(found), SPAN_BLOCKS):
+            part = [(b, self.active.pread(c * BLOCK, BLOCK)) for b, c in found[k : k + SPAN_BLOCKS]]
+            part = [(b, block) for b, block in part if len(block) == BLOCK]
+            digests = self.inst.block_digests(self.vinfo.salt, b"".join(x for _, x in part))
+            for n, (b, block) in enumerate(part):
+                if digests[n * verity.DIGEST_SIZE : (n + 1) * verity.DIGEST_SIZE] == expected(b, 1):
+                    self.dev.pwrite(b * BLOCK, block)
+                    copied.add(b)
+        self.inst._reused += len(copied) * BLOCK
+        self.unflushed += len(copied) * BLOCK
+        return [b for b in fetch if b not in copied]
 
     def _expected(self, groups: range, leaves: dict[int, bytes]) -> Callable[[int, int], bytes]:
         def expected(first: int, count: int) -> bytes:

@@ -21,7 +21,9 @@ slot A booted, slot B the target), it prints, each timing repeated --repeat time
   * delta: a new image with 1% of its blocks changed, in runs of 8 blocks and
     scattered one by one, installed over HTTPS onto a device whose slot A holds the
     old image: bytes nginx served (body bytes, from its access log), their share
-    of the image size, and the number of requests.
+    of the image size, and the number of requests; then a new image with 4 blocks
+    inserted after its first 10% (the rest moved by 4 blocks), without and with
+    `find_moved_blocks = true` in the device config.
 Then the local install's time and peak RSS for each size of --rss-sizes (GiB).
 Before every timed run the target slot is emptied and the bundle's cached pages are
 dropped, for ours and the reference alike. Everything lives in a temporary directory
@@ -94,7 +96,9 @@ def empty(path: Path) -> None:
         pass
 
 
-def install(device: Any, source: str, *extra: str) -> tuple[Run, dict[str, Any]]:
+def install(
+    device: Any, source: str, *extra: str, config: Path | None = None
+) -> tuple[Run, dict[str, Any]]:
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     run = common.timed(
         [
@@ -102,7 +106,7 @@ def install(device: Any, source: str, *extra: str) -> tuple[Run, dict[str, Any]]
             "install",
             source,
             "--config",
-            str(device.config_path),
+            str(config or device.config_path),
             "--json",
             *extra,
         ],
@@ -160,6 +164,15 @@ def changed_copy(old: Path, new: Path, fraction: float, run: int, seed: int) -> 
         for start in starts:
             os.pwrite(f.fileno(), rng.randbytes(run * common.BLOCK), start * common.BLOCK)
     return len(starts) * run
+
+
+def shifted_copy(old: Path, new: Path, at: int, inserted: int, seed: int) -> None:
+    """Copy `old` to `new` with `inserted` new blocks put in before block `at`."""
+    rng = random.Random(seed)
+    with old.open("rb") as src, new.open("wb") as dst:
+        dst.write(src.read(at * common.BLOCK))
+        dst.write(rng.randbytes(inserted * common.BLOCK))
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def local_runs(n: int, device: Any, bundle: Path) -> list[Run]:
@@ -269,13 +282,30 @@ def main() -> None:
                     )
                     print(f"  HTTPS / local speed: {min(t_ours) / min(times):.0%} (min)")
 
-                common.section(f"\n== delta install over HTTPS: 1% of {gib(size)} changed ==")
+                common.section(
+                    f"\n== delta install over HTTPS of {gib(size)}, slot A holding the old image =="
+                )
                 delta_dev = make_device(workdir / "dev-delta", pki, image.read_bytes())
                 with delta_dev.config_path.open("a") as f:
                     f.write(f'[http]\nca_file = "{tls.ca_file}"\n')
-                for run_len, label in ((8, "runs of 8 blocks"), (1, "scattered blocks")):
+                moved_config = delta_dev.root / "device-moved.toml"
+                moved_config.write_text(
+                    "find_moved_blocks = true\n" + delta_dev.config_path.read_text()
+                )
+                blocks = size // common.BLOCK
+                scenarios = [
+                    ("runs of 8 blocks", 8, None),
+                    ("scattered blocks", 1, None),
+                    ("4 blocks inserted at 10%, same offset only", 0, None),
+                    ("4 blocks inserted at 10%, find_moved_blocks", 0, moved_config),
+                ]
+                for label, run_len, config in scenarios:
                     new = workdir / "new.img"
-                    changed = changed_copy(image, new, 0.01, run_len, seed=2)
+                    if run_len:
+                        changed = f"{changed_copy(image, new, 0.01, run_len, seed=2)} blocks"
+                    else:
+                        shifted_copy(image, new, blocks // 10, 4, seed=2)
+                        changed = f"{blocks - blocks // 10} blocks moved"
                     name = f"delta-{run_len}.bundle"
                     make_bundle(new, bundle.parent / name, pki, "3.0.0")
                     new.unlink()
@@ -283,16 +313,16 @@ def main() -> None:
                     for _ in range(n):
                         empty(delta_dev.slot("B"))
                         nginx.reset_log()
-                        run, result = install(delta_dev, nginx.url(name))
+                        run, result = install(delta_dev, nginx.url(name), config=config)
                         runs.append(run)
                         served.append(nginx.body_bytes_served())
                         requests.append(len(nginx.log_entries()))
                         fetched.append(int(result["bytes_fetched"]))
                     print(
-                        f"{label}: {changed} blocks changed; nginx served {max(served)} bytes = "
+                        f"{label}: {changed}; nginx served {max(served)} bytes = "
                         f"{max(served) / size:.2%} of the image in {max(requests)} requests "
                         f"(updater counted {max(fetched)}); "
-                        f"{summary([r.seconds for r in runs], size)}"
+                        f"{summary([r.seconds for r in runs], size)}; {rss_line(runs)}"
                     )
                     (bundle.parent / name).unlink()
                 shutil.rmtree(workdir / "dev-delta")

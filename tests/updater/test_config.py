@@ -49,6 +49,7 @@ BASE = {
         ({"slots": {"A": {"dev": "x"}}}, r"unknown key 'dev' in \[slots.A\]"),
         ({"env": {"grubenv": "x"}}, r"unknown key|fw_env_config"),
         ({"threshold": 0}, "threshold"),
+        ({"find_moved_blocks": 1}, "'find_moved_blocks' must be true or false"),
         ({"http": {"read_timeout": -1}}, "read_timeout"),
         ({"http": {"connect_timeout": True}}, "connect_timeout must be a number of seconds"),
         ({"http": {"deadline": "10"}}, "deadline must be a number of seconds, not '10'"),
@@ -62,6 +63,11 @@ BASE = {
 def test_mistakes_are_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_config({**BASE, **change}, Path("/tmp"))
+
+
+def test_find_moved_blocks_is_off_unless_asked() -> None:
+    assert not parse_config(BASE, Path("/tmp")).find_moved_blocks
+    assert parse_config({**BASE, "find_moved_blocks": True}, Path("/tmp")).find_moved_blocks
 
 
 def test_required_keys() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -73,6 +74,56 @@ def test_delta_update_downloads_little(
         # Scattered single blocks touch most leaf-hash blocks (1 - 0.99**128 = 72% of
         # them), which must be fetched too: 1% + 0.72 * 32/4096 = 1.56% at least.
         assert share <= 0.0165
+
+
+@pytest.mark.parametrize("find_moved", [True, False], ids=["find-moved", "same-offset"])
+def test_blocks_that_moved_are_copied_with_find_moved_blocks(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, find_moved: bool
+) -> None:
+    """Five blocks inserted at block 100 shift the 3996 blocks after them."""
+    blocks = 4096
+    old = image_bytes(blocks, seed=1)
+    device = make_device(tmp_path / "dev", pki, old)
+    new = old[: 100 * 4096] + image_bytes(5, seed=2) + old[100 * 4096 :]
+    bundle = device.bundle(new)
+    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
+    nginx_server.reset_log()
+    config = dataclasses.replace(device.config(), find_moved_blocks=find_moved)
+    phases: list[str] = []
+    with HttpSource(nginx_server.url("v2.bundle"), HttpSettings(nginx_server.ca_file)) as src:
+        result = Installer(config, progress=lambda p: phases.append(p.phase)).install(src)
+    served = nginx_server.body_bytes_served()
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+    assert result.bytes_fetched == served  # type: ignore[attr-defined]
+    if find_moved:
+        # Every old block is reused; the 5 new blocks and the leaf blocks after the
+        # insertion (their digests all shifted) are downloaded.
+        assert result.bytes_reused == len(old)  # type: ignore[attr-defined]
+        assert served < 0.02 * len(new)
+        assert "index" in phases and phases.index("index") < phases.index("data")
+    else:
+        assert result.bytes_reused == 100 * 4096  # type: ignore[attr-defined]
+        assert served > 0.95 * len(new)
+        assert "index" not in phases
+
+
+def test_a_wrong_candidate_from_the_index_is_never_written(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from updater.blockindex import BlockIndex
+
+    device = make_device(tmp_path / "dev", pki, image_bytes(700, seed=1))
+    new = image_bytes(700, seed=3)  # nothing in common with slot A
+    bundle = device.bundle(new)
+    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
+    monkeypatch.setattr(BlockIndex, "find", lambda self, digest: 7)  # always a wrong block
+    config = dataclasses.replace(device.config(), find_moved_blocks=True)
+    with HttpSource(nginx_server.url("v2.bundle"), HttpSettings(nginx_server.ca_file)) as src:
+        result = Installer(config).install(src)
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+    assert result.bytes_reused == 0  # type: ignore[attr-defined]
 
 
 def test_install_survives_dropped_connections(
