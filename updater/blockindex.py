@@ -9,10 +9,14 @@ another salt), and `BlockIndex` maps each distinct digest to one block holding
 it.
 
 The index keeps 4 bytes of each digest and the block number in one 64-bit
-entry of an open-addressing table (about 11 bytes a block: 3 MiB per GiB).
-A lookup gives a candidate, never a verdict: the caller reads that block,
-hashes it and compares the full digest with the signed leaf before writing it,
-so a prefix that two digests share costs a download, never a wrong block.
+entry of an open-addressing table, and never more than `MAX_CELLS` entries
+(4 MiB), so memory stays flat whatever the slot's size. Up to 393216 blocks
+(1.5 GiB) every block is indexed; beyond, every `stride`-th block, and the
+caller finds the rest of a moved run from the block found in it (a moved file
+is a run of blocks). A lookup gives a candidate, never a verdict: the caller
+reads that block, hashes it and compares the full digest with the signed leaf
+before writing it, so a prefix that two digests share costs a download, never
+a wrong block.
 """
 
 from __future__ import annotations
@@ -28,30 +32,40 @@ from bundle_tool.errors import BundleIOError
 
 _KEY_BYTES = 4
 _LOW = (1 << 32) - 1
+#: Cells of the table at most (8 bytes each); at most 75% of them are filled.
+MAX_CELLS = 1 << 19
 #: Blocks hashed per piece of work while building.
 CHUNK_BLOCKS = verity.CHUNK_BLOCKS
 
 
 class BlockIndex:
-    """Digest prefix -> a block holding that content, for up to `capacity` blocks.
+    """Digest prefix -> a block holding that content, for a slot of `blocks` blocks.
 
-    Entries are `key << 32 | (block + 1)` (0 marks a free cell); the cell of a
-    key is `key % size`, probing onwards. A digest already present keeps its
-    first block: one place to copy from is enough.
+    Blocks whose number is a multiple of `stride` are indexed: all of them
+    (stride 1) while the table holds them within `max_cells`. Entries are
+    `key << 32 | (block + 1)` (0 marks a free cell); the cell of a key is
+    `key % size`, probing onwards. A digest already present keeps its first
+    block: one place to copy from is enough.
     """
 
-    def __init__(self, capacity: int) -> None:
-        if capacity >= _LOW:
-            raise ValueError(f"an index holds fewer than {_LOW} blocks")
-        self._size = max(8, capacity * 4 // 3 + 1)  # at most 75% full
+    def __init__(self, blocks: int, max_cells: int = MAX_CELLS) -> None:
+        if blocks >= _LOW:
+            raise ValueError(f"an index covers fewer than {_LOW} blocks")
+        room = max_cells * 3 // 4  # at most 75% full
+        self.stride = max(1, -(-blocks // room))
+        indexed = -(-blocks // self.stride)
+        self._size = max(8, indexed * 4 // 3 + 1)
         self._table = array("Q", bytes(8 * self._size))
         self.blocks = 0  # distinct digests held
 
     def add(self, first: int, digests: bytes) -> None:
-        """Record that blocks first, first + 1, ... have these concatenated digests."""
+        """Record that blocks first, first + 1, ... have these concatenated digests.
+
+        Only the blocks whose number is a multiple of `stride` are kept.
+        """
         table, size = self._table, self._size
         step = verity.DIGEST_SIZE
-        for n in range(len(digests) // step):
+        for n in range(-first % self.stride, len(digests) // step, self.stride):
             key = int.from_bytes(digests[n * step : n * step + _KEY_BYTES], "little")
             cell = key % size
             while entry := table[cell]:
@@ -86,14 +100,15 @@ def build(
     """Index the first `blocks` blocks of the slot at `path`, hashed with `salt`.
 
     Forked workers hash the slot where the page cache holds it (a medium error
-    ends a worker, not this process); this process fills the index. `progress`
+    ends a worker, not this process); this process fills the index, which
+    keeps every `stride`-th block of a slot too large for `MAX_CELLS`. `progress`
     is called with the number of blocks indexed so far.
 
     Raises:
         BundleIOError: The slot could not be read.
         OSError: The slot could not be opened.
     """
-    index = BlockIndex(blocks)
+    index = BlockIndex(blocks, MAX_CELLS)
     spans = [(f, min(CHUNK_BLOCKS, blocks - f)) for f in range(0, blocks, CHUNK_BLOCKS)]
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()

@@ -235,8 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
         """\
         Install the bundle at SOURCE: a file (e.g. on a USB stick), - for standard
         input, or an https:// URL. Over HTTPS, blocks the target or the running slot
-        already hold are not downloaded. An interrupted install resumes when run
-        again, from a URL or a file alike.""",
+        already hold at the same offset are not downloaded; with find_moved_blocks =
+        true in the device configuration, neither are those the running slot holds
+        elsewhere. An interrupted install resumes when run again, from a URL or a
+        file alike.""",
     )
     i.add_argument("source", metavar="SOURCE")
     i.add_argument("--slot", help="target slot (default: the one not booted)")

@@ -176,6 +176,21 @@ def runs(indices: Sequence[int], gap: int = 0) -> Iterator[tuple[int, int]]:
     yield start, prev - start + 1
 
 
+def paired_runs(pairs: Sequence[tuple[int, int]], limit: int) -> Iterator[tuple[int, int, int]]:
+    """Coalesce (b, c) pairs, sorted by b, into (b0, c0, n) runs of at most `limit`.
+
+    A run is n pairs in a row in which both b and c go up by one.
+    """
+    k = 0
+    while k < len(pairs):
+        b0, c0 = pairs[k]
+        n = 1
+        while n < limit and k + n < len(pairs) and pairs[k + n] == (b0 + n, c0 + n):
+            n += 1
+        yield b0, c0, n
+        k += n
+
+
 def prefetched(chunks: Iterable[bytes], pool: ThreadPoolExecutor) -> Generator[bytes, None, None]:
     """The chunks, with up to PIPELINE_DEPTH of them read ahead in `pool`'s one thread.
 
@@ -848,8 +863,7 @@ class _DeltaWriter:
             self.inst._reused += n * BLOCK
             self.unflushed += n * BLOCK
         expected = self._expected(groups, leaves)
-        if self.moved is not None:
-            fetch = self.copy_moved(fetch, expected)
+        fetch = self.copy_moved(fetch, expected)
         wanted = list(runs(fetch, self.source.merge_gap // BLOCK))
         spans = [(self.part.data_offset + b0 * BLOCK, n * BLOCK) for b0, n in wanted]
         # Fetched together (as few requests as the source allows), checked and written
@@ -870,24 +884,67 @@ class _DeltaWriter:
     def copy_moved(self, fetch: list[int], expected: Callable[[int, int], bytes]) -> list[int]:
         """Copy the blocks of `fetch` the active slot holds elsewhere; return the rest.
 
-        Each candidate the index names is read, hashed and compared with its signed
-        leaf entry; only blocks that match are written, from the bytes checked.
+        A block the index finds anchors a guess for its neighbours in `fetch`, up to
+        `stride - 1` blocks away: a moved file is a run of blocks, and the index
+        may hold only every `stride`-th block. Every guess is read, hashed and
+        compared with its signed leaf entry, and only blocks that match are
+        written, from the bytes checked. A guess that fails is looked up itself
+        in the next round.
         """
-        if self.moved is None or self.active is None:
+        if self.moved is None:
             return fetch
-        found = [(b, c) for b in fetch if (c := self.moved.find(expected(b, 1))) is not None]
+        wanted = set(fetch)
+        looked: set[int] = set()
+        pending = fetch
+        while pending:
+            guesses: dict[int, int] = {}  # block -> where the active slot may hold it
+            for b in pending:
+                if b in guesses or b in looked:
+                    continue
+                looked.add(b)
+                c = self.moved.find(expected(b, 1))
+                if c is None:
+                    continue
+                # Each block of a moved run of `stride` or more blocks lies within
+                # stride - 1 of one the index holds.
+                reach = self.moved.stride - 1
+                lo = b
+                while lo > b - reach and lo - 1 in wanted and lo - 1 not in guesses and c > b - lo:
+                    lo -= 1
+                hi = b
+                while hi < b + reach and hi + 1 in wanted:
+                    hi += 1
+                guesses.update((x, c + x - b) for x in range(lo, hi + 1))
+            if not guesses:
+                break
+            wanted -= self._copy_guesses(sorted(guesses.items()), expected)
+            pending = sorted(b for b in guesses if b in wanted and b not in looked)
+        return [b for b in fetch if b in wanted]
+
+    def _copy_guesses(
+        self, guesses: list[tuple[int, int]], expected: Callable[[int, int], bytes]
+    ) -> set[int]:
+        """Copy each (block, active block) pair whose active block matches; which did."""
+        if self.active is None:
+            return set()
         copied: set[int] = set()
-        for k in range(0, len(found), SPAN_BLOCKS):
-            part = [(b, self.active.pread(c * BLOCK, BLOCK)) for b, c in found[k : k + SPAN_BLOCKS]]
-            part = [(b, block) for b, block in part if len(block) == BLOCK]
-            digests = self.inst.block_digests(self.vinfo.salt, b"".join(x for _, x in part))
-            for n, (b, block) in enumerate(part):
-                if digests[n * verity.DIGEST_SIZE : (n + 1) * verity.DIGEST_SIZE] == expected(b, 1):
-                    self.dev.pwrite(b * BLOCK, block)
-                    copied.add(b)
+        size = verity.DIGEST_SIZE
+        for b0, c0, asked in paired_runs(guesses, SPAN_BLOCKS):
+            data = memoryview(self.active.pread(c0 * BLOCK, asked * BLOCK))
+            n = len(data) // BLOCK  # fewer where the slot ends early
+            got = self.inst.block_digests(self.vinfo.salt, data[: n * BLOCK])
+            want = expected(b0, n)
+            same = [
+                i
+                for i in range(n)
+                if got[i * size : (i + 1) * size] == want[i * size : (i + 1) * size]
+            ]
+            for i0, k in runs(same):
+                self.dev.pwrite((b0 + i0) * BLOCK, data[i0 * BLOCK : (i0 + k) * BLOCK])
+                copied.update(range(b0 + i0, b0 + i0 + k))
         self.inst._reused += len(copied) * BLOCK
         self.unflushed += len(copied) * BLOCK
-        return [b for b in fetch if b not in copied]
+        return copied
 
     def _expected(self, groups: range, leaves: dict[int, bytes]) -> Callable[[int, int], bytes]:
         def expected(first: int, count: int) -> bytes:

@@ -43,6 +43,16 @@ def test_an_index_refuses_more_blocks_than_it_has_room_for() -> None:
         index.add(0, b"".join(digest(n) for n in range(9)))
 
 
+def test_a_large_slot_keeps_every_stride_th_block_within_the_budget() -> None:
+    index = BlockIndex(100, max_cells=40)  # room for 30: every 4th of 100 blocks
+    assert index.stride == 4
+    index.add(2, b"".join(digest(n) for n in range(2, 102)))  # blocks 2..101
+    held = [n for n in range(2, 102) if index.find(digest(n)) is not None]
+    assert held == list(range(4, 102, 4))
+    assert [index.find(digest(n)) for n in held] == held
+    assert len(index._table) <= 40
+
+
 def test_build_hashes_the_slot_with_the_given_salt(tmp_path: Path) -> None:
     blocks = 3 * blockindex.CHUNK_BLOCKS + 5  # several pieces of work, a short last one
     data = random.Random(1).randbytes(blocks * 4096)

@@ -76,11 +76,24 @@ def test_delta_update_downloads_little(
         assert share <= 0.0165
 
 
-@pytest.mark.parametrize("find_moved", [True, False], ids=["find-moved", "same-offset"])
+@pytest.mark.parametrize("mode", ["find-moved", "find-moved-every-6th", "same-offset"])
 def test_blocks_that_moved_are_copied_with_find_moved_blocks(
-    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, find_moved: bool
+    tmp_path: Path,
+    pki: keygen.DevPki,
+    nginx_server: NginxServer,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
 ) -> None:
-    """Five blocks inserted at block 100 shift the 3996 blocks after them."""
+    """Five blocks inserted at block 100 shift the 3996 blocks after them.
+
+    With a budget of 1024 cells the index holds every 6th block of slot A: the
+    blocks between are found next to those.
+    """
+    from updater import blockindex
+
+    find_moved = mode != "same-offset"
+    if mode == "find-moved-every-6th":
+        monkeypatch.setattr(blockindex, "MAX_CELLS", 1024)
     blocks = 4096
     old = image_bytes(blocks, seed=1)
     device = make_device(tmp_path / "dev", pki, old)
@@ -124,6 +137,38 @@ def test_a_wrong_candidate_from_the_index_is_never_written(
     assert_installed(device, bundle=bundle)
     assert device.slot("B").read_bytes()[: len(new)] == new
     assert result.bytes_reused == 0  # type: ignore[attr-defined]
+
+
+def test_a_run_of_moved_blocks_with_a_wrong_one_copies_the_others(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks 200-209 moved to 100-109, but block 103 is new: one run, one mismatch."""
+    from updater.blockindex import BlockIndex
+
+    old = image_bytes(700, seed=1)
+    device = make_device(tmp_path / "dev", pki, old)
+    moved = bytearray(old[200 * 4096 : 210 * 4096])
+    moved[3 * 4096 : 4 * 4096] = image_bytes(1, seed=9)
+    new = old[: 100 * 4096] + bytes(moved) + old[100 * 4096 :]
+    bundle = device.bundle(new)
+    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
+    real = BlockIndex.find
+    last = [0]
+
+    def find(self: BlockIndex, digest: bytes) -> int | None:
+        # Block 103 is not in slot A: name the block after the last one found,
+        # as a digest prefix shared by chance would.
+        found = real(self, digest)
+        last[0] = last[0] + 1 if found is None else found
+        return last[0]
+
+    monkeypatch.setattr(BlockIndex, "find", find)
+    config = dataclasses.replace(device.config(), find_moved_blocks=True)
+    with HttpSource(nginx_server.url("v2.bundle"), HttpSettings(nginx_server.ca_file)) as src:
+        result = Installer(config).install(src)
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+    assert result.bytes_reused == len(new) - 4096  # type: ignore[attr-defined]
 
 
 def test_install_survives_dropped_connections(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bundle_tool.errors import BundleError
 from updater.errors import TransportError
-from updater.install import ExactReader, prefetched, runs
+from updater.install import ExactReader, paired_runs, prefetched, runs
 
 
 @given(
@@ -69,6 +69,12 @@ def test_runs_cover_every_index_once_and_bridge_small_gaps(indices: list[int], g
     for (a, n), (b, _) in itertools.pairwise(spans):
         assert b - (a + n) > gap  # runs closer than the gap would have been merged
     assert not set(covered) - set(indices) or gap > 0
+
+
+def test_paired_runs_join_pairs_that_both_go_up_by_one() -> None:
+    pairs = [(1, 10), (2, 11), (3, 12), (4, 40), (6, 41), (7, 42), (8, 43), (9, 44)]
+    assert list(paired_runs(pairs, 3)) == [(1, 10, 3), (4, 40, 1), (6, 41, 3), (9, 44, 1)]
+    assert list(paired_runs([], 3)) == []
 
 
 def test_prefetched_reads_ahead_in_its_thread_and_keeps_the_order() -> None:
