@@ -16,47 +16,33 @@ from updater.errors import TransportError
 from updater.install import ExactReader, paired_runs, prefetched, runs
 
 
+@pytest.mark.parametrize("into", [False, True], ids=["take", "take_into"])
 @given(
     data=st.binary(max_size=20000),
     cuts=st.lists(st.integers(0, 20000), max_size=12),
     sizes=st.lists(st.integers(0, 5000), max_size=30),
 )
 def test_exact_reader_returns_the_stream_in_pieces(
-    data: bytes, cuts: list[int], sizes: list[int]
+    into: bool, data: bytes, cuts: list[int], sizes: list[int]
 ) -> None:
     bounds = sorted({min(c, len(data)) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True)]
     reader = ExactReader(chunks)
-    pos = 0
-    for n in sizes:
-        if pos + n > len(data):
-            with pytest.raises(BundleError, match="ends early"):
-                reader.take(n)
-            return
-        assert reader.take(n) == data[pos : pos + n]
-        pos += n
 
-
-@given(
-    data=st.binary(max_size=20000),
-    cuts=st.lists(st.integers(0, 20000), max_size=12),
-    sizes=st.lists(st.integers(0, 5000), max_size=30),
-)
-def test_exact_reader_fills_buffers_across_chunks(
-    data: bytes, cuts: list[int], sizes: list[int]
-) -> None:
-    bounds = sorted({min(c, len(data)) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True)]
-    reader = ExactReader(chunks)
-    pos = 0
-    for n in sizes:
-        buffer = bytearray(b"\xee" * n)
-        if pos + n > len(data):
-            with pytest.raises(BundleError, match="ends early"):
-                reader.take_into(memoryview(buffer))
-            return
+    def take(n: int) -> bytes:
+        if not into:
+            return reader.take(n)
+        buffer = bytearray(b"\xee" * n)  # filled across chunks
         reader.take_into(memoryview(buffer))
-        assert buffer == data[pos : pos + n]
+        return bytes(buffer)
+
+    pos = 0
+    for n in sizes:
+        if pos + n > len(data):
+            with pytest.raises(BundleError, match="ends early"):
+                take(n)
+            return
+        assert take(n) == data[pos : pos + n]
         pos += n
 
 
