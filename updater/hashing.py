@@ -11,11 +11,11 @@ go on.
 
 The slots form a ring: a span is read into a slot (straight from a file, or
 copied from a stream), handed to the child, and written from that same slot
-once its digests match, so each byte is checked where it is written from and
-copied only by the kernel. While the child hashes one span, this process checks
-and writes the one before and reads the next. The digests are compared here,
-with the signed ones. Should the child not start or fail, the hashing is done
-here instead.
+once its digests match, so each byte is checked where it is written from (and
+a span from a file is copied by the kernel only). While the child hashes one
+span, this process checks and writes the one before and reads the next. The
+digests are compared here, with the signed ones. Should the child not start or
+fail, the hashing is done here instead.
 """
 
 from __future__ import annotations
