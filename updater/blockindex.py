@@ -54,7 +54,7 @@ class BlockIndex:
         room = max_cells * 3 // 4  # at most 75% full
         self.stride = max(1, -(-blocks // room))
         indexed = -(-blocks // self.stride)
-        self._size = max(8, indexed * 4 // 3 + 1)
+        self._size = min(max_cells, max(8, indexed * 4 // 3 + 1))
         self._table = array("Q", bytes(8 * self._size))
         self.blocks = 0  # distinct digests held
 

@@ -70,6 +70,8 @@ class SpanDigests:
 
     def view(self, slot: int, length: int) -> memoryview:
         """The first `length` bytes of slot `slot`, writable."""
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"no slot {slot}: there are {self.slots}")
         if not 0 <= length <= self.span_bytes:
             raise ValueError(f"a slot holds at most {self.span_bytes} bytes, not {length}")
         start = slot * self.span_bytes
@@ -77,6 +79,7 @@ class SpanDigests:
 
     def submit(self, slot: int, length: int) -> None:
         """Have the first `length` bytes of slot `slot` hashed; `collect` gives the digests."""
+        self.view(slot, length).release()  # the same checks
         self._pending.append((slot, length))
         if self._worker is not None:
             offset = slot * self.span_bytes

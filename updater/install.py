@@ -888,38 +888,57 @@ class _DeltaWriter:
         `stride - 1` blocks away: a moved file is a run of blocks, and the index
         may hold only every `stride`-th block. Every guess is read, hashed and
         compared with its signed leaf entry, and only blocks that match are
-        written, from the bytes checked. A guess that fails is looked up itself
-        in the next round.
+        written, from the bytes checked. In the next round a guess that failed is
+        looked up itself, or guessed again from a neighbour copied meanwhile (where
+        two moved runs meet), until no new guess is left.
         """
         if self.moved is None:
             return fetch
         wanted = set(fetch)
-        looked: set[int] = set()
+        looked: set[int] = set()  # blocks looked up in the index
+        tried: set[tuple[int, int]] = set()  # (block, active block) guesses made
+        source: dict[int, int] = {}  # block -> the active block it was copied from
         pending = fetch
         while pending:
             guesses: dict[int, int] = {}  # block -> where the active slot may hold it
             for b in pending:
-                if b in guesses or b in looked:
+                if b in guesses:
                     continue
-                looked.add(b)
-                c = self.moved.find(expected(b, 1))
-                if c is None:
-                    continue
-                # Each block of a moved run of `stride` or more blocks lies within
-                # stride - 1 of one the index holds.
-                reach = self.moved.stride - 1
-                lo = b
-                while lo > b - reach and lo - 1 in wanted and lo - 1 not in guesses and c > b - lo:
-                    lo -= 1
-                hi = b
-                while hi < b + reach and hi + 1 in wanted:
-                    hi += 1
-                guesses.update((x, c + x - b) for x in range(lo, hi + 1))
+                if b not in looked:
+                    looked.add(b)
+                    c = self.moved.find(expected(b, 1))
+                    if c is not None:
+                        self._guess_run(b, c, wanted, guesses)
+                        continue
+                for c in (source.get(b - 1, -2) + 1, source.get(b + 1, 0) - 1):
+                    if c >= 0 and (b, c) not in tried:
+                        guesses[b] = c
+                        break
+            guesses = {b: c for b, c in guesses.items() if (b, c) not in tried}
             if not guesses:
                 break
-            wanted -= self._copy_guesses(sorted(guesses.items()), expected)
-            pending = sorted(b for b in guesses if b in wanted and b not in looked)
+            tried.update(guesses.items())
+            copied = self._copy_guesses(sorted(guesses.items()), expected)
+            source.update((b, guesses[b]) for b in copied)
+            wanted -= copied
+            near = {n for b in copied for n in (b - 1, b + 1)}
+            pending = sorted(wanted & (near | guesses.keys()))
         return [b for b in fetch if b in wanted]
+
+    def _guess_run(self, b: int, c: int, wanted: set[int], guesses: dict[int, int]) -> None:
+        """Guess that the blocks around b, as far as stride - 1 away, moved with it to c."""
+        if self.moved is None:
+            return
+        # Each block of a moved run of `stride` or more blocks lies within stride - 1
+        # of one the index holds.
+        reach = self.moved.stride - 1
+        lo = b
+        while lo > b - reach and lo - 1 in wanted and lo - 1 not in guesses and c > b - lo:
+            lo -= 1
+        hi = b
+        while hi < b + reach and hi + 1 in wanted:
+            hi += 1
+        guesses.update((x, c + x - b) for x in range(lo, hi + 1))
 
     def _copy_guesses(
         self, guesses: list[tuple[int, int]], expected: Callable[[int, int], bytes]

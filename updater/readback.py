@@ -7,8 +7,8 @@ before the slot may boot.
 
 `RegionReadBack` does it while the install goes on: each time the installer has
 flushed another region of data (it writes regions in order, in the stream and
-the delta path alike), two forked children read that region back, half each,
-and check it against the stored leaf level, each leaf block checked against the
+the delta path alike), two forked children read that region back, half each in
+whole 4 MiB chunks, and check it against the stored leaf level, each leaf block checked against the
 verified level above it, while this process writes the next region. At the end
 the stored hash area is checked here. The read-back then costs little more than
 the last regions, shared by two processes, and a failing medium is found early.
@@ -92,7 +92,7 @@ class RegionReadBack:
     Use as a context manager: leaving it stops the children.
     """
 
-    CHILDREN = 2  # each region is split between them
+    CHILDREN = 2  # each region is split between them, in whole 4 MiB chunks
     #: The children yield the CPU to the writing: they may lag, and catch up at the end.
     NICE = 10
 
@@ -118,7 +118,10 @@ class RegionReadBack:
         self.dev.drop_cache()
         count = upto_block - self.sent
         if count > 0:
-            share = -(-count // len(self._workers))
+            # Whole read-back chunks each: a child maps its part from its first block,
+            # and a mapping must start on a page (up to 64 KiB on some kernels).
+            chunks = -(-count // verity.CHUNK_BLOCKS)
+            share = -(-chunks // len(self._workers)) * verity.CHUNK_BLOCKS
             for k, worker in enumerate(self._workers):
                 first = self.sent + k * share
                 n = min(share, upto_block - first)

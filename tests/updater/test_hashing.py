@@ -61,6 +61,8 @@ def test_a_ring_of_slots_hashes_spans_in_the_order_submitted() -> None:
     with SpanDigests(SALT, SPAN, slots=3) as ring:
         with pytest.raises(ValueError, match="at most"):
             ring.view(0, SPAN + 1)
+        with pytest.raises(ValueError, match="no slot 3"):
+            ring.submit(3, 4096)
         collected: list[bytes] = []
         for n, span in enumerate(spans):
             with ring.view(n % 3, len(span)) as slot:

@@ -585,6 +585,26 @@ def test_a_read_back_process_killed_by_a_medium_error_is_a_device_error(
     assert StateDir(device.root / "state").last_result()["kind"] == "DeviceError"  # type: ignore[index]
 
 
+def test_read_back_children_share_a_region_in_whole_chunks(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each child maps its part from its first block: parts start on a 4 MiB chunk."""
+    from bundle_tool import forked, verity
+
+    chunk = verity.CHUNK_BLOCKS
+    blocks = 2 * chunk + 5  # one region (no flush before the end), three chunks
+    sends = spy(monkeypatch, forked.Worker, "send")
+    install_file(device, device.bundle(image_bytes(blocks, seed=21)))
+    assert_installed(device)
+    parts = [
+        (int.from_bytes(r[:8], "little"), int.from_bytes(r[8:], "little"))
+        for _, r in sends
+        if len(r) == 16 and int.from_bytes(r[8:], "little") <= blocks
+    ]
+    # The read-back requests: two chunks to the first child, the rest to the second.
+    assert (0, 2 * chunk) in parts and (2 * chunk, 5) in parts
+
+
 def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
     """A region that does not read back stops the install before the rest is written."""
     from updater import install, readback

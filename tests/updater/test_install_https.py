@@ -121,6 +121,34 @@ def test_blocks_that_moved_are_copied_with_find_moved_blocks(
         assert "index" not in phases
 
 
+def test_two_moved_runs_that_meet_are_both_copied_with_a_sparse_index(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks 100-104 come from 300-304 and 105-110 from 601-606, every 3rd indexed.
+
+    Block 105 (from 601, not indexed) is first guessed from the run before it
+    (305), wrongly, then from its neighbour 106 once that was copied from 602.
+    """
+    from updater import blockindex
+
+    monkeypatch.setattr(blockindex, "MAX_CELLS", 2048)  # 4096 blocks: every 3rd
+    old = image_bytes(4096, seed=1)
+    device = make_device(tmp_path / "dev", pki, old)
+
+    def blocks(a: int, b: int) -> bytes:
+        return old[a * 4096 : b * 4096]
+
+    new = blocks(0, 100) + blocks(300, 305) + blocks(601, 607) + blocks(111, 4096)
+    bundle = device.bundle(new)
+    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
+    config = dataclasses.replace(device.config(), find_moved_blocks=True)
+    with HttpSource(nginx_server.url("v2.bundle"), HttpSettings(nginx_server.ca_file)) as src:
+        result = Installer(config).install(src)
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+    assert result.bytes_reused == len(new)  # type: ignore[attr-defined]
+
+
 def test_a_wrong_candidate_from_the_index_is_never_written(
     tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
