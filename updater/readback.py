@@ -8,12 +8,13 @@ before the slot may boot.
 `RegionReadBack` does it while the install goes on: each time the installer has
 flushed another region of data (it writes regions in order, in the stream and
 the delta path alike), two forked children read that region back, half each in
-whole 4 MiB chunks, and check it against the stored leaf level, each leaf block checked against the
-verified level above it, while this process writes the next region. At the end
-the stored hash area is checked here. The read-back then costs little more than
-the last regions, shared by two processes, and a failing medium is found early.
-The children run at a lower priority than the writing: where the CPU is the
-limit, they take what the writing leaves and catch up at the end.
+whole 4 MiB chunks, and check it against the stored leaf level, each leaf block
+checked against the verified level above it, while this process writes the next
+region. At the end the stored hash area is checked here. The read-back then
+costs little more than the last regions, shared by two processes, and a failing
+medium is found early. The children run at a lower priority than the writing:
+where the CPU is the limit, they take what the writing leaves and catch up at
+the end.
 """
 
 from __future__ import annotations
