@@ -176,6 +176,7 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
         architecture=architecture,
         artifacts=tuple(Path(a) for a in args.artifact),
         expires=_parse_time(args.expires) if args.expires else None,
+        leaf_summary=args.leaf_summary,
     )
     if not opts.image.is_file():
         raise UsageError(f"image {opts.image} is not a file")
@@ -260,6 +261,8 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"image {n} ({image['slot_class']}): {image['size']} bytes, sha256 {image['sha256']}")
         print(f"  verity root hash {v['root_hash']}")
         print(f"  salt {v['salt']}, {v['data_blocks']} data blocks, tree {v['tree_size']} bytes")
+        if "leaf_summary_size" in image:
+            print(f"  leaf summary {image['leaf_summary_size']} bytes")
     for art in result["artifacts"]:
         print(f"artifact {art['name']}: {art['size']} bytes, sha256 {art['sha256']}")
     for sig in result.get("signatures", []):
@@ -309,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         "build and sign a bundle from a root filesystem image",
         """\
         Hash IMAGE into a dm-verity tree (sha256, 4096-byte blocks, format 1, the same
-        tree `veritysetup format` makes), record it in a manifest, sign the manifest and
-        write the bundle. The same inputs, --salt and SOURCE_DATE_EPOCH give a
+        tree `veritysetup format` makes), summarize its leaf level for delta installs
+        (--no-leaf-summary leaves that out), record both in a manifest, sign the
+        manifest and write the bundle. The same inputs, --salt and SOURCE_DATE_EPOCH give a
         byte-identical bundle with Ed25519 keys.""",
     )
     c.add_argument("--image", required=True, help="root filesystem image (size a multiple of 4096)")
@@ -341,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra file (kernel, bootloader); ELF files must match the architecture",
     )
     c.add_argument("--expires", metavar="WHEN", help="ISO 8601 date or epoch seconds")
+    c.add_argument(
+        "--no-leaf-summary",
+        dest="leaf_summary",
+        action="store_false",
+        help="leave out the leaf summary, which lets delta installs fetch less of the hash "
+        "tree; for devices whose updater predates it (they refuse bundles with one)",
+    )
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="bundle file to write")
 
     i = command(

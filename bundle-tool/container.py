@@ -171,6 +171,11 @@ class ImageLayout:
     area_offset: int
     data_offset: int
 
+    @property
+    def summary_offset(self) -> int:
+        """Where the leaf summary lies (between the hash area and the data)."""
+        return self.area_offset + self.image.verity.tree_size
+
 
 @dataclass(frozen=True)
 class ArtifactLayout:
@@ -201,8 +206,9 @@ def layout(
     pos = header.head_size
     images = []
     for image in manifest.images:
-        images.append(ImageLayout(image, pos, pos + image.verity.tree_size))
-        pos += image.verity.tree_size + image.size
+        data = pos + image.verity.tree_size + image.leaf_summary_size
+        images.append(ImageLayout(image, pos, data))
+        pos += image.payload_size
     artifacts = []
     for art in manifest.artifacts:
         artifacts.append(ArtifactLayout(art, pos))

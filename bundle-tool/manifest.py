@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import verity
+from . import leafsummary, verity
 from .errors import BundleError
 
 FORMAT_VERSION = 1
@@ -56,13 +56,19 @@ class VerityInfo:
 
 @dataclass(frozen=True)
 class Image:
-    """One slot image: the hash area travels first in the payload, then the data."""
+    """One slot image: its hash area, its leaf summary (if any), then its data."""
 
     slot_class: str
     size: int
     sha256: bytes
     verity: VerityInfo
     architecture: str | None = None
+    #: Bytes of the leaf summary (see leafsummary); 0 when the bundle carries none.
+    leaf_summary_size: int = 0
+
+    @property
+    def payload_size(self) -> int:
+        return self.verity.tree_size + self.leaf_summary_size + self.size
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -73,6 +79,8 @@ class Image:
         }
         if self.architecture is not None:
             out["architecture"] = self.architecture
+        if self.leaf_summary_size:
+            out["leaf_summary_size"] = self.leaf_summary_size
         return out
 
 
@@ -129,9 +137,7 @@ class Manifest:
     @property
     def payload_size(self) -> int:
         """Bytes after the signature block that this manifest accounts for."""
-        return sum(i.verity.tree_size + i.size for i in self.images) + sum(
-            a.size for a in self.artifacts
-        )
+        return sum(i.payload_size for i in self.images) + sum(a.size for a in self.artifacts)
 
 
 class _Fields:
@@ -212,10 +218,17 @@ def _parse_image(obj: object, where: str) -> Image:
     sha = f.take_hex("sha256")
     vinfo = _parse_verity(f._take("verity", True), where + ".verity")
     arch = f.take_str("architecture", NAME, required=False)
+    summary = f.take_int("leaf_summary_size", 1, required=False)
     f.done()
     if size != vinfo.data_blocks * verity.BLOCK_SIZE:
         raise BundleError(f"manifest: {where}.size does not match verity.data_blocks")
-    return Image(slot_class, size, sha, vinfo, arch)
+    if summary is not None:
+        want = leafsummary.summary_size(vinfo.data_blocks)
+        if summary != want:
+            raise BundleError(
+                f"manifest: {where}.leaf_summary_size is {summary}, expected {want or 'none'}"
+            )
+    return Image(slot_class, size, sha, vinfo, arch, summary or 0)
 
 
 def _parse_artifact(obj: object, where: str) -> Artifact:

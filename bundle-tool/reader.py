@@ -14,7 +14,7 @@ from typing import Protocol
 
 from cryptography import x509
 
-from . import verity
+from . import leafsummary, verity
 from .container import HEADER_SIZE, ImageLayout, VerifiedHead, parse_header, verify_head
 from .errors import BundleError
 
@@ -91,6 +91,7 @@ def check_image(
     area = rechunk(source.read(part.area_offset, vinfo.tree_size), verity.BLOCK_SIZE)
     first = checker.first_leaf
     leaves = {i - first: block for i, block in checker.check_area(area) if i >= first}
+    _check_summary(source, part, [leaves[j] for j in sorted(leaves)])
     sha = hashlib.sha256()
     block = 0
     for span in rechunk(
@@ -110,6 +111,16 @@ def check_image(
             progress("verifying", block * verity.BLOCK_SIZE, part.image.size)
     if sha.digest() != part.image.sha256:
         raise BundleError("image sha256 does not match the manifest")
+
+
+def _check_summary(source: RangeReader, part: ImageLayout, leaves: list[bytes]) -> None:
+    """The leaf summary must be the one the (checked) leaf level gives."""
+    size = part.image.leaf_summary_size
+    if not size:
+        return
+    got = b"".join(source.read(part.summary_offset, size))
+    if got != b"".join(leafsummary.summarize(leaves)):
+        raise BundleError("the leaf summary does not match the hash tree")
 
 
 def check_payload(

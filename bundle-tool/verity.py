@@ -188,15 +188,21 @@ class Tree:
     def area_chunks(self, chunk: int = 1 << 20) -> Iterator[bytes]:
         """The hash area, in chunks of at most `chunk` bytes."""
         yield build_superblock(self.salt, self.data_blocks, self.uuid)
-        for offset, length in reversed(self.level_spans):
-            self.spool.seek(offset)
-            left = length
-            while left:
-                data = self.spool.read(min(chunk, left))
-                if not data:
-                    raise BundleIOError("temporary hash tree file shrank")
-                left -= len(data)
-                yield data
+        for level in reversed(range(len(self.level_spans))):
+            yield from self.level_chunks(level, chunk)
+
+    def level_chunks(self, level: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """One level (0: the leaves), zero-padded to whole blocks, in chunks of at most
+        `chunk` bytes (a multiple of the block size)."""
+        offset, length = self.level_spans[level]
+        left = length
+        while left:
+            self.spool.seek(offset + length - left)
+            data = self.spool.read(min(chunk, left))
+            if not data:
+                raise BundleIOError("temporary hash tree file shrank")
+            left -= len(data)
+            yield data
 
     def area(self) -> bytes:
         """The whole hash area in memory (small trees and tests)."""

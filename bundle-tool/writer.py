@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import verity
+from . import leafsummary, verity
 from .container import Header, build_signature_block
 from .elfcheck import check_machine, elf_machine
 from .errors import BundleIOError, UsageError
@@ -38,6 +38,8 @@ class CreateOptions:
         architecture: Debian architecture of the image and of ELF artifacts.
         artifacts: extra files (kernel, bootloader) carried after the images.
         expires: seconds since the epoch after which devices refuse the bundle.
+        leaf_summary: carry the leaf summary, which makes delta installs fetch less of
+            the hash tree (an updater older than the summary refuses a bundle with one).
     """
 
     image: Path
@@ -51,6 +53,7 @@ class CreateOptions:
     architecture: str | None = None
     artifacts: Sequence[Path] = field(default_factory=tuple)
     expires: int | None = None
+    leaf_summary: bool = True
 
 
 def _check_options(opts: CreateOptions) -> None:
@@ -165,6 +168,9 @@ def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Man
                     sha256=sha.digest(),
                     verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
                     architecture=opts.architecture,
+                    leaf_summary_size=leafsummary.summary_size(tree.data_blocks)
+                    if opts.leaf_summary
+                    else 0,
                 )
                 manifest = Manifest(
                     compatible=opts.compatible,
@@ -182,6 +188,9 @@ def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Man
                 out.write(header.to_bytes() + manifest_raw + sigs)
                 for chunk in tree.area_chunks():
                     out.write(chunk)
+                if image.leaf_summary_size:
+                    for chunk in leafsummary.summarize(tree.level_chunks(0)):
+                        out.write(chunk)
             out.flush()
             with opts.image.open("rb") as img:
                 if os.fstat(img.fileno()).st_mtime_ns != st.st_mtime_ns:

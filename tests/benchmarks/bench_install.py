@@ -120,8 +120,11 @@ def install(
 
 def reference(bundle: Path, slot: Path, size: int, root: str) -> tuple[float, int]:
     """dd the data and hash area from the bundle into `slot`, then veritysetup verify it."""
+    from bundle_tool import leafsummary
+
     data_offset = bundle.stat().st_size - size
     area = area_size(size)
+    area_offset = data_offset - leafsummary.summary_size(size // common.BLOCK) - area
     steps = [
         [
             "dd",
@@ -141,7 +144,7 @@ def reference(bundle: Path, slot: Path, size: int, root: str) -> tuple[float, in
             "bs=1M",
             "iflag=skip_bytes,count_bytes",
             "oflag=seek_bytes",
-            f"skip={data_offset - area}",
+            f"skip={area_offset}",
             f"count={area}",
             f"seek={size}",
             "conv=fsync,notrunc",

@@ -63,18 +63,21 @@ def test_ecdsa_reproducible_but_for_signature(
     assert a[: ha.head_size] != b[: hb.head_size]  # ECDSA signatures are randomised
 
 
-REGIONS = ("header", "manifest", "signatures", "tree", "data")
+REGIONS = ("header", "manifest", "signatures", "tree", "summary", "data")
+SMALL_SUMMARY = 2 * 64  # 140 blocks: two leaf blocks, 64 bytes each
 
 
 def region_span(data: bytes, region: str) -> tuple[int, int]:
     h = container.parse_header(data)
     m = 64 + h.manifest_size
+    data_start = len(data) - 140 * 4096
     return {
         "header": (0, 64),
         "manifest": (64, m),
         "signatures": (m, h.head_size),
-        "tree": (h.head_size, h.head_size + (len(data) - h.head_size - 140 * 4096)),
-        "data": (len(data) - 140 * 4096, len(data)),
+        "tree": (h.head_size, data_start - SMALL_SUMMARY),
+        "summary": (data_start - SMALL_SUMMARY, data_start),
+        "data": (data_start, len(data)),
     }[region]
 
 
@@ -109,7 +112,7 @@ def test_any_flipped_byte_is_refused(
 
 def boundaries(data: bytes) -> list[int]:
     h = container.parse_header(data)
-    tree_end = len(data) - 140 * 4096
+    tree_end = len(data) - 140 * 4096 - SMALL_SUMMARY
     points = [
         0,
         8,
@@ -122,7 +125,9 @@ def boundaries(data: bytes) -> list[int]:
         h.head_size + 4096,
         tree_end - 1,
         tree_end,
-        tree_end + 4096,
+        tree_end + SMALL_SUMMARY - 1,
+        tree_end + SMALL_SUMMARY,
+        tree_end + SMALL_SUMMARY + 4096,
         len(data) - 1,
     ]
     return sorted(set(points))
@@ -173,6 +178,8 @@ def resign(data: bytes, signer: signing.Signer, edit: Callable[[dict], None]) ->
         (lambda m: m["images"][0]["verity"].update(tree_size=8192), "tree_size is 8192"),
         (lambda m: m["images"][0]["verity"].update(data_block_size=512), "data_block_size"),
         (lambda m: m["images"][0]["verity"].update(hash_algorithm="sha1"), "hash_algorithm"),
+        (lambda m: m["images"][0].update(leaf_summary_size=64), "leaf_summary_size is 64"),
+        (lambda m: m["images"][0].update(leaf_summary_size=0), "leaf_summary_size must be"),
     ],
 )
 def test_signed_but_malformed_manifests_are_refused(
