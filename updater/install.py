@@ -26,7 +26,7 @@ import hashlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -45,10 +45,11 @@ from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
 from bundle_tool.signing import load_keyring
 
-from . import blockindex, hashing, readback
+from . import blockindex, hashing, leaffetch, readback
 from .config import DeviceConfig
 from .errors import DeviceError, TransportError, UsageError
 from .filesource import FileSource
+from .pieces import ExactReader, paired_runs, runs
 from .slotdev import FileSlot, SlotDevice
 from .source import BundleSource
 from .statedir import SlotRecord, StateDir
@@ -102,93 +103,6 @@ class InstallResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": "installed", **asdict(self)}
-
-
-class ExactReader:
-    """Takes exact-size pieces from a stream of chunks of any size, copying each byte once."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it = iter(chunks)
-        self._head = memoryview(b"")  # unread part of the current chunk
-
-    def take(self, n: int) -> bytes:
-        while n and not self._head:  # start on the next chunk: it may be taken whole
-            chunk = next(self._it, None)
-            if chunk is None:
-                raise BundleError("bundle ends early")
-            self._head = memoryview(chunk)
-        if len(self._head) >= n:
-            if (
-                n == len(self._head)
-                and isinstance(self._head.obj, bytes)
-                and (len(self._head.obj) == n)
-            ):
-                piece = self._head.obj  # a whole chunk of exactly the size asked: no copy
-            else:
-                piece = self._head[:n].tobytes()
-            self._head = self._head[n:]
-            return piece
-        parts = [self._head]
-        have = len(self._head)
-        while have < n:
-            chunk = next(self._it, None)
-            if chunk is None:
-                raise BundleError("bundle ends early")
-            view = memoryview(chunk)
-            parts.append(view[: n - have])
-            self._head = view[n - have :]
-            have += len(parts[-1])
-        return b"".join(parts)
-
-    def take_into(self, view: memoryview) -> None:
-        """Fill `view` with the next `len(view)` bytes."""
-        pos = 0
-        while pos < len(view):
-            if not self._head:
-                chunk = next(self._it, None)
-                if chunk is None:
-                    raise BundleError("bundle ends early")
-                self._head = memoryview(chunk)
-            n = min(len(view) - pos, len(self._head))
-            view[pos : pos + n] = self._head[:n]
-            self._head = self._head[n:]
-            pos += n
-
-    def finish(self) -> None:
-        """Read the stream to its end and refuse bytes beyond those taken.
-
-        A source finishes its answers there (and can keep its connection).
-        """
-        if self._head or any(self._it):
-            raise BundleError("the source gave more bytes than were asked for")
-
-
-def runs(indices: Sequence[int], gap: int = 0) -> Iterator[tuple[int, int]]:
-    """Coalesce sorted indices into (first, count) runs, bridging gaps up to `gap`."""
-    if not indices:
-        return
-    start = prev = indices[0]
-    for i in indices[1:]:
-        if i - prev > gap + 1:
-            yield start, prev - start + 1
-            start = i
-        prev = i
-    yield start, prev - start + 1
-
-
-def paired_runs(pairs: Sequence[tuple[int, int]], limit: int) -> Iterator[tuple[int, int, int]]:
-    """Coalesce (b, c) pairs, sorted by b, into (b0, c0, n) runs of at most `limit`.
-
-    A run is n pairs in a row in which both b and c go up by one.
-    """
-    k = 0
-    while k < len(pairs):
-        b0, c0 = pairs[k]
-        n = 1
-        while n < limit and k + n < len(pairs) and pairs[k + n] == (b0 + n, c0 + n):
-            n += 1
-        yield b0, c0, n
-        k += n
 
 
 def prefetched(chunks: Iterable[bytes], pool: ThreadPoolExecutor) -> Generator[bytes, None, None]:
@@ -704,6 +618,7 @@ class _DeltaWriter:
         # unrelated image then costs no extra hashing).
         self.cold = 0
         self.moved: blockindex.BlockIndex | None = None  # see index_active
+        self.leaves = leaffetch.LeafFetcher(source, part, checker)
 
     def index_active(self, blocks: int) -> None:
         """Index the active slot's first `blocks` blocks, to copy blocks that moved.
@@ -791,6 +706,8 @@ class _DeltaWriter:
         on_active: dict[int, bytes | None] = {}
         active_data: dict[int, bytes] = {}  # the probed blocks, to copy without reading again
         probed: set[int] = set()  # groups looked for on the active slot
+        # What a changed group's leaf block would be had none of its blocks changed.
+        unchanged: dict[int, bytes] = {}
         for j in groups:
             first, count = self.group_span(j)
             if not has_leaves:
@@ -821,17 +738,12 @@ class _DeltaWriter:
                     leaves[j] = candidate
                     self.dev.pwrite(self.leaf_offset(j), candidate)
                     self.cold = 0  # the running slot holds this group: probe the next ones
-        missing = [j for j in groups if j not in leaves]
-        leaf_area = self.part.area_offset + self.checker.first_leaf * BLOCK
-        fetched = ExactReader(
-            self.source.read_spans([(leaf_area + j0 * BLOCK, n * BLOCK) for j0, n in runs(missing)])
-        )
-        for j in missing:
-            block = fetched.take(BLOCK)
-            self.checker.check_leaf(j, block)
+                else:
+                    unchanged[j] = candidate
+        missing = {j: unchanged.get(j) for j in groups if j not in leaves}
+        for j, block in sorted(self.leaves.fetch(missing).items()):
             self.dev.pwrite(self.leaf_offset(j), block)
             leaves[j] = block
-        fetched.finish()
         fetch: list[int] = []
         copy: list[int] = []
         for j in groups:

@@ -82,6 +82,7 @@ class Device:
         compatible: str = COMPATIBLE,
         expires: int | None = None,
         signer: signing.Signer | None = None,
+        leaf_summary: bool = True,
     ) -> Path:
         image = self.root / f"{name}.img"
         image.write_bytes(data)
@@ -97,6 +98,7 @@ class Device:
                 salt=SALT,
                 architecture="arm64",
                 expires=expires,
+                leaf_summary=leaf_summary,
             ),
             out,
         )

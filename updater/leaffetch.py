@@ -1,0 +1,120 @@
+"""Fetching the leaf blocks a delta install lacks: whole, or only the parts that changed.
+
+Where the running slot's blocks of a group, hashed with the new salt, do not
+give the group's signed leaf block, some of them changed, and the leaf block
+says which. With a leaf summary in the bundle (see `bundle_tool.leafsummary`),
+only the 512-byte parts of that leaf block whose digests differ from the
+summary are fetched; the rest comes from the running slot's digests. The block
+so put together is checked against the verified level above, as a fetched one
+is; if it does not match (a wrong summary), the whole block is fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bundle_tool import leafsummary, verity
+from bundle_tool.container import ImageLayout
+from bundle_tool.errors import BundleError
+
+from .pieces import ExactReader, runs
+from .source import BundleSource
+
+BLOCK = verity.BLOCK_SIZE
+PART = leafsummary.PART_SIZE
+
+
+class LeafFetcher:
+    """Fetches checked leaf blocks from a bundle, using its leaf summary where it has one."""
+
+    #: Summary bytes fetched at a time: the entries of 1024 leaf blocks (512 MiB of image).
+    WINDOW = 1024 * leafsummary.ENTRY_SIZE
+
+    def __init__(
+        self, source: BundleSource, part: ImageLayout, checker: verity.TreeChecker
+    ) -> None:
+        self.source = source
+        self.checker = checker
+        self.leaf_area = part.area_offset + checker.first_leaf * BLOCK
+        self.summary_offset = part.summary_offset
+        # Only worth it where bytes are costly: a local file gives whole blocks as fast.
+        self.summary_size = part.image.leaf_summary_size if source.remote else 0
+        self._window = (0, b"")  # (offset within the summary, its bytes)
+        self.patched = 0  # leaf blocks put together from their parts
+        self.refetched = 0  # of those that did not match, fetched whole after all
+
+    def fetch(self, wanted: Mapping[int, bytes | None]) -> dict[int, bytes]:
+        """The leaf block of each group in `wanted`, checked against the tree.
+
+        `wanted[j]` is what group j's leaf block would be had none of its blocks
+        changed (from the running slot's digests), or None if unknown.
+
+        Raises:
+            BundleError: a leaf block fetched whole does not match the tree.
+        """
+        if not wanted:
+            return {}
+        whole: list[int] = []
+        parts: dict[int, list[int]] = {}
+        for j in sorted(wanted):
+            candidate = wanted[j]
+            differ = self._differing(j, candidate) if candidate is not None else []
+            if differ:
+                parts[j] = differ
+            else:
+                whole.append(j)
+        spans = [(self.leaf_area + j0 * BLOCK, n, BLOCK) for j0, n in runs(whole)]
+        for j, differ in parts.items():
+            spans += [(self.leaf_area + j * BLOCK + p * PART, n, PART) for p, n in runs(differ)]
+        spans.sort()
+        got = self._read(spans)
+        out: dict[int, bytes] = {}
+        for j in whole:
+            out[j] = self.checker.check_leaf(j, got[self.leaf_area + j * BLOCK])
+        failed: list[int] = []
+        for j, differ in parts.items():
+            block = bytearray(wanted[j] or b"")
+            for p in differ:
+                start = self.leaf_area + j * BLOCK + p * PART
+                block[p * PART : (p + 1) * PART] = got[start]
+            try:
+                out[j] = self.checker.check_leaf(j, bytes(block))
+                self.patched += 1
+            except BundleError:
+                failed.append(j)
+        if failed:
+            self.refetched += len(failed)
+            out.update(self.fetch(dict.fromkeys(failed)))
+        return out
+
+    def _differing(self, j: int, candidate: bytes) -> list[int]:
+        """The parts of group j's leaf block that differ from `candidate`, by the summary.
+
+        Empty without a summary, and where the summary agrees with `candidate` (which
+        then cannot be right, as it did not match the tree): fetch the block whole.
+        """
+        if not self.summary_size:
+            return []
+        return leafsummary.differing_parts(candidate, self._entry(j))
+
+    def _entry(self, j: int) -> bytes:
+        """Group j's summary entry, from the window of the summary that holds it."""
+        at = j * leafsummary.ENTRY_SIZE
+        start, data = self._window
+        if not start <= at < start + len(data):
+            start = at - at % self.WINDOW
+            length = min(self.WINDOW, self.summary_size - start)
+            data = self.source.read_exact(self.summary_offset + start, length)
+            self._window = (start, data)
+        return data[at - start : at - start + leafsummary.ENTRY_SIZE]
+
+    def _read(self, spans: list[tuple[int, int, int]]) -> dict[int, bytes]:
+        """Fetch (offset, count, size) runs of pieces, sorted, in as few requests as the
+        source allows; return each piece by its offset."""
+        reader = ExactReader(self.source.read_spans([(at, n * size) for at, n, size in spans]))
+        out: dict[int, bytes] = {}
+        for offset, count, size in spans:
+            for at in range(offset, offset + count * size, size):
+                out[at] = reader.take(size)
+        reader.finish()
+        return out
