@@ -81,10 +81,11 @@ def check_image(
     part: ImageLayout,
     progress: Progress | None = None,
 ) -> None:
-    """Stream one image's hash area and data and check every block.
+    """Stream one image's hash area, leaf summary and data and check every block.
 
     Leaf-level tree blocks are kept in memory (size / 128); this is the host-side
-    check. The installer streams the same way but keeps leaves on the slot.
+    check. The leaf summary must be the one the leaf level gives. The installer
+    streams the same way but keeps leaves on the slot.
     """
     vinfo = part.image.verity
     checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)

@@ -618,7 +618,7 @@ class _DeltaWriter:
         # unrelated image then costs no extra hashing).
         self.cold = 0
         self.moved: blockindex.BlockIndex | None = None  # see index_active
-        self.leaves = leaffetch.LeafFetcher(source, part, checker)
+        self.leaf_fetcher = leaffetch.LeafFetcher(source, part, checker)
 
     def index_active(self, blocks: int) -> None:
         """Index the active slot's first `blocks` blocks, to copy blocks that moved.
@@ -741,7 +741,7 @@ class _DeltaWriter:
                 else:
                     unchanged[j] = candidate
         missing = {j: unchanged.get(j) for j in groups if j not in leaves}
-        for j, block in sorted(self.leaves.fetch(missing).items()):
+        for j, block in sorted(self.leaf_fetcher.fetch(missing).items()):
             self.dev.pwrite(self.leaf_offset(j), block)
             leaves[j] = block
         fetch: list[int] = []

@@ -28,6 +28,7 @@ class LeafFetcher:
     """Fetches checked leaf blocks from a bundle, using its leaf summary where it has one."""
 
     #: Summary bytes fetched at a time: the entries of 1024 leaf blocks (512 MiB of image).
+    #: A whole number of entries, so that no entry straddles two windows.
     WINDOW = 1024 * leafsummary.ENTRY_SIZE
 
     def __init__(
@@ -39,6 +40,8 @@ class LeafFetcher:
         self.summary_offset = part.summary_offset
         # Only worth it where bytes are costly: a local file gives whole blocks as fast.
         self.summary_size = part.image.leaf_summary_size if source.remote else 0
+        if self.WINDOW % leafsummary.ENTRY_SIZE:
+            raise ValueError(f"WINDOW must hold whole entries of {leafsummary.ENTRY_SIZE} bytes")
         self._window = (0, b"")  # (offset within the summary, its bytes)
         self.patched = 0  # leaf blocks put together from their parts
         self.refetched = 0  # of those that did not match, fetched whole after all
@@ -108,13 +111,29 @@ class LeafFetcher:
             self._window = (start, data)
         return data[at - start : at - start + leafsummary.ENTRY_SIZE]
 
-    def _read(self, spans: list[tuple[int, int, int]]) -> dict[int, bytes]:
-        """Fetch (offset, count, size) runs of pieces, sorted, in as few requests as the
-        source allows; return each piece by its offset."""
-        reader = ExactReader(self.source.read_spans([(at, n * size) for at, n, size in spans]))
+    def _read(self, pieces: list[tuple[int, int, int]]) -> dict[int, bytes]:
+        """Each piece of the sorted (offset, count, size) runs, by its offset.
+
+        Runs that touch, or lie at most the source's `merge_gap` apart, are read
+        as one span (a server may merge touching ranges in its answer; a server
+        without several ranges a request is spared requests), the gaps discarded.
+        """
+        gap = self.source.merge_gap
+        spans: list[tuple[int, int, list[tuple[int, int, int]]]] = []  # start, end, pieces
+        for at, n, size in pieces:
+            end = at + n * size
+            if spans and at - spans[-1][1] <= gap:
+                start, _, members = spans[-1]
+                spans[-1] = (start, end, members)
+                members.append((at, n, size))
+            else:
+                spans.append((at, end, [(at, n, size)]))
+        reader = ExactReader(self.source.read_spans([(a, e - a) for a, e, _ in spans]))
         out: dict[int, bytes] = {}
-        for offset, count, size in spans:
-            for at in range(offset, offset + count * size, size):
-                out[at] = reader.take(size)
+        for start, end, members in spans:
+            data = reader.take(end - start)
+            for at, n, size in members:
+                for k in range(at - start, at - start + n * size, size):
+                    out[start + k] = data[k : k + size]
         reader.finish()
         return out

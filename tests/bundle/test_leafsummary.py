@@ -14,6 +14,7 @@ import pytest
 
 from bundle_tool import container, leafsummary, reader
 from bundle_tool.errors import BundleError
+from bundle_tool.manifest import parse_manifest
 from tests.bundle.bundles import BytesReader, now
 
 
@@ -110,7 +111,19 @@ def test_verify_refuses_a_summary_that_does_not_match_the_tree(
         reader.check_payload(src, head)
 
 
-def test_cli_create_no_leaf_summary(tmp_path: Path, make_bundle: Callable[..., Path]) -> None:
+def test_a_summary_size_for_an_image_without_leaves_is_refused(
+    make_bundle: Callable[..., Path],
+) -> None:
+    raw = make_bundle(blocks=1).read_bytes()
+    h = container.parse_header(raw)
+    manifest = json.loads(raw[64 : 64 + h.manifest_size])
+    assert "leaf_summary_size" not in manifest["images"][0]
+    manifest["images"][0]["leaf_summary_size"] = 64
+    with pytest.raises(BundleError, match="leaf_summary_size is 64, expected none"):
+        parse_manifest(json.dumps(manifest).encode())
+
+
+def test_cli_create_no_leaf_summary(tmp_path: Path) -> None:
     from bundle_tool import keygen
 
     pki = keygen.make_dev_pki(tmp_path / "pki")

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from bundle_tool.errors import BundleError
 from updater.errors import TransportError
-from updater.install import ExactReader, paired_runs, prefetched, runs
+from updater.install import prefetched
+from updater.pieces import ExactReader, paired_runs, runs
 
 
 @pytest.mark.parametrize("into", [False, True], ids=["take", "take_into"])

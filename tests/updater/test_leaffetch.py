@@ -17,7 +17,7 @@ from updater.leaffetch import LeafFetcher
 from updater.source import BundleSource
 
 GROUPS = 4
-OLD = image_bytes(GROUPS * 128, seed=1)
+OLD = image_bytes(3 * 128 + 100, seed=1)  # the last group has 100 blocks
 # Group 0: block 37 (part 2); group 1: blocks 5 and 120 (parts 0 and 7); group 2 as
 # it was; group 3: block 64 (part 4).
 CHANGED = {37: 2, 128 + 5: 0, 128 + 120: 7, 3 * 128 + 64: 4}
@@ -31,9 +31,10 @@ def new_image() -> bytes:
 
 
 class MemorySource(BundleSource):
-    """A bundle in memory that counts like a network source."""
+    """A bundle in memory that counts like a network source answering several ranges."""
 
     remote = True
+    MERGE_GAP = 0
 
     def __init__(self, data: bytes) -> None:
         super().__init__()
@@ -108,6 +109,28 @@ def test_without_a_candidate_the_block_is_fetched_whole(tmp_path: Path, pki: key
     assert fetcher.patched == 0
 
 
+def test_pieces_that_touch_or_lie_close_are_read_as_one_span(
+    tmp_path: Path, pki: keygen.DevPki
+) -> None:
+    case = Case(tmp_path, pki)
+    fetcher, src = case.fetcher()
+    # Block 0 whole and part 0 of block 1 touch: one range (a server may merge them).
+    assert fetcher.fetch({0: None, 1: unchanged(1)}) == {0: case.leaf(0), 1: case.leaf(1)}
+    assert src.requests[-1] == [
+        (case.leaf_area, 4096 + 512),
+        (case.leaf_area + 4096 + 7 * 512, 512),
+    ]
+    # A server without several ranges a request: gaps up to merge_gap are read through.
+    slow = MemorySource(bytes(case.raw))
+    slow.MERGE_GAP = 32 << 10
+    fetcher, _ = case.fetcher(slow)
+    got = fetcher.fetch({j: unchanged(j) for j in (0, 1, 3)})
+    assert got == {j: case.leaf(j) for j in (0, 1, 3)}
+    first = case.leaf_area + 2 * 512  # block 0, part 2
+    last = case.leaf_area + 3 * 4096 + 5 * 512  # block 3, end of part 4
+    assert slow.requests[-1] == [(first, last - first)]
+
+
 def test_a_lying_summary_costs_a_whole_block_never_a_wrong_one(
     tmp_path: Path, pki: keygen.DevPki
 ) -> None:
@@ -169,10 +192,13 @@ def test_summary_windows_are_fetched_once_each(
     tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case = Case(tmp_path, pki)
-    monkeypatch.setattr(LeafFetcher, "WINDOW", 128)  # two entries a window
+    monkeypatch.setattr(LeafFetcher, "WINDOW", 192)  # three entries a window: 3 + 1
     fetcher, src = case.fetcher()
-    for j in (0, 1, 3):
-        fetcher.fetch({j: unchanged(j)})
+    for j in (0, 1, 3, 2):
+        assert fetcher.fetch({j: unchanged(j)}) == {j: case.leaf(j)}
     start, end = case.part.summary_offset, case.part.data_offset
     summary = [r for r in src.requests if start <= r[0][0] < end]
-    assert summary == [[(start, 128)], [(start + 128, 128)]]
+    assert summary == [[(start, 192)], [(start + 192, 64)], [(start, 192)]]
+    monkeypatch.setattr(LeafFetcher, "WINDOW", 100)
+    with pytest.raises(ValueError, match="whole entries"):
+        case.fetcher()
