@@ -314,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         Hash IMAGE into a dm-verity tree (sha256, 4096-byte blocks, format 1, the same
         tree `veritysetup format` makes), summarize its leaf level for delta installs
         (--no-leaf-summary leaves that out), record both in a manifest, sign the
-        manifest and write the bundle. The same inputs, --salt and SOURCE_DATE_EPOCH give a
-        byte-identical bundle with Ed25519 keys.""",
+        manifest and write the bundle. The same inputs, --salt and SOURCE_DATE_EPOCH
+        give a byte-identical bundle with Ed25519 keys.""",
     )
     c.add_argument("--image", required=True, help="root filesystem image (size a multiple of 4096)")
     c.add_argument("--version", required=True, help="product version, semantic versioning (1.2.0)")
