@@ -192,8 +192,10 @@ class Tree:
             yield from self.level_chunks(level, chunk)
 
     def level_chunks(self, level: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-        """One level (0: the leaves), zero-padded to whole blocks, in chunks of at most
-        `chunk` bytes (a multiple of the block size)."""
+        """One level (0: the leaves), zero-padded to whole blocks, in chunks.
+
+        Each chunk holds at most `chunk` bytes, a multiple of the block size.
+        """
         offset, length = self.level_spans[level]
         left = length
         while left:
