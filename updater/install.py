@@ -150,7 +150,7 @@ class Installer:
     Args:
         config: the device configuration.
         control: slot state access (default: from the config; tests inject one).
-        open_slot: opens a slot device by path (tests inject a faulty one).
+        open_slot: opens the target slot's device by path (tests inject a faulty one).
         clock: seconds since the epoch (tests set the time).
         progress: called with Progress reports.
     """
@@ -389,10 +389,11 @@ class Installer:
                 store.save(new)
 
     def _open_active(self, active: str | None) -> SlotDevice | None:
+        """The running slot, for reading only: the installer never writes it."""
         if active is None:
             return None
         try:
-            return self.open_slot(self.config.slot_device(active))
+            return FileSlot(self.config.slot_device(active), writable=False)
         except DeviceError:
             return None  # no delta source; everything is fetched
 

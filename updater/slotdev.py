@@ -49,12 +49,18 @@ class SlotDevice(ABC):
 
 
 class FileSlot(SlotDevice):
-    """A slot on a block device or in a plain file (created if missing)."""
+    """A slot on a block device or in a plain file.
 
-    def __init__(self, path: str) -> None:
+    Args:
+        path: the block device or file; a missing file is created, unless read-only.
+        writable: False opens it for reading only (the running slot, read for delta).
+    """
+
+    def __init__(self, path: str, *, writable: bool = True) -> None:
         self.path = path
+        flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
             mode = os.fstat(self._fd).st_mode
         except OSError as e:
             raise DeviceError(f"cannot open slot {path}: {e.strerror}") from e

@@ -454,6 +454,33 @@ def test_status_shows_the_floor_in_force_after_abctl_mark_good(device: Device) -
         install_file(device, older)
 
 
+def test_the_running_slot_is_only_read(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delta reads the running slot through a read-only descriptor; a missing one is not made."""
+    from updater import slotdev
+
+    opened: list[tuple[str, int]] = []
+    real_open = os.open
+
+    def recording_open(path: str, flags: int, mode: int = 0o777) -> int:
+        opened.append((path, flags))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(slotdev.os, "open", recording_open)
+    image = device.slot("A").read_bytes()[: BLOCKS * 4096]  # A's image: all of it is reused
+    install_file(device, device.bundle(image), delta=True)
+    running = [flags for path, flags in opened if path == str(device.slot("A"))]
+    assert running, opened
+    for flags in running:
+        assert flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_CREAT, oct(flags)
+    assert_installed(device, "B")
+
+    device.boot("B")  # now A is the target, and B runs; B's device disappears
+    os.unlink(device.slot("B"))
+    install_file(device, device.bundle(image, "again.bundle"), delta=True)
+    assert not device.slot("B").exists()
+    assert_installed(device, "A")
+
+
 def test_status_with_an_unknown_booted_slot_shows_the_problem(device: Device) -> None:
     device.root.joinpath("cmdline").write_text("root=/dev/dm-0 abupdate.slot=C\n")
     r = device.cli("status", "--json")
