@@ -21,7 +21,6 @@ from . import errors
 from .config import DEFAULT_CONFIG, load_config
 from .install import Installer, Progress, open_control
 from .sources import open_source
-from .statedir import StateDir
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -53,7 +52,9 @@ exit status:
   7  device: a slot, the boot environment or the state directory failed, or the
      reboot asked for with --reboot (the install itself succeeded)
 In every failure case the booted slot and the boot order are left as they were,
-except a failed --reboot (status 7 after the result): the install stands.
+except a failed --reboot (status 7 after the result): the install stands. A
+result that cannot be recorded after the switch is a warning on stderr (and in
+the --json result): the install stands, and the status is 0.
 
 environment:
   HTTPS_PROXY, NO_PROXY  honoured for https:// sources
@@ -121,6 +122,8 @@ def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         printer.close()
     out = result.to_dict()
+    if installer.warnings:
+        out["warnings"] = installer.warnings
     if args.reboot:
         out["rebooting"] = True  # main() reboots once this result is printed
     return out
@@ -148,16 +151,16 @@ def reboot(result: dict[str, Any]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
-    state = StateDir(config.state_dir)
     control = open_control(config)
+    installer = Installer(config, control=control)
     out = control.status().to_dict()
-    records = state.slot_records()
+    records = installer.installed()
     for name, slot in out["slots"].items():
         record = records.get(name)
         slot["device"] = config.slot_device(name)
         slot["installed"] = asdict(record) if record else None
-    out["security_floor"] = Installer(config, control=control).security_floor()
-    out["last_install"] = state.last_result()
+    out["security_floor"] = installer.security_floor()
+    out["last_install"] = installer.state.last_result()
     return out
 
 
@@ -290,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         else:
             _print_text(args.command, result)
             sys.stdout.flush()
+        for warning in result.get("warnings", ()):
+            print(f"updater: warning: {warning}", file=sys.stderr)
         if result.get("rebooting"):  # printed first: a reboot may end this process at once
             reboot(result)
     except tuple(cls for cls, _ in EXIT_CODES) as e:

@@ -2,7 +2,8 @@
 
 The order, fixed and crash-safe (docs/updater.md explains why each step is where it is):
 
-1. Read the bounded head, check signatures and policy. Nothing is written before.
+1. Read the bounded head, check signatures and policy. Nothing is written before
+   (but the reason of a refusal, in last-install.json).
 2. Choose the target: the slot of the image's class that is not booted.
 3. Make the target unbootable (no tries, no root hash): one env write, skipped if
    it already is.
@@ -13,7 +14,9 @@ The order, fixed and crash-safe (docs/updater.md explains why each step is where
    (delta); only the rest is fetched, in coalesced ranges.
 5. fsync, drop the page cache, and check the whole slot again from the medium:
    each flushed region while the next is written, then the rest (see readback).
-6. One env write records the root hash and makes the target primary with full tries.
+6. The slot's record goes to the state directory (it counts only while the env
+   gives the slot its root hash); then one env write records the root hash and
+   makes the target primary with full tries.
 
 A failure at any step leaves the booted slot and the boot order as they were.
 """
@@ -173,8 +176,31 @@ class Installer:
         self.state = StateDir(config.state_dir)
         self._reused = 0
         self._hashing: hashing.SpanDigests | None = None  # during an install's write
+        #: What went wrong after the last install's switch (the install stands).
+        self.warnings: list[str] = []
 
     # --- checks before anything is written ------------------------------------------------
+
+    def _boot_state(self) -> slotstate.BootState:
+        try:
+            return slotstate.parse_state(self.control.env(), self.board.slot_names)
+        except BootctlError as e:
+            raise DeviceError(f"cannot read the slot state: {e}") from e
+
+    def installed(self, st: slotstate.BootState | None = None) -> dict[str, SlotRecord]:
+        """What the updater installed into each slot, where the boot environment agrees.
+
+        A record counts only while the environment gives its slot the same root
+        hash. The record is written just before the switch, so a power cut between
+        the two leaves a record that the environment does not confirm (nor boot).
+        """
+        st = st or self._boot_state()
+        roots = {s.name: s.verity.root_hash for s in st.slots if s.verity is not None}
+        return {
+            name: record
+            for name, record in self.state.slot_records().items()
+            if roots.get(name) == record.root_hash
+        }
 
     def security_floor(self) -> int:
         """The floor in force: the stored one, or the security version of a good booted slot.
@@ -190,11 +216,8 @@ class Installer:
             return stored
         if booted is None:
             return stored
-        try:
-            st = slotstate.parse_state(self.control.env(), self.board.slot_names)
-        except BootctlError as e:
-            raise DeviceError(f"cannot read the slot state: {e}") from e
-        record = self.state.slot_records().get(booted)
+        st = self._boot_state()
+        record = self.installed(st).get(booted)
         if record and st.primary == booted and st.slot(booted).tries >= self.board.tries:
             return max(stored, record.security_version)
         return stored
@@ -204,7 +227,10 @@ class Installer:
         self.state.raise_floor(self.security_floor())
 
     def check(self, source: BundleSource) -> VerifiedHead:
-        """Read and check a bundle's head: signatures, compatible, expiry, anti-rollback."""
+        """Read and check a bundle's head: signatures, compatible, expiry, anti-rollback.
+
+        Nothing is written: `install` stores the floor in force once these pass.
+        """
         try:
             keyring_pem = self.config.keyring.read_bytes()
         except OSError as e:
@@ -212,12 +238,11 @@ class Installer:
         keyring = load_keyring(keyring_pem)
         now = datetime.fromtimestamp(self.clock(), UTC)
         head = read_head(source, keyring, at=now, threshold=self.config.threshold)
-        self.refresh_floor()
         check_policy(
             head.manifest,
             compatible=self.board.compatible,
             at=now,
-            security_floor=self.state.security_floor(),
+            security_floor=self.security_floor(),
             architecture=self.board.architecture,
         )
         return head
@@ -268,6 +293,7 @@ class Installer:
                 "delta needs a file or an https:// URL; standard input is read once, in order"
             )
         started = self.clock()
+        self.warnings = []
         try:
             result = self._install(source, slot, delta, started)
         except (BundleError, TrustError, PolicyError, TransportError, DeviceError, UsageError) as e:
@@ -281,7 +307,10 @@ class Installer:
             error = DeviceError(str(e))
             self._record_failure(error, started)
             raise error from e
-        self.state.record_result({**result.to_dict(), "at": int(started)})
+        try:
+            self.state.record_result({**result.to_dict(), "at": int(started)})
+        except DeviceError as e:  # after the switch: the new slot boots next all the same
+            self.warnings.append(f"the install stands, but its result was not recorded: {e}")
         return result
 
     def _record_failure(self, error: Exception, started: float) -> None:
@@ -303,6 +332,7 @@ class Installer:
         started: float,
     ) -> InstallResult:
         head = self.check(source)
+        self.refresh_floor()  # the checks passed: writing may begin
         if len(head.images) != 1:
             raise PolicyError("bundles with more than one image are not supported yet")
         part = head.images[0]
@@ -358,13 +388,13 @@ class Installer:
             self._report("read-back", image.size, image.size, source)
 
         root = vinfo.root_hash.hex()
+        m = head.manifest
+        # Recorded first: it counts once the environment gives the slot this root hash.
+        self.state.record_slot(
+            target, SlotRecord(m.version, m.security_version, m.compatible, root, int(self.clock()))
+        )
         self._report("switch", 0, 1, source)
         self.control.set_primary(target, SlotVerity(root, vinfo.salt.hex(), vinfo.data_blocks))
-        m = head.manifest
-        now = int(self.clock())
-        self.state.record_slot(
-            target, SlotRecord(m.version, m.security_version, m.compatible, root, now)
-        )
         return InstallResult(
             slot=target,
             version=m.version,

@@ -1,11 +1,11 @@
 """Power cuts for installer tests: a slot that loses whatever was not flushed.
 
-Every write, flush and environment save is one "event". With a budget of N the
-power goes right after the N-th event (with 0, before the first): each slot's
-writes since its last flush are undone, as a real medium would lose its
-volatile cache, also on a slot the installer has already closed, and every
-later event fails without effect. A budget of the total number of events cuts
-right after the last one, the final environment save.
+Every slot write and flush, environment save and state file write is one
+"event"; `Power.kinds` names each. With a budget of N the power goes right after
+the N-th event (with 0, before the first): each slot's writes since its last
+flush are undone, as a real medium would lose its volatile cache, also on a
+slot the installer has already closed, and every later event fails without
+effect. A budget of the total number of events cuts right after the last one.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from bootctl.control import SlotControl
 from updater.slotdev import FileSlot
+from updater.statedir import StateDir
 
 T = TypeVar("T")
 
@@ -30,6 +31,7 @@ class Power:
     def __init__(self, budget: int | None = None) -> None:
         self.budget = budget
         self.events = 0
+        self.kinds: list[str] = []  # each event: "write", "flush", "env" or "state FILE"
         self.off = False
         self.slots: list[PowerCutSlot] = []
 
@@ -43,12 +45,13 @@ class Power:
                 slot.lose_unflushed()
         raise PowerCut(f"power lost after event {self.events}")
 
-    def event(self, action: Callable[[], T]) -> T:
+    def event(self, kind: str, action: Callable[[], T]) -> T:
         """Carry out one event, unless the power is already gone; cut after it if due."""
         if self._cut_due():
             self._cut()
         result = action()
         self.events += 1
+        self.kinds.append(kind)
         if self._cut_due():
             self._cut()
         return result
@@ -66,10 +69,19 @@ class Power:
         save = control.store.save
 
         def counted(*args: object, **kw: object) -> None:
-            self.event(lambda: save(*args, **kw))  # type: ignore[arg-type]
+            self.event("env", lambda: save(*args, **kw))  # type: ignore[arg-type]
 
         control.store.save = counted  # type: ignore[method-assign]
         return control
+
+    def watch_state(self, state: StateDir) -> None:
+        """Count every state file write as an event (each replaces its file whole)."""
+        save = state._save
+
+        def counted(name: str, value: object) -> None:
+            self.event(f"state {name}", lambda: save(name, value))
+
+        state._save = counted  # type: ignore[method-assign]
 
 
 class PowerCutSlot(FileSlot):
@@ -86,7 +98,7 @@ class PowerCutSlot(FileSlot):
             self.undo.append((offset, FileSlot.pread(self, offset, len(data))))
             FileSlot.pwrite(self, offset, data)
 
-        self.power.event(write)
+        self.power.event("write", write)
 
     def flush(self) -> None:
         def flush() -> None:
@@ -94,7 +106,7 @@ class PowerCutSlot(FileSlot):
             self.undo.clear()
             self.flushed_size = os.fstat(self._fd).st_size
 
-        self.power.event(flush)
+        self.power.event("flush", flush)
 
     def lose_unflushed(self) -> None:
         """Undo the writes since the last flush, through a new descriptor if closed."""

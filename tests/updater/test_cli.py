@@ -155,6 +155,23 @@ def test_reboot_that_cannot_run_is_a_one_line_device_error(
     assert last is not None and last["status"] == "installed"
 
 
+def test_a_result_not_recorded_after_the_switch_is_a_warning(device: Device) -> None:
+    """Once the boot order is switched, the install stands: the updater warns, exits 0."""
+    last = device.config().state_dir / "last-install.json"
+    (last / "in-the-way").mkdir(parents=True)  # a folder where the file goes: it cannot be written
+    bundle = device.bundle(image_bytes(BLOCKS, seed=4))
+    r = device.cli("install", str(bundle), "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert result["event"] == "result" and result["slot"] == "B"
+    [warning] = result["warnings"]
+    assert warning.startswith(
+        f"the install stands, but its result was not recorded: cannot write state file {last}: "
+    ), warning
+    assert r.stderr.splitlines() == [f"updater: warning: {warning}"]
+    assert boot_order(device) == "B A"
+
+
 # --- no copy of the bundle ----------------------------------------------------------------
 
 

@@ -454,6 +454,61 @@ def test_status_shows_the_floor_in_force_after_abctl_mark_good(device: Device) -
         install_file(device, older)
 
 
+def test_a_policy_refusal_does_not_store_the_floor(device: Device) -> None:
+    """The floor in force is stored once the checks pass, never by a refused install."""
+    install_file(device, device.bundle(image_bytes(BLOCKS, seed=9), security_version=4))
+    device.boot("B")
+    device.control().mark_good()  # as `abctl mark-good` does: the floor in force is 4
+    floor_file = device.config().state_dir / "security-floor.json"
+    assert not floor_file.exists()
+    wrong = device.bundle(image_bytes(BLOCKS, seed=10), "wrong.bundle", compatible="other")
+    with pytest.raises(PolicyError, match="this device is"):
+        install_file(device, wrong)
+    assert not floor_file.exists()
+    install_file(
+        device, device.bundle(image_bytes(BLOCKS, seed=10), "next.bundle", security_version=4)
+    )
+    assert StateDir(device.config().state_dir).security_floor() == 4
+
+
+def test_a_record_that_cannot_be_written_leaves_the_boot_order(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot's record comes before the switch: if it fails, the old slot still boots."""
+    real = StateDir.record_slot
+
+    def record_slot(self: StateDir, name: str, record: object) -> None:
+        if record is not None:
+            raise DeviceError("cannot write state file slots.json: No space left on device")
+        real(self, name, record)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StateDir, "record_slot", record_slot)
+    with pytest.raises(DeviceError, match="No space left"):
+        install_file(device, device.bundle(image_bytes(BLOCKS, seed=14)))
+    env = fw_printenv(device)
+    assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
+    assert StateDir(device.root / "state").last_result()["status"] == "failed"  # type: ignore[index]
+
+
+def test_a_result_that_cannot_be_recorded_after_the_switch_is_a_warning(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def record_result(self: StateDir, result: dict[str, Any]) -> None:
+        raise DeviceError("cannot write state file last-install.json: No space left on device")
+
+    monkeypatch.setattr(StateDir, "record_result", record_result)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=15))
+    with FileSource(bundle) as src:
+        installer = Installer(device.config())
+        result = installer.install(src)
+    assert result.slot == "B"
+    assert_installed(device, "B", bundle)
+    assert installer.warnings == [
+        "the install stands, but its result was not recorded: cannot write state file "
+        "last-install.json: No space left on device"
+    ]
+
+
 def test_the_running_slot_is_only_read(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
     """Delta reads the running slot through a read-only descriptor; a missing one is not made."""
     from updater import slotdev

@@ -6,7 +6,8 @@ each cut, every slot the boot logic could boot (tries left and a root hash
 recorded) must pass `veritysetup verify` with that root hash, not only the one
 it picks first: a B being rewritten while still bootable would fail here. The
 old slot is picked until the final environment save, B from right after it on,
-and running the install again must complete.
+and running the install again must complete. Once B is picked, marking it good
+raises the anti-rollback floor to its security version.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from updater.statedir import StateDir
 
 BLOCKS = 1200
 START = {"fresh": None, "bootable-b": 3}  # slot B: empty, or an older release (image seed)
+SECURITY_VERSION = 3  # of the bundle installed
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def start(
     )
     new = image_bytes(BLOCKS, seed=2)
     bundle = root / "update.bundle"
-    template.bundle(new).rename(bundle)
+    template.bundle(new, security_version=SECURITY_VERSION).rename(bundle)
     return Start(template, bundle, new)
 
 
@@ -82,6 +84,7 @@ def run_install(
     config = device.config()
     control = power.watch_env(device.control())
     inst = Installer(config, control=control, open_slot=power.opener())
+    power.watch_state(inst.state)
     with FileSource(bundle) as src:
         return inst.install(src, delta=delta)
 
@@ -94,26 +97,40 @@ def test_power_cut_after_every_event(
     monkeypatch.setattr(install, "FLUSH_EVERY", 256 * 4096)
     monkeypatch.setattr(install, "BATCH_GROUPS", 2)
     counting = Power()
-    run_install(copy_device(start, tmp_path / "count"), start.bundle, counting, delta)
+    counted = run_install(copy_device(start, tmp_path / "count"), start.bundle, counting, delta)
     total = counting.events
     assert total > 10
+    # The switch is the last environment save. Just before it the slot's record is
+    # written, and after it only the install's result.
+    switch = len(counting.kinds) - counting.kinds[::-1].index("env")
+    after = ["state slots.json", "env", "state last-install.json"]
+    assert counting.kinds[switch - 2 :] == after, counting.kinds
     resumed_with_reuse = 0
-    # budget == total: the power goes right after the final environment save.
     for budget in range(total + 1):
         device = copy_device(start, tmp_path / f"cut{budget}")
         with pytest.raises(PowerCut):
             run_install(device, start.bundle, Power(budget), delta)
-        # Before the final switch the old slot boots first; from right after it, B.
-        assert bootable_slots_verify(device) == ("B" if budget == total else "A"), budget
-        if budget == total:
+        # Before the switch the old slot boots first; from right after it, B.
+        assert bootable_slots_verify(device) == ("B" if budget >= switch else "A"), budget
+        records = Installer(device.config()).installed()
+        if budget >= switch:
             assert device.slot("B").read_bytes()[: len(start.new)] == start.new
+            # B's record counts: booted and marked good, B raises the floor to its version.
+            assert records["B"].security_version == SECURITY_VERSION, budget
+            device.boot("B")
+            r = device.cli("mark-good")
+            assert r.returncode == 0, r.stderr
+            assert StateDir(device.config().state_dir).security_floor() == SECURITY_VERSION
             continue
+        # B's new record does not count without the switch (a cut right before it).
+        assert "B" not in records or records["B"].root_hash != counted.root_hash, budget
         # Run again as a user would, with no delta option: a file resumes by itself.
         again = run_install(device, start.bundle, Power(), delta=None)
         if again.bytes_reused:
             resumed_with_reuse += 1
         assert bootable_slots_verify(device) == "B"
         assert device.slot("B").read_bytes()[: len(start.new)] == start.new
+        assert Installer(device.config()).installed()["B"].root_hash == again.root_hash
     # Cuts after the first flushes keep work that the next run reuses.
     assert resumed_with_reuse > total // 3, (resumed_with_reuse, total)
 
@@ -127,7 +144,7 @@ POLICY_REFUSALS = {
 
 @pytest.mark.parametrize("case", list(POLICY_REFUSALS))
 def test_policy_refusal_comes_before_any_event(tmp_path: Path, start: Start, case: str) -> None:
-    """A refused bundle gives a power cut nothing to interrupt: no write, flush or save."""
+    """A refused bundle gives a power cut nothing to interrupt but the record of the refusal."""
     device = copy_device(start, tmp_path / "device")
     image = image_bytes(BLOCKS, seed=5)
     if case == "wrong compatible":
@@ -141,5 +158,5 @@ def test_policy_refusal_comes_before_any_event(tmp_path: Path, start: Start, cas
     power = Power()
     with pytest.raises(PolicyError, match=POLICY_REFUSALS[case]):
         run_install(device, bundle, power, delta=False)
-    assert power.events == 0, "a refused install wrote to a slot or saved the environment"
+    assert power.kinds == ["state last-install.json"], "a refused install wrote more"
     assert device.snapshot(target=True) == before
