@@ -252,6 +252,49 @@ def test_delta_install_survives_dropped_multirange_answers(
     assert result.bytes_reused >= len(new) * 0.9  # type: ignore[attr-defined]
 
 
+TRANSPORT_FAULTS = {
+    # mode: what the install says, None if it completes
+    "ignore_range": "ignored the Range request",
+    "lie": "wrong Content-Range",
+    "trickle": r"deadline of 1\.5 s passed",
+    "overrun": None,  # each answer is cut where the range asked for ends
+    "extra bytes": "bytes the manifest does not account for",
+}
+
+
+@pytest.mark.parametrize("fault", list(TRANSPORT_FAULTS))
+def test_transport_faults_during_an_install(
+    tmp_path: Path, pki: keygen.DevPki, fault_server: FaultServer, fault: str
+) -> None:
+    """A server that misbehaves is refused and leaves the device as it was, or is read safely."""
+    from updater.errors import TransportError
+
+    device = make_device(tmp_path / "dev", pki, image_bytes(300, seed=1))
+    bundle = device.bundle(image_bytes(300, seed=3)).read_bytes()
+    fault_server.data = bundle + b"\0" * 4096 if fault == "extra bytes" else bundle
+    fault_server.mode = "normal" if fault == "extra bytes" else fault
+    fault_server.trickle_interval = 0.05  # each byte well within the read timeout
+    before = device.snapshot(target=True)
+    url, ca = fault_server.url(), fault_server.ca_file
+    reason = TRANSPORT_FAULTS[fault]
+    if reason is None:
+        result = https_install(device, url, ca, retries=0)
+        assert_installed(device)
+        assert result.bytes_fetched <= len(bundle)  # type: ignore[attr-defined]
+        # The server did send more than was asked for: it was not read.
+        asked = [
+            (s, [int(x) for x in s.range.removeprefix("bytes=").split("-")])
+            for s in fault_server.served
+            if s.range and "," not in s.range
+        ]
+        assert any(s.body_bytes_sent > last + 1 - first for s, (first, last) in asked), asked
+        return
+    error = BundleError if fault == "extra bytes" else TransportError
+    with pytest.raises(error, match=reason):
+        https_install(device, url, ca, retries=0, read_timeout=1.0, deadline=1.5)
+    assert device.snapshot(target=True) == before
+
+
 def test_untrusted_server_certificate_changes_nothing(
     tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer
 ) -> None:
