@@ -1,4 +1,4 @@
-"""A device on plain files for installer tests: slots, U-Boot env, cmdline, keyring, state.
+"""A device on plain files for installer tests: slots, U-Boot or GRUB env, cmdline, keyring, state.
 
 Slot A holds a release and is booted. Slot B is either empty and not bootable, as
 on a freshly flashed device, or (`make_device(..., b_image=...)`) holds an older
@@ -30,6 +30,7 @@ from updater.statedir import FLOOR_FILE, SLOTS_FILE
 REPO = Path(__file__).resolve().parents[2]
 BOARD = REPO / "board-configs" / "qemu-arm64-uboot.toml"
 COMPATIBLE = "qemu-arm64-uboot"
+GRUB_BOARD = REPO / "board-configs" / "qemu-x86_64-grub.toml"
 BUILD_TIME = 1_700_000_000
 SALT = bytes(range(32))
 
@@ -44,6 +45,7 @@ class Device:
 
     root: Path
     pki: keygen.DevPki
+    board: Path = BOARD
 
     @property
     def config_path(self) -> Path:
@@ -79,7 +81,7 @@ class Device:
         *,
         version: str = "2.0.0",
         security_version: int = 1,
-        compatible: str = COMPATIBLE,
+        compatible: str | None = None,
         expires: int | None = None,
         signer: signing.Signer | None = None,
         leaf_summary: bool = True,
@@ -91,12 +93,12 @@ class Device:
             CreateOptions(
                 image=image,
                 version=version,
-                compatible=compatible,
+                compatible=compatible or load_board(self.board).compatible,
                 signers=[signer or self.signer()],
                 build_time=BUILD_TIME,
                 security_version=security_version,
                 salt=SALT,
-                architecture="arm64",
+                architecture=load_board(self.board).architecture,
                 expires=expires,
                 leaf_summary=leaf_summary,
             ),
@@ -156,16 +158,23 @@ class Device:
 
 
 def make_device(
-    root: Path, pki: keygen.DevPki, a_image: bytes, *, b_image: bytes | None = None
+    root: Path,
+    pki: keygen.DevPki,
+    a_image: bytes,
+    *,
+    b_image: bytes | None = None,
+    board: Path = BOARD,
 ) -> Device:
     """A device booted from slot A holding `a_image` (with its hash tree).
 
     Slot B is empty and not bootable; with `b_image`, it holds that image (version
     1.0.0, installed by the real Installer) with its root hash recorded and full
-    tries, second in the boot order: bootable, but A boots first.
+    tries, second in the boot order: bootable, but A boots first. The environment
+    is a U-Boot one (`uboot.env`), or with a GRUB board a GRUB environment block
+    (`grubenv`).
     """
     root.mkdir(parents=True, exist_ok=True)
-    dev = Device(root, pki)
+    dev = Device(root, pki, board)
     shutil.copy(pki.ca_cert, root / "keyring.pem")
     blocks = len(a_image) // 4096
     dev.slot("A").write_bytes(a_image)
@@ -175,13 +184,17 @@ def make_device(
         a_verity = SlotVerity(tree.root_hash.hex(), SALT.hex(), blocks)
     dev.slot("B").write_bytes(b"")
     dev.config_path.write_text(
-        f'board = "{BOARD}"\n'
+        f'board = "{board}"\n'
         'keyring = "keyring.pem"\n'
         'state_dir = "state"\n'
         'cmdline = "cmdline"\n'
         '[slots.A]\ndevice = "slot-A.img"\n'
         '[slots.B]\ndevice = "slot-B.img"\n'
-        '[env]\nfw_env_config = ["uboot.env 0x0000 0x4000"]\n'
+        + (
+            '[env]\ngrubenv = "grubenv"\n'
+            if load_board(board).bootloader == "grub"
+            else '[env]\nfw_env_config = ["uboot.env 0x0000 0x4000"]\n'
+        )
     )
     dev.boot("A")
     assert load_board(BOARD).compatible == COMPATIBLE

@@ -17,6 +17,7 @@ from bundle_tool import keygen, signing
 from bundle_tool.errors import BundleError, PolicyError, TrustError
 from tests.updater.device import (
     BUILD_TIME,
+    GRUB_BOARD,
     Device,
     image_bytes,
     make_device,
@@ -534,6 +535,34 @@ def test_the_running_slot_is_only_read(device: Device, monkeypatch: pytest.Monke
     install_file(device, device.bundle(image, "again.bundle"), delta=True)
     assert not device.slot("B").exists()
     assert_installed(device, "A")
+
+
+def grub_editenv_list(path: Path) -> dict[str, str]:
+    out = subprocess.run(
+        ["grub-editenv", str(path), "list"], check=True, capture_output=True, text=True
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_install_on_a_grub_board(tmp_path: Path, pki: keygen.DevPki) -> None:
+    """The same install with a GRUB environment block, read back by grub-editenv."""
+    device = make_device(tmp_path / "dev", pki, image_bytes(BLOCKS, seed=1), board=GRUB_BOARD)
+    grubenv = device.root / "grubenv"
+    assert device.env_files() == [grubenv]
+    assert grub_editenv_list(grubenv)["BOOT_ORDER"] == "A B"
+    before = device.snapshot(target=True)
+    wrong = device.bundle(image_bytes(BLOCKS, seed=2), "arm.bundle", compatible="qemu-arm64-uboot")
+    with pytest.raises(PolicyError, match="this device is 'qemu-x86_64-grub'"):
+        install_file(device, wrong)
+    assert device.snapshot(target=True) == before
+    bundle = device.bundle(image_bytes(BLOCKS, seed=2))
+    install_file(device, bundle)
+    env = grub_editenv_list(grubenv)
+    assert env["BOOT_ORDER"] == "B A" and env["BOOT_B_LEFT"] == "3", env
+    v = SlotVerity.from_env(env["BOOT_B_VERITY"])
+    assert v.root_hash == manifest_root_hash(bundle)
+    result = veritysetup_verify(device.slot("B"), v)
+    assert result.returncode == 0, result.stderr
 
 
 def test_status_with_an_unknown_booted_slot_shows_the_problem(device: Device) -> None:
