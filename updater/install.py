@@ -851,7 +851,7 @@ class _DeltaWriter:
                     looked.add(b)
                     c = self.moved.find(expected(b, 1))
                     if c is not None:
-                        self._guess_run(b, c, wanted, guesses)
+                        _guess_run(b, c, self.moved.stride - 1, wanted, guesses)
                         continue
                 for c in (source.get(b - 1, -2) + 1, source.get(b + 1, 0) - 1):
                     if c >= 0 and (b, c) not in tried:
@@ -867,21 +867,6 @@ class _DeltaWriter:
             near = {n for b in copied for n in (b - 1, b + 1)}
             pending = sorted(wanted & (near | guesses.keys()))
         return [b for b in fetch if b in wanted]
-
-    def _guess_run(self, b: int, c: int, wanted: set[int], guesses: dict[int, int]) -> None:
-        """Guess that the blocks around b, as far as stride - 1 away, moved with it to c."""
-        if self.moved is None:
-            return
-        # Each block of a moved run of `stride` or more blocks lies within stride - 1
-        # of one the index holds.
-        reach = self.moved.stride - 1
-        lo = b
-        while lo > b - reach and lo - 1 in wanted and lo - 1 not in guesses and c > b - lo:
-            lo -= 1
-        hi = b
-        while hi < b + reach and hi + 1 in wanted:
-            hi += 1
-        guesses.update((x, c + x - b) for x in range(lo, hi + 1))
 
     def _copy_guesses(
         self, guesses: list[tuple[int, int]], expected: Callable[[int, int], bytes]
@@ -916,6 +901,21 @@ class _DeltaWriter:
             )
 
         return expected
+
+
+def _guess_run(b: int, c: int, reach: int, wanted: set[int], guesses: dict[int, int]) -> None:
+    """Guess that the wanted blocks around b, as far as `reach` away, moved with it to c.
+
+    Each block of a moved run of `stride` or more blocks lies within stride - 1 of
+    one the index holds: `reach` is stride - 1.
+    """
+    lo = b
+    while lo > b - reach and lo - 1 in wanted and lo - 1 not in guesses and c > b - lo:
+        lo -= 1
+    hi = b
+    while hi < b + reach and hi + 1 in wanted:
+        hi += 1
+    guesses.update((x, c + x - b) for x in range(lo, hi + 1))
 
 
 def _digests_of(group: tuple[bytes, bytes] | None) -> bytes | None:

@@ -58,16 +58,16 @@ class LeafFetcher:
         if not wanted:
             return {}
         whole: list[int] = []
-        parts: dict[int, list[int]] = {}
+        parts: dict[int, tuple[bytes, list[int]]] = {}  # j -> (candidate, parts to fetch)
         for j in sorted(wanted):
             candidate = wanted[j]
             differ = self._differing(j, candidate) if candidate is not None else []
-            if differ:
-                parts[j] = differ
+            if candidate is not None and differ:
+                parts[j] = (candidate, differ)
             else:
                 whole.append(j)
         spans = [(self.leaf_area + j0 * BLOCK, n, BLOCK) for j0, n in runs(whole)]
-        for j, differ in parts.items():
+        for j, (_, differ) in parts.items():
             spans += [(self.leaf_area + j * BLOCK + p * PART, n, PART) for p, n in runs(differ)]
         spans.sort()
         got = self._read(spans)
@@ -75,8 +75,8 @@ class LeafFetcher:
         for j in whole:
             out[j] = self.checker.check_leaf(j, got[self.leaf_area + j * BLOCK])
         failed: list[int] = []
-        for j, differ in parts.items():
-            block = bytearray(wanted[j] or b"")
+        for j, (candidate, differ) in parts.items():
+            block = bytearray(candidate)
             for p in differ:
                 start = self.leaf_area + j * BLOCK + p * PART
                 block[p * PART : (p + 1) * PART] = got[start]
