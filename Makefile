@@ -14,5 +14,4 @@ test: setup lint
 lint:
 	./.venv/bin/ruff check .
 	./.venv/bin/ruff format --check .
-	mkdir -p build/typecheck && ln -sfn ../../bundle-tool build/typecheck/bundle_tool
 	./.venv/bin/mypy
