@@ -28,7 +28,8 @@ from pathlib import Path
 
 import aptroot
 import bootfiles
-import cpio
+
+from bundle_tool import cpio
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_DIR = REPO / "qemu"

@@ -1,0 +1,261 @@
+"""Signed boot images checked by the real tools: mkimage, U-Boot under QEMU, sbverify, gpg, cpio.
+
+U-Boot's check runs the way it does at boot: Debian's U-Boot for QEMU arm64 starts with a
+control DTB that holds our public key (`required = "conf"`) and a fixed boot command,
+the FIT is placed in memory by QEMU's loader device, and `bootm start ADDR#conf-1` checks
+the configuration's signature and every image's hash before anything would run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bootctl.state import SlotVerity
+from bundle_tool import bootimage, bootkeys
+from bundle_tool.errors import UsageError
+
+UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+FIT_ADDR = 0x48000000
+LOAD = 0x40400000
+VERITY = SlotVerity("ab" * 32, "cd" * 32, 100)
+ARM64_IMAGE_MAGIC_AT = 56
+
+
+def _run(*cmd: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [str(c) for c in cmd], capture_output=True, text=True, check=True, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> bootkeys.DevBootKeys:
+    return bootkeys.make_dev_boot_keys(tmp_path_factory.mktemp("boot") / "keys")
+
+
+@pytest.fixture(scope="module")
+def other_keys(tmp_path_factory: pytest.TempPathFactory) -> bootkeys.DevBootKeys:
+    return bootkeys.make_dev_boot_keys(tmp_path_factory.mktemp("other") / "keys")
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[Path, Path]:
+    """A kernel that looks like an arm64 Image to U-Boot, and a small initramfs."""
+    header = bytearray(64)
+    header[ARM64_IMAGE_MAGIC_AT : ARM64_IMAGE_MAGIC_AT + 4] = b"ARM\x64"
+    kernel = tmp_path / "Image"
+    kernel.write_bytes(bytes(header) + os.urandom(8192))
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(
+        bootimage.cpio.build([bootimage.cpio.Entry("init", 0o100755, b"#!/bin/sh\n")])
+    )
+    return kernel, initrd
+
+
+@pytest.fixture(scope="module")
+def control_dtb(tmp_path_factory: pytest.TempPathFactory, keys: bootkeys.DevBootKeys) -> Path:
+    """QEMU virt's DTB with our FIT key and a boot command that only checks the FIT."""
+    work = tmp_path_factory.mktemp("dtb")
+    dtb = work / "virt.dtb"
+    _run("qemu-system-aarch64", "-M", f"virt,dumpdtb={dtb}", "-cpu", "cortex-a57", "-m", "512")
+    bootimage.add_fit_key(dtb, keys.fit, work)
+    command = f"bootm start {FIT_ADDR:#x}#{bootimage.FIT_CONFIG}; echo ABRESULT=$?; reset"
+    _run("fdtput", "-p", "-t", "s", dtb, "/config", "bootcmd", command)
+    _run("fdtput", "-t", "i", dtb, "/config", "bootdelay", "--", "-2")
+    _run("fdtput", "-t", "i", dtb, "/config", "load-environment", "0")
+    padded = work / "ctl.dtb"
+    _run("dtc", "-q", "-I", "dtb", "-O", "dtb", "-p", "4096", "-o", padded, dtb)
+    return padded
+
+
+def _uboot_check(dtb: Path, fit: Path) -> str:
+    """Power on U-Boot with `fit` in memory; the console of one boot command run."""
+    done = subprocess.run(
+        [
+            *("qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-m", "512"),
+            *("-nographic", "-nic", "none", "-no-reboot", "-accel", "tcg"),
+            *("-bios", str(UBOOT), "-dtb", str(dtb)),
+            *("-device", f"loader,file={fit},addr={FIT_ADDR:#x},force-raw=on"),
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    console = done.stdout.decode("utf-8", "replace").replace("\r", "")
+    assert "ABRESULT=" in console, console[-2000:]
+    return console
+
+
+def _fit(parts: tuple[Path, Path], out: Path, key: bootimage.FitKey, **kw: object) -> Path:
+    bootimage.build_fit(
+        parts[0], parts[1], VERITY, out, arch="arm64", key=key, load_address=LOAD, **kw
+    )  # type: ignore[arg-type]
+    return out
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_verity_archive_is_read_by_cpio(tmp_path: Path) -> None:
+    """The appended archive unpacks with cpio(1) to the one file `/init` reads."""
+    archive = bootimage.initramfs_with_verity(b"x" * 5, VERITY)
+    assert archive[:5] == b"x" * 5 and archive[5:8] == b"\0\0\0"
+    subprocess.run(
+        ["cpio", "-idm", "--quiet"],
+        input=archive[8:],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / bootimage.VERITY_FILE).read_text() == VERITY.to_env() + "\n"
+
+
+def test_fit_signs_the_configuration_and_every_image(
+    parts: tuple[Path, Path], tmp_path: Path, keys: bootkeys.DevBootKeys
+) -> None:
+    source = bootimage.fit_source(
+        arch="arm64",
+        kernel=parts[0],
+        ramdisk=parts[1],
+        fdt=parts[1],
+        key_name="dev",
+        load_address=LOAD,
+        description="d",
+    )
+    assert 'sign-images = "kernel", "ramdisk", "fdt";' in source
+    listing = _run("mkimage", "-l", _fit(parts, tmp_path / "b.itb", keys.fit)).stdout
+    assert "Sign algo:    sha256,rsa2048:dev" in listing
+    assert listing.count("Hash algo:    sha256") == 2
+
+
+def test_fit_is_reproducible(
+    parts: tuple[Path, Path], tmp_path: Path, keys: bootkeys.DevBootKeys
+) -> None:
+    one = _fit(parts, tmp_path / "1.itb", keys.fit, build_time=1_700_000_000)
+    two = _fit(parts, tmp_path / "2.itb", keys.fit, build_time=1_700_000_000)
+    assert one.read_bytes() == two.read_bytes()
+
+
+def test_control_dtb_requires_the_key(control_dtb: Path) -> None:
+    required = _run("fdtget", control_dtb, "/signature/key-dev", "required").stdout
+    assert required.strip() == "conf"
+
+
+@pytest.mark.qemu
+def test_uboot_accepts_the_signed_fit(
+    parts: tuple[Path, Path], tmp_path: Path, keys: bootkeys.DevBootKeys, control_dtb: Path
+) -> None:
+    console = _uboot_check(control_dtb, _fit(parts, tmp_path / "b.itb", keys.fit))
+    assert "sha256,rsa2048:dev+ OK" in console
+    assert "ABRESULT=0" in console
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("part", ["kernel", "initramfs"])
+def test_uboot_refuses_a_changed_byte(
+    part: str,
+    parts: tuple[Path, Path],
+    tmp_path: Path,
+    keys: bootkeys.DevBootKeys,
+    control_dtb: Path,
+) -> None:
+    fit = _fit(parts, tmp_path / "b.itb", keys.fit)
+    data = fit.read_bytes()
+    at = data.find(b"ARM\x64") + 200 if part == "kernel" else data.find(VERITY.root_hash.encode())
+    _flip(fit, at)
+    console = _uboot_check(control_dtb, fit)
+    node = "kernel" if part == "kernel" else "ramdisk"
+    assert f"Bad hash value for 'hash' hash node in '{node}' image node" in console
+    assert "ABRESULT=1" in console
+
+
+@pytest.mark.qemu
+def test_uboot_refuses_an_unsigned_fit(
+    parts: tuple[Path, Path], tmp_path: Path, control_dtb: Path
+) -> None:
+    its = tmp_path / "u.its"
+    source = bootimage.fit_source(
+        arch="arm64",
+        kernel=parts[0],
+        ramdisk=parts[1],
+        key_name="dev",
+        load_address=LOAD,
+        description="unsigned",
+    )
+    its.write_text(source.replace("signature {", "unsigned {"))
+    _run("mkimage", "-f", its, tmp_path / "u.itb")
+    console = _uboot_check(control_dtb, tmp_path / "u.itb")
+    assert "Failed to verify required signature 'key-dev'" in console
+    assert "ABRESULT=1" in console
+
+
+@pytest.mark.qemu
+def test_uboot_refuses_another_key(
+    parts: tuple[Path, Path],
+    tmp_path: Path,
+    other_keys: bootkeys.DevBootKeys,
+    control_dtb: Path,
+) -> None:
+    console = _uboot_check(control_dtb, _fit(parts, tmp_path / "o.itb", other_keys.fit))
+    assert re.search(r"sha256,rsa2048:dev-\s+error!", console)
+    assert "Failed to verify required signature 'key-dev'" in console
+    assert "ABRESULT=1" in console
+
+
+def test_uki_is_signed_for_secure_boot_and_grub(
+    parts: tuple[Path, Path],
+    tmp_path: Path,
+    keys: bootkeys.DevBootKeys,
+    other_keys: bootkeys.DevBootKeys,
+) -> None:
+    uki = tmp_path / "boot.efi"
+    bootimage.build_uki(
+        parts[0],
+        parts[1],
+        VERITY,
+        uki,
+        cmdline="console=ttyS0 lockdown=integrity",
+        os_release='NAME="abupdate"\nVERSION_ID=1.2.0\n',
+        signer=keys.uefi_signer,
+    )
+    _run("sbverify", "--cert", keys.uefi_cert("db"), uki)
+    wrong = subprocess.run(
+        ["sbverify", "--cert", str(other_keys.uefi_cert("db")), str(uki)],
+        capture_output=True,
+        check=False,
+    )
+    assert wrong.returncode != 0
+    _run("gpg", "--homedir", keys.gpg_home, "--verify", uki.with_name("boot.efi.sig"), uki)
+    sections = _run("objdump", "-h", uki).stdout
+    for name in (".osrel", ".cmdline", ".linux", ".initrd"):
+        assert f" {name} " in sections
+    initrd = tmp_path / "initrd.out"
+    _run("objcopy", "-O", "binary", "--only-section=.initrd", uki, initrd)
+    assert initrd.read_bytes().startswith(parts[1].read_bytes())
+    assert VERITY.to_env().encode() in initrd.read_bytes()
+    cmdline = tmp_path / "cmdline.out"
+    _run("objcopy", "-O", "binary", "--only-section=.cmdline", uki, cmdline)
+    assert cmdline.read_bytes() == b"console=ttyS0 lockdown=integrity\0"
+
+
+def test_boot_keys_are_private_and_labelled(keys: bootkeys.DevBootKeys) -> None:
+    for key in (keys.fit.directory / "dev.key", keys.root / "uefi" / "db.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert b"DEVELOPMENT ONLY" in key.read_bytes()
+    assert keys.gpg_public.stat().st_size > 0
+    with pytest.raises(UsageError, match="already exists"):
+        bootkeys.make_dev_boot_keys(keys.root)
+
+
+def test_a_missing_fit_key_is_named(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"nokey\.key does not exist"):
+        _fit(parts, tmp_path / "x.itb", bootimage.FitKey(tmp_path, "nokey"))
