@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import subprocess
+import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +74,27 @@ class DevBootKeys:
             db_cert=self.uefi_cert("db"),
             gpg_home=self.gpg_home,
         )
+
+
+def enroll_uefi_keys(keys: DevBootKeys, template: Path, out: Path) -> None:
+    """Write a firmware variable store with PK, KEK and db enrolled and Secure Boot on.
+
+    `template` is the firmware's empty store (OVMF: `OVMF_VARS_4M.fd`); `virt-fw-vars`
+    (PyPI `virt-firmware`) writes the keys. A real board's keys are enrolled in its
+    firmware setup instead (docs/verified-boot.md).
+    """
+    owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "abupdate-dev-boot-keys"))
+    cmd = ["virt-fw-vars", "-i", str(template), "-o", str(out), "--sb"]
+    cmd += ["--set-pk", owner, str(keys.uefi_cert("PK"))]
+    cmd += ["--add-kek", owner, str(keys.uefi_cert("KEK"))]
+    cmd += ["--add-db", owner, str(keys.uefi_cert("db"))]
+    tool = shutil.which("virt-fw-vars", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if tool is None:
+        raise UsageError("virt-fw-vars is not installed (pip install virt-firmware)")
+    done = subprocess.run([tool, *cmd[1:]], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise UsageError(f"virt-fw-vars failed: {lines[-1] if lines else done.returncode}")
 
 
 def _rsa_cert(common_name: str, days: int, now: datetime.datetime) -> tuple[bytes, bytes]:

@@ -259,3 +259,102 @@ def test_boot_keys_are_private_and_labelled(keys: bootkeys.DevBootKeys) -> None:
 def test_a_missing_fit_key_is_named(parts: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"nokey\.key does not exist"):
         _fit(parts, tmp_path / "x.itb", bootimage.FitKey(tmp_path, "nokey"))
+
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+GRUB_CHECK = """\
+echo ABGRUB-START check_signatures=$check_signatures
+regexp --set=1:root '^\\((.*)\\)' "$cmdpath"
+echo ABGRUB-CAT-BEGIN
+cat /hello.txt
+echo ABGRUB-CAT-END
+halt
+"""
+
+
+def _ovmf_boot(tmp_path: Path, keys: bootkeys.DevBootKeys, esp_files: dict[str, Path]) -> str:
+    """Boot OVMF with Secure Boot on and our keys enrolled from a FAT disk holding `esp_files`.
+
+    Returns the console once the machine powers off, or as soon as the firmware says it
+    found nothing it may boot (it would wait there forever).
+    """
+    vars_fd = tmp_path / "vars.fd"
+    bootkeys.enroll_uefi_keys(keys, OVMF_VARS, vars_fd)
+    esp = tmp_path / "esp.img"
+    _run("mkfs.vfat", "-C", esp, "16384")
+    _run("mmd", "-i", esp, "::/EFI", "::/EFI/BOOT")
+    for name, src in esp_files.items():
+        _run("mcopy", "-i", esp, src, f"::/{name}")
+    cmd = [
+        *("qemu-system-x86_64", "-M", "q35,smm=on", "-m", "512", "-smp", "1", "-accel", "tcg"),
+        *("-global", "driver=cfi.pflash01,property=secure,value=on"),
+        *("-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+        *("-drive", f"if=pflash,format=raw,file={vars_fd}"),
+        *("-nographic", "-nic", "none", "-no-reboot", "-drive", f"if=virtio,format=raw,file={esp}"),
+    ]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    ) as qemu:
+        assert qemu.stdout is not None
+        console = b""
+        try:
+            for line in qemu.stdout:
+                console += line
+                if b"No bootable option or device was found" in line:
+                    break
+        finally:
+            qemu.kill()
+    return console.decode("utf-8", "replace").replace("\r", "")
+
+
+@pytest.mark.qemu
+def test_secure_boot_runs_our_signed_grub_which_enforces_signatures(
+    tmp_path: Path, keys: bootkeys.DevBootKeys
+) -> None:
+    grub = tmp_path / "BOOTX64.EFI"
+    bootimage.build_grub_efi(GRUB_CHECK, grub, pubkey=keys.gpg_public, signer=keys.uefi_signer)
+    hello = tmp_path / "hello.txt"
+    hello.write_text("signed hello\n")
+    bootimage.gpg_sign(hello, tmp_path / "hello.txt.sig", keys.gpg_home)
+    console = _ovmf_boot(
+        tmp_path,
+        keys,
+        {
+            "EFI/BOOT/BOOTX64.EFI": grub,
+            "hello.txt": hello,
+            "hello.txt.sig": tmp_path / "hello.txt.sig",
+        },
+    )
+    assert "ABGRUB-START check_signatures=enforce" in console
+    shown = console.split("ABGRUB-CAT-BEGIN", 1)[1].split("ABGRUB-CAT-END", 1)[0]
+    assert "signed hello" in shown
+
+    # The same file changed after signing: GRUB refuses to read it.
+    hello.write_text("changed hello\n")
+    (tmp_path / "esp.img").unlink()
+    console = _ovmf_boot(
+        tmp_path,
+        keys,
+        {
+            "EFI/BOOT/BOOTX64.EFI": grub,
+            "hello.txt": hello,
+            "hello.txt.sig": tmp_path / "hello.txt.sig",
+        },
+    )
+    shown = console.split("ABGRUB-CAT-BEGIN", 1)[1].split("ABGRUB-CAT-END", 1)[0]
+    assert "changed hello" not in shown and "bad signature" in shown
+
+
+@pytest.mark.qemu
+def test_secure_boot_refuses_an_unsigned_grub(
+    tmp_path: Path, keys: bootkeys.DevBootKeys, other_keys: bootkeys.DevBootKeys
+) -> None:
+    grub = tmp_path / "BOOTX64.EFI"
+    bootimage.build_grub_efi(
+        GRUB_CHECK, grub, pubkey=keys.gpg_public, signer=other_keys.uefi_signer
+    )
+    console = _ovmf_boot(tmp_path, keys, {"EFI/BOOT/BOOTX64.EFI": grub})
+    assert "Access Denied" in console
+    assert "No bootable option or device was found" in console
+    assert "ABGRUB-START" not in console
