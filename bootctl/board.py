@@ -28,6 +28,13 @@ __all__ = [
 ]
 
 Bootloader = Literal["u-boot", "grub"]
+#: How a slot is booted: `script` (kernel and initrd shared by the slots, root hash from the
+#: environment: not verified), `fit` (U-Boot checks the slot's signed FIT), `uki` (UEFI
+#: Secure Boot and GRUB check the slot's signed unified kernel image).
+Chain = Literal["script", "fit", "uki"]
+CHAINS: dict[str, Bootloader] = {"fit": "u-boot", "uki": "grub"}
+#: The signed boot image's file name in a slot's boot folder, by chain.
+BOOT_IMAGE = {"fit": "boot.itb", "uki": "boot.efi"}
 
 ARCHITECTURES = ("arm64", "amd64", "armhf", "riscv64")
 #: The U-Boot script's `setexpr` computes in hex, so counters stay single decimal digits.
@@ -49,12 +56,15 @@ class SlotConfig:
         device: Block device (or file) Linux writes the slot image to.
         root: Device the kernel is told on its command line (`abupdate.root=`).
         slot_class: Slot class, `rootfs` for root filesystem slots.
+        boot_dir: The folder on the boot partition holding this slot's signed boot
+            image (chains `fit` and `uki`).
     """
 
     name: str
     device: str
     root: str
     slot_class: str
+    boot_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class BootConfig:
         uboot_fdt: Device tree address passed to `booti` (e.g. `${fdtcontroladdr}`).
         uboot_env_addr: Scratch RAM address for loading and exporting the environment.
         script: Compiled boot script file name (U-Boot) or GRUB config path on the partition.
+        chain: How slots are booted and checked (see `Chain`).
+        uboot_fit_addr: RAM address the U-Boot boot command loads a slot's FIT to.
     """
 
     device: str
@@ -80,6 +92,13 @@ class BootConfig:
     uboot_fdt: str
     uboot_env_addr: str
     script: str
+    chain: Chain = "script"
+    uboot_fit_addr: str = "${ramdisk_addr_r}"
+
+    @property
+    def image(self) -> str:
+        """The signed boot image's file name in each slot's boot folder ("" for `script`)."""
+        return BOOT_IMAGE.get(self.chain, "")
 
 
 @dataclass(frozen=True)
@@ -156,7 +175,7 @@ _TOP_KEYS = {
     "boot",
 }
 _ENV_KEYS = {"fw_env_config", "uboot_file", "uboot_size", "grubenv", "grub_file"}
-_SLOT_KEYS = {"device", "root", "class"}
+_SLOT_KEYS = {"device", "root", "class", "boot_dir"}
 _BOOT_KEYS = {
     "device",
     "mount",
@@ -166,6 +185,8 @@ _BOOT_KEYS = {
     "uboot_fdt",
     "uboot_env_addr",
     "script",
+    "chain",
+    "uboot_fit_addr",
 }
 
 
@@ -263,6 +284,9 @@ def _parse_slots(raw: Mapping[str, Any]) -> tuple[SlotConfig, ...]:
                 device=device,
                 root=_script_safe(_str(table, "root", where, device), f"{where}root"),
                 slot_class=_str(table, "class", where, "rootfs"),
+                boot_dir=_rel_path(
+                    _str(table, "boot_dir", where, f"slot-{name}"), f"{where}boot_dir"
+                ),
             )
         )
     return tuple(slots)
@@ -271,6 +295,16 @@ def _parse_slots(raw: Mapping[str, Any]) -> tuple[SlotConfig, ...]:
 def _parse_boot(raw: Mapping[str, Any], bootloader: Bootloader) -> BootConfig:
     _check_keys(raw, _BOOT_KEYS, "boot.")
     default_script = "boot.scr" if bootloader == "u-boot" else "EFI/BOOT/grub.cfg"
+    chain = _str(raw, "chain", "boot.", "script")
+    if chain == "script":
+        chain_value: Chain = "script"
+    elif chain in CHAINS and CHAINS[chain] == bootloader:
+        chain_value = "fit" if chain == "fit" else "uki"
+    else:
+        choices = ["script", *(c for c, b in CHAINS.items() if b == bootloader)]
+        raise ConfigError(
+            f"boot.chain {chain!r} is not one for {bootloader}; choose {' or '.join(choices)}"
+        )
     return BootConfig(
         device=_str(raw, "device", "boot."),
         mount=_str(raw, "mount", "boot.", "/boot"),
@@ -286,6 +320,10 @@ def _parse_boot(raw: Mapping[str, Any], bootloader: Bootloader) -> BootConfig:
             _str(raw, "uboot_env_addr", "boot.", "${kernel_addr_r}"), "boot.uboot_env_addr"
         ),
         script=_rel_path(_str(raw, "script", "boot.", default_script), "boot.script"),
+        chain=chain_value,
+        uboot_fit_addr=_script_safe(
+            _str(raw, "uboot_fit_addr", "boot.", "${ramdisk_addr_r}"), "boot.uboot_fit_addr"
+        ),
     )
 
 

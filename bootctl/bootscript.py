@@ -21,6 +21,7 @@ from bootctl.board import MAX_TRIES, BoardConfig
 from bootctl.errors import ConfigError, StorageError
 
 __all__ = [
+    "FIT_CONFIG",
     "MKIMAGE_ARCH",
     "compile_uboot_script",
     "mkimage_arch",
@@ -28,6 +29,8 @@ __all__ = [
     "render_grub_cfg",
     "render_uboot_script",
     "slot_vars",
+    "uboot_bootcmd",
+    "write_control_dtb",
 ]
 
 
@@ -38,6 +41,10 @@ MKIMAGE_ARCH: dict[str, str] = {
     "armhf": "arm",
     "riscv64": "riscv",
 }
+
+
+#: The one configuration of a slot's FIT (`bundle_tool.bootimage` builds it).
+FIT_CONFIG = "conf-1"
 
 
 class _Template(string.Template):
@@ -86,12 +93,16 @@ def render_uboot_script(board: BoardConfig) -> str:
     """
     _check_uboot(board)
     slot_tpl = _template("boot.cmd.slot.in")
-    blocks = [slot_tpl.substitute(slot=s.name, root=s.root).rstrip("\n") for s in board.slots]
+    blocks = [
+        slot_tpl.substitute(slot=s.name, root=s.root, dir=s.boot_dir).rstrip("\n")
+        for s in board.slots
+    ]
     variables = slot_vars(board)
     order = " ".join(board.slot_names)
     defaults = [f'setenv BOOT_ORDER "{order}"']
     defaults += [f"setenv BOOT_{s}_LEFT {board.tries}" for s in board.slot_names]
-    return _template("boot.cmd.in").substitute(
+    chain = board.boot.chain
+    fields = dict(
         board=board.name,
         mkimage_arch=mkimage_arch(board.architecture),
         uboot_device=board.boot.uboot_device,
@@ -109,7 +120,62 @@ def render_uboot_script(board: BoardConfig) -> str:
         kernel=board.boot.kernel,
         initrd=board.boot.initrd,
         fdt=board.boot.uboot_fdt,
+        fit_addr=board.boot.uboot_fit_addr,
+        image=board.boot.image,
+        config=FIT_CONFIG,
     )
+    return _template("boot.cmd.in").substitute(
+        fields,
+        header=_template(f"boot.cmd.head-{chain}.in").substitute(fields),
+        boot=_template(f"boot.cmd.boot-{chain}.in").substitute(fields),
+    )
+
+
+def uboot_bootcmd(board: BoardConfig) -> str:
+    """The boot command of a `fit` board for its control DTB: the script without comments.
+
+    Raises:
+        ConfigError: The board does not boot signed FITs with U-Boot.
+    """
+    if board.boot.chain != "fit":
+        raise ConfigError(f"board {board.name} has boot.chain {board.boot.chain!r}, not 'fit'")
+    lines = render_uboot_script(board).splitlines()
+    return "\n".join(line for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def write_control_dtb(board: BoardConfig, source: Path, output: Path) -> None:
+    """Copy U-Boot's control DTB `source` to `output` with the board's fixed boot command.
+
+    Sets `/config/bootcmd` to `uboot_bootcmd(board)`, `/config/bootdelay` to -2 (boot at
+    once, no key stops it) and `/config/load-environment` to 0 (U-Boot's built-in
+    environment only), then pads the blob so that U-Boot can add to it at run time. The
+    FIT key goes in with `bundle-tool boot-image --control-dtb`.
+
+    Raises:
+        ConfigError: The board does not boot signed FITs with U-Boot.
+        StorageError: fdtput or dtc is missing or fails.
+    """
+    command = uboot_bootcmd(board)
+    unpadded = output.with_name(output.name + ".tmp")
+    try:
+        shutil.copyfile(source, unpadded)
+    except OSError as e:
+        raise StorageError(f"cannot copy {source} to {unpadded}: {e.strerror}") from e
+    _dtc_tool("fdtput", "-p", "-t", "s", unpadded, "/config", "bootcmd", command)
+    _dtc_tool("fdtput", "-t", "i", unpadded, "/config", "bootdelay", "--", "-2")
+    _dtc_tool("fdtput", "-t", "i", unpadded, "/config", "load-environment", "0")
+    _dtc_tool("dtc", "-q", "-I", "dtb", "-O", "dtb", "-p", "4096", "-o", output, unpadded)
+    unpadded.unlink()
+
+
+def _dtc_tool(*cmd: str | Path) -> None:
+    tool = shutil.which(str(cmd[0]))
+    if tool is None:
+        raise StorageError(f"{cmd[0]} not found; install device-tree-compiler")
+    done = subprocess.run([tool, *map(str, cmd[1:])], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise StorageError(f"{cmd[0]} failed: {lines[-1] if lines else done.returncode}")
 
 
 def _grub_decrement(slot: str, tries_max: int) -> str:
@@ -144,12 +210,16 @@ def render_grub_cfg(board: BoardConfig) -> str:
     slot_tpl = _template("grub.cfg.slot.in")
     blocks = [
         slot_tpl.substitute(
-            slot=s.name, root=s.root, decrement=_grub_decrement(s.name, MAX_TRIES)
+            slot=s.name,
+            root=s.root,
+            dir=s.boot_dir,
+            decrement=_grub_decrement(s.name, MAX_TRIES),
         ).rstrip("\n")
         for s in board.slots
     ]
     variables = slot_vars(board)
-    return _template("grub.cfg.in").substitute(
+    chain = board.boot.chain
+    fields = dict(
         board=board.name,
         env_file="/" + board.env.grub_file,
         vars=" ".join(variables),
@@ -162,6 +232,14 @@ def render_grub_cfg(board: BoardConfig) -> str:
         kernel_args=board.kernel_args,
         kernel=board.boot.kernel,
         initrd=board.boot.initrd,
+        image=board.boot.image,
+        # A verifying GRUB would want a signature of the unauthenticated block itself.
+        load_env_opts="--skip-sig " if chain == "uki" else "",
+    )
+    return _template("grub.cfg.in").substitute(
+        fields,
+        header=_template(f"grub.cfg.head-{chain}.in").substitute(fields),
+        boot=_template(f"grub.cfg.boot-{chain}.in").substitute(fields),
     )
 
 

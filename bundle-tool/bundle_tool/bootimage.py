@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootctl.bootscript import FIT_CONFIG
 from bootctl.state import SlotVerity
 
 from . import cpio
@@ -38,8 +39,6 @@ from .errors import BundleIOError, UsageError
 
 #: Where `/init` finds the slot's root hash inside the initramfs.
 VERITY_FILE = "etc/abupdate/verity"
-#: The only FIT configuration; U-Boot boots it as `bootm ADDR#conf-1`.
-FIT_CONFIG = "conf-1"
 #: The systemd EFI stub the UKI is built on (Debian package systemd-boot-efi).
 EFI_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 #: FIT `arch` property of each board architecture.
