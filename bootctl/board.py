@@ -82,6 +82,8 @@ class BootConfig:
         script: Compiled boot script file name (U-Boot) or GRUB config path on the partition.
         chain: How slots are booted and checked (see `Chain`).
         uboot_fit_addr: RAM address the U-Boot boot command loads a slot's FIT to.
+        fit_kernel_load: Where U-Boot copies the FIT's kernel before starting it (the
+            FIT's `load` and `entry`; required for `chain = "fit"`).
     """
 
     device: str
@@ -94,6 +96,7 @@ class BootConfig:
     script: str
     chain: Chain = "script"
     uboot_fit_addr: str = "${ramdisk_addr_r}"
+    fit_kernel_load: int = 0
 
     @property
     def image(self) -> str:
@@ -187,6 +190,7 @@ _BOOT_KEYS = {
     "script",
     "chain",
     "uboot_fit_addr",
+    "fit_kernel_load",
 }
 
 
@@ -305,6 +309,11 @@ def _parse_boot(raw: Mapping[str, Any], bootloader: Bootloader) -> BootConfig:
         raise ConfigError(
             f"boot.chain {chain!r} is not one for {bootloader}; choose {' or '.join(choices)}"
         )
+    fit_kernel_load = _int(raw, "fit_kernel_load", "boot.", 0)
+    if chain_value == "fit" and "fit_kernel_load" not in raw:
+        raise ConfigError("boot.chain 'fit' needs boot.fit_kernel_load (the kernel's load address)")
+    if not 0 <= fit_kernel_load < 1 << 64:
+        raise ConfigError(f"boot.fit_kernel_load {fit_kernel_load:#x} is not a 64-bit address")
     return BootConfig(
         device=_str(raw, "device", "boot."),
         mount=_str(raw, "mount", "boot.", "/boot"),
@@ -321,6 +330,7 @@ def _parse_boot(raw: Mapping[str, Any], bootloader: Bootloader) -> BootConfig:
         ),
         script=_rel_path(_str(raw, "script", "boot.", default_script), "boot.script"),
         chain=chain_value,
+        fit_kernel_load=fit_kernel_load,
         uboot_fit_addr=_script_safe(
             _str(raw, "uboot_fit_addr", "boot.", "${ramdisk_addr_r}"), "boot.uboot_fit_addr"
         ),

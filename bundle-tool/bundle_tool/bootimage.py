@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootctl.board import BoardConfig
 from bootctl.bootscript import FIT_CONFIG
 from bootctl.state import SlotVerity
 
@@ -85,6 +86,90 @@ class UefiSigner:
     db_cert: Path
     gpg_home: Path | None = None
     gpg_key: str | None = None
+
+
+@dataclass(frozen=True)
+class BootKeys:
+    """The keys that sign a board's boot images, laid out as `bundle-tool keygen --boot`
+    writes them: `fit/NAME.key` + `fit/NAME.crt`, `uefi/db.key` + `uefi/db.crt`, and the
+    gpg home `gpg/` (production keys can be laid out the same way).
+
+    Attributes:
+        root: The folder.
+        fit_name: The FIT key's name (`key-name-hint`).
+    """
+
+    root: Path
+    fit_name: str = "dev"
+
+    @property
+    def fit(self) -> FitKey:
+        """The FIT signing key, as `mkimage -k` wants it."""
+        return FitKey(self.root / "fit", self.fit_name)
+
+    @property
+    def uefi(self) -> UefiSigner:
+        """The db key and GRUB's gpg key."""
+        return UefiSigner(
+            db_key=self.root / "uefi" / "db.key",
+            db_cert=self.root / "uefi" / "db.crt",
+            gpg_home=self.root / "gpg",
+        )
+
+
+def build_for_board(
+    board: BoardConfig,
+    kernel: Path,
+    initramfs: Path,
+    verity: SlotVerity,
+    out: Path,
+    *,
+    keys: BootKeys,
+    version: str,
+    build_time: int | None = None,
+) -> None:
+    """Write the signed boot image a slot of `board` boots (`boot.chain` says which).
+
+    Args:
+        board: A board with `boot.chain` `fit` or `uki`.
+        kernel: The release's kernel.
+        initramfs: The release's initramfs (the root-hash archive is appended).
+        verity: The release's root filesystem's dm-verity parameters.
+        out: The boot image to write (`boot.itb` or `boot.efi`; a UKI gets `.sig` beside).
+        keys: The boot keys.
+        version: The release's version, shown by U-Boot and in the UKI's `.osrel`.
+        build_time: Timestamps of a FIT (reproducible output).
+
+    Raises:
+        UsageError: The board has no verified chain, or a tool or file is missing.
+    """
+    if board.boot.chain == "fit":
+        build_fit(
+            kernel,
+            initramfs,
+            verity,
+            out,
+            arch=board.architecture,
+            key=keys.fit,
+            load_address=board.boot.fit_kernel_load,
+            description=_its_string(f"{board.compatible} {version}"),
+            build_time=build_time,
+        )
+    elif board.boot.chain == "uki":
+        build_uki(
+            kernel,
+            initramfs,
+            verity,
+            out,
+            cmdline=board.kernel_args,
+            os_release=f'NAME="{board.compatible}"\nVERSION_ID={version}\n',
+            signer=keys.uefi,
+        )
+    else:
+        raise UsageError(
+            f"board {board.name} boots with boot.chain {board.boot.chain!r}, which has no "
+            "signed boot image; set boot.chain to 'fit' or 'uki'"
+        )
 
 
 def verity_cpio(verity: SlotVerity) -> bytes:

@@ -28,29 +28,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from .bootimage import FitKey, UefiSigner
+from .bootimage import BootKeys, UefiSigner
 from .errors import BundleIOError, UsageError
 from .keygen import DEV_LABEL
 
-FIT_KEY_NAME = "dev"
 UEFI_KEYS = ("PK", "KEK", "db")
 _COMMENT = f"# {DEV_LABEL}: throwaway boot key made by `bundle-tool keygen --boot`\n".encode()
 
 
 @dataclass(frozen=True)
-class DevBootKeys:
-    """The development boot keys under one folder.
-
-    Attributes:
-        root: The folder (`fit/`, `uefi/`, `gpg/` inside).
-    """
-
-    root: Path
-
-    @property
-    def fit(self) -> FitKey:
-        """The FIT signing key, as `mkimage -k` wants it."""
-        return FitKey(self.root / "fit", FIT_KEY_NAME)
+class DevBootKeys(BootKeys):
+    """The development boot keys under one folder (`fit/`, `uefi/`, `gpg/` inside)."""
 
     def uefi_cert(self, name: str) -> Path:
         """The PEM certificate of `PK`, `KEK` or `db`."""
@@ -69,11 +57,7 @@ class DevBootKeys:
     @property
     def uefi_signer(self) -> UefiSigner:
         """What `build_uki` signs with: db and the gpg key."""
-        return UefiSigner(
-            db_key=self.root / "uefi" / "db.key",
-            db_cert=self.uefi_cert("db"),
-            gpg_home=self.gpg_home,
-        )
+        return self.uefi
 
 
 def enroll_uefi_keys(keys: DevBootKeys, template: Path, out: Path) -> None:
@@ -148,8 +132,8 @@ def make_dev_boot_keys(
         for sub in ("fit", "uefi", "gpg"):
             (out_dir / sub).mkdir(parents=True, exist_ok=False, mode=0o700)
         key, cert = _rsa_cert("abupdate FIT signing key", days, start)
-        _write(keys.fit.directory / f"{FIT_KEY_NAME}.key", key, 0o600)
-        _write(keys.fit.directory / f"{FIT_KEY_NAME}.crt", cert, 0o644)
+        _write(keys.fit.directory / f"{keys.fit.name}.key", key, 0o600)
+        _write(keys.fit.directory / f"{keys.fit.name}.crt", cert, 0o644)
         for name in UEFI_KEYS:
             key, cert = _rsa_cert(f"abupdate UEFI {name}", days, start)
             _write(out_dir / "uefi" / f"{name}.key", key, 0o600)

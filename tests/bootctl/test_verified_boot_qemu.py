@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,11 @@ V = VERITY.to_env()
 
 
 def _board(name: str, chain: str) -> BoardConfig:
-    import tomllib
-
     with open(BOARD_DIR / f"{name}.toml", "rb") as f:
         data = tomllib.load(f)
     data["boot"]["chain"] = chain
+    if chain == "fit":
+        data["boot"]["fit_kernel_load"] = 0x40400000
     return parse_board(data)
 
 

@@ -12,13 +12,17 @@ import os
 import re
 import stat
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from bootctl.board import BoardConfig, load_board, parse_board
+from bootctl.errors import ConfigError
 from bootctl.state import SlotVerity
 from bundle_tool import bootimage, bootkeys
 from bundle_tool.errors import UsageError
+from tests.bootctl.paths import BOARD_DIR
 
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 FIT_ADDR = 0x48000000
@@ -358,3 +362,52 @@ def test_secure_boot_refuses_an_unsigned_grub(
     assert "Access Denied" in console
     assert "No bootable option or device was found" in console
     assert "ABGRUB-START" not in console
+
+
+def _verified_board(name: str, chain: str) -> BoardConfig:
+    with open(BOARD_DIR / f"{name}.toml", "rb") as f:
+        data = tomllib.load(f)
+    data["boot"]["chain"] = chain
+    if chain == "fit":
+        data["boot"]["fit_kernel_load"] = LOAD
+    return parse_board(data)
+
+
+def test_the_board_chooses_the_boot_image(
+    parts: tuple[Path, Path], tmp_path: Path, keys: bootkeys.DevBootKeys
+) -> None:
+    fit = tmp_path / "boot.itb"
+    board = _verified_board("qemu-arm64-uboot", "fit")
+    bootimage.build_for_board(board, *parts, VERITY, fit, keys=keys, version="2.0.0")
+    listing = _run("mkimage", "-l", fit).stdout
+    assert "FIT description: qemu-arm64-uboot 2.0.0" in listing
+    assert f"Load Address: {LOAD:#010x}" in listing
+
+    uki = tmp_path / "boot.efi"
+    board = _verified_board("qemu-x86_64-grub", "uki")
+    bootimage.build_for_board(board, *parts, VERITY, uki, keys=keys, version="2.0.0")
+    _run("sbverify", "--cert", keys.uefi_cert("db"), uki)
+    osrel = tmp_path / "osrel"
+    _run("objcopy", "-O", "binary", "--only-section=.osrel", uki, osrel)
+    assert osrel.read_text() == 'NAME="qemu-x86_64-grub"\nVERSION_ID=2.0.0\n'
+
+    with pytest.raises(UsageError, match="has no signed boot image"):
+        bootimage.build_for_board(
+            load_board(BOARD_DIR / "qemu-arm64-uboot.toml"),
+            *parts,
+            VERITY,
+            fit,
+            keys=keys,
+            version="1",
+        )
+
+
+def test_a_fit_board_needs_the_kernel_load_address() -> None:
+    with open(BOARD_DIR / "qemu-arm64-uboot.toml", "rb") as f:
+        data = tomllib.load(f)
+    data["boot"]["chain"] = "fit"
+    with pytest.raises(ConfigError, match=r"needs boot\.fit_kernel_load"):
+        parse_board(data)
+    data["boot"]["chain"] = "uki"
+    with pytest.raises(ConfigError, match=r"boot\.chain 'uki' is not one for u-boot"):
+        parse_board(data)
