@@ -198,6 +198,15 @@ class SlotControl:
         """All variables of the environment (the defaults if it is not valid)."""
         return self.store.load()
 
+    def boot_state(self) -> state.BootState:
+        """The slot state the environment holds (malformed values are problems, not errors).
+
+        Raises:
+            EnvSizeError: The environment does not match its configured size.
+            StorageError: It cannot be read.
+        """
+        return state.parse_state(self.store.load(), self.board.slot_names)
+
     def status(self) -> SlotStatus:
         """Read the environment and report the slot state (never fails on malformed values).
 
@@ -298,6 +307,23 @@ class SlotControl:
         self._check_slot(slot)
         self._refuse_booted(slot, "mark bad", force)
         self._update(lambda env: state.mark_bad(env, slot, self.board.slot_names))
+
+    def invalidate(self, slot: str, force: bool = False) -> None:
+        """Make a slot unbootable before it is rewritten: no tries and no verity value.
+
+        One environment write, none if the slot is so already (a refused install then
+        leaves the environment byte-identical).
+
+        Raises:
+            SlotError: Unknown slot, or the booted slot without `force`.
+            EnvError, StorageError: The environment cannot be read or written.
+        """
+        self._check_slot(slot)
+        self._refuse_booted(slot, "invalidate", force)
+        names = self.board.slot_names
+        self._update(
+            lambda env: state.set_verity(state.mark_bad(env, slot, names), slot, None, names)
+        )
 
     def set_primary(self, slot: str, verity: SlotVerity, force: bool = False) -> None:
         """Make a freshly installed slot the next one to boot, in one environment write.

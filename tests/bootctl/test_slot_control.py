@@ -103,6 +103,34 @@ def test_lifecycle_of_an_update(setup: tuple[BoardConfig, object, Path], tmp_pat
     assert _tool_env(setup)["BOOT_A_VERITY"] == ""
 
 
+def test_invalidate_clears_tries_and_verity_in_one_write_or_none(
+    setup: tuple[BoardConfig, object, Path], tmp_path: Path
+) -> None:
+    ctl = _open(setup, tmp_path, booted="A")
+    ctl.init({"A": V1, "B": V2})
+    saves: list[dict[str, str]] = []
+    save = ctl.store.save
+
+    def counted(env: dict[str, str], **kw: bool) -> None:
+        saves.append(env)
+        save(env, **kw)
+
+    ctl.store.save = counted  # type: ignore[method-assign]
+    with pytest.raises(SlotError, match="booted slot A"):
+        ctl.invalidate("A")
+    ctl.invalidate("B")
+    assert len(saves) == 1
+    env = _tool_env(setup)
+    assert (env["BOOT_B_LEFT"], env["BOOT_B_VERITY"]) == ("0", "")
+    assert (env["BOOT_A_LEFT"], env["BOOT_A_VERITY"]) == ("3", V1.to_env())
+    before = setup[2].read_bytes()
+    ctl.invalidate("B")  # already unbootable: nothing written
+    assert len(saves) == 1 and setup[2].read_bytes() == before
+    st = ctl.boot_state()
+    assert (st.primary, st.slot("B").tries, st.slot("B").verity) == ("A", 0, None)
+    assert st.slot("A").verity == V1
+
+
 def test_other_variables_are_preserved(
     setup: tuple[BoardConfig, object, Path], tmp_path: Path
 ) -> None:
