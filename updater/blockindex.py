@@ -96,19 +96,21 @@ def build(
     blocks: int,
     progress: Callable[[int], None] | None = None,
     workers: int = 2,
+    *,
+    max_cells: int = MAX_CELLS,
 ) -> BlockIndex:
     """Index the first `blocks` blocks of the slot at `path`, hashed with `salt`.
 
     Forked workers hash the slot where the page cache holds it (a medium error
     ends a worker, not this process); this process fills the index, which
-    keeps every `stride`-th block of a slot too large for `MAX_CELLS`. `progress`
+    keeps every `stride`-th block of a slot too large for `max_cells`. `progress`
     is called with the number of blocks indexed so far.
 
     Raises:
         BundleIOError: The slot could not be read.
         OSError: The slot could not be opened.
     """
-    index = BlockIndex(blocks, MAX_CELLS)
+    index = BlockIndex(blocks, max_cells)
     spans = [(f, min(CHUNK_BLOCKS, blocks - f)) for f in range(0, blocks, CHUNK_BLOCKS)]
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()

@@ -15,7 +15,7 @@ from typing import BinaryIO, Self
 from bundle_tool.errors import BundleError
 
 from .errors import TransportError, UsageError
-from .source import BundleSource
+from .source import BundleSource, SequentialReader
 
 
 def _check_range(offset: int, length: int) -> None:
@@ -116,6 +116,11 @@ class FileSource(BundleSource):
             self.bytes_fetched += got
             done += got
 
+    def open_range(self, offset: int, length: int) -> SequentialReader:
+        """Bytes [offset, offset + length) in order, each piece read straight into its buffer."""
+        _check_range(offset, length)
+        return _FileRange(self, offset, offset + length)
+
     def __enter__(self) -> Self:
         return self
 
@@ -126,12 +131,28 @@ class FileSource(BundleSource):
             self._fd = None
 
 
+class _FileRange:
+    """A range of a file, taken in order with `FileSource.read_into` (no copy in this process)."""
+
+    def __init__(self, source: FileSource, start: int, end: int) -> None:
+        self._source = source
+        self._pos = start
+        self._end = end
+
+    def take_into(self, view: memoryview) -> None:
+        if self._pos + len(view) > self._end:
+            raise ValueError(f"the range ends at byte {self._end}")
+        self._source.read_into(self._pos, view)
+        self._pos += len(view)
+
+
 class StdinSource(BundleSource):
     """A bundle read forward only from a stream, such as standard input or a pipe.
 
     Reads must come in increasing order of offset; bytes between the end of one
-    read and the start of the next are read and dropped. `at_eof` tells whether
-    the stream has ended, so the caller can refuse trailing bytes.
+    read and the start of the next are read and dropped. `check_end` reads on to
+    the bundle's signed end and refuses trailing bytes (`at_eof` tells whether
+    the stream has ended).
 
     Args:
         stream: A binary stream (`sys.stdin.buffer`, an opened FIFO).
@@ -190,11 +211,25 @@ class StdinSource(BundleSource):
             raise ValueError(
                 f"{self._name} only reads forward: offset {offset} is before position {self._pos}"
             )
-        while self._pos < offset:
-            self._pull(min(self.CHUNK, offset - self._pos))
+        self._skip_to(offset)
         end = offset + length
         while self._pos < end:
             yield self._pull(min(self.CHUNK, end - self._pos))
+
+    def _skip_to(self, offset: int) -> None:
+        while self._pos < offset:
+            self._pull(min(self.CHUNK, offset - self._pos))
+
+    def check_end(self, total_size: int) -> None:
+        """Read on to `total_size` (artifacts after the images), then refuse any byte after it.
+
+        Raises:
+            BundleError: The stream ends before `total_size`, or goes on after it.
+            TransportError: Reading the stream failed.
+        """
+        self._skip_to(total_size)
+        if not self.at_eof():
+            raise BundleError("bundle has bytes the manifest does not account for")
 
     def at_eof(self) -> bool:
         """Whether the stream has no byte after the current position.

@@ -68,6 +68,11 @@ class SpanDigests:
             if not isinstance(getattr(self, "_buffer", None), mmap.mmap):
                 self._buffer = bytearray(span_bytes * slots)
 
+    @property
+    def pid(self) -> int | None:
+        """The hashing child's process id; None once the hashing is done here, or stopped."""
+        return self._worker.pid if self._worker is not None else None
+
     def view(self, slot: int, length: int) -> memoryview:
         """The first `length` bytes of slot `slot`, writable."""
         if not 0 <= slot < self.slots:

@@ -7,6 +7,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from .pieces import ExactReader
+
+
+class SequentialReader(Protocol):
+    """Consecutive bytes of one range of a bundle, read into the caller's buffers."""
+
+    def take_into(self, view: memoryview) -> None:
+        """Fill `view` with the next `len(view)` bytes of the range."""
 
 
 class BundleSource(ABC):
@@ -25,6 +35,11 @@ class BundleSource(ABC):
     * `read_spans(spans)` yields the bytes of several (offset, length) spans
       one after the other, as if `read` were called for each; a source may
       fetch them together (one HTTP request for many ranges).
+    * `open_range(offset, length)` reads a range in order into the caller's
+      buffers; by default from the chunks of one `read`, straight into the
+      buffers where the medium allows it (a file).
+    * `check_end(total_size)`, called once everything the installer needs was
+      read, refuses a bundle that does not end at its signed total size.
     * `bytes_fetched` counts the bytes actually transferred from the medium or
       network, so the installer can report how much a delta install saved.
     """
@@ -63,6 +78,27 @@ class BundleSource(ABC):
     def read_exact(self, offset: int, length: int) -> bytes:
         """Read a small range into one bytes object."""
         return b"".join(self.read(offset, length))
+
+    def open_range(self, offset: int, length: int) -> SequentialReader:
+        """Bytes [offset, offset + length), to be taken in order into the caller's buffers.
+
+        Nothing is read before the first `take_into`. The default takes them from
+        the chunks of one `read` (one request, one pass over a stream).
+        """
+        return ExactReader(self.read(offset, length))
+
+    def check_end(self, total_size: int) -> None:  # noqa: B027 - a stream overrides it
+        """Refuse a bundle that does not end at `total_size` (its signed end).
+
+        Called once the installer has read all it needs. A source whose size is
+        known had it compared with the signed total when the head was read
+        (`bundle_tool.reader.read_head`), and refuses a change of size while it
+        is read: nothing is left to check. A stream reads on to its end.
+
+        Raises:
+            BundleError: the bundle ends elsewhere.
+            TransportError: reading failed.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""

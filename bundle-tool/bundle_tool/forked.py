@@ -213,6 +213,11 @@ class Worker:
         self._answers: BinaryIO = os.fdopen(ans_r, "rb", buffering=0)
         self._due = 0
 
+    @property
+    def pid(self) -> int:
+        """The child's process id; 0 once it was reaped or stopped."""
+        return self._pid
+
     def send(self, request: bytes) -> None:
         """Queue one request (the child takes them in order)."""
         try:

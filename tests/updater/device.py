@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -85,6 +86,7 @@ class Device:
         expires: int | None = None,
         signer: signing.Signer | None = None,
         leaf_summary: bool = True,
+        artifacts: Sequence[Path] = (),
     ) -> Path:
         image = self.root / f"{name}.img"
         image.write_bytes(data)
@@ -101,6 +103,7 @@ class Device:
                 architecture=load_board(self.board).architecture,
                 expires=expires,
                 leaf_summary=leaf_summary,
+                artifacts=artifacts,
             ),
             out,
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +27,7 @@ from tests.updater.device import (
 )
 from updater.errors import DeviceError, UsageError
 from updater.filesource import FileSource, StdinSource
-from updater.install import Installer
+from updater.install import Installer, InstallTuning
 from updater.slotdev import FileSlot
 from updater.statedir import StateDir
 
@@ -78,22 +80,23 @@ def spy(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tuple[A
     return calls
 
 
-def install_file(device: Device, bundle: Path, **kw: object) -> object:
+def install_file(
+    device: Device, bundle: Path, tuning: InstallTuning | None = None, **kw: object
+) -> object:
     with FileSource(bundle) as src:
-        return Installer(device.config()).install(src, **kw)  # type: ignore[arg-type]
+        return Installer(device.config(), tuning=tuning).install(src, **kw)  # type: ignore[arg-type]
+
+
+#: A flush every 64 blocks, written a span of 64 blocks at a time.
+SMALL_REGIONS = InstallTuning(flush_every=64 * 4096, span_blocks=64)
 
 
 # One block (no tree), two leaf blocks, and more than one 4 MiB read-back chunk;
 # a flush every 300 blocks, so the slot is read back in several regions.
 @pytest.mark.parametrize("blocks", [1, 129, 2 * 1024 + 5])
-def test_stream_install_reads_back_by_regions(
-    device: Device, monkeypatch: pytest.MonkeyPatch, blocks: int
-) -> None:
-    from updater import install
-
-    monkeypatch.setattr(install, "FLUSH_EVERY", 300 * 4096)
+def test_stream_install_reads_back_by_regions(device: Device, blocks: int) -> None:
     new = image_bytes(blocks, seed=blocks)
-    install_file(device, device.bundle(new))
+    install_file(device, device.bundle(new), InstallTuning(flush_every=300 * 4096))
     v = assert_installed(device)
     assert v.data_blocks == blocks
     assert device.slot("B").read_bytes()[: len(new)] == new
@@ -104,20 +107,16 @@ def test_stream_install_reads_back_by_regions(
 @pytest.mark.parametrize("slots", [1, 2, 3])
 @pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
 def test_stream_install_through_a_small_hashing_ring(
-    device: Device, monkeypatch: pytest.MonkeyPatch, slots: int, stdin: bool
+    device: Device, slots: int, stdin: bool
 ) -> None:
-    from updater import install
-
-    monkeypatch.setattr(install, "RING_SLOTS", slots)
-    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)
-    monkeypatch.setattr(install, "FLUSH_EVERY", 200 * 4096)
+    tuning = InstallTuning(ring_slots=slots, span_blocks=64, flush_every=200 * 4096)
     new = image_bytes(BLOCKS, seed=30 + slots)
     bundle = device.bundle(new)
     if stdin:
         with bundle.open("rb") as f:
-            Installer(device.config()).install(StdinSource(f))
+            Installer(device.config(), tuning=tuning).install(StdinSource(f))
     else:
-        install_file(device, bundle, delta=False)
+        install_file(device, bundle, tuning, delta=False)
     assert_installed(device, bundle=bundle)
     assert device.slot("B").read_bytes()[: len(new)] == new
 
@@ -177,38 +176,43 @@ class FailingAfter500Blocks(FileSlot):
 
 @pytest.mark.parametrize("cli", [False, True])
 def test_an_interrupted_install_from_a_file_resumes_when_run_again(
-    device: Device, monkeypatch: pytest.MonkeyPatch, *, cli: bool
+    device: Device, *, cli: bool
 ) -> None:
-    from updater import install
-
-    monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
-    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)  # a flush every 64 blocks
     new = image_bytes(BLOCKS, seed=14)
     bundle = device.bundle(new)
+    failing = Installer(device.config(), open_slot=FailingAfter500Blocks, tuning=SMALL_REGIONS)
     with FileSource(bundle) as src, pytest.raises(DeviceError, match="Input/output error"):
-        Installer(device.config(), open_slot=FailingAfter500Blocks).install(src)
+        failing.install(src)
     # Run again as a user would, with no delta option: the flushed blocks are kept.
     if cli:
         r = device.cli("install", str(bundle), "--json")
         assert r.returncode == 0, r.stderr
         again = json.loads(r.stdout.splitlines()[-1])
     else:
-        again = install_file(device, bundle).to_dict()  # type: ignore[attr-defined]
+        again = install_file(device, bundle, SMALL_REGIONS).to_dict()  # type: ignore[attr-defined]
     assert again["bytes_reused"] >= 448 * 4096, again
     assert again["bytes_fetched"] <= (BLOCKS - 448 + 16) * 4096, again
     assert_installed(device)
     assert device.slot("B").read_bytes()[: len(new)] == new
 
 
+def plan_paths(device: Device, bundle: Path, **kw: object) -> list[tuple[str, str | None, str]]:
+    """(target, active, path) of each image of the install's plan."""
+    with FileSource(bundle) as src:
+        plan = Installer(device.config()).plan(src, **kw)  # type: ignore[arg-type]
+    return [(image.target, image.active, image.path) for image in plan.images]
+
+
 @pytest.mark.parametrize("b_holds", ["nothing", "another image"])
 def test_a_fresh_install_from_a_file_takes_the_stream_path(
-    tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch, b_holds: str
+    tmp_path: Path, pki: keygen.DevPki, b_holds: str
 ) -> None:
     b_image = image_bytes(BLOCKS, seed=19) if b_holds == "another image" else None
     device = make_device(tmp_path / "device", pki, image_bytes(BLOCKS, seed=1), b_image=b_image)
-    streamed = spy(monkeypatch, Installer, "_stream_tree")
-    result = install_file(device, device.bundle(image_bytes(BLOCKS, seed=15)))
-    assert len(streamed) == 1  # not the delta path: B does not hold this image's tree
+    bundle = device.bundle(image_bytes(BLOCKS, seed=15))
+    # Not the delta path: B does not hold this image's tree.
+    assert plan_paths(device, bundle) == [("B", "A", "stream")]
+    result = install_file(device, bundle)
     assert result.bytes_reused == 0  # type: ignore[attr-defined]
     assert result.bytes_fetched >= BLOCKS * 4096  # type: ignore[attr-defined]
 
@@ -345,11 +349,7 @@ class RecordingSlot(FileSlot):
 def test_each_flushed_region_is_read_back_past_the_page_cache(
     device: Device, monkeypatch: pytest.MonkeyPatch, delta: bool
 ) -> None:
-    from updater import install
-
-    monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
-    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)
-    monkeypatch.setattr(install, "BATCH_GROUPS", 1)
+    tuning = dataclasses.replace(SMALL_REGIONS, batch_groups=1)
     events = RecordingSlot.events = []
     real = os.posix_fadvise
 
@@ -360,7 +360,7 @@ def test_each_flushed_region_is_read_back_past_the_page_cache(
     monkeypatch.setattr(os, "posix_fadvise", fadvise)
     bundle = device.bundle(image_bytes(BLOCKS, seed=16))
     with FileSource(bundle) as src:
-        Installer(device.config(), open_slot=RecordingSlot).install(src, delta=delta)
+        Installer(device.config(), open_slot=RecordingSlot, tuning=tuning).install(src, delta=delta)
     assert_installed(device)
     assert events.count("flush") >= 3, events
     # Every flush is followed by dropping the slot's cache, before the next write
@@ -408,14 +408,48 @@ def test_delta_from_a_stream_is_refused_not_ignored(device: Device) -> None:
     assert device.snapshot() == before
 
 
-def test_trailing_bytes_on_a_stream_are_refused(device: Device, tmp_path: Path) -> None:
-    good = device.bundle(image_bytes(BLOCKS, seed=8))
-    extra = tmp_path / "extra.bundle"
-    extra.write_bytes(good.read_bytes() + b"junk")
+@pytest.mark.parametrize(
+    ("artifacts", "cut", "extra", "message"),
+    [
+        (False, 0, b"junk", "does not account for"),
+        (True, 0, b"j", "does not account for"),  # after the artifacts, not the image
+        (True, 10, b"", "ends early"),  # inside the artifacts
+    ],
+    ids=["trailing", "trailing-after-artifacts", "short-artifacts"],
+)
+def test_trailing_bytes_on_a_stream_are_refused(
+    device: Device, tmp_path: Path, *, artifacts: bool, cut: int, extra: bytes, message: str
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"release notes\n" * 100)
+    good = device.bundle(image_bytes(BLOCKS, seed=8), artifacts=[notes] if artifacts else [])
+    raw = good.read_bytes()
+    bad = tmp_path / "bad.bundle"
+    bad.write_bytes(raw[: len(raw) - cut] + extra)
     before = device.snapshot()
-    with extra.open("rb") as f, pytest.raises(BundleError, match="does not account for"):
+    with bad.open("rb") as f, pytest.raises(BundleError, match=message):
         Installer(device.config()).install(StdinSource(f))
     assert device.snapshot()["env"] == before["env"]
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_bundle_with_artifacts_installs_from_any_source(
+    device: Device, tmp_path: Path, source: str
+) -> None:
+    """Artifacts follow the images: a stream is read through them up to the signed end."""
+    kernel = tmp_path / "kernel.img"
+    kernel.write_bytes(image_bytes(3, seed=40)[:10_000])
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"release notes\n")
+    bundle = device.bundle(image_bytes(BLOCKS, seed=41), artifacts=[kernel, notes])
+    if source == "stdin":
+        with bundle.open("rb") as f:
+            result = Installer(device.config()).install(StdinSource(f))
+        # Read once, in order, to its end: the artifacts too.
+        assert result.bytes_fetched == bundle.stat().st_size
+    else:
+        install_file(device, bundle)
+    assert_installed(device, bundle=bundle)
 
 
 def test_floor_rises_only_after_mark_good(device: Device) -> None:
@@ -619,13 +653,13 @@ def test_read_back_catches_a_failing_medium(
     delta: bool,
     reason: str,
 ) -> None:
-    from updater import install, readback
+    from updater import readback
 
-    monkeypatch.setattr(install, "FLUSH_EVERY", flush_every)
-    monkeypatch.setattr(install, "BATCH_GROUPS", 2)  # delta batches of 256 blocks
+    # Delta batches of 256 blocks.
+    tuning = InstallTuning(flush_every=flush_every, batch_groups=2)
     flushed = spy(monkeypatch, readback.RegionReadBack, "flushed")
     bundle = device.bundle(image_bytes(BLOCKS, seed=11))
-    inst = Installer(device.config(), open_slot=medium)
+    inst = Installer(device.config(), open_slot=medium, tuning=tuning)
     with FileSource(bundle) as src, pytest.raises(DeviceError, match="does not read back") as e:
         inst.install(src, delta=delta)
     assert re.search(reason, str(e.value)), e.value
@@ -672,22 +706,20 @@ def die_of_sigbus(*args: object) -> bytes:
 def test_a_read_back_process_killed_by_a_medium_error_is_a_device_error(
     device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from updater import install, readback
+    from updater import readback
 
-    monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
-    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)
     monkeypatch.setattr(readback, "_check_region", die_of_sigbus)
     real = readback.RegionReadBack.flushed
 
     def flushed(self: readback.RegionReadBack, upto_block: int) -> None:
         if upto_block > 64:  # the child died on the first region: wait for it (not reaping)
-            os.waitid(os.P_PID, self._workers[0]._pid, os.WEXITED | os.WNOWAIT)
+            os.waitid(os.P_PID, self._workers[0].pid, os.WEXITED | os.WNOWAIT)
         real(self, upto_block)
 
     monkeypatch.setattr(readback.RegionReadBack, "flushed", flushed)
     bundle = device.bundle(image_bytes(BLOCKS, seed=20))
     with FileSource(bundle) as src, pytest.raises(DeviceError) as e:
-        Installer(device.config()).install(src)
+        Installer(device.config(), tuning=SMALL_REGIONS).install(src)
     assert re.fullmatch(
         r"reading slot \S+slot-B\.img back failed: .*killed by SIGBUS: a file it had mapped "
         r"could not be read\)?",
@@ -718,10 +750,8 @@ def test_read_back_children_share_a_region_in_whole_chunks(
 
 def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
     """A region that does not read back stops the install before the rest is written."""
-    from updater import install, readback
+    from updater import readback
 
-    monkeypatch.setattr(install, "FLUSH_EVERY", 64 * 4096)
-    monkeypatch.setattr(install, "SPAN_BLOCKS", 64)  # a flush every 64 blocks
     flushes: list[int] = []
     real = readback.RegionReadBack.flushed
 
@@ -733,7 +763,7 @@ def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(readback.RegionReadBack, "flushed", flushed)
     bundle = device.bundle(image_bytes(BLOCKS, seed=12))
-    inst = Installer(device.config(), open_slot=LyingMedium)
+    inst = Installer(device.config(), open_slot=LyingMedium, tuning=SMALL_REGIONS)
     with FileSource(bundle) as src, pytest.raises(DeviceError, match=r"\(block 100\)"):
         inst.install(src)
     # Block 100 is in the region flushed at block 128; its answer came back while
@@ -741,53 +771,92 @@ def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.Monk
     assert flushes[0] == 64 and flushes[-1] < BLOCKS, flushes
 
 
+class RecordingSource(FileSource):
+    """A bundle file that notes the spans of each `read_spans` call."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.span_calls: list[list[tuple[int, int]]] = []
+
+    def read_spans(self, spans: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+        self.span_calls.append(list(spans))
+        return super().read_spans(spans)
+
+
+def delta_reads(
+    device: Device, bundle: Path, monkeypatch: pytest.MonkeyPatch, tuning: InstallTuning
+) -> tuple[object, list[int], list[int]]:
+    """Install with delta; the result, the groups read from slot A, the blocks of each
+    request for data (one a batch, as nothing is kept or copied)."""
+    from updater import slotdev
+
+    running = str(device.slot("A"))
+    fds: set[int] = set()
+    groups: list[int] = []
+    real_open, real_pread = os.open, os.pread
+
+    def recording_open(path: str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        if path == running:
+            fds.add(fd)
+        return fd
+
+    def recording_pread(fd: int, length: int, offset: int) -> bytes:
+        if fd in fds:
+            groups.append(offset // (128 * 4096))
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(slotdev.os, "open", recording_open)
+    monkeypatch.setattr(slotdev.os, "pread", recording_pread)
+    data_offset = layout(device, bundle)[1]
+    with RecordingSource(bundle) as src:
+        result = Installer(device.config(), tuning=tuning).install(src, delta=True)
+    batches = [
+        sum(n for _, n in spans) // 4096
+        for spans in src.span_calls
+        if spans and spans[0][0] >= data_offset
+    ]
+    return result, groups, batches
+
+
 def test_delta_stops_hashing_an_unrelated_active_slot(
     tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from updater import install
-
     blocks = 128 * 96  # 96 leaf groups
     dev = make_device(tmp_path / "dev", pki, image_bytes(blocks, seed=1))
-    reads = spy(monkeypatch, install._DeltaWriter, "read_group")
-    batches = spy(monkeypatch, install._DeltaWriter, "batch")
     unrelated = dev.bundle(image_bytes(blocks, seed=2), "unrelated.bundle")
-    result = install_file(dev, unrelated, delta=True)
+    result, probes, batches = delta_reads(dev, unrelated, monkeypatch, InstallTuning())
     assert result.bytes_reused == 0  # type: ignore[attr-defined]
     # 32 groups are probed before the active slot counts as cold, then one in 32.
-    probes = [j for writer, slot, j in reads if slot is not None and slot is writer.active]
     assert probes == [*range(32), 32, 64]
     # Once cold, batches grow eightfold (fewer, longer requests).
-    assert [groups for _, groups in batches] == [range(0, 16), range(16, 32), range(32, 96)]
+    assert batches == [16 * 128, 16 * 128, 64 * 128]
     assert_installed(dev)
 
 
 def test_delta_counts_a_short_active_slot_as_cold(
     tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from updater import install
-
     # The running slot is a plain file of one leaf group: beyond it, it holds nothing.
     dev = make_device(tmp_path / "dev", pki, image_bytes(128, seed=1))
-    batches = spy(monkeypatch, install._DeltaWriter, "batch")
-    result = install_file(dev, dev.bundle(image_bytes(128 * 96, seed=2)), delta=True)
+    bundle = dev.bundle(image_bytes(128 * 96, seed=2))
+    result, _, batches = delta_reads(dev, bundle, monkeypatch, InstallTuning())
     assert result.bytes_reused == 0  # type: ignore[attr-defined]
-    assert [groups for _, groups in batches] == [range(0, 16), range(16, 32), range(32, 96)]
+    assert batches == [16 * 128, 16 * 128, 64 * 128]
     assert_installed(dev)
 
 
 def test_delta_probes_again_once_a_cold_active_slot_matches(
-    tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pki: keygen.DevPki
 ) -> None:
-    from updater import install
-
-    monkeypatch.setattr(install, "BATCH_GROUPS", 1)
-    monkeypatch.setattr(install, "COLD_GROUPS", 4)  # cold after 4 groups; then batches of 8
+    # Cold after 4 groups; then batches of 8.
+    tuning = InstallTuning(batch_groups=1, cold_groups=4)
     groups = 40
     old = image_bytes(groups * 128, seed=1)
     dev = make_device(tmp_path / "dev", pki, old)
     head = 6 * 128 * 4096  # the first 6 groups differ, the rest is the running image
     new = image_bytes(6 * 128, seed=2) + old[head:]
-    result = install_file(dev, dev.bundle(new, "partly.bundle"), delta=True)
+    result = install_file(dev, dev.bundle(new, "partly.bundle"), tuning, delta=True)
     # Groups 4..11 form one cold batch probing groups 4 and 8. Group 8 matches, so
     # 9..11 are probed (and copied) too; only 6 and 7 are fetched though unchanged.
     assert result.bytes_reused == (groups - 8) * 128 * 4096  # type: ignore[attr-defined]
@@ -815,26 +884,26 @@ def test_no_read_back_process_is_a_device_error(
 def test_blocks_are_hashed_by_a_child_and_its_death_costs_nothing(
     device: Device, monkeypatch: pytest.MonkeyPatch, delta: bool
 ) -> None:
-    import os
     import signal
 
-    from updater import install
+    from updater.hashing import SpanDigests
     from updater.install import Progress
 
-    monkeypatch.setattr(install, "BATCH_GROUPS", 1)  # a delta progress report per leaf group
+    made = spy(monkeypatch, SpanDigests, "__init__")  # (self, salt, span_bytes, slots)
     bundle = device.bundle(image_bytes(BLOCKS, seed=14))
     seen: list[bool] = []
 
     def progress(p: Progress) -> None:
-        worker = installer._hashing._worker if installer._hashing else None
         if p.phase == "data":
-            seen.append(worker is not None)
-            if worker is not None and p.done >= 256 * 4096:  # after the first span
-                os.kill(worker._pid, signal.SIGKILL)
+            hasher: SpanDigests = made[0][0]
+            seen.append(hasher.pid is not None)
+            if hasher.pid is not None and p.done >= 256 * 4096:  # after the first span
+                os.kill(hasher.pid, signal.SIGKILL)
 
-    installer = Installer(device.config(), progress=progress)
+    # A delta progress report per leaf group.
+    installer = Installer(device.config(), progress=progress, tuning=InstallTuning(batch_groups=1))
     with FileSource(bundle) as src:
         installer.install(src, delta=delta)
     assert seen[0] and not seen[-1]  # the child hashed, then this process took over
-    assert installer._hashing is None
+    assert len(made) == 1 and made[0][0].pid is None  # stopped with the install
     assert_installed(device)

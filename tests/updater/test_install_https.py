@@ -16,7 +16,7 @@ from tests.updater.device import Device, image_bytes, make_device
 from tests.updater.test_install import assert_installed, flip, layout
 from updater.httpsettings import HttpSettings
 from updater.httpsource import HttpSource
-from updater.install import BATCH_GROUPS, GROUP, Installer
+from updater.install import Installer, InstallTuning
 
 BLOCKS = 16384  # 64 MiB
 
@@ -73,7 +73,7 @@ def test_delta_update_downloads_little(
     # answer), some read ahead in a thread: each answer is read to its end before
     # the next request, so one kept-alive connection serves them all.
     entries = nginx_server.log_entries()
-    batches = -(-BLOCKS // (GROUP * BATCH_GROUPS))
+    batches = -(-BLOCKS // (128 * InstallTuning().batch_groups))  # 128 blocks a leaf group
     head_requests = 4  # bundle header, signed manifest, upper tree levels, leaf summary
     assert len(entries) <= head_requests + 2 * batches
     assert sum(e["range"].count(",") for e in entries) > batches  # many ranges per request
@@ -102,11 +102,8 @@ def test_blocks_that_moved_are_copied_with_find_moved_blocks(
     With a budget of 1024 cells the index holds every 6th block of slot A: the
     blocks between are found next to those.
     """
-    from updater import blockindex
-
     find_moved = mode != "same-offset"
-    if mode == "find-moved-every-6th":
-        monkeypatch.setattr(blockindex, "MAX_CELLS", 1024)
+    tuning = InstallTuning(index_cells=1024) if mode == "find-moved-every-6th" else None
     blocks = 4096
     old = image_bytes(blocks, seed=1)
     device = make_device(tmp_path / "dev", pki, old)
@@ -117,7 +114,8 @@ def test_blocks_that_moved_are_copied_with_find_moved_blocks(
     config = dataclasses.replace(device.config(), find_moved_blocks=find_moved)
     phases: list[str] = []
     with HttpSource(nginx_server.url("v2.bundle"), HttpSettings(nginx_server.ca_file)) as src:
-        result = Installer(config, progress=lambda p: phases.append(p.phase)).install(src)
+        installer = Installer(config, progress=lambda p: phases.append(p.phase), tuning=tuning)
+        result = installer.install(src)
     served = nginx_server.body_bytes_served()
     assert_installed(device, bundle=bundle)
     assert device.slot("B").read_bytes()[: len(new)] == new
@@ -135,16 +133,14 @@ def test_blocks_that_moved_are_copied_with_find_moved_blocks(
 
 
 def test_two_moved_runs_that_meet_are_both_copied_with_a_sparse_index(
-    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer
 ) -> None:
     """Blocks 100-104 come from 300-304 and 105-110 from 601-606, every 3rd indexed.
 
     Block 105 (from 601, not indexed) is first guessed from the run before it
     (305), wrongly, then from its neighbour 106 once that was copied from 602.
     """
-    from updater import blockindex
-
-    monkeypatch.setattr(blockindex, "MAX_CELLS", 2048)  # 4096 blocks: every 3rd
+    sparse = InstallTuning(index_cells=2048)  # 4096 blocks: every 3rd
     old = image_bytes(4096, seed=1)
     device = make_device(tmp_path / "dev", pki, old)
 
@@ -156,7 +152,7 @@ def test_two_moved_runs_that_meet_are_both_copied_with_a_sparse_index(
     (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
     config = dataclasses.replace(device.config(), find_moved_blocks=True)
     with HttpSource(nginx_server.url("v2.bundle"), HttpSettings(nginx_server.ca_file)) as src:
-        result = Installer(config).install(src)
+        result = Installer(config, tuning=sparse).install(src)
     assert_installed(device, bundle=bundle)
     assert device.slot("B").read_bytes()[: len(new)] == new
     assert result.bytes_reused == len(new)  # type: ignore[attr-defined]

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bundle_tool.errors import BundleError
+from updater.deltawrite import prefetched
 from updater.errors import TransportError
-from updater.install import prefetched
 from updater.pieces import ExactReader, paired_runs, runs
 
 
@@ -73,7 +73,7 @@ def test_prefetched_reads_ahead_in_its_thread_and_keeps_the_order() -> None:
             yield bytes([n]) * (n + 1)
 
     with ThreadPoolExecutor(1, thread_name_prefix="fetch") as pool:
-        assert list(prefetched(chunks(), pool)) == [bytes([n]) * (n + 1) for n in range(20)]
+        assert list(prefetched(chunks(), pool, 4)) == [bytes([n]) * (n + 1) for n in range(20)]
     assert len(threads) == 20 and all(t.startswith("fetch") for t in threads)
 
 
@@ -92,11 +92,11 @@ def test_prefetched_carries_an_error_and_closes_the_source_when_stopped() -> Non
             closed.set()
 
     with ThreadPoolExecutor(1) as pool:
-        got = prefetched(failing(), pool)
+        got = prefetched(failing(), pool, 4)
         assert next(got) == b"a"
         with pytest.raises(TransportError, match="connection reset"):
             next(got)
-        stream = prefetched(endless(), pool)
+        stream = prefetched(endless(), pool, 4)
         assert next(stream) == b"x"
         stream.close()  # waits for the reads in flight, then closes the source
         assert closed.is_set()

@@ -23,14 +23,15 @@ from bundle_tool import keygen
 from bundle_tool.errors import PolicyError
 from tests.updater.device import BUILD_TIME, Device, image_bytes, make_device, veritysetup_verify
 from tests.updater.faults import Power, PowerCut
-from updater import install
 from updater.filesource import FileSource
-from updater.install import Installer
+from updater.install import Installer, InstallResult, InstallTuning
 from updater.statedir import StateDir
 
 BLOCKS = 1200
 START = {"fresh": None, "bootable-b": 3}  # slot B: empty, or an older release (image seed)
 SECURITY_VERSION = 3  # of the bundle installed
+# Flush often so that a cut keeps some progress and a resume has something to reuse.
+TUNING = InstallTuning(flush_every=256 * 4096, batch_groups=2)
 
 
 @dataclass(frozen=True)
@@ -78,24 +79,17 @@ def bootable_slots_verify(device: Device) -> str:
     return decision.slot
 
 
-def run_install(
-    device: Device, bundle: Path, power: Power, delta: bool | None
-) -> install.InstallResult:
+def run_install(device: Device, bundle: Path, power: Power, delta: bool | None) -> InstallResult:
     config = device.config()
     control = power.watch_env(device.control())
-    inst = Installer(config, control=control, open_slot=power.opener())
+    inst = Installer(config, control=control, open_slot=power.opener(), tuning=TUNING)
     power.watch_state(inst.state)
     with FileSource(bundle) as src:
         return inst.install(src, delta=delta)
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["stream", "delta"])
-def test_power_cut_after_every_event(
-    tmp_path: Path, start: Start, monkeypatch: pytest.MonkeyPatch, delta: bool
-) -> None:
-    # Flush often so that a cut keeps some progress and a resume has something to reuse.
-    monkeypatch.setattr(install, "FLUSH_EVERY", 256 * 4096)
-    monkeypatch.setattr(install, "BATCH_GROUPS", 2)
+def test_power_cut_after_every_event(tmp_path: Path, start: Start, delta: bool) -> None:
     counting = Power()
     counted = run_install(copy_device(start, tmp_path / "count"), start.bundle, counting, delta)
     total = counting.events

@@ -103,6 +103,32 @@ def test_file_source_reads_into_a_buffer(tmp_path: Path) -> None:
             source.read_into(SIZE - 100, memoryview(bytearray(101)))
 
 
+def take_range(source: BundleSource, offset: int, sizes: list[int]) -> bytes:
+    """Take consecutive pieces of `sizes` bytes from `offset` through `open_range`."""
+    reader = source.open_range(offset, sum(sizes))
+    out = bytearray()
+    for n in sizes:
+        buffer = bytearray(b"\xee" * n)
+        reader.take_into(memoryview(buffer))
+        out += buffer
+    return bytes(out)
+
+
+def test_a_range_is_taken_in_order_into_the_callers_buffers(tmp_path: Path) -> None:
+    data = payload()
+    path = tmp_path / "b.bundle"
+    path.write_bytes(data)
+    sizes = [4096, 1 << 20, 5, 300_000, 1 << 20]
+    with FileSource(path) as source:
+        assert take_range(source, 1000, sizes) == data[1000 : 1000 + sum(sizes)]
+        assert source.bytes_fetched == sum(sizes)
+        with pytest.raises(ValueError, match="the range ends at byte 1010"):
+            source.open_range(1000, 10).take_into(memoryview(bytearray(11)))
+    for stdin in pipe_with(data):
+        assert take_range(stdin, 1000, sizes) == data[1000 : 1000 + sum(sizes)]
+        assert stdin.bytes_fetched == 1000 + sum(sizes)  # the skipped bytes were read too
+
+
 def test_file_source_refuses_reads_past_the_end(tmp_path: Path) -> None:
     path = tmp_path / "b.bundle"
     path.write_bytes(payload(1000))
@@ -173,6 +199,33 @@ def test_stdin_source_at_eof_keeps_the_byte_it_peeked(stdin_source: StdinSource)
     assert not stdin_source.at_eof()
     assert read_all(stdin_source, SIZE - 2, 2) == data[-2:]
     assert stdin_source.at_eof()
+
+
+def test_a_stream_is_read_through_to_its_signed_end(stdin_source: StdinSource) -> None:
+    read_all(stdin_source, 0, 1000)
+    stdin_source.check_end(SIZE)  # the bytes after those read (artifacts) are read through
+    assert stdin_source.bytes_fetched == SIZE
+
+
+@pytest.mark.parametrize(
+    ("end", "message"),
+    [(SIZE - 1, "does not account for"), (SIZE + 1, "ends early")],
+)
+def test_a_stream_that_does_not_end_at_its_signed_end_is_refused(
+    stdin_source: StdinSource, end: int, message: str
+) -> None:
+    read_all(stdin_source, 0, 1000)
+    with pytest.raises(BundleError, match=message):
+        stdin_source.check_end(end)
+
+
+def test_a_file_has_its_end_checked_with_the_head(tmp_path: Path) -> None:
+    """read_head compares a file's size with the signed total: nothing is left to read."""
+    path = tmp_path / "b.bundle"
+    path.write_bytes(payload(1000))
+    with FileSource(path) as source:
+        source.check_end(1000)
+        assert source.bytes_fetched == 0
 
 
 # -- choosing a source -----------------------------------------------------------

@@ -1,0 +1,248 @@
+"""The installer's decisions as values: the install plan, the delta batch plan, the floor."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bootctl.board import load_board
+from bootctl.state import SlotVerity, default_env, parse_state, set_primary
+from bundle_tool.errors import PolicyError
+from tests.updater.device import BOARD, Device, image_bytes
+from updater import deltawrite, floor, installplan
+from updater.deltawrite import GroupDigests, plan_batch
+from updater.errors import DeviceError, UsageError
+from updater.filesource import FileSource, StdinSource
+from updater.install import Installer, InstallTuning
+from updater.statedir import SlotRecord
+
+BLOCKS = 700
+DIGEST = 32
+
+
+def digests(seed: int, count: int) -> bytes:
+    return random.Random(seed).randbytes(count * DIGEST)
+
+
+def group(j: int, leaf: bytes, target: bytes | None, active: bytes | None) -> GroupDigests:
+    count = len(leaf) // DIGEST
+    return GroupDigests(j, j * 128, count, deltawrite.pack_leaf(leaf), target, active)
+
+
+# --- the delta batch plan -------------------------------------------------------------------
+
+
+def test_a_batch_plan_keeps_copies_and_fetches_by_digest() -> None:
+    want = digests(1, 128)
+    other = digests(2, 128)
+    # Group 0: the target holds it all. Group 1: the target holds blocks 0..9, the
+    # running slot 10..99, neither the rest. Group 2 (3 blocks): nothing was read.
+    on_target = want[: 10 * DIGEST] + other[10 * DIGEST :]
+    on_active = other[:10] + want[10 : 100 * DIGEST] + other[100 * DIGEST :]
+    plan = plan_batch(
+        [
+            group(0, want, want, None),
+            group(1, want, on_target, on_active),
+            group(2, want[: 3 * DIGEST], None, None),
+        ]
+    )
+    assert plan.kept == 128 + 10
+    assert plan.copy == tuple(range(128 + 10, 128 + 100))
+    assert plan.fetch == (*range(128 + 100, 256), 256, 257, 258)
+    assert plan.copied_groups == {1}
+
+
+def test_the_target_wins_over_the_running_slot() -> None:
+    want = digests(3, 128)
+    plan = plan_batch([group(5, want, want, want)])
+    assert (plan.kept, plan.copy, plan.fetch, plan.copied_groups) == (128, (), (), frozenset())
+
+
+@settings(deadline=None)  # a shared machine can be slow, not wrong
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 128), st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=6
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_every_block_of_a_batch_is_planned_once(
+    shapes: list[tuple[int, int, int]], rng: random.Random
+) -> None:
+    groups = []
+    for j, (count, t_kind, a_kind) in enumerate(shapes):
+        want = rng.randbytes(count * DIGEST)
+
+        def holding(kind: int, want: bytes = want, count: int = count) -> bytes | None:
+            # 0: not read; 1: random blocks; 2: each block right or wrong at random.
+            if kind == 0:
+                return None
+            return b"".join(
+                want[i * DIGEST : (i + 1) * DIGEST]
+                if kind == 2 and rng.random() < 0.5
+                else rng.randbytes(DIGEST)
+                for i in range(count)
+            )
+
+        groups.append(group(j, want, holding(t_kind), holding(a_kind)))
+    plan = plan_batch(groups)
+    blocks = [b for g in groups for b in range(g.first, g.first + g.count)]
+    assert plan.kept + len(plan.copy) + len(plan.fetch) == len(blocks)
+    assert set(plan.copy) | set(plan.fetch) <= set(blocks)
+    assert not set(plan.copy) & set(plan.fetch)
+    for b in plan.copy:  # a block is copied only where the running slot holds its digest
+        g = groups[b // 128]
+        i = b - g.first
+        assert g.active is not None
+        assert g.active[i * DIGEST : (i + 1) * DIGEST] == g.leaf[i * DIGEST : (i + 1) * DIGEST]
+    assert plan.copied_groups == {b // 128 for b in plan.copy}
+
+
+def test_a_running_slot_that_holds_nothing_cools_and_batches_grow() -> None:
+    tuning = InstallTuning()  # cold after 32 groups, then one probe in 32, batches of 8 x 16
+    assert [deltawrite.probes(tuning, 31, j) for j in (33, 64)] == [True, True]
+    assert [deltawrite.probes(tuning, 32, j) for j in (32, 33, 63, 64)] == [
+        True,
+        False,
+        False,
+        True,
+    ]
+    assert deltawrite.batch_groups(tuning, 31) == 16
+    assert deltawrite.batch_groups(tuning, 32) == 128
+    assert deltawrite.cooled(0, range(32), set()) == 32
+    # A probe that copied something warms up again; the misses after it count anew.
+    assert deltawrite.cooled(40, [64, 96, 128], {96}) == 1
+
+
+# --- tuning ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["span_blocks", "flush_every", "cold_groups", "index_cells"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_tuning_refuses_what_is_not_a_positive_integer(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"install tuning {field} must be a positive integer"):
+        InstallTuning(**{field: value})  # type: ignore[arg-type]
+
+
+# --- choosing the target and the path ------------------------------------------------------
+
+
+def test_the_target_is_the_slot_not_booted() -> None:
+    board = load_board(BOARD)
+    assert installplan.choose_target(board, "rootfs", None, "A") == ("B", "A")
+    assert installplan.choose_target(board, "rootfs", "A", "B") == ("A", "B")
+    assert installplan.choose_target(board, "rootfs", "B", None) == ("B", None)
+    with pytest.raises(UsageError, match="refusing to install into the booted slot A"):
+        installplan.choose_target(board, "rootfs", "A", "A")
+    with pytest.raises(UsageError, match="slot C is not a rootfs slot"):
+        installplan.choose_target(board, "rootfs", "C", "A")
+    with pytest.raises(PolicyError, match="has no slot of class appfs"):
+        installplan.choose_target(board, "appfs", None, "A")
+    with pytest.raises(DeviceError, match="name the target slot explicitly"):
+        installplan.choose_target(board, "rootfs", None, None)
+
+
+def test_the_path_is_delta_where_reuse_pays() -> None:
+    asked: list[bool] = []
+
+    def resumable() -> bool:
+        asked.append(True)
+        return True
+
+    def path(delta: bool | None, random_access: bool, remote: bool) -> str:
+        return installplan.choose_path(
+            delta, random_access=random_access, remote=remote, resumable=resumable
+        )
+
+    assert path(None, True, True) == "delta"  # https
+    assert path(None, False, False) == "stream"  # standard input
+    assert path(False, True, True) == "stream"
+    assert path(True, True, False) == "delta"
+    assert not asked  # the target is read only where the answer matters
+    assert path(None, True, False) == "delta"  # a file, onto a target holding its tree
+    assert asked == [True]
+
+
+def test_delta_from_a_stream_is_refused() -> None:
+    installplan.refuse_delta_from_a_stream(None, random_access=False)
+    installplan.refuse_delta_from_a_stream(True, random_access=True)
+    with pytest.raises(UsageError, match="standard input is read once"):
+        installplan.refuse_delta_from_a_stream(True, random_access=False)
+
+
+def test_planning_an_install_writes_nothing(device: Device) -> None:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=2))
+    before = device.snapshot(target=True)
+    with FileSource(bundle) as src:
+        plan = Installer(device.config()).plan(src)
+    assert device.snapshot(target=True) == before
+    assert not (device.config().state_dir / "last-install.json").exists()
+    (image,) = plan.images
+    assert (image.target, image.active, image.path, image.index_blocks) == ("B", "A", "stream", 0)
+    assert image.device == str(device.slot("B")) and image.active_device is None
+    assert image.needed == BLOCKS * 4096 + image.image.verity.tree_size
+    assert plan.head.manifest.version == "2.0.0"
+    with FileSource(bundle) as src:
+        assert Installer(device.config()).plan(src, slot="B", delta=True).images[0].path == "delta"
+    with bundle.open("rb") as f:
+        assert Installer(device.config()).plan(StdinSource(f)).images[0].path == "stream"
+
+
+def test_a_file_resumes_on_the_delta_path_once_the_target_holds_its_tree(
+    device: Device, tmp_path: Path
+) -> None:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=3))
+    with FileSource(bundle) as src:
+        Installer(device.config()).install(src)
+    device.boot("A")
+    with FileSource(bundle) as src:
+        (image,) = Installer(device.config()).plan(src).images
+    assert (image.target, image.path, image.active_device) == ("B", "delta", str(device.slot("A")))
+
+
+# --- the anti-rollback floor ----------------------------------------------------------------
+
+NAMES = ("A", "B")
+ROOT = "ab" * 32
+B_VERITY = SlotVerity(ROOT, "cd" * 4, 10)
+
+
+def record(security_version: int, root: str = ROOT) -> SlotRecord:
+    return SlotRecord("2.0.0", security_version, "qemu-arm64-uboot", root, 0)
+
+
+def booted_b(tries: int = 3) -> dict[str, str]:
+    env = set_primary(default_env(NAMES, 3), "B", B_VERITY, NAMES, 3)
+    return {**env, "BOOT_B_LEFT": str(tries)}
+
+
+def test_the_floor_rises_to_a_good_booted_slot() -> None:
+    st = parse_state(booted_b(), NAMES)
+    assert floor.floor_in_force(2, {"B": record(5)}, st, "B", 3) == 5
+    assert floor.floor_in_force(7, {"B": record(5)}, st, "B", 3) == 7  # never lowered
+
+
+@pytest.mark.parametrize(
+    ("why", "env", "booted", "records"),
+    [
+        ("not booted", booted_b(), "A", {"B": record(5)}),
+        ("booted slot unknown", booted_b(), None, {"B": record(5)}),
+        ("not yet marked good", booted_b(tries=2), "B", {"B": record(5)}),
+        ("not primary", {**booted_b(), "BOOT_ORDER": "A B"}, "B", {"B": record(5)}),
+        ("record of another image", booted_b(), "B", {"B": record(5, root="12" * 32)}),
+        ("no record", booted_b(), "B", {}),
+    ],
+)
+def test_the_floor_stays_unless_the_booted_slot_is_good_and_confirmed(
+    why: str, env: dict[str, str], booted: str | None, records: dict[str, SlotRecord]
+) -> None:
+    assert floor.floor_in_force(2, records, parse_state(env, NAMES), booted, 3) == 2, why
+
+
+def test_only_records_the_environment_confirms_count() -> None:
+    st = parse_state(booted_b(), NAMES)
+    records = {"A": record(1), "B": record(5), "C": record(9)}
+    assert floor.confirmed(records, st) == {"B": record(5)}

@@ -1,0 +1,149 @@
+"""One install's writing: the target slot, its tree checker, the hashing child, counters, progress.
+
+A `WriteSession` lives while one image is written into its slot (install steps 4
+and 5); the stream and the delta writer receive it. The `Installer` outlives
+it: it is the device's service (status, floor, checks) and makes one session
+per install.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bundle_tool import verity
+from bundle_tool.errors import BundleError
+from bundle_tool.manifest import VerityInfo
+
+from . import hashing
+from .readback import RegionReadBack
+from .slotdev import SlotDevice
+from .source import BundleSource
+from .tuning import InstallTuning
+
+BLOCK = verity.BLOCK_SIZE
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report.
+
+    Attributes:
+        phase: "tree", "index", "data", "read-back" or "switch".
+        done: what is done of this phase so far: bytes ("tree": of the hash area;
+            "index": of the running slot; "data" and "read-back": of the image),
+            or 0 for "switch" (of 1).
+        total: the size of this phase in the same unit.
+        fetched: bytes read from the source so far (network or medium).
+        reused: image bytes kept on the target or copied from the active slot.
+    """
+
+    phase: str
+    done: int
+    total: int
+    fetched: int
+    reused: int
+
+
+def refuse_mismatch(first: int, got: bytes, expected: bytes) -> None:
+    """Refuse blocks from `first` whose digests `got` are not those `expected`."""
+    bad = verity.first_mismatch(first, got, expected)
+    if bad is not None:
+        raise BundleError(
+            f"image block {bad} (image offset {bad * BLOCK}) does not match the signed "
+            "hash tree; it was not written"
+        )
+
+
+class WriteSession:
+    """What the writers of one image share: where it goes, how blocks are checked, what was done.
+
+    Creating it forks the hashing child (`hashing.SpanDigests`): do it before any
+    thread of the install starts. Use as a context manager: leaving it stops the child.
+
+    Args:
+        dev: the target slot, open for writing.
+        vinfo: the image's signed dm-verity parameters.
+        source: where the bundle comes from (its `bytes_fetched` goes into reports).
+        tuning: how the work is cut up.
+        progress: called with Progress reports.
+    """
+
+    def __init__(
+        self,
+        dev: SlotDevice,
+        vinfo: VerityInfo,
+        source: BundleSource,
+        tuning: InstallTuning,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.dev = dev
+        self.vinfo = vinfo
+        self.source = source
+        self.tuning = tuning
+        self.progress = progress
+        self.checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
+        #: Where the hash area starts on the slot (right after the data).
+        self.hash_offset = vinfo.data_blocks * BLOCK
+        #: Image bytes kept on the target or copied from the running slot so far.
+        self.reused = 0
+        #: Bytes written since the last flush.
+        self.unflushed = 0
+        self.hasher = hashing.SpanDigests(vinfo.salt, tuning.span_blocks * BLOCK, tuning.ring_slots)
+
+    def report(self, phase: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(Progress(phase, done, total, self.source.bytes_fetched, self.reused))
+
+    def leaf_offset(self, j: int) -> int:
+        """Where leaf block j (of data blocks 128 j ...) lies on the slot."""
+        return self.hash_offset + (self.checker.first_leaf + j) * BLOCK
+
+    def digests(self, data: bytes | memoryview) -> bytes:
+        """sha256(salt || block) of each block of `data`, computed by the hashing child."""
+        return self.hasher.digests(data)
+
+    def write_checked(self, first: int, data: bytes, expected: bytes) -> None:
+        """Check blocks [first, first + len(data)/4096) against `expected`, then write them."""
+        refuse_mismatch(first, self.digests(data), expected)
+        self.dev.pwrite(first * BLOCK, data)
+
+    def flush(self, back: RegionReadBack, upto_block: int) -> None:
+        """Make every write so far durable; the data below `upto_block` is read back."""
+        self.dev.flush()
+        self.unflushed = 0
+        back.flushed(upto_block)
+
+    def close(self) -> None:
+        self.hasher.close()
+
+    def __enter__(self) -> WriteSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageWriter(ABC):
+    """Writes one image into its slot: the hash area first, then the data.
+
+    Use as a context manager: leaving it releases what the writer opened.
+    """
+
+    @abstractmethod
+    def write_tree(self) -> None:
+        """Check and write the hash area (what the data is checked against)."""
+
+    @abstractmethod
+    def write_data(self, back: RegionReadBack) -> None:
+        """Check and write every data block, in order; `back` reads each flushed region back."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the writer opened."""
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
