@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -191,13 +190,10 @@ def test_planning_an_install_writes_nothing(device: Device) -> None:
         assert Installer(device.config()).plan(StdinSource(f)).images[0].path == "stream"
 
 
-def test_a_file_resumes_on_the_delta_path_once_the_target_holds_its_tree(
-    device: Device, tmp_path: Path
-) -> None:
+def test_a_file_resumes_on_the_delta_path_once_the_target_holds_its_tree(device: Device) -> None:
     bundle = device.bundle(image_bytes(BLOCKS, seed=3))
     with FileSource(bundle) as src:
         Installer(device.config()).install(src)
-    device.boot("A")
     with FileSource(bundle) as src:
         (image,) = Installer(device.config()).plan(src).images
     assert (image.target, image.path, image.active_device) == ("B", "delta", str(device.slot("A")))
