@@ -111,6 +111,11 @@ class RegionReadBack:
             self.close()
             raise DeviceError(f"cannot start the read-back process: {e.strerror}") from e
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The children's process ids (0 for one that ended and was reaped)."""
+        return tuple(worker.pid for worker in self._workers)
+
     def flushed(self, upto_block: int) -> None:
         """Data blocks below `upto_block` (and the hash area) are flushed: check them.
 

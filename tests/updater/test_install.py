@@ -713,7 +713,7 @@ def test_a_read_back_process_killed_by_a_medium_error_is_a_device_error(
 
     def flushed(self: readback.RegionReadBack, upto_block: int) -> None:
         if upto_block > 64:  # the child died on the first region: wait for it (not reaping)
-            os.waitid(os.P_PID, self._workers[0].pid, os.WEXITED | os.WNOWAIT)
+            os.waitid(os.P_PID, self.pids[0], os.WEXITED | os.WNOWAIT)
         real(self, upto_block)
 
     monkeypatch.setattr(readback.RegionReadBack, "flushed", flushed)
