@@ -37,16 +37,6 @@ def _board(name: str, chain: str) -> BoardConfig:
     return parse_board(data)
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> bootkeys.DevBootKeys:
-    return bootkeys.make_dev_boot_keys(tmp_path_factory.mktemp("boot") / "keys")
-
-
-@pytest.fixture(scope="module")
-def other_keys(tmp_path_factory: pytest.TempPathFactory) -> bootkeys.DevBootKeys:
-    return bootkeys.make_dev_boot_keys(tmp_path_factory.mktemp("other") / "keys")
-
-
 def _parts(tmp_path: Path) -> tuple[Path, Path]:
     header = bytearray(64)
     header[56:60] = b"ARM\x64"
@@ -82,7 +72,7 @@ def _uki(tmp_path: Path, signer: bootimage.UefiSigner, *, flip: bool = False) ->
 
 
 def test_uboot_fit_refusals_cost_tries_and_the_env_cannot_switch_checks_off(
-    tmp_path: Path, keys: bootkeys.DevBootKeys, other_keys: bootkeys.DevBootKeys
+    tmp_path: Path, boot_keys: bootkeys.DevBootKeys, other_boot_keys: bootkeys.DevBootKeys
 ) -> None:
     """B changed after signing, A signed with another key: each boot refuses, counts, resets.
 
@@ -94,12 +84,12 @@ def test_uboot_fit_refusals_cost_tries_and_the_env_cannot_switch_checks_off(
     slot_env |= {"BOOT_A_VERITY": V, "BOOT_B_VERITY": V}
     attack = {"verify": "n", "bootcmd": "echo PWNED", "bootargs": "init=/bin/sh PWNED"}
     blob = ubootenv.encode_single(slot_env | attack, board.env.uboot_size)
-    qemu = QemuBoard(board, tmp_path, keys)
+    qemu = QemuBoard(board, tmp_path, boot_keys)
     qemu.build(
         blob,
         {
-            f"{board.slot('B').boot_dir}/boot.itb": _fit(tmp_path, keys, flip=True),
-            f"{board.slot('A').boot_dir}/boot.itb": _fit(tmp_path, other_keys),
+            f"{board.slot('B').boot_dir}/boot.itb": _fit(tmp_path, boot_keys, flip=True),
+            f"{board.slot('A').boot_dir}/boot.itb": _fit(tmp_path, other_boot_keys),
         },
     )
     env = slot_env
@@ -122,11 +112,13 @@ def test_uboot_fit_refusals_cost_tries_and_the_env_cannot_switch_checks_off(
     assert state.select_boot(env, board.slot_names, board.tries).slot is None
 
 
-def test_uboot_fit_a_missing_image_costs_a_try(tmp_path: Path, keys: bootkeys.DevBootKeys) -> None:
+def test_uboot_fit_a_missing_image_costs_a_try(
+    tmp_path: Path, boot_keys: bootkeys.DevBootKeys
+) -> None:
     board = _board("qemu-arm64-uboot", "fit")
     env = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "2"}
     env |= {"BOOT_A_VERITY": V, "BOOT_B_VERITY": V}
-    qemu = QemuBoard(board, tmp_path, keys)
+    qemu = QemuBoard(board, tmp_path, boot_keys)
     qemu.build(ubootenv.encode_single(env, board.env.uboot_size))
     console = qemu.boot_once()
     assert "abupdate: booting slot B\n" in console
@@ -136,7 +128,7 @@ def test_uboot_fit_a_missing_image_costs_a_try(tmp_path: Path, keys: bootkeys.De
 
 
 def test_grub_uki_refusals_cost_tries_and_grubenv_cannot_switch_checks_off(
-    tmp_path: Path, keys: bootkeys.DevBootKeys, other_keys: bootkeys.DevBootKeys
+    tmp_path: Path, boot_keys: bootkeys.DevBootKeys, other_boot_keys: bootkeys.DevBootKeys
 ) -> None:
     """Secure Boot on: B's UKI changed after its gpg signature was made (GRUB refuses it),
     A's signed for GRUB but with another db key (the firmware refuses to load it)."""
@@ -146,14 +138,14 @@ def test_grub_uki_refusals_cost_tries_and_grubenv_cannot_switch_checks_off(
     attack = {"check_signatures": "no", "root": "hd0,gpt2"}
     files = {
         f"{board.slot('B').boot_dir}/{name}": data
-        for name, data in _uki(tmp_path, keys.uefi_signer, flip=True).items()
+        for name, data in _uki(tmp_path, boot_keys.uefi_signer, flip=True).items()
     }
-    wrong_db = dataclasses.replace(other_keys.uefi_signer, gpg_home=keys.gpg_home)
+    wrong_db = dataclasses.replace(other_boot_keys.uefi_signer, gpg_home=boot_keys.gpg_home)
     files |= {
         f"{board.slot('A').boot_dir}/{name}": data
         for name, data in _uki(tmp_path, wrong_db).items()
     }
-    qemu = QemuBoard(board, tmp_path, keys)
+    qemu = QemuBoard(board, tmp_path, boot_keys)
     qemu.build(grubenv.encode_grubenv(slot_env | attack), files)
     env = slot_env
     for expected_slot, refusal in [
@@ -173,7 +165,7 @@ def test_grub_uki_refusals_cost_tries_and_grubenv_cannot_switch_checks_off(
 
 
 def test_grub_uki_signed_right_is_started_by_the_firmware(
-    tmp_path: Path, keys: bootkeys.DevBootKeys
+    tmp_path: Path, boot_keys: bootkeys.DevBootKeys
 ) -> None:
     """The control for the refusals above: a UKI with both signatures right is loaded and
     its EFI stub runs (and then stops at the test's placeholder kernel)."""
@@ -181,9 +173,9 @@ def test_grub_uki_signed_right_is_started_by_the_firmware(
     env = {"BOOT_ORDER": "B A", "BOOT_A_LEFT": "1", "BOOT_B_LEFT": "1", "BOOT_B_VERITY": V}
     files = {
         f"{board.slot('B').boot_dir}/{name}": data
-        for name, data in _uki(tmp_path, keys.uefi_signer).items()
+        for name, data in _uki(tmp_path, boot_keys.uefi_signer).items()
     }
-    qemu = QemuBoard(board, tmp_path, keys)
+    qemu = QemuBoard(board, tmp_path, boot_keys)
     qemu.build(grubenv.encode_grubenv(env), files)
     console = qemu.boot_once()
     assert "abupdate: booting slot B\n" in console

@@ -37,16 +37,6 @@ def _run(*cmd: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> bootkeys.DevBootKeys:
-    return bootkeys.make_dev_boot_keys(tmp_path_factory.mktemp("boot") / "keys")
-
-
-@pytest.fixture(scope="module")
-def other_keys(tmp_path_factory: pytest.TempPathFactory) -> bootkeys.DevBootKeys:
-    return bootkeys.make_dev_boot_keys(tmp_path_factory.mktemp("other") / "keys")
-
-
 @pytest.fixture
 def parts(tmp_path: Path) -> tuple[Path, Path]:
     """A kernel that looks like an arm64 Image to U-Boot, and a small initramfs."""
@@ -62,12 +52,12 @@ def parts(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def control_dtb(tmp_path_factory: pytest.TempPathFactory, keys: bootkeys.DevBootKeys) -> Path:
+def control_dtb(tmp_path_factory: pytest.TempPathFactory, boot_keys: bootkeys.DevBootKeys) -> Path:
     """QEMU virt's DTB with our FIT key and a boot command that only checks the FIT."""
     work = tmp_path_factory.mktemp("dtb")
     dtb = work / "virt.dtb"
     _run("qemu-system-aarch64", "-M", f"virt,dumpdtb={dtb}", "-cpu", "cortex-a57", "-m", "512")
-    bootimage.add_fit_key(dtb, keys.fit, work)
+    bootimage.add_fit_key(dtb, boot_keys.fit, work)
     command = f"bootm start {FIT_ADDR:#x}#{bootimage.FIT_CONFIG}; echo ABRESULT=$?; reset"
     _run("fdtput", "-p", "-t", "s", dtb, "/config", "bootcmd", command)
     _run("fdtput", "-t", "i", dtb, "/config", "bootdelay", "--", "-2")
@@ -124,7 +114,7 @@ def test_verity_archive_is_read_by_cpio(tmp_path: Path) -> None:
 
 
 def test_fit_signs_the_configuration_and_every_image(
-    parts: tuple[Path, Path], tmp_path: Path, keys: bootkeys.DevBootKeys
+    parts: tuple[Path, Path], tmp_path: Path, boot_keys: bootkeys.DevBootKeys
 ) -> None:
     source = bootimage.fit_source(
         arch="arm64",
@@ -136,16 +126,16 @@ def test_fit_signs_the_configuration_and_every_image(
         description="d",
     )
     assert 'sign-images = "kernel", "ramdisk", "fdt";' in source
-    listing = _run("mkimage", "-l", _fit(parts, tmp_path / "b.itb", keys.fit)).stdout
+    listing = _run("mkimage", "-l", _fit(parts, tmp_path / "b.itb", boot_keys.fit)).stdout
     assert "Sign algo:    sha256,rsa2048:dev" in listing
     assert listing.count("Hash algo:    sha256") == 2
 
 
 def test_fit_is_reproducible(
-    parts: tuple[Path, Path], tmp_path: Path, keys: bootkeys.DevBootKeys
+    parts: tuple[Path, Path], tmp_path: Path, boot_keys: bootkeys.DevBootKeys
 ) -> None:
-    one = _fit(parts, tmp_path / "1.itb", keys.fit, build_time=1_700_000_000)
-    two = _fit(parts, tmp_path / "2.itb", keys.fit, build_time=1_700_000_000)
+    one = _fit(parts, tmp_path / "1.itb", boot_keys.fit, build_time=1_700_000_000)
+    two = _fit(parts, tmp_path / "2.itb", boot_keys.fit, build_time=1_700_000_000)
     assert one.read_bytes() == two.read_bytes()
 
 
@@ -156,9 +146,9 @@ def test_control_dtb_requires_the_key(control_dtb: Path) -> None:
 
 @pytest.mark.qemu
 def test_uboot_accepts_the_signed_fit(
-    parts: tuple[Path, Path], tmp_path: Path, keys: bootkeys.DevBootKeys, control_dtb: Path
+    parts: tuple[Path, Path], tmp_path: Path, boot_keys: bootkeys.DevBootKeys, control_dtb: Path
 ) -> None:
-    console = _uboot_check(control_dtb, _fit(parts, tmp_path / "b.itb", keys.fit))
+    console = _uboot_check(control_dtb, _fit(parts, tmp_path / "b.itb", boot_keys.fit))
     assert "sha256,rsa2048:dev+ OK" in console
     assert "ABRESULT=0" in console
 
@@ -169,10 +159,10 @@ def test_uboot_refuses_a_changed_byte(
     part: str,
     parts: tuple[Path, Path],
     tmp_path: Path,
-    keys: bootkeys.DevBootKeys,
+    boot_keys: bootkeys.DevBootKeys,
     control_dtb: Path,
 ) -> None:
-    fit = _fit(parts, tmp_path / "b.itb", keys.fit)
+    fit = _fit(parts, tmp_path / "b.itb", boot_keys.fit)
     data = fit.read_bytes()
     at = data.find(b"ARM\x64") + 200 if part == "kernel" else data.find(VERITY.root_hash.encode())
     _flip(fit, at)
@@ -206,10 +196,10 @@ def test_uboot_refuses_an_unsigned_fit(
 def test_uboot_refuses_another_key(
     parts: tuple[Path, Path],
     tmp_path: Path,
-    other_keys: bootkeys.DevBootKeys,
+    other_boot_keys: bootkeys.DevBootKeys,
     control_dtb: Path,
 ) -> None:
-    console = _uboot_check(control_dtb, _fit(parts, tmp_path / "o.itb", other_keys.fit))
+    console = _uboot_check(control_dtb, _fit(parts, tmp_path / "o.itb", other_boot_keys.fit))
     assert re.search(r"sha256,rsa2048:dev-\s+error!", console)
     assert "Failed to verify required signature 'key-dev'" in console
     assert "ABRESULT=1" in console
@@ -218,8 +208,8 @@ def test_uboot_refuses_another_key(
 def test_uki_is_signed_for_secure_boot_and_grub(
     parts: tuple[Path, Path],
     tmp_path: Path,
-    keys: bootkeys.DevBootKeys,
-    other_keys: bootkeys.DevBootKeys,
+    boot_keys: bootkeys.DevBootKeys,
+    other_boot_keys: bootkeys.DevBootKeys,
 ) -> None:
     uki = tmp_path / "boot.efi"
     bootimage.build_uki(
@@ -229,16 +219,16 @@ def test_uki_is_signed_for_secure_boot_and_grub(
         uki,
         cmdline="console=ttyS0 lockdown=integrity",
         os_release='NAME="abupdate"\nVERSION_ID=1.2.0\n',
-        signer=keys.uefi_signer,
+        signer=boot_keys.uefi_signer,
     )
-    _run("sbverify", "--cert", keys.uefi_cert("db"), uki)
+    _run("sbverify", "--cert", boot_keys.uefi_cert("db"), uki)
     wrong = subprocess.run(
-        ["sbverify", "--cert", str(other_keys.uefi_cert("db")), str(uki)],
+        ["sbverify", "--cert", str(other_boot_keys.uefi_cert("db")), str(uki)],
         capture_output=True,
         check=False,
     )
     assert wrong.returncode != 0
-    _run("gpg", "--homedir", keys.gpg_home, "--verify", uki.with_name("boot.efi.sig"), uki)
+    _run("gpg", "--homedir", boot_keys.gpg_home, "--verify", uki.with_name("boot.efi.sig"), uki)
     sections = _run("objdump", "-h", uki).stdout
     for name in (".osrel", ".cmdline", ".linux", ".initrd"):
         assert f" {name} " in sections
@@ -251,13 +241,13 @@ def test_uki_is_signed_for_secure_boot_and_grub(
     assert cmdline.read_bytes() == b"console=ttyS0 lockdown=integrity\0"
 
 
-def test_boot_keys_are_private_and_labelled(keys: bootkeys.DevBootKeys) -> None:
-    for key in (keys.fit.directory / "dev.key", keys.root / "uefi" / "db.key"):
+def test_boot_keys_are_private_and_labelled(boot_keys: bootkeys.DevBootKeys) -> None:
+    for key in (boot_keys.fit.directory / "dev.key", boot_keys.root / "uefi" / "db.key"):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert b"DEVELOPMENT ONLY" in key.read_bytes()
-    assert keys.gpg_public.stat().st_size > 0
+    assert boot_keys.gpg_public.stat().st_size > 0
     with pytest.raises(UsageError, match="already exists"):
-        bootkeys.make_dev_boot_keys(keys.root)
+        bootkeys.make_dev_boot_keys(boot_keys.root)
 
 
 def test_a_missing_fit_key_is_named(parts: tuple[Path, Path], tmp_path: Path) -> None:
@@ -277,14 +267,14 @@ halt
 """
 
 
-def _ovmf_boot(tmp_path: Path, keys: bootkeys.DevBootKeys, esp_files: dict[str, Path]) -> str:
-    """Boot OVMF with Secure Boot on and our keys enrolled from a FAT disk holding `esp_files`.
+def _ovmf_boot(tmp_path: Path, boot_keys: bootkeys.DevBootKeys, esp_files: dict[str, Path]) -> str:
+    """Boot OVMF with Secure Boot on and our boot_keys enrolled from a FAT disk holding `esp_files`.
 
     Returns the console once the machine powers off, or as soon as the firmware says it
     found nothing it may boot (it would wait there forever).
     """
     vars_fd = tmp_path / "vars.fd"
-    bootkeys.enroll_uefi_keys(keys, OVMF_VARS, vars_fd)
+    bootkeys.enroll_uefi_keys(boot_keys, OVMF_VARS, vars_fd)
     esp = tmp_path / "esp.img"
     _run("mkfs.vfat", "-C", esp, "16384")
     _run("mmd", "-i", esp, "::/EFI", "::/EFI/BOOT")
@@ -314,22 +304,21 @@ def _ovmf_boot(tmp_path: Path, keys: bootkeys.DevBootKeys, esp_files: dict[str, 
 
 @pytest.mark.qemu
 def test_secure_boot_runs_our_signed_grub_which_enforces_signatures(
-    tmp_path: Path, keys: bootkeys.DevBootKeys
+    tmp_path: Path, boot_keys: bootkeys.DevBootKeys
 ) -> None:
     grub = tmp_path / "BOOTX64.EFI"
-    bootimage.build_grub_efi(GRUB_CHECK, grub, pubkey=keys.gpg_public, signer=keys.uefi_signer)
+    bootimage.build_grub_efi(
+        GRUB_CHECK, grub, pubkey=boot_keys.gpg_public, signer=boot_keys.uefi_signer
+    )
     hello = tmp_path / "hello.txt"
     hello.write_text("signed hello\n")
-    bootimage.gpg_sign(hello, tmp_path / "hello.txt.sig", keys.gpg_home)
-    console = _ovmf_boot(
-        tmp_path,
-        keys,
-        {
-            "EFI/BOOT/BOOTX64.EFI": grub,
-            "hello.txt": hello,
-            "hello.txt.sig": tmp_path / "hello.txt.sig",
-        },
-    )
+    bootimage.gpg_sign(hello, tmp_path / "hello.txt.sig", boot_keys.gpg_home)
+    esp = {
+        "EFI/BOOT/BOOTX64.EFI": grub,
+        "hello.txt": hello,
+        "hello.txt.sig": tmp_path / "hello.txt.sig",
+    }
+    console = _ovmf_boot(tmp_path, boot_keys, esp)
     assert "ABGRUB-START check_signatures=enforce" in console
     shown = console.split("ABGRUB-CAT-BEGIN", 1)[1].split("ABGRUB-CAT-END", 1)[0]
     assert "signed hello" in shown
@@ -337,28 +326,20 @@ def test_secure_boot_runs_our_signed_grub_which_enforces_signatures(
     # The same file changed after signing: GRUB refuses to read it.
     hello.write_text("changed hello\n")
     (tmp_path / "esp.img").unlink()
-    console = _ovmf_boot(
-        tmp_path,
-        keys,
-        {
-            "EFI/BOOT/BOOTX64.EFI": grub,
-            "hello.txt": hello,
-            "hello.txt.sig": tmp_path / "hello.txt.sig",
-        },
-    )
+    console = _ovmf_boot(tmp_path, boot_keys, esp)
     shown = console.split("ABGRUB-CAT-BEGIN", 1)[1].split("ABGRUB-CAT-END", 1)[0]
     assert "changed hello" not in shown and "bad signature" in shown
 
 
 @pytest.mark.qemu
 def test_secure_boot_refuses_an_unsigned_grub(
-    tmp_path: Path, keys: bootkeys.DevBootKeys, other_keys: bootkeys.DevBootKeys
+    tmp_path: Path, boot_keys: bootkeys.DevBootKeys, other_boot_keys: bootkeys.DevBootKeys
 ) -> None:
     grub = tmp_path / "BOOTX64.EFI"
     bootimage.build_grub_efi(
-        GRUB_CHECK, grub, pubkey=keys.gpg_public, signer=other_keys.uefi_signer
+        GRUB_CHECK, grub, pubkey=boot_keys.gpg_public, signer=other_boot_keys.uefi_signer
     )
-    console = _ovmf_boot(tmp_path, keys, {"EFI/BOOT/BOOTX64.EFI": grub})
+    console = _ovmf_boot(tmp_path, boot_keys, {"EFI/BOOT/BOOTX64.EFI": grub})
     assert "Access Denied" in console
     assert "No bootable option or device was found" in console
     assert "ABGRUB-START" not in console
@@ -374,19 +355,19 @@ def _verified_board(name: str, chain: str) -> BoardConfig:
 
 
 def test_the_board_chooses_the_boot_image(
-    parts: tuple[Path, Path], tmp_path: Path, keys: bootkeys.DevBootKeys
+    parts: tuple[Path, Path], tmp_path: Path, boot_keys: bootkeys.DevBootKeys
 ) -> None:
     fit = tmp_path / "boot.itb"
     board = _verified_board("qemu-arm64-uboot", "fit")
-    bootimage.build_for_board(board, *parts, VERITY, fit, keys=keys, version="2.0.0")
+    bootimage.build_for_board(board, *parts, VERITY, fit, keys=boot_keys, version="2.0.0")
     listing = _run("mkimage", "-l", fit).stdout
     assert "FIT description: qemu-arm64-uboot 2.0.0" in listing
     assert f"Load Address: {LOAD:#010x}" in listing
 
     uki = tmp_path / "boot.efi"
     board = _verified_board("qemu-x86_64-grub", "uki")
-    bootimage.build_for_board(board, *parts, VERITY, uki, keys=keys, version="2.0.0")
-    _run("sbverify", "--cert", keys.uefi_cert("db"), uki)
+    bootimage.build_for_board(board, *parts, VERITY, uki, keys=boot_keys, version="2.0.0")
+    _run("sbverify", "--cert", boot_keys.uefi_cert("db"), uki)
     osrel = tmp_path / "osrel"
     _run("objcopy", "-O", "binary", "--only-section=.osrel", uki, osrel)
     assert osrel.read_text() == 'NAME="qemu-x86_64-grub"\nVERSION_ID=2.0.0\n'
@@ -397,7 +378,7 @@ def test_the_board_chooses_the_boot_image(
             *parts,
             VERITY,
             fit,
-            keys=keys,
+            keys=boot_keys,
             version="1",
         )
 
