@@ -149,7 +149,7 @@ def write_control_dtb(board: BoardConfig, source: Path, output: Path) -> None:
     Sets `/config/bootcmd` to `uboot_bootcmd(board)`, `/config/bootdelay` to -2 (boot at
     once, no key stops it) and `/config/load-environment` to 0 (U-Boot's built-in
     environment only), then pads the blob so that U-Boot can add to it at run time. The
-    FIT key goes in with `bundle-tool boot-image --control-dtb`.
+    FIT key goes in with `bundle-tool bootloader --dtb`.
 
     Raises:
         ConfigError: The board does not boot signed FITs with U-Boot.

@@ -32,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootctl.board import BoardConfig
-from bootctl.bootscript import FIT_CONFIG
+from bootctl.bootscript import FIT_CONFIG, render_grub_cfg, write_control_dtb
+from bootctl.errors import BootctlError, ConfigError
 from bootctl.state import SlotVerity
 
 from . import cpio
 from .errors import BundleIOError, UsageError
+from .verity import BLOCK_SIZE, build_tree
 
 #: Where `/init` finds the slot's root hash inside the initramfs.
 VERITY_FILE = "etc/abupdate/verity"
@@ -116,6 +118,11 @@ class BootKeys:
             gpg_home=self.root / "gpg",
         )
 
+    @property
+    def gpg_public(self) -> Path:
+        """GRUB's public key (binary OpenPGP), for `grub-mkstandalone --pubkey`."""
+        return self.root / "gpg" / "boot.gpg"
+
 
 def build_for_board(
     board: BoardConfig,
@@ -166,10 +173,67 @@ def build_for_board(
             signer=keys.uefi,
         )
     else:
-        raise UsageError(
-            f"board {board.name} boots with boot.chain {board.boot.chain!r}, which has no "
-            "signed boot image; set boot.chain to 'fit' or 'uki'"
-        )
+        raise UsageError(_no_chain(board))
+
+
+def build_bootloader(
+    board: BoardConfig, out: Path, *, keys: BootKeys, dtb: Path | None = None
+) -> None:
+    """Write the firmware-side part of `board`'s verified chain, which holds the boot key.
+
+    * `fit` (U-Boot): `dtb` is U-Boot's control DTB (on QEMU `-M virt,dumpdtb=FILE`, on a
+      board the one U-Boot is built with); `out` is a copy with the FIT key's public half
+      as a required key and the board's fixed boot command (`write_control_dtb`).
+    * `uki` (UEFI): `out` is a signed standalone GRUB (`BOOTX64.EFI`) with the board's
+      A/B configuration and GRUB's gpg key built in (`build_grub_efi`).
+
+    Raises:
+        UsageError: The board has no verified chain, `dtb` is missing or given for a UEFI
+            board, or a tool or key is missing.
+    """
+    try:
+        if board.boot.chain == "fit":
+            if dtb is None:
+                raise UsageError("a U-Boot board needs U-Boot's control DTB (--dtb)")
+            with tempfile.TemporaryDirectory(prefix="abupdate-dtb-") as tmp:
+                work = Path(tmp)
+                keyed = work / "keyed.dtb"
+                shutil.copyfile(_existing(dtb), keyed)
+                add_fit_key(keyed, keys.fit, work)
+                write_control_dtb(board, keyed, work / "control.dtb")
+                _move(work / "control.dtb", out)
+        elif board.boot.chain == "uki":
+            if dtb is not None:
+                raise UsageError("--dtb is for U-Boot boards; a UEFI board has no control DTB")
+            build_grub_efi(render_grub_cfg(board), out, pubkey=keys.gpg_public, signer=keys.uefi)
+        else:
+            raise UsageError(_no_chain(board))
+    except ConfigError as e:
+        raise UsageError(f"board {board.name}: {e}") from e
+    except BootctlError as e:
+        raise BundleIOError(str(e)) from e
+    except OSError as e:
+        raise BundleIOError(f"cannot write {out}: {e.strerror}") from e
+
+
+def _no_chain(board: BoardConfig) -> str:
+    return (
+        f"board {board.name} boots with boot.chain {board.boot.chain!r}, which has no "
+        "signed boot image; set boot.chain to 'fit' or 'uki'"
+    )
+
+
+def image_verity(image: Path, salt: bytes) -> SlotVerity:
+    """The dm-verity parameters `bundle-tool create --salt` will record for `image`.
+
+    Raises:
+        UsageError: The image is missing or its size is not a whole number of blocks.
+    """
+    size = _existing(image).stat().st_size
+    if size == 0 or size % BLOCK_SIZE:
+        raise UsageError(f"image {image} is {size} bytes, not a positive multiple of 4096")
+    with build_tree(str(image), size // BLOCK_SIZE, salt) as tree:
+        return SlotVerity(tree.root_hash.hex(), salt.hex(), tree.data_blocks)
 
 
 def verity_cpio(verity: SlotVerity) -> bytes:

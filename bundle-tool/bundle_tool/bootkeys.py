@@ -1,7 +1,7 @@
 """Throwaway development boot keys: what the firmware or bootloader trusts.
 
 * `fit/NAME.key`, `fit/NAME.crt`: the RSA-2048 key that signs FIT images; its public
-  half goes into U-Boot's control DTB (`bundle-tool boot-image --control-dtb`).
+  half goes into U-Boot's control DTB (`bundle-tool bootloader --dtb`).
 * `uefi/PK`, `uefi/KEK`, `uefi/db` (`.key` + `.crt`): UEFI Secure Boot keys to enroll
   in the firmware; db signs GRUB and the UKIs (`sbsign`).
 * `gpg/`: a gpg home with an RSA key, and `gpg/boot.gpg`, its public key for
@@ -48,11 +48,6 @@ class DevBootKeys(BootKeys):
     def gpg_home(self) -> Path:
         """The gpg home with GRUB's signing key."""
         return self.root / "gpg"
-
-    @property
-    def gpg_public(self) -> Path:
-        """GRUB's public key (binary OpenPGP), for `grub-mkstandalone --pubkey`."""
-        return self.root / "gpg" / "boot.gpg"
 
     @property
     def uefi_signer(self) -> UefiSigner:

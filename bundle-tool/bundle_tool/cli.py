@@ -18,12 +18,13 @@ from typing import Any, NoReturn
 from cryptography import x509
 from tqdm import tqdm
 
-from bootctl.board import ARCHITECTURES, load_board
+from bootctl.board import ARCHITECTURES, BoardConfig, load_board
 from bootctl.errors import BootctlError
+from bootctl.state import SlotVerity
 from updater.errors import UpdaterError
 from updater.filesource import FileSource
 
-from . import container, keygen, policy, reader, signing, verity
+from . import bootimage, bootkeys, container, keygen, policy, reader, signing, verity
 from .cliutil import add_command, exit_status, make_parser
 from .errors import BundleError, BundleIOError, BundleToolError, PolicyError, TrustError, UsageError
 from .manifest import Manifest
@@ -114,6 +115,16 @@ def manifest_json(manifest: Manifest) -> dict[str, Any]:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
+    if args.boot:
+        keys = bootkeys.make_dev_boot_keys(Path(args.output))
+        return {
+            "fit_key": str(keys.fit.directory / f"{keys.fit.name}.key"),
+            "fit_cert": str(keys.fit.directory / f"{keys.fit.name}.crt"),
+            "uefi_certs": {name: str(keys.uefi_cert(name)) for name in bootkeys.UEFI_KEYS},
+            "gpg_home": str(keys.gpg_home),
+            "gpg_public": str(keys.gpg_public),
+            "warning": "development keys only - not for production",
+        }
     pki = keygen.make_dev_pki(Path(args.output), algorithm=args.algorithm)
     return {
         "ca": str(pki.ca_cert),
@@ -122,6 +133,73 @@ def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
         "ca_key": str(pki.ca_key),
         "warning": "development keys only - not for production",
     }
+
+
+def _board(path: str) -> BoardConfig:
+    try:
+        return load_board(path)
+    except BootctlError as e:
+        raise UsageError(f"board config {path}: {e}") from e
+
+
+def _salt(text: str) -> bytes:
+    try:
+        salt = bytes.fromhex(text)
+    except ValueError as e:
+        raise UsageError("--salt must be hexadecimal") from e
+    verity.check_salt(salt)
+    return salt
+
+
+def _slot_verity(args: argparse.Namespace) -> SlotVerity:
+    """The root hash a boot image carries: `--verity`, or computed from `--rootfs`."""
+    if args.verity:
+        try:
+            return SlotVerity.from_env(args.verity)
+        except BootctlError as e:
+            raise UsageError(f"--verity: {e}") from e
+    if args.salt is None:
+        raise UsageError(
+            "--rootfs needs --salt, the same one `create --salt` gets, so that the root hash "
+            "in the boot image is the one the bundle records"
+        )
+    return bootimage.image_verity(Path(args.rootfs), _salt(args.salt))
+
+
+def _cmd_boot_image(args: argparse.Namespace) -> dict[str, Any]:
+    board = _board(args.board_config)
+    slot_verity = _slot_verity(args)
+    out = Path(args.output)
+    bootimage.build_for_board(
+        board,
+        Path(args.kernel),
+        Path(args.initramfs),
+        slot_verity,
+        out,
+        keys=bootimage.BootKeys(Path(args.boot_keys), fit_name=args.fit_key_name),
+        version=args.version,
+        build_time=_build_time(),
+    )
+    result: dict[str, Any] = {
+        "boot_image": str(out),
+        "chain": board.boot.chain,
+        "verity": slot_verity.to_env(),
+    }
+    if board.boot.chain == "uki":
+        result["gpg_signature"] = str(out) + ".sig"
+    return result
+
+
+def _cmd_bootloader(args: argparse.Namespace) -> dict[str, Any]:
+    board = _board(args.board_config)
+    bootimage.build_bootloader(
+        board,
+        Path(args.output),
+        keys=bootimage.BootKeys(Path(args.boot_keys), fit_name=args.fit_key_name),
+        dtb=Path(args.dtb) if args.dtb else None,
+    )
+    what = "control DTB" if board.boot.chain == "fit" else "signed GRUB"
+    return {"output": args.output, "chain": board.boot.chain, "kind": what}
 
 
 def _target_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -133,10 +211,7 @@ def _target_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
     architecture: str | None = args.architecture
     if not args.board_config:
         return compatible, architecture
-    try:
-        board = load_board(args.board_config)
-    except BootctlError as e:
-        raise UsageError(f"board config {args.board_config}: {e}") from e
+    board = _board(args.board_config)
     for option, given, wanted in (
         ("--compatible", compatible, board.compatible),
         ("--architecture", architecture, board.architecture),
@@ -157,13 +232,7 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
         signing.load_signer(_read(k, "key"), _read(c, "certificate"), chain)
         for k, c in zip(args.key, args.cert, strict=True)
     ]
-    salt = None
-    if args.salt is not None:
-        try:
-            salt = bytes.fromhex(args.salt)
-        except ValueError as e:
-            raise UsageError("--salt must be hexadecimal") from e
-        verity.check_salt(salt)
+    salt = None if args.salt is None else _salt(args.salt)
     opts = CreateOptions(
         image=Path(args.image),
         version=args.version,
@@ -239,6 +308,21 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_text(command: str, result: dict[str, Any]) -> None:
+    if command == "keygen" and "fit_key" in result:
+        print(f"FIT signing key (U-Boot):          {result['fit_key']}")
+        for name, path in result["uefi_certs"].items():
+            print(f"UEFI {name + ' certificate:':<29} {path}")
+        print(f"GRUB gpg public key:               {result['gpg_public']}")
+        print("WARNING: development keys only - not for production")
+        return
+    if command == "boot-image":
+        print(f"wrote {result['boot_image']} ({result['chain']}), root hash {result['verity']}")
+        if "gpg_signature" in result:
+            print(f"wrote {result['gpg_signature']} (GRUB's detached signature)")
+        return
+    if command == "bootloader":
+        print(f"wrote {result['output']} ({result['kind']})")
+        return
     if command == "keygen":
         print(f"CA (install on devices as keyring): {result['ca']}")
         print(f"signing key:                       {result['signer_key']}")
@@ -306,6 +390,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("-o", "--output", metavar="DIR", required=True, help="directory to write to")
     k.add_argument("--algorithm", choices=("ed25519", "ecdsa-p256"), default="ed25519")
+    k.add_argument(
+        "--boot",
+        action="store_true",
+        help="make development boot keys instead: fit/dev.key + dev.crt (RSA-2048, signs "
+        "FIT images), uefi/PK, KEK, db (.key + .crt, UEFI Secure Boot) and gpg/ (GRUB's "
+        "signing key; gpg/boot.gpg is its public key)",
+    )
+
+    b = command(
+        "boot-image",
+        "build a slot's signed boot image (FIT or UKI) for a release",
+        """\
+        Build the signed boot image a slot of the board boots: for a U-Boot board
+        (boot.chain = "fit") a FIT with the kernel and initramfs, signed with the FIT
+        key (every image listed in sign-images); for a UEFI board (boot.chain = "uki")
+        a unified kernel image signed for Secure Boot with the db key, and a detached
+        gpg signature OUT.sig for GRUB. Either way the initramfs gets the file
+        etc/abupdate/verity appended, holding the root filesystem's
+        ROOT_HASH:SALT:BLOCKS: the slot boots the root hash that was signed, whatever
+        the boot environment says. Give the root hash with --verity, or let it be
+        computed from --rootfs with the --salt that `create --salt` will get. Runs
+        mkimage, objcopy, sbsign and gpg; SOURCE_DATE_EPOCH fixes a FIT's timestamps.""",
+    )
+    b.add_argument("--board-config", metavar="FILE", required=True, help="the board's TOML file")
+    b.add_argument("--kernel", metavar="FILE", required=True, help="the release's kernel")
+    b.add_argument("--initramfs", metavar="FILE", required=True, help="the release's initramfs")
+    root = b.add_mutually_exclusive_group(required=True)
+    root.add_argument("--verity", metavar="HASH:SALT:BLOCKS", help="the rootfs's dm-verity values")
+    root.add_argument("--rootfs", metavar="IMAGE", help="compute them from this rootfs image")
+    b.add_argument("--salt", metavar="HEX", help="dm-verity salt for --rootfs")
+    b.add_argument("--version", required=True, help="the release's version")
+    b.add_argument(
+        "--boot-keys", metavar="DIR", required=True, help="boot keys, laid out as keygen --boot"
+    )
+    b.add_argument("--fit-key-name", default="dev", metavar="NAME", help="fit/NAME.key (dev)")
+    b.add_argument("-o", "--output", metavar="OUT", required=True, help="boot image to write")
+
+    bl = command(
+        "bootloader",
+        "build the firmware-side part of the chain: U-Boot's control DTB or a signed GRUB",
+        """\
+        Build what holds the boot key, once per board and key (not per release): for a
+        U-Boot board, a copy of U-Boot's control DTB (--dtb) with the FIT key's public
+        half as a required key and a fixed boot command, so that U-Boot boots only
+        signed FITs and runs no script from the disk; for a UEFI board, a standalone
+        GRUB with the A/B logic and the gpg key in its memdisk, signed with the db key
+        (install it as EFI/BOOT/BOOTX64.EFI and enroll PK, KEK and db in the firmware).""",
+    )
+    bl.add_argument("--board-config", metavar="FILE", required=True, help="the board's TOML file")
+    bl.add_argument(
+        "--boot-keys", metavar="DIR", required=True, help="boot keys, laid out as keygen --boot"
+    )
+    bl.add_argument("--fit-key-name", default="dev", metavar="NAME", help="fit/NAME.key (dev)")
+    bl.add_argument("--dtb", metavar="FILE", help="U-Boot's control DTB (U-Boot boards)")
+    bl.add_argument("-o", "--output", metavar="OUT", required=True, help="file to write")
 
     c = command(
         "create",
@@ -407,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "keygen": _cmd_keygen,
+    "boot-image": _cmd_boot_image,
+    "bootloader": _cmd_bootloader,
     "create": _cmd_create,
     "info": _cmd_info,
     "verify": _cmd_verify,
