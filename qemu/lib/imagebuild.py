@@ -352,7 +352,9 @@ def _needed_libs(root: Path, elf: Path, triplet: str) -> tuple[set[str], str]:
 def make_initramfs(arch: Arch, base: Path, kernel: Path) -> Path:
     """gzip'ed newc cpio: busybox, veritysetup + libraries, modules, /init."""
     init_src = QEMU_DIR / "initramfs" / "init"
-    out = BUILD / arch.name / f"initrd-{digest('initrd', 3, base.name, kernel.name, init_src)}.img"
+    slot_src = QEMU_DIR / "initramfs" / "slot.sh"
+    key = digest("initrd", 4, base.name, kernel.name, init_src, slot_src)
+    out = BUILD / arch.name / f"initrd-{key}.img"
     if out.exists():
         return touch(out)
     log(f"{arch.name}: writing the initramfs")
@@ -390,6 +392,7 @@ def make_initramfs(arch: Arch, base: Path, kernel: Path) -> Path:
         entries.append(E(f"lib/modules/{ko.name}", stat.S_IFREG | 0o644, ko.read_bytes()))
     init = init_src.read_text().replace("@TRIPLET@", arch.triplet)
     entries.append(E("init", stat.S_IFREG | 0o755, init.encode()))
+    entries.append(E("lib/abupdate/slot.sh", stat.S_IFREG | 0o644, slot_src.read_bytes()))
     names = {e.name for e in entries}
     for e in list(entries):
         parts = e.name.split("/")[:-1]
