@@ -134,11 +134,13 @@ def drop_cache(path: Path) -> None:
 
 @dataclass(frozen=True)
 class Run:
-    """One timed command: wall seconds, peak resident memory, its output."""
+    """One timed command: wall seconds, peak resident memory, its output, and its CPU
+    seconds (user + system, of the command and of every child it waited for)."""
 
     seconds: float
     max_rss_kib: int
     stdout: str
+    cpu_seconds: float = 0.0
 
 
 def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None) -> Run:
@@ -158,9 +160,10 @@ def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None) -> Run:
             f"{' '.join(cmd)} failed with status {proc.returncode}:\n{proc.stderr[-2000:]}"
         )
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    if m is None:
-        raise RuntimeError(f"no peak RSS in the report of {TIME}:\n{text}")
-    return Run(seconds, int(m.group(1)), proc.stdout)
+    cpu = re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", text)
+    if m is None or len(cpu) != 2:
+        raise RuntimeError(f"no peak RSS or CPU times in the report of {TIME}:\n{text}")
+    return Run(seconds, int(m.group(1)), proc.stdout, sum(map(float, cpu)))
 
 
 def repeat(
