@@ -308,11 +308,20 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_text(command: str, result: dict[str, Any]) -> None:
-    if command == "keygen" and "fit_key" in result:
-        print(f"FIT signing key (U-Boot):          {result['fit_key']}")
-        for name, path in result["uefi_certs"].items():
-            print(f"UEFI {name + ' certificate:':<29} {path}")
-        print(f"GRUB gpg public key:               {result['gpg_public']}")
+    if command == "keygen":
+        if "fit_key" in result:
+            rows = [("FIT signing key (U-Boot)", result["fit_key"])]
+            rows += [(f"UEFI {n} certificate", p) for n, p in result["uefi_certs"].items()]
+            rows.append(("GRUB gpg public key", result["gpg_public"]))
+        else:
+            rows = [
+                ("CA (install on devices as keyring)", result["ca"]),
+                ("signing key", result["signer_key"]),
+                ("signing certificate", result["signer_cert"]),
+                ("CA private key (keep it secret)", result["ca_key"]),
+            ]
+        for label, path in rows:
+            print(f"{label + ':':<36}{path}")
         print("WARNING: development keys only - not for production")
         return
     if command == "boot-image":
@@ -322,13 +331,6 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         return
     if command == "bootloader":
         print(f"wrote {result['output']} ({result['kind']})")
-        return
-    if command == "keygen":
-        print(f"CA (install on devices as keyring): {result['ca']}")
-        print(f"signing key:                       {result['signer_key']}")
-        print(f"signing certificate:               {result['signer_cert']}")
-        print(f"CA private key (keep it secret):   {result['ca_key']}")
-        print("WARNING: development keys only - not for production")
         return
     if command == "create":
         print(f"created {result['bundle']}")
