@@ -38,6 +38,16 @@ def _verified_board(tmp_path: Path, name: str, chain: str) -> Path:
     return board
 
 
+def _boot_image(
+    board: Path, parts: tuple[Path, Path], keys: Path, out: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        *("boot-image", "--board-config", board, "--kernel", parts[0], "--initramfs", parts[1]),
+        *("--boot-keys", keys, "-o", out, *extra),
+        env={"SOURCE_DATE_EPOCH": "1700000000"},
+    )
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bootkeys") / "keys"
@@ -71,11 +81,7 @@ def test_boot_image_for_a_u_boot_board_is_a_signed_fit(
 ) -> None:
     board = _verified_board(tmp_path, "qemu-arm64-uboot", "fit")
     fit = tmp_path / "boot.itb"
-    r = run(
-        *("boot-image", "--board-config", board, "--kernel", parts[0], "--initramfs", parts[1]),
-        *("--verity", VERITY, "--version", "2.1.0", "--boot-keys", keys, "-o", fit),
-        env={"SOURCE_DATE_EPOCH": "1700000000"},
-    )
+    r = _boot_image(board, parts, keys, fit, "--verity", VERITY, "--version", "2.1.0")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"wrote {fit} (fit), root hash {VERITY}")
     listing = _tool("mkimage", "-l", fit)
@@ -85,11 +91,7 @@ def test_boot_image_for_a_u_boot_board_is_a_signed_fit(
 
     # The same inputs give the same bytes (SOURCE_DATE_EPOCH fixes the timestamps).
     again = tmp_path / "again.itb"
-    r = run(
-        *("boot-image", "--board-config", board, "--kernel", parts[0], "--initramfs", parts[1]),
-        *("--verity", VERITY, "--version", "2.1.0", "--boot-keys", keys, "-o", again),
-        env={"SOURCE_DATE_EPOCH": "1700000000"},
-    )
+    r = _boot_image(board, parts, keys, again, "--verity", VERITY, "--version", "2.1.0")
     assert r.returncode == 0, r.stderr
     assert again.read_bytes() == fit.read_bytes()
 
@@ -99,10 +101,7 @@ def test_boot_image_for_a_uefi_board_is_a_signed_uki(
 ) -> None:
     board = _verified_board(tmp_path, "qemu-x86_64-grub", "uki")
     uki = tmp_path / "boot.efi"
-    r = run(
-        *("boot-image", "--board-config", board, "--kernel", parts[0], "--initramfs", parts[1]),
-        *("--verity", VERITY, "--version", "2.1.0", "--boot-keys", keys, "-o", uki, "--json"),
-    )
+    r = _boot_image(board, parts, keys, uki, "--verity", VERITY, "--version", "2.1.0", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result == {
@@ -136,10 +135,16 @@ def test_boot_image_computes_the_root_hash_veritysetup_computes(
     root = re.search(r"Root hash:\s+([0-9a-f]{64})", listing)
     assert root is not None, listing
     board = _verified_board(tmp_path, "qemu-x86_64-grub", "uki")
-    r = run(
-        *("boot-image", "--board-config", board, "--kernel", parts[0], "--initramfs", parts[1]),
-        *("--rootfs", rootfs, "--salt", salt, "--version", "1.0.0", "--boot-keys", keys),
-        *("-o", tmp_path / "boot.efi", "--json"),
+    r = _boot_image(
+        board,
+        parts,
+        keys,
+        tmp_path / "boot.efi",
+        "--rootfs",
+        rootfs,
+        "--salt",
+        salt,
+        *("--version", "1.0.0", "--json"),
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["verity"] == f"{root.group(1)}:{salt}:37"
