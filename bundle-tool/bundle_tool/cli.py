@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from cryptography import x509
 from tqdm import tqdm
 
+from bootctl import validators
 from bootctl.board import ARCHITECTURES, BoardConfig, load_board
 from bootctl.errors import BootctlError
 from bootctl.state import SlotVerity
@@ -87,7 +88,9 @@ def _read(path: str, what: str) -> bytes:
 
 def _parse_time(text: str) -> int:
     """Seconds since the epoch from an integer or an ISO 8601 date/time (UTC if no zone)."""
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if int(text) > validators.MAX_TIME:
+            raise UsageError(f"'{text}' is later than the year 9999")
         return int(text)
     try:
         moment = datetime.fromisoformat(text)
@@ -102,7 +105,7 @@ def _build_time() -> int:
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     if sde is None:
         return int(time.time())
-    if not sde.isdigit():
+    if not (sde.isascii() and sde.isdigit()):
         raise UsageError("SOURCE_DATE_EPOCH must be a non-negative integer")
     return int(sde)
 
@@ -143,10 +146,9 @@ def _board(path: str) -> BoardConfig:
 
 
 def _salt(text: str) -> bytes:
-    try:
-        salt = bytes.fromhex(text)
-    except ValueError as e:
-        raise UsageError("--salt must be hexadecimal") from e
+    salt = validators.parse_hex(text.lower(), 0, verity.MAX_SALT_SIZE)
+    if salt is None:
+        raise UsageError("--salt must be hexadecimal digits, two per byte")
     verity.check_salt(salt)
     return salt
 

@@ -8,9 +8,11 @@ out-of-range numbers and unknown format versions, naming the offending field.
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from bootctl import validators
 
 from . import leafsummary, verity
 from .errors import BundleError
@@ -20,14 +22,11 @@ MAX_MANIFEST_SIZE = 1 << 20
 MAX_IMAGES = 16
 MAX_ARTIFACTS = 64
 MAX_SIZE = (1 << 62) - 1  # every size is a signed 64-bit number; keep headroom for sums
-SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-HEX = re.compile(r"^(?:[0-9a-f]{2}){0,256}$")
+MAX_SECURITY_VERSION = (1 << 63) - 1
+NAME_RULE = f"1-{validators.MAX_NAME_LENGTH} of A-Za-z0-9._+- (not starting with . _ + -)"
+VERSION_RULE = f"a semantic version of at most {validators.MAX_VERSION_LENGTH} characters"
+#: A string check: takes the text (already known to be a `str`), says whether it is valid.
+Check = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -149,34 +148,42 @@ class _Fields:
         self.obj: dict[str, Any] = dict(obj)
         self.where = where
 
-    def _take(self, key: str, required: bool) -> Any:
+    def has(self, key: str) -> bool:
+        """Whether an optional key is present (then it must be of its type: null is not)."""
+        return key in self.obj
+
+    def take(self, key: str) -> Any:
         if key not in self.obj:
-            if required:
-                raise BundleError(f"manifest: {self.where} lacks '{key}'")
-            return None
+            raise BundleError(f"manifest: {self.where} lacks '{key}'")
         return self.obj.pop(key)
 
-    def take_int(self, key: str, lo: int = 0, hi: int = MAX_SIZE, required: bool = True) -> Any:
-        v = self._take(key, required)
-        if v is None and not required:
-            return None
+    def take_int(self, key: str, lo: int = 0, hi: int = MAX_SIZE) -> int:
+        v = self.take(key)
         if type(v) is not int or not lo <= v <= hi:
             raise BundleError(f"manifest: {self.where}.{key} must be an integer in [{lo}, {hi}]")
         return v
 
-    def take_str(self, key: str, pattern: re.Pattern[str], required: bool = True) -> Any:
-        v = self._take(key, required)
-        if v is None and not required:
-            return None
-        if not isinstance(v, str) or not pattern.match(v):
-            raise BundleError(f"manifest: {self.where}.{key} is malformed")
+    def take_str(self, key: str, check: Check, rule: str) -> str:
+        v = self.take(key)
+        if not isinstance(v, str) or not check(v):
+            raise BundleError(f"manifest: {self.where}.{key} is malformed (must be {rule})")
         return v
 
-    def take_hex(self, key: str, pattern: re.Pattern[str] = HEX64) -> bytes:
-        return bytes.fromhex(self.take_str(key, pattern))
+    def take_name(self, key: str) -> str:
+        return self.take_str(key, validators.is_name, NAME_RULE)
+
+    def take_hex(self, key: str, lo: int = 32, hi: int = 32) -> bytes:
+        v = self.take(key)
+        value = validators.parse_hex(v, lo, hi) if isinstance(v, str) else None
+        if value is None:
+            size = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            raise BundleError(
+                f"manifest: {self.where}.{key} is malformed (must be {size} bytes of lowercase hex)"
+            )
+        return value
 
     def take_list(self, key: str, most: int) -> list[Any]:
-        v = self._take(key, True)
+        v = self.take(key)
         if not isinstance(v, list) or len(v) > most:
             raise BundleError(f"manifest: {self.where}.{key} must be a list of at most {most}")
         return v
@@ -197,11 +204,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _parse_verity(obj: object, where: str) -> VerityInfo:
     f = _Fields(obj, where)
-    algorithm = f.take_str("hash_algorithm", re.compile(r"^sha256$"))
+    algorithm = f.take_str(
+        "hash_algorithm", lambda v: v == verity.HASH_ALGORITHM, verity.HASH_ALGORITHM
+    )
     data_bs = f.take_int("data_block_size", verity.BLOCK_SIZE, verity.BLOCK_SIZE)
     hash_bs = f.take_int("hash_block_size", verity.BLOCK_SIZE, verity.BLOCK_SIZE)
     data_blocks = f.take_int("data_blocks", 1, MAX_SIZE // verity.BLOCK_SIZE)
-    salt = f.take_hex("salt", HEX)
+    salt = f.take_hex("salt", validators.MIN_SALT_SIZE, validators.MAX_SALT_SIZE)
     root = f.take_hex("root_hash")
     tree_size = f.take_int("tree_size", verity.BLOCK_SIZE)
     f.done()
@@ -213,12 +222,12 @@ def _parse_verity(obj: object, where: str) -> VerityInfo:
 
 def _parse_image(obj: object, where: str) -> Image:
     f = _Fields(obj, where)
-    slot_class = f.take_str("slot_class", NAME)
+    slot_class = f.take_name("slot_class")
     size = f.take_int("size", verity.BLOCK_SIZE)
     sha = f.take_hex("sha256")
-    vinfo = _parse_verity(f._take("verity", True), where + ".verity")
-    arch = f.take_str("architecture", NAME, required=False)
-    summary = f.take_int("leaf_summary_size", 1, required=False)
+    vinfo = _parse_verity(f.take("verity"), where + ".verity")
+    arch = f.take_name("architecture") if f.has("architecture") else None
+    summary = f.take_int("leaf_summary_size", 1) if f.has("leaf_summary_size") else None
     f.done()
     if size != vinfo.data_blocks * verity.BLOCK_SIZE:
         raise BundleError(f"manifest: {where}.size does not match verity.data_blocks")
@@ -234,10 +243,10 @@ def _parse_image(obj: object, where: str) -> Image:
 def _parse_artifact(obj: object, where: str) -> Artifact:
     f = _Fields(obj, where)
     art = Artifact(
-        name=f.take_str("name", NAME),
+        name=f.take_name("name"),
         size=f.take_int("size"),
         sha256=f.take_hex("sha256"),
-        elf_machine=f.take_str("elf_machine", NAME, required=False),
+        elf_machine=f.take_name("elf_machine") if f.has("elf_machine") else None,
     )
     f.done()
     return art
@@ -269,12 +278,12 @@ def parse_manifest(raw: bytes) -> Manifest:
         for n, o in enumerate(f.take_list("artifacts", MAX_ARTIFACTS))
     )
     manifest = Manifest(
-        compatible=f.take_str("compatible", NAME),
-        version=f.take_str("version", SEMVER),
-        security_version=f.take_int("security_version", 0, (1 << 63) - 1),
-        build_time=f.take_int("build_time", 0, (1 << 63) - 1),
-        expires=f.take_int("expires", 0, (1 << 63) - 1, required=False),
-        architecture=f.take_str("architecture", NAME, required=False),
+        compatible=f.take_name("compatible"),
+        version=f.take_str("version", validators.is_semver, VERSION_RULE),
+        security_version=f.take_int("security_version", 0, MAX_SECURITY_VERSION),
+        build_time=f.take_int("build_time", 0, validators.MAX_TIME),
+        expires=f.take_int("expires", 0, validators.MAX_TIME) if f.has("expires") else None,
+        architecture=f.take_name("architecture") if f.has("architecture") else None,
         images=images,
         artifacts=artifacts,
         format=fmt,

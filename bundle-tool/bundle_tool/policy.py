@@ -47,3 +47,7 @@ def check_policy(
                 raise PolicyError(
                     f"image is built for {image.architecture}, this device is {architecture}"
                 )
+        if manifest.architecture not in (None, architecture):
+            raise PolicyError(
+                f"bundle is built for {manifest.architecture}, this device is {architecture}"
+            )

@@ -35,6 +35,8 @@ from construct import (
     Struct,
 )
 
+from bootctl import validators
+
 from . import forked
 from .errors import BundleError, BundleIOError, UsageError
 
@@ -42,7 +44,8 @@ BLOCK_SIZE = 4096
 DIGEST_SIZE = 32
 HASHES_PER_BLOCK = BLOCK_SIZE // DIGEST_SIZE
 HASH_ALGORITHM = "sha256"
-MAX_SALT_SIZE = 256
+#: The salt rule of every layer; also the size of the superblock's salt field.
+MAX_SALT_SIZE = validators.MAX_SALT_SIZE
 SUPERBLOCK_SIZE = 512
 
 #: The dm-verity superblock, as cryptsetup's `struct verity_sb` lays it out.
@@ -137,9 +140,12 @@ def parse_superblock(block: bytes) -> tuple[bytes, int, bytes]:
 
 
 def check_salt(salt: bytes) -> None:
-    """Refuse salts that dm-verity cannot take."""
-    if len(salt) > MAX_SALT_SIZE:
-        raise UsageError(f"salt is {len(salt)} bytes; dm-verity allows at most {MAX_SALT_SIZE}")
+    """Refuse salts the format does not allow (see `bootctl.validators.MIN_SALT_SIZE`)."""
+    if not validators.MIN_SALT_SIZE <= len(salt) <= MAX_SALT_SIZE:
+        raise UsageError(
+            f"salt is {len(salt)} bytes; it must be {validators.MIN_SALT_SIZE} to "
+            f"{MAX_SALT_SIZE} bytes (the boot environment needs a non-empty one)"
+        )
 
 
 def _digests(copy: Callable[[], hashlib._Hash], view: memoryview) -> bytes:

@@ -11,11 +11,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bootctl import validators
+
 from . import leafsummary, verity
 from .container import Header, build_signature_block
 from .elfcheck import check_machine, elf_machine
 from .errors import BundleIOError, UsageError
-from .manifest import NAME, SEMVER, Artifact, Image, Manifest, VerityInfo
+from .manifest import (
+    MAX_SECURITY_VERSION,
+    NAME_RULE,
+    VERSION_RULE,
+    Artifact,
+    Image,
+    Manifest,
+    VerityInfo,
+)
 from .signing import Signer, sign
 
 #: progress(phase, done_bytes, total_bytes)
@@ -57,15 +67,22 @@ class CreateOptions:
 
 
 def _check_options(opts: CreateOptions) -> None:
-    if not SEMVER.match(opts.version):
-        raise UsageError(f"version '{opts.version}' is not a semantic version (e.g. 1.2.0)")
+    if not validators.is_semver(opts.version):
+        raise UsageError(f"version {opts.version!r} must be {VERSION_RULE} (e.g. 1.2.0)")
     for what, value in (("compatible", opts.compatible), ("slot class", opts.slot_class)):
-        if not NAME.match(value):
-            raise UsageError(f"{what} '{value}' must be 1-64 letters, digits, '.', '_', '+', '-'")
+        if not validators.is_name(value):
+            raise UsageError(f"{what} {value!r} must be {NAME_RULE}")
     if not opts.signers:
         raise UsageError("at least one signing key and certificate are needed")
-    if opts.security_version < 0 or opts.build_time < 0:
-        raise UsageError("security version and build time must not be negative")
+    if not 0 <= opts.security_version <= MAX_SECURITY_VERSION:
+        raise UsageError(f"security version must be in [0, {MAX_SECURITY_VERSION}]")
+    for what, when in (("build time", opts.build_time), ("expiry time", opts.expires)):
+        if when is not None and not 0 <= when <= validators.MAX_TIME:
+            raise UsageError(
+                f"{what} {when} is outside [0, {validators.MAX_TIME}] (years 1970 to 9999)"
+            )
+    if opts.salt is not None:
+        verity.check_salt(opts.salt)
     if opts.expires is not None and opts.expires <= opts.build_time:
         raise UsageError(
             "the bundle would expire before it was built: --expires must be later than "
@@ -111,8 +128,8 @@ def _artifact(path: Path, architecture: str | None) -> Artifact:
         while chunk := f.read(1 << 20):
             sha.update(chunk)
             size += len(chunk)
-    if not NAME.match(path.name):
-        raise UsageError(f"artifact file name '{path.name}' is not a plain file name")
+    if not validators.is_name(path.name):
+        raise UsageError(f"artifact file name {path.name!r} must be {NAME_RULE}")
     return Artifact(path.name, size, sha.digest(), machine)
 
 

@@ -322,3 +322,42 @@ def test_keygen_names_the_ca_key(tmp_path: Path) -> None:
     ca_key = Path(json.loads(r.stdout)["ca_key"])
     assert ca_key == tmp_path / "ca.key"
     assert ca_key.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_time_beyond_the_format_is_one_line_and_exit_3(tmp_path: Path, keys: Path) -> None:
+    """A signed build_time of 2^53 was "valid", then a traceback while showing the date."""
+    from bundle_tool import container, signing
+
+    image = write_image(tmp_path / "rootfs.img", 16)
+    good = tmp_path / "good.bundle"
+    assert create(keys, image, good, "--compatible", "b").returncode == 0
+    data = good.read_bytes()
+    h = container.parse_header(data)
+    obj = json.loads(data[64 : 64 + h.manifest_size])
+    obj["build_time"] = 2**53
+    raw = json.dumps(obj).encode()
+    signer = signing.load_signer(
+        (keys / "signer.key").read_bytes(), (keys / "signer.pem").read_bytes()
+    )
+    sigs = container.build_signature_block([signing.sign(raw, signer)])
+    header = container.Header(len(raw), len(sigs), h.payload_size)
+    late = tmp_path / "late.bundle"
+    late.write_bytes(header.to_bytes() + raw + sigs + data[h.head_size :])
+    for r in (run("verify", late, "--keyring", keys / "ca.pem"), run("info", late)):
+        assert r.returncode == 3, r.stderr
+        assert "Traceback" not in r.stderr
+        assert r.stderr.count("\n") == 1
+        assert "build_time must be an integer in [0, 253402300799]" in r.stderr
+        assert "valid" not in r.stdout
+
+
+def test_create_refuses_an_empty_or_spaced_salt(tmp_path: Path, keys: Path) -> None:
+    """The reader and the boot environment refuse an empty salt: so does the writer."""
+    image = write_image(tmp_path / "rootfs.img", 16)
+    out = tmp_path / "b.bundle"
+    for salt in ("", "00 11", "0011\n"):
+        r = create(keys, image, out, "--compatible", "b", "--salt", salt)
+        assert r.returncode == 2, (salt, r.stderr)
+        assert "salt" in r.stderr and r.stderr.count("\n") == 1
+        assert not out.exists()
+    assert create(keys, image, out, "--compatible", "b", "--salt", "0A").returncode == 0
