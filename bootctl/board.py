@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bootctl import validators
 from bootctl.errors import ConfigError
 from bootctl.ubootenv import parse_fw_env_config
 
@@ -40,11 +41,13 @@ ARCHITECTURES = ("arm64", "amd64", "armhf", "riscv64")
 #: The U-Boot script's `setexpr` computes in hex, so counters stay single decimal digits.
 MAX_TRIES = 9
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_SLOT_NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
-_REL_PATH_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*", re.ASCII)
+_SLOT_NAME_RE = re.compile(r"[A-Za-z0-9]+", re.ASCII)
+_REL_PATH_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", re.ASCII)
 # Values that are copied into boot scripts: no quotes, semicolons, newlines or `$(`.
-_SCRIPT_SAFE_RE = re.compile(r"^[A-Za-z0-9 ,.:=/_+@%{}$-]*$")
+_SCRIPT_SAFE_RE = re.compile(r"[A-Za-z0-9 ,.:=/_+@%{}$-]*", re.ASCII)
+#: Longest path or boot-script value (Linux's PATH_MAX; above any kernel command line).
+_MAX_TEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -231,14 +234,25 @@ def _table(table: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     return value
 
 
+def _name(value: str, what: str) -> str:
+    """A value a bundle's manifest must match: the manifest's own name rule."""
+    if not validators.is_name(value):
+        raise ConfigError(
+            f"{what} {value!r} must be what a bundle can carry: 1-{validators.MAX_NAME_LENGTH} "
+            "of A-Za-z0-9._+-, starting with a letter or digit"
+        )
+    return value
+
+
 def _script_safe(value: str, what: str) -> str:
-    if not _SCRIPT_SAFE_RE.match(value):
+    if not validators.matches(_SCRIPT_SAFE_RE, value, _MAX_TEXT):
         raise ConfigError(f"{what} contains characters not allowed in a boot script: {value!r}")
     return value
 
 
 def _rel_path(value: str, what: str) -> str:
-    if not _REL_PATH_RE.match(value) or any(p in {".", ".."} for p in value.split("/")):
+    parts = value.split("/")
+    if not validators.matches(_REL_PATH_RE, value, _MAX_TEXT) or {".", ".."} & set(parts):
         raise ConfigError(f"{what} must be a relative path of [A-Za-z0-9._-] parts: {value!r}")
     return value
 
@@ -276,8 +290,10 @@ def _parse_slots(raw: Mapping[str, Any]) -> tuple[SlotConfig, ...]:
     slots = []
     for name, table in raw.items():
         where = f"slots.{name}."
-        if not _SLOT_NAME_RE.match(name):
-            raise ConfigError(f"slot name {name!r} must be letters and digits only")
+        if not validators.matches(_SLOT_NAME_RE, name, validators.MAX_NAME_LENGTH):
+            raise ConfigError(
+                f"slot name {name!r} must be 1-{validators.MAX_NAME_LENGTH} letters and digits"
+            )
         if not isinstance(table, dict):
             raise ConfigError(f"slots.{name} must be a table")
         _check_keys(table, _SLOT_KEYS, where)
@@ -287,7 +303,7 @@ def _parse_slots(raw: Mapping[str, Any]) -> tuple[SlotConfig, ...]:
                 name=name,
                 device=device,
                 root=_script_safe(_str(table, "root", where, device), f"{where}root"),
-                slot_class=_str(table, "class", where, "rootfs"),
+                slot_class=_name(_str(table, "class", where, "rootfs"), f"{where}class"),
                 boot_dir=_rel_path(
                     _str(table, "boot_dir", where, f"slot-{name}"), f"{where}boot_dir"
                 ),
@@ -351,8 +367,10 @@ def parse_board(data: Mapping[str, Any]) -> BoardConfig:
     """
     _check_keys(data, _TOP_KEYS, "")
     name = _str(data, "name", "")
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"name {name!r} must be letters, digits, '-' and '_'")
+    if not validators.matches(_NAME_RE, name, validators.MAX_NAME_LENGTH):
+        raise ConfigError(
+            f"name {name!r} must be 1-{validators.MAX_NAME_LENGTH} letters, digits, '-' and '_'"
+        )
     architecture = _str(data, "architecture", "")
     if architecture not in ARCHITECTURES:
         raise ConfigError(f"architecture {architecture!r} is not one of {', '.join(ARCHITECTURES)}")
@@ -366,9 +384,10 @@ def parse_board(data: Mapping[str, Any]) -> BoardConfig:
     tries = _int(data, "tries", "", 3)
     if not 1 <= tries <= MAX_TRIES:
         raise ConfigError(f"tries {tries} must be between 1 and {MAX_TRIES}")
+    compatible = _name(_str(data, "compatible", "", name), "compatible")
     board = BoardConfig(
         name=name,
-        compatible=_str(data, "compatible", "", name),
+        compatible=compatible,
         architecture=architecture,
         bootloader=bootloader,
         tries=tries,

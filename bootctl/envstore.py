@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bootctl import grubenv, ubootenv
 from bootctl.atomicfile import FaultHook, atomic_write
-from bootctl.errors import EnvCorruptError, EnvSizeError, StorageError
+from bootctl.errors import ConfigError, EnvCorruptError, EnvSizeError, StorageError
 from bootctl.ubootenv import EnvCopy, EnvLocation
 
 __all__ = ["EnvStore", "GrubEnvStore", "UBootEnvStore"]
@@ -53,6 +53,27 @@ class EnvStore(ABC):
     @abstractmethod
     def _save(self, env: dict[str, str], init: bool) -> None:
         """Write the environment durably. May raise OSError."""
+
+    @abstractmethod
+    def paths(self) -> tuple[Path, ...]:
+        """The files or devices the environment is stored in."""
+
+    def check_creatable(self) -> None:
+        """Refuse to create a missing path where a device is meant (under `/dev`).
+
+        A file-backed environment (a file on the boot partition, or any file outside `/dev`)
+        is created by `abctl init`; a missing device is a misspelt or absent device, and a
+        regular file created in its place would hide that.
+
+        Raises:
+            ConfigError: A path under `/dev` does not exist.
+        """
+        for path in self.paths():
+            if not os.path.lexists(path) and Path(os.path.abspath(path)).is_relative_to("/dev"):
+                raise ConfigError(
+                    f"environment device {path} does not exist (check the device name); "
+                    "an environment file is created only outside /dev"
+                )
 
     @abstractmethod
     def lock_path(self) -> Path:
@@ -105,11 +126,14 @@ class EnvStore(ABC):
             init: Write even if no valid environment exists yet (creating it).
 
         Raises:
+            ConfigError: `init` would create a file where a device is meant.
             EnvCorruptError: No valid environment exists and `init` is False.
             EnvError: The variables cannot be encoded (e.g. they do not fit).
             EnvSizeError: The storage does not match the configured size.
             StorageError: Writing or flushing failed.
         """
+        if init:
+            self.check_creatable()
         try:
             self._save(dict(env), init)
         except OSError as e:
@@ -214,6 +238,10 @@ class UBootEnvStore(EnvStore):
     def describe(self) -> str:
         """The locations in `fw_env.config` syntax."""
         return " + ".join(f"{loc.device}@{loc.offset:#x}" for loc in self.locations)
+
+    def paths(self) -> tuple[Path, ...]:
+        """The devices or files of the copies."""
+        return tuple(dict.fromkeys(Path(loc.device) for loc in self.locations))
 
     def lock_path(self) -> Path:
         """The first copy's device, or its directory if it is a plain file (replaced by rename)."""
@@ -330,6 +358,10 @@ class GrubEnvStore(EnvStore):
     def describe(self) -> str:
         """The file's path."""
         return str(self.path)
+
+    def paths(self) -> tuple[Path, ...]:
+        """The block's file."""
+        return (self.path,)
 
     def lock_path(self) -> Path:
         """The directory of the block (the file itself is replaced by rename)."""

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from bootctl import validators
 from bootctl.errors import SlotError
 
 __all__ = [
@@ -34,10 +35,8 @@ __all__ = [
 ]
 
 ORDER_VAR = "BOOT_ORDER"
-_DIGIT_RE = re.compile(r"^[0-9]$")
-_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-_SALT_RE = re.compile(r"^(?:[0-9a-f]{2}){1,256}$")
-_BLOCKS_RE = re.compile(r"^[1-9][0-9]{0,18}$")
+_DIGIT_RE = re.compile(r"[0-9]", re.ASCII)
+_BLOCKS_RE = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
 _MAX_BLOCKS = 2**63 - 1
 _SHOWN = 40  # characters of a malformed value quoted in a problem report
 
@@ -62,7 +61,7 @@ class SlotVerity:
 
     Attributes:
         root_hash: Root hash, 64 lowercase hex digits.
-        salt: Salt, lowercase hex (1..256 bytes).
+        salt: Salt, lowercase hex (`validators.MIN_SALT_SIZE`..`MAX_SALT_SIZE` bytes).
         data_blocks: Number of 4096-byte data blocks; the hash area starts right after them.
     """
 
@@ -71,10 +70,11 @@ class SlotVerity:
     data_blocks: int
 
     def __post_init__(self) -> None:
-        if not _HASH_RE.match(self.root_hash):
+        if validators.parse_hex(self.root_hash, 32, 32) is None:
             raise SlotError("verity root hash must be 64 lowercase hex digits (sha256)")
-        if not _SALT_RE.match(self.salt):
-            raise SlotError("verity salt must be 2..512 lowercase hex digits")
+        lo, hi = validators.MIN_SALT_SIZE, validators.MAX_SALT_SIZE
+        if validators.parse_hex(self.salt, lo, hi) is None:
+            raise SlotError(f"verity salt must be {2 * lo}..{2 * hi} lowercase hex digits")
         if not 1 <= self.data_blocks <= _MAX_BLOCKS:
             raise SlotError(f"verity data_blocks {self.data_blocks} out of range")
 
@@ -95,7 +95,7 @@ class SlotVerity:
             SlotError: The value is malformed.
         """
         parts = value.split(":")
-        if len(parts) != 3 or not _BLOCKS_RE.match(parts[2]):
+        if len(parts) != 3 or not _BLOCKS_RE.fullmatch(parts[2]):
             raise SlotError(f"malformed verity value {_show(value)} (want HASH:SALT:BLOCKS)")
         return cls(parts[0], parts[1], int(parts[2]))
 
@@ -189,7 +189,7 @@ def parse_state(env: Mapping[str, str], slot_names: Sequence[str]) -> BootState:
         tries = 0
         if raw_left is None:
             problems.append(f"{left_var(name)} is missing (no tries left)")
-        elif _DIGIT_RE.match(raw_left):
+        elif _DIGIT_RE.fullmatch(raw_left):
             tries = int(raw_left)
         else:
             problems.append(
@@ -326,7 +326,7 @@ def select_boot(env: Mapping[str, str], slot_names: Sequence[str], tries: int) -
         if word not in slot_names:
             continue
         left = env.get(left_var(word), "")
-        if env.get(verity_var(word), "") and _DIGIT_RE.match(left) and int(left) > 0:
+        if env.get(verity_var(word), "") and _DIGIT_RE.fullmatch(left) and int(left) > 0:
             new[left_var(word)] = str(int(left) - 1)
             return BootDecision(word, new)
     for s in slot_names:

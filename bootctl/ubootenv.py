@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import crcmod.predefined
 from construct import Int8ul, Int32ul, Struct
 
+from bootctl import validators
 from bootctl.errors import ConfigError, EnvCorruptError, EnvError, EnvOverflowError, EnvSizeError
 
 __all__ = [
@@ -78,12 +79,12 @@ class EnvLocation:
 
 
 def _parse_number(text: str, what: str, lineno: int) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError as e:
-        raise ConfigError(f"fw_env.config line {lineno}: {what} {text!r} is not a number") from e
-    if value < 0:
-        raise ConfigError(f"fw_env.config line {lineno}: {what} {text!r} is negative")
+    value = validators.parse_uint(text)
+    if value is None:
+        raise ConfigError(
+            f"fw_env.config line {lineno}: {what} {text!r} "
+            "is not a number (decimal, or hex with 0x)"
+        )
     return value
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "is_semver",
     "matches",
     "parse_hex",
+    "parse_uint",
 ]
 
 #: Longest name (compatible, slot class, architecture, artifact name, ELF machine).
@@ -40,6 +41,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*", re.ASCII)
 _IDENT = re.compile(r"[0-9A-Za-z-]+", re.ASCII)
 _NUMBER = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 _LOWER_HEX = re.compile(r"[0-9a-f]*", re.ASCII)
+_UINT = re.compile(r"0[xX][0-9a-fA-F]{1,16}|0|[1-9][0-9]{0,19}", re.ASCII)
 
 
 def matches(pattern: re.Pattern[str], text: str, max_length: int) -> bool:
@@ -78,6 +80,14 @@ def is_semver(text: str) -> bool:
     if plus:
         return all(_IDENT.fullmatch(ident) is not None for ident in build.split("."))
     return True
+
+
+def parse_uint(text: str) -> int | None:
+    """A non-negative number written as ASCII decimal (no leading zero) or `0x` hex; else None.
+
+    Decimal with a leading zero is refused: C's `strtoul(..., 0)` reads it as octal.
+    """
+    return int(text, 0) if matches(_UINT, text, 20) else None
 
 
 def parse_hex(text: str, min_bytes: int, max_bytes: int) -> bytes | None:
