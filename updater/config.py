@@ -30,12 +30,14 @@ QEMU image can keep a device's files together.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bootctl import validators
 from bootctl.board import BoardConfig, load_board
 from bootctl.errors import BootctlError
 
@@ -55,6 +57,9 @@ TOP_KEYS = {
     "http",
 }
 HTTP_KEYS = {f.name for f in dataclasses.fields(HttpSettings)}
+#: Paths: printable characters only (no NUL, no newline), at most Linux's PATH_MAX.
+_PATH_RE = re.compile(r"[^\x00-\x1f\x7f]+")
+_MAX_PATH = 4096
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,10 @@ def _refuse_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> 
 
 
 def _path(base: Path, value: object, key: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"device config: '{key}' must be a non-empty string")
+    if not isinstance(value, str) or not validators.matches(_PATH_RE, value, _MAX_PATH):
+        raise UsageError(
+            f"device config: '{key}' must be a path of 1-{_MAX_PATH} printable characters"
+        )
     return base / value
 
 

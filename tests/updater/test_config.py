@@ -94,3 +94,10 @@ def test_paths_are_absolute_when_the_config_is_named_relatively(
     cfg = load_config("device-files.toml")
     assert cfg.slot_device("A") == str(EXAMPLES / "slot-A.img")
     assert cfg.state_dir == EXAMPLES / "state"
+
+
+@pytest.mark.parametrize("value", ["keyring.pem\n", "key\x00ring.pem", "a" * 4097, ""])
+def test_paths_are_printable_and_bounded(tmp_path: Path, value: str) -> None:
+    """A NUL, a newline or a huge string in a path is refused with the key's name."""
+    with pytest.raises(UsageError, match="'keyring' must be a path"):
+        parse_config({**BASE, "keyring": value}, tmp_path)
