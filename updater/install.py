@@ -40,9 +40,9 @@ from bootctl.errors import BootctlError, ConfigError, SlotError
 from bootctl.state import SlotVerity
 from bundle_tool.container import ImageLayout, VerifiedHead
 from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
+from bundle_tool.keyring import read_keyring
 from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
-from bundle_tool.signing import load_keyring
 
 from . import deltawrite, floor, installplan, readback
 from .config import DeviceConfig
@@ -163,12 +163,11 @@ class Installer:
 
         Nothing is written: `install` stores the floor in force once these pass.
         """
-        try:
-            keyring_pem = self.config.keyring.read_bytes()
-        except OSError as e:
-            raise DeviceError(f"cannot read keyring {self.config.keyring}: {e.strerror}") from e
-        keyring = load_keyring(keyring_pem)
         now = datetime.fromtimestamp(self.clock(), UTC)
+        try:
+            keyring = read_keyring(self.config.keyring, at=now)
+        except BundleIOError as e:
+            raise DeviceError(str(e)) from e
         head = read_head(source, keyring, at=now, threshold=self.config.threshold)
         check_policy(
             head.manifest,

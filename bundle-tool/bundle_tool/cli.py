@@ -6,6 +6,7 @@ The only place that prints and that turns exceptions into exit statuses.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -25,11 +26,13 @@ from bootctl.state import SlotVerity
 from updater.errors import UpdaterError
 from updater.filesource import FileSource
 
-from . import bootimage, bootkeys, container, keygen, policy, reader, signing, verity
+from . import bootimage, bootkeys, container, keygen, keysource, policy, reader, signing, verity
 from .cliutil import add_command, exit_status, make_parser
 from .errors import BundleError, BundleIOError, BundleToolError, PolicyError, TrustError, UsageError
+from .extract import extract_bundle
+from .keyring import merge, read_keyring
 from .manifest import Manifest
-from .writer import CreateOptions, create_bundle
+from .writer import CreateOptions, create_bundle, resign_bundle
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -56,7 +59,9 @@ exit status:
   6  file could not be read or written
 
 environment:
-  SOURCE_DATE_EPOCH  build time recorded by `create` (reproducible builds)
+  SOURCE_DATE_EPOCH           build time recorded by `create` (reproducible builds)
+  BUNDLE_TOOL_KEY_PASSPHRASE  passphrase of encrypted --key files
+  BUNDLE_TOOL_PKCS11_PIN      PIN of the token of pkcs11: --key URIs
 """
 
 
@@ -227,13 +232,7 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
     compatible, architecture = _target_of(args)
     if not compatible:
         raise UsageError("give --compatible or --board-config")
-    if len(args.key) != len(args.cert):
-        raise UsageError("give one --cert for every --key, in the same order")
-    chain = _read(args.chain, "certificate chain") if args.chain else None
-    signers = [
-        signing.load_signer(_read(k, "key"), _read(c, "certificate"), chain)
-        for k, c in zip(args.key, args.cert, strict=True)
-    ]
+    signers = _signers(args)
     salt = None if args.salt is None else _salt(args.salt)
     opts = CreateOptions(
         image=Path(args.image),
@@ -253,6 +252,41 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"image {opts.image} is not a file")
     manifest = create_bundle(opts, Path(args.output), _progress_bar(not args.json))
     return {"bundle": args.output, **manifest_json(manifest)}
+
+
+def _prompt(text: str) -> str:
+    return getpass.getpass(text)
+
+
+def _signers(args: argparse.Namespace) -> list[signing.Signer]:
+    """The signers of `create` and `resign`: --key/--cert pairs, --chain and the secrets."""
+    if len(args.key) != len(args.cert):
+        raise UsageError("give one --cert for every --key, in the same order")
+    secrets = keysource.KeySecrets(
+        passphrase_file=Path(args.key_passphrase_file) if args.key_passphrase_file else None,
+        pkcs11_module=Path(args.pkcs11_module) if args.pkcs11_module else None,
+        environ=os.environ,
+        prompt=_prompt if sys.stdin.isatty() else None,
+    )
+    chain = _read(args.chain, "certificate chain") if args.chain else None
+    certs = [_read(c, "certificate") for c in args.cert]
+    return keysource.load_signers(args.key, certs, chain, secrets)
+
+
+def _cmd_resign(args: argparse.Namespace) -> dict[str, Any]:
+    entries = resign_bundle(
+        Path(args.bundle), _signers(args), Path(args.output), append=args.append
+    )
+    return {"bundle": args.output, "signatures": [_describe_entry(e) for e in entries]}
+
+
+def _cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
+    written = extract_bundle(Path(args.bundle), Path(args.directory))
+    return {
+        "directory": args.directory,
+        "files": [str(p) for p in written],
+        "note": "nothing verified; run `bundle-tool verify`",
+    }
 
 
 def _open_file(path: str) -> FileSource:
@@ -286,10 +320,8 @@ def _cmd_info(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
-    keyring: list[Any] = []
-    for path in args.keyring:
-        keyring.extend(signing.load_keyring(_read(path, "keyring")))
     at = datetime.fromtimestamp(_parse_time(args.at), UTC) if args.at else datetime.now(UTC)
+    keyring = merge([read_keyring(Path(path), at=at) for path in args.keyring])
     compatible, architecture = _target_of(args)
     progress = _progress_bar(not args.json)
     with _open_file(args.bundle) as src:
@@ -334,6 +366,14 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
     if command == "bootloader":
         print(f"wrote {result['output']} ({result['kind']})")
         return
+    if command == "resign":
+        print(f"wrote {result['bundle']}")
+        for n, sig in enumerate(result["signatures"], start=1):
+            print(f"signature {n} by {sig['subject']}")
+        return
+    if command == "extract":
+        print(f"extracted {len(result['files'])} files to {result['directory']} (not verified)")
+        return
     if command == "create":
         print(f"created {result['bundle']}")
     elif command == "verify":
@@ -366,6 +406,30 @@ def _add_target_options(
     parser.add_argument("--architecture", choices=ARCHITECTURES, help=architecture)
 
 
+def _add_signer_options(parser: argparse.ArgumentParser) -> None:
+    """The options that name signing keys (`create`, `resign`); see `keysource`."""
+    parser.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        help="signing key: a PEM file or a pkcs11: URI (RFC 7512); repeatable",
+    )
+    parser.add_argument(
+        "--cert", action="append", required=True, help="its certificate (PEM); repeatable"
+    )
+    parser.add_argument("--chain", metavar="PEM", help="intermediate CA certificates to carry")
+    parser.add_argument(
+        "--key-passphrase-file",
+        metavar="FILE",
+        help="passphrase of encrypted key files (else BUNDLE_TOOL_KEY_PASSPHRASE, else a prompt)",
+    )
+    parser.add_argument(
+        "--pkcs11-module",
+        metavar="FILE",
+        help="PKCS#11 library for pkcs11: keys whose URI has no module-path",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to render the manual)."""
     p, sub = make_parser(
@@ -393,7 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
         out.""",
     )
     k.add_argument("-o", "--output", metavar="DIR", required=True, help="directory to write to")
-    k.add_argument("--algorithm", choices=("ed25519", "ecdsa-p256"), default="ed25519")
+    k.add_argument(
+        "--algorithm",
+        choices=(*keygen.ALGORITHMS, *keygen.ALIASES),
+        default="ed25519",
+        metavar="ALG",
+        help=f"key algorithm of both keys: {', '.join(keygen.ALGORITHMS)} (default ed25519)",
+    )
     k.add_argument(
         "--boot",
         action="store_true",
@@ -468,11 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         board="take compatible and architecture from a board file",
         architecture="Debian architecture of the image and of ELF artifacts",
     )
-    c.add_argument("--key", action="append", required=True, help="signing key (PEM); repeatable")
-    c.add_argument(
-        "--cert", action="append", required=True, help="its certificate (PEM); repeatable"
-    )
-    c.add_argument("--chain", metavar="PEM", help="intermediate CA certificates to carry")
+    _add_signer_options(c)
     c.add_argument(
         "--security-version", type=int, default=0, metavar="N", help="anti-rollback counter"
     )
@@ -521,8 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--keyring",
         action="append",
         required=True,
-        metavar="CA.pem",
-        help="trusted CA certificates (PEM); repeatable",
+        metavar="PATH",
+        help="trusted CA certificates and CRLs: a PEM file or a folder; repeatable",
     )
     v.add_argument(
         "--threshold",
@@ -545,6 +611,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="also require security version >= N",
     )
     v.add_argument("--at", metavar="WHEN", help="check validity at this time (default now)")
+
+    r = command(
+        "resign",
+        "replace or add signatures, leaving manifest and payload as they are",
+        """\
+        Write OUT: BUNDLE with its signatures replaced by those of the --key/--cert
+        pairs, or with those added after the existing ones (--append: a second place
+        signs, towards an m-of-n threshold). The manifest and payload are copied byte
+        for byte; nothing already in BUNDLE is verified. With Ed25519 or RSA keys the
+        output is reproducible.""",
+    )
+    r.add_argument("bundle", metavar="BUNDLE")
+    _add_signer_options(r)
+    r.add_argument("--append", action="store_true", help="keep the existing signatures")
+    r.add_argument("-o", "--output", required=True, metavar="OUT", help="bundle file to write")
+
+    x = command(
+        "extract",
+        "unpack a bundle's parts into files (without checking it)",
+        """\
+        Write the parts of BUNDLE into DIR (new or empty): manifest.json (the signed
+        bytes), signatures/N/ (certificate.der, chain-M.der, signature.bin), and for
+        image N images/N.img (data), images/N.verity (hash area, for `veritysetup
+        verify images/N.img images/N.verity ROOT`) and images/N.leafsummary, and
+        artifacts/NAME. Nothing is verified: use `verify` for that.""",
+    )
+    x.add_argument("bundle", metavar="BUNDLE")
+    x.add_argument("directory", metavar="DIR")
     return p
 
 
@@ -555,6 +649,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "create": _cmd_create,
     "info": _cmd_info,
     "verify": _cmd_verify,
+    "resign": _cmd_resign,
+    "extract": _cmd_extract,
 }
 
 

@@ -34,17 +34,20 @@ from construct import (
 from cryptography import x509
 
 from .errors import BundleError
+from .keyring import Keyring
 from .manifest import MAX_MANIFEST_SIZE, Artifact, Image, Manifest, parse_manifest
-from .signing import SignatureEntry, VerifiedSigner, verify_signatures
+from .signing import (
+    MAX_SIGNATURES,
+    SignatureEntry,
+    VerifiedSigner,
+    check_entry_size,
+    verify_signatures,
+)
 
 MAGIC = b"ABUPDATE"
 HEADER_SIZE = 64
 CONTAINER_VERSION = 1
 MAX_SIGNATURES_SIZE = 1 << 20
-MAX_SIGNATURES = 16
-MAX_CERT_SIZE = 16 << 10
-MAX_CHAIN = 4
-MAX_SIGNATURE_SIZE = 1 << 10
 
 HEADER = Struct(
     "magic" / Bytes(8),
@@ -148,18 +151,11 @@ def parse_signature_block(raw: bytes) -> tuple[SignatureEntry, ...]:
         raise BundleError("signature block is malformed") from e
     entries = []
     for n, item in enumerate(block.entries, 1):
-        if (
-            len(item.certificate) > MAX_CERT_SIZE
-            or len(item.chain) > MAX_CHAIN
-            or any(len(c) > MAX_CERT_SIZE for c in item.chain)
-            or len(item.signature) > MAX_SIGNATURE_SIZE
-        ):
-            raise BundleError(f"signature {n} exceeds the size limits")
-        entries.append(
-            SignatureEntry(
-                bytes(item.certificate), tuple(map(bytes, item.chain)), bytes(item.signature)
-            )
+        entry = SignatureEntry(
+            bytes(item.certificate), tuple(map(bytes, item.chain)), bytes(item.signature)
         )
+        check_entry_size(entry, n)
+        entries.append(entry)
     return tuple(entries)
 
 
@@ -218,7 +214,7 @@ def layout(
 
 def verify_head(
     head: bytes,
-    keyring: Sequence[x509.Certificate],
+    keyring: Keyring | Sequence[x509.Certificate],
     *,
     at: datetime,
     threshold: int = 1,
@@ -248,6 +244,38 @@ def verify_head(
         )
     images, artifacts = layout(header, manifest)
     return VerifiedHead(header, manifest, manifest_raw, signers, images, artifacts)
+
+
+@dataclass(frozen=True)
+class UncheckedHead:
+    """A bundle head parsed WITHOUT checking signatures (display, re-signing, extraction)."""
+
+    header: Header
+    manifest_raw: bytes
+    manifest: Manifest
+    entries: tuple[SignatureEntry, ...]
+
+
+def parse_head(head: bytes) -> UncheckedHead:
+    """Parse a bundle head (the first `Header.head_size` bytes) without checking signatures.
+
+    Raises:
+        BundleError: the head is malformed, truncated or inconsistent.
+    """
+    header = parse_header(head)
+    if len(head) < header.head_size:
+        raise BundleError(
+            f"bundle is truncated: head has {len(head)} bytes, header announces {header.head_size}"
+        )
+    manifest_raw = head[HEADER_SIZE : HEADER_SIZE + header.manifest_size]
+    entries = parse_signature_block(head[HEADER_SIZE + header.manifest_size : header.head_size])
+    manifest = parse_manifest(manifest_raw)
+    if manifest.payload_size != header.payload_size:
+        raise BundleError(
+            f"header announces a {header.payload_size}-byte payload, "
+            f"the manifest accounts for {manifest.payload_size}"
+        )
+    return UncheckedHead(header, manifest_raw, manifest, entries)
 
 
 def inspect_head(head: bytes) -> tuple[Manifest, tuple[SignatureEntry, ...]]:

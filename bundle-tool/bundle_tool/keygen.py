@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bundle_tool.algorithms import PrivateKey
 from bundle_tool.errors import BundleIOError, UsageError
 
 DEV_LABEL = "DEVELOPMENT ONLY - NOT FOR PRODUCTION"
-ALGORITHMS = ("ed25519", "ecdsa-p256")
-
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+#: What `generate_key` makes, by name (the names `keygen --algorithm` takes).
+_GENERATORS: dict[str, Callable[[], PrivateKey]] = {
+    "ed25519": ed25519.Ed25519PrivateKey.generate,
+    "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    "rsa2048": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    "rsa3072": lambda: rsa.generate_private_key(public_exponent=65537, key_size=3072),
+    "rsa4096": lambda: rsa.generate_private_key(public_exponent=65537, key_size=4096),
+}
+ALGORITHMS = tuple(_GENERATORS)
+#: Older names still accepted.
+ALIASES = {"ecdsa-p256": "p256", "ecdsa-p384": "p384"}
 
 _PEM_COMMENT = f"# {DEV_LABEL}: throwaway material made by `bundle-tool keygen`\n".encode()
 
@@ -47,7 +58,7 @@ def generate_key(algorithm: str = "ed25519") -> PrivateKey:
     """Make a new private key.
 
     Args:
-        algorithm: ``"ed25519"`` or ``"ecdsa-p256"``.
+        algorithm: One of `ALGORITHMS` (or `ALIASES`).
 
     Returns:
         The new private key.
@@ -55,16 +66,28 @@ def generate_key(algorithm: str = "ed25519") -> PrivateKey:
     Raises:
         UsageError: The algorithm is not one of those supported.
     """
-    if algorithm == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    if algorithm == "ecdsa-p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    raise UsageError(f"unknown key algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    return _GENERATORS[algorithm_name(algorithm)]()
+
+
+def algorithm_name(algorithm: str) -> str:
+    """The name in `ALGORITHMS` for an algorithm name or alias.
+
+    Raises:
+        UsageError: It is neither.
+    """
+    name = ALIASES.get(algorithm, algorithm)
+    if name not in _GENERATORS:
+        raise UsageError(
+            f"unknown key algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
+        )
+    return name
 
 
 def _sign_certificate(builder: x509.CertificateBuilder, issuer_key: PrivateKey) -> x509.Certificate:
     if isinstance(issuer_key, ed25519.Ed25519PrivateKey):
         return builder.sign(issuer_key, None)
+    if isinstance(issuer_key, ec.EllipticCurvePrivateKey) and issuer_key.key_size > 256:
+        return builder.sign(issuer_key, hashes.SHA384())
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -258,7 +281,7 @@ def make_dev_pki(
 
     Args:
         out_dir: The directory to write into.
-        algorithm: ``"ed25519"`` or ``"ecdsa-p256"``, for both keys.
+        algorithm: One of `ALGORITHMS`, for both keys.
         days: Validity of both certificates, counted from ``now``.
         now: Start of validity; the current time when ``None``.
 
@@ -269,10 +292,7 @@ def make_dev_pki(
         UsageError: Unknown algorithm, ``days`` below 1, or a file already exists.
         BundleIOError: The files could not be written.
     """
-    if algorithm not in ALGORITHMS:
-        raise UsageError(
-            f"unknown key algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
-        )
+    algorithm_name(algorithm)
     if days < 1:
         raise UsageError(f"certificate validity must be at least 1 day, not {days}")
     start = now if now is not None else datetime.datetime.now(datetime.UTC)

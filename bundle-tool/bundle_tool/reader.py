@@ -17,6 +17,7 @@ from cryptography import x509
 from . import leafsummary, verity
 from .container import HEADER_SIZE, ImageLayout, VerifiedHead, parse_header, verify_head
 from .errors import BundleError
+from .keyring import Keyring
 
 
 class RangeReader(Protocol):
@@ -50,7 +51,7 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
 
 def read_head(
     source: RangeReader,
-    keyring: Sequence[x509.Certificate],
+    keyring: Keyring | Sequence[x509.Certificate],
     *,
     at: datetime,
     threshold: int = 1,

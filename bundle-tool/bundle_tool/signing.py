@@ -12,13 +12,13 @@ its length as a 4-byte big-endian number and its DER bytes. Binding the certific
 the signed message means that every byte of an entry is covered by its own signature, so a
 changed certificate is caught even when it still parses and still holds the same key. The
 context string keeps a bundle signature from being valid for anything else the same key
-signs. Ed25519 signs the message itself (deterministic, RFC 8032); ECDSA P-256 signs its
-SHA-256 digest, with the signature DER-encoded (r, s) as X.509 and OpenSSL write it.
+signs. How each key algorithm signs the message is in `algorithms`.
 
 Trust: a signer counts if its certificate chains, through the bundle's intermediates, to a
-CA certificate of the device's keyring at the given time, is valid at that time, and is made
-for code signing (key usage digitalSignature, extended key usage codeSigning). Each distinct
-public key counts once toward the threshold.
+CA certificate of the device's keyring at the given time, is valid at that time, is made
+for code signing (key usage digitalSignature, extended key usage codeSigning), and neither
+it nor an intermediate on the path is revoked by a CRL of the keyring. Each distinct public
+key counts once toward the threshold.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -45,30 +45,31 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from bundle_tool.errors import BundleError, TrustError, UsageError
+from . import algorithms
+from .algorithms import PrivateKey, PublicKey
+from .errors import BundleError, TrustError, UsageError
+from .keyring import (
+    MALFORMED,
+    Keyring,
+    as_keyring,
+    ca_problem,
+    crl_signed_by,
+    crl_time_problem,
+    label,
+    touch,
+    when,
+)
 
 SIGNATURE_CONTEXT = b"abupdate-bundle-signature-v1\x00"
+# The limits of a signature entry (docs/bundle-format.md, "Signature block"). The
+# container's parser and the trust checks both apply these.
 MAX_SIGNATURES = 16
 MAX_CERTIFICATE_SIZE = 16 * 1024
 MAX_CHAIN_LENGTH = 4
-# Ed25519 signatures are 64 bytes, DER-encoded ECDSA P-256 signatures at most 72.
-MAX_SIGNATURE_SIZE = 128
+# RSA-4096 signatures are 512 bytes; DER ECDSA P-384 at most 104, Ed25519 64. Version 1
+# bundles were limited to 128 bytes (Ed25519, P-256): every one of them stays within this.
+MAX_SIGNATURE_SIZE = 512
 
-# What cryptography raises for certificates it cannot decode. TypeError too: a name
-# attribute of the wrong ASN.1 type (a BitString for anything but
-# x500UniqueIdentifier) fails with it when the name is decoded.
-_MALFORMED = (
-    ValueError,
-    TypeError,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
-_SUPPORTED = "only Ed25519 and ECDSA P-256 are supported"
-_CERT_SIGNATURE_ALGORITHMS = (
-    SignatureAlgorithmOID.ED25519,
-    SignatureAlgorithmOID.ECDSA_WITH_SHA256,
-)
 # Extensions whose meaning we enforce or that carry no constraint. A certificate marking
 # any other extension critical is refused, as RFC 5280 section 4.2 requires.
 _UNDERSTOOD_EXTENSIONS = (
@@ -80,7 +81,13 @@ _UNDERSTOOD_EXTENSIONS = (
     ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
 )
 
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+class TokenKey(Protocol):
+    """A private key held elsewhere (a PKCS#11 token): it signs, it is never read."""
+
+    def sign_message(self, message: bytes, public_key: PublicKey) -> bytes:
+        """Sign the signed message by the scheme `algorithms` gives for ``public_key``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -104,12 +111,12 @@ class Signer:
     """A private key with its certificate and intermediates, on the host that signs.
 
     Attributes:
-        key: An Ed25519 or ECDSA P-256 private key.
+        key: A private key in memory, or a key on a token that signs for us.
         certificate: The certificate for ``key``.
         chain: Intermediate CA certificates, from the certificate's issuer upwards.
     """
 
-    key: PrivateKey
+    key: PrivateKey | TokenKey
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...] = ()
 
@@ -149,70 +156,34 @@ def signed_message(payload: bytes, certificate: bytes, chain: Sequence[bytes]) -
     )
 
 
-# --- algorithms -------------------------------------------------------------------------
-
-
-def _describe_key(cert: x509.Certificate) -> str:
-    try:
-        key = cert.public_key()
-    except (UnsupportedAlgorithm, ValueError):
-        return _oid_name(cert.public_key_algorithm_oid)
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "Ed25519"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return "ECDSA P-256" if isinstance(key.curve, ec.SECP256R1) else f"ECDSA {key.curve.name}"
-    if isinstance(key, rsa.RSAPublicKey):
-        return f"RSA-{key.key_size}"
-    return _oid_name(cert.public_key_algorithm_oid)
-
-
-def _oid_name(oid: x509.ObjectIdentifier) -> str:
-    name = oid._name
-    return oid.dotted_string if name == "Unknown OID" else name
-
-
-def _is_supported_key(key: CertificatePublicKeyTypes) -> bool:
-    return isinstance(key, ed25519.Ed25519PublicKey) or (
-        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
-    )
-
-
-def _supported_public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes | None:
-    try:
-        key = cert.public_key()
-    except (UnsupportedAlgorithm, ValueError):
-        return None
-    return key if _is_supported_key(key) else None
-
-
-def _algorithm_problem(cert: x509.Certificate, *, check_signature: bool = True) -> str | None:
-    """Say why a certificate's key or signature algorithm is not accepted, if it is not."""
-    if _supported_public_key(cert) is None:
-        return f"{_label(cert)} has key algorithm {_describe_key(cert)}; {_SUPPORTED}"
-    if check_signature and cert.signature_algorithm_oid not in _CERT_SIGNATURE_ALGORITHMS:
-        name = _oid_name(cert.signature_algorithm_oid)
-        return f"{_label(cert)} is signed with {name}; {_SUPPORTED}"
+def entry_size_problem(certificate: int, chain: Sequence[int], signature: int) -> str | None:
+    """Why an entry of these sizes (bytes; one per intermediate) exceeds the limits, or None."""
+    if len(chain) > MAX_CHAIN_LENGTH:
+        return (
+            f"carries {len(chain)} intermediate certificates; at most {MAX_CHAIN_LENGTH} "
+            "are allowed"
+        )
+    sizes = [("the certificate", certificate)]
+    sizes += [(f"intermediate certificate {i}", n) for i, n in enumerate(chain, start=1)]
+    for what, size in sizes:
+        if size > MAX_CERTIFICATE_SIZE:
+            return f"{what} is {size} bytes; at most {MAX_CERTIFICATE_SIZE} are allowed"
+    if signature > MAX_SIGNATURE_SIZE:
+        return f"is {signature} bytes; at most {MAX_SIGNATURE_SIZE} are allowed"
     return None
 
 
-def _label(cert: x509.Certificate) -> str:
-    return f"certificate '{cert.subject.rfc4514_string()}'"
+def check_entry_size(entry: SignatureEntry, number: int) -> None:
+    """Refuse an entry that exceeds the limits.
 
-
-def _check_signer_key(key: object) -> PrivateKey:
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if isinstance(key.curve, ec.SECP256R1):
-            return key
-        raise UsageError(f"the signing key is ECDSA {key.curve.name}; {_SUPPORTED}")
-    raise UsageError(f"the signing key is {type(key).__name__}; {_SUPPORTED}")
-
-
-def _spki(key: CertificatePublicKeyTypes | ed25519.Ed25519PublicKey) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    Raises:
+        BundleError: It does; the message names the entry by ``number``.
+    """
+    problem = entry_size_problem(
+        len(entry.certificate), [len(c) for c in entry.chain], len(entry.signature)
     )
+    if problem is not None:
+        raise BundleError(f"signature {number} {problem}")
 
 
 # --- host side --------------------------------------------------------------------------
@@ -227,28 +198,77 @@ def load_signer(
     """Load a signing key, its certificate and optional intermediates from PEM.
 
     Args:
-        key_pem: The private key, PEM (PKCS#8 or traditional), Ed25519 or ECDSA P-256.
+        key_pem: The private key, PEM (PKCS#8 or traditional) of a supported algorithm.
         cert_pem: Exactly one certificate, for that key.
         chain_pem: Intermediate CA certificates, from the certificate's issuer upwards.
-        password: The key's password, if it is encrypted.
+        password: The key's passphrase, if it is encrypted.
 
     Returns:
         The signer.
 
     Raises:
-        UsageError: A file cannot be read as what it should hold, the key type is not
-            supported, the certificate is for another key, or it is not for code signing.
+        UsageError: A file cannot be read as what it should hold, the passphrase is
+            missing or wrong, the key type is not supported, the certificate is for another
+            key, or it is not for code signing.
+    """
+    return signer_for(load_private_key(key_pem, password), cert_pem, chain_pem)
+
+
+def key_is_encrypted(key_pem: bytes) -> bool:
+    """Whether a PEM private key needs a passphrase."""
+    try:
+        serialization.load_pem_private_key(key_pem, None)
+    except TypeError:
+        return True
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return False
+
+
+def load_private_key(key_pem: bytes, password: bytes | None = None) -> PrivateKey:
+    """Load a PEM private key of a supported algorithm.
+
+    Raises:
+        UsageError: It is not a PEM private key, the passphrase is missing, wrong or
+            given for a key that is not encrypted, or the algorithm is refused.
     """
     try:
         loaded = serialization.load_pem_private_key(key_pem, password)
     except TypeError as exc:
-        hint = "it is encrypted; give its password" if password is None else "it is not encrypted"
+        hint = (
+            "it is encrypted; give its passphrase (--key-passphrase-file, "
+            "BUNDLE_TOOL_KEY_PASSPHRASE, or a terminal prompt)"
+            if password is None
+            else "it is not encrypted, but a passphrase was given"
+        )
         raise UsageError(f"cannot load the signing key: {hint}") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
+        reason = (
+            "not a PEM private key"
+            if password is None
+            else "the passphrase is wrong, or it is not a PEM private key"
+        )
+        raise UsageError(f"cannot load the signing key: {reason}") from exc
+    if not isinstance(
+        loaded, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    ):
         raise UsageError(
-            "cannot load the signing key: not a PEM private key, or the password is wrong"
-        ) from exc
-    key = _check_signer_key(loaded)
+            f"the signing key is {algorithms.describe(loaded)}; {algorithms.SUPPORTED}"
+        )
+    problem = algorithms.key_problem(loaded)
+    if problem is not None:
+        raise UsageError(f"the signing key cannot sign bundles: {problem}")
+    return loaded
+
+
+def signer_for(
+    key: PrivateKey | TokenKey, cert_pem: bytes, chain_pem: bytes | None = None
+) -> Signer:
+    """A signer from a key and its certificate (and intermediates), PEM.
+
+    Raises:
+        UsageError: See `load_signer`.
+    """
     certs = _load_pem_certificates(cert_pem, "the signing certificate")
     if len(certs) != 1:
         raise UsageError(
@@ -268,15 +288,26 @@ def _load_pem_certificates(pem: bytes, what: str) -> tuple[x509.Certificate, ...
     try:
         certs = tuple(x509.load_pem_x509_certificates(pem))
         for cert in certs:
-            _touch(cert)
-    except _MALFORMED as exc:
+            touch(cert)
+    except MALFORMED as exc:
         raise UsageError(f"cannot load {what}: not PEM certificates") from exc
     return certs
 
 
+def _certificate_public_key(cert: x509.Certificate) -> PublicKey:
+    problem = algorithms.certificate_key_problem(cert)
+    key = algorithms.certificate_key(cert)
+    if problem is not None or key is None:
+        raise UsageError(f"the signing certificate cannot sign bundles: {problem}")
+    return key
+
+
 def _check_signer(signer: Signer) -> None:
-    _check_signer_key(signer.key)
-    if _spki(signer.key.public_key()) != _spki(signer.certificate.public_key()):
+    cert_key = _certificate_public_key(signer.certificate)
+    key = signer.key
+    if isinstance(
+        key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    ) and algorithms.spki(key.public_key()) != algorithms.spki(cert_key):
         raise UsageError(
             "the signing certificate does not belong to the signing key (their public keys differ)"
         )
@@ -287,13 +318,14 @@ def _check_signer(signer: Signer) -> None:
     for cert in (signer.certificate, *signer.chain):
         size = len(cert.public_bytes(serialization.Encoding.DER))
         if size > MAX_CERTIFICATE_SIZE:
-            raise UsageError(f"{_label(cert)} is {size} bytes; at most {MAX_CERTIFICATE_SIZE} fit")
+            raise UsageError(f"{label(cert)} is {size} bytes; at most {MAX_CERTIFICATE_SIZE} fit")
 
 
 def sign(payload: bytes, signer: Signer) -> SignatureEntry:
     """Sign payload bytes.
 
-    Ed25519 signatures are deterministic: the same payload and signer give the same bytes.
+    Ed25519 and RSA signatures are deterministic: the same payload and signer give the
+    same bytes. ECDSA signatures differ each time.
 
     Args:
         payload: The bytes to sign (the raw manifest).
@@ -304,50 +336,30 @@ def sign(payload: bytes, signer: Signer) -> SignatureEntry:
 
     Raises:
         UsageError: The signer's key type is not supported, the certificate is not for the
-            key, or the chain is too long.
+            key (for a token key: its signature does not verify with the certificate), or
+            the chain is too long.
     """
     _check_signer(signer)
     der = signer.certificate.public_bytes(serialization.Encoding.DER)
     chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in signer.chain)
     message = signed_message(payload, der, chain)
-    if isinstance(signer.key, ed25519.Ed25519PrivateKey):
-        signature = signer.key.sign(message)
+    cert_key = _certificate_public_key(signer.certificate)
+    key = signer.key
+    if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        signature = algorithms.sign_message(key, message)
     else:
-        signature = signer.key.sign(message, ec.ECDSA(hashes.SHA256()))
+        signature = key.sign_message(message, cert_key)
+        try:
+            algorithms.verify_message(cert_key, signature, message)
+        except InvalidSignature as exc:
+            raise UsageError(
+                "the token's key made a signature that the signing certificate's key does not "
+                "verify: the certificate belongs to another key"
+            ) from exc
     return SignatureEntry(certificate=der, chain=chain, signature=signature)
 
 
 # --- device side ------------------------------------------------------------------------
-
-
-def load_keyring(pem: bytes) -> tuple[x509.Certificate, ...]:
-    """Load the trust anchors: one or more CA certificates, PEM.
-
-    Args:
-        pem: The keyring file's contents.
-
-    Returns:
-        The CA certificates.
-
-    Raises:
-        TrustError: The keyring holds no certificate, cannot be parsed, or holds a
-            certificate that is not an Ed25519 or ECDSA P-256 CA.
-    """
-    try:
-        certs = tuple(x509.load_pem_x509_certificates(pem))
-    except _MALFORMED as exc:
-        raise TrustError("the keyring is not a file of PEM CA certificates") from exc
-    if not certs:
-        raise TrustError("the keyring holds no certificate")
-    for number, cert in enumerate(certs, start=1):
-        try:
-            _touch(cert)
-        except _MALFORMED as exc:
-            raise TrustError(f"keyring certificate {number} is malformed") from exc
-        problem = _algorithm_problem(cert, check_signature=False) or _ca_problem(cert)
-        if problem is not None:
-            raise TrustError(f"keyring certificate {number}: {problem}")
-    return certs
 
 
 @dataclass(frozen=True)
@@ -362,7 +374,7 @@ class _Entry:
 def verify_signatures(
     payload: bytes,
     entries: Sequence[SignatureEntry],
-    keyring: Sequence[x509.Certificate],
+    keyring: Keyring | Sequence[x509.Certificate],
     *,
     at: datetime.datetime,
     threshold: int = 1,
@@ -371,12 +383,13 @@ def verify_signatures(
 
     Every entry must be well formed and its signature must verify; one that does not
     refuses the bundle. Of those, an entry counts if its certificate chains to the keyring
-    at ``at`` and is made for code signing; each distinct public key counts once.
+    at ``at``, is made for code signing and is not revoked by a keyring CRL; each distinct
+    public key counts once.
 
     Args:
         payload: The signed bytes (the raw manifest).
         entries: The signature entries of the bundle.
-        keyring: The trust anchors, as `load_keyring` returns them.
+        keyring: The trust anchors and CRLs (`keyring.load_keyring`), or CA certificates.
         at: The time at which certificates must be valid (timezone-aware).
         threshold: How many distinct trusted keys must have signed, at least 1.
 
@@ -395,7 +408,8 @@ def verify_signatures(
     if at.tzinfo is None or at.utcoffset() is None:
         raise UsageError("the verification time must carry a time zone")
     at = at.astimezone(datetime.UTC)
-    if not keyring:
+    ring = as_keyring(keyring)
+    if not ring.anchors:
         raise TrustError("the keyring holds no certificate")
     if not entries:
         raise TrustError("the bundle carries no signature")
@@ -414,7 +428,7 @@ def verify_signatures(
                 f"signature {entry.number}: same key as signature {first.number}, counted once"
             )
             continue
-        problem = _trust_problem(entry.leaf, entry.chain, keyring, at)
+        problem = _trust_problem(entry.leaf, entry.chain, ring, at)
         if problem is None:
             trusted[entry.key_id] = entry
         else:
@@ -447,7 +461,7 @@ def _parse_der(der: bytes, number: int, what: str) -> x509.Certificate:
         )
     try:
         return _parse_certificate(der)
-    except _MALFORMED as exc:
+    except MALFORMED as exc:
         raise BundleError(f"signature {number}: {what} is not a valid DER certificate") from exc
 
 
@@ -459,38 +473,15 @@ def _parse_certificate(der: bytes) -> x509.Certificate:
         warnings.simplefilter("error", CryptographyDeprecationWarning)
         try:
             cert = x509.load_der_x509_certificate(der)
-            _touch(cert)
+            touch(cert)
         except CryptographyDeprecationWarning as exc:
             raise ValueError(str(exc)) from exc
     return cert
 
 
-def _touch(cert: x509.Certificate) -> None:
-    """Decode every field the trust checks read, so malformed ones fail here and not later."""
-    _ = (
-        cert.version,
-        cert.subject.rfc4514_string(),
-        cert.issuer.rfc4514_string(),
-        cert.not_valid_before_utc,
-        cert.not_valid_after_utc,
-        cert.signature_algorithm_oid,
-        cert.public_key_algorithm_oid,
-        [ext.value for ext in cert.extensions],
-    )
-
-
 def _check_entry(payload: bytes, entry: SignatureEntry, number: int) -> _Entry:
     """Parse an entry and check its signature; any failure refuses the whole bundle."""
-    if len(entry.chain) > MAX_CHAIN_LENGTH:
-        raise BundleError(
-            f"signature {number} carries {len(entry.chain)} intermediate certificates; "
-            f"at most {MAX_CHAIN_LENGTH} are allowed"
-        )
-    if len(entry.signature) > MAX_SIGNATURE_SIZE:
-        raise BundleError(
-            f"signature {number} is {len(entry.signature)} bytes; at most {MAX_SIGNATURE_SIZE} "
-            "are allowed"
-        )
+    check_entry_size(entry, number)
     leaf = _parse_der(entry.certificate, number, "the certificate")
     chain = tuple(
         _parse_der(der, number, f"intermediate certificate {i}")
@@ -502,25 +493,20 @@ def _check_entry(payload: bytes, entry: SignatureEntry, number: int) -> _Entry:
         raise BundleError(f"signature {number}: the certificate's public key is malformed") from exc
     except UnsupportedAlgorithm:
         pass  # named below
-    key = _supported_public_key(leaf)
+    key = algorithms.certificate_key(leaf)
     if key is None:
-        raise TrustError(
-            f"signature {number}: the signer's key algorithm is {_describe_key(leaf)}; {_SUPPORTED}"
-        )
+        problem = algorithms.certificate_key_problem(leaf)
+        raise TrustError(f"signature {number}: the signer's {problem}")
     message = signed_message(payload, entry.certificate, entry.chain)
     try:
-        if isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(entry.signature, message)
-        else:
-            assert isinstance(key, ec.EllipticCurvePublicKey)  # narrowed by _supported_public_key
-            key.verify(entry.signature, message, ec.ECDSA(hashes.SHA256()))
+        algorithms.verify_message(key, entry.signature, message)
     except InvalidSignature as exc:
         raise TrustError(f"signature {number} does not match the bundle") from exc
     return _Entry(
         number=number,
         leaf=leaf,
         chain=chain,
-        key_id=hashlib.sha256(_spki(key)).hexdigest(),
+        key_id=hashlib.sha256(algorithms.spki(key)).hexdigest(),
         fingerprint=hashlib.sha256(entry.certificate).hexdigest(),
     )
 
@@ -528,17 +514,63 @@ def _check_entry(payload: bytes, entry: SignatureEntry, number: int) -> _Entry:
 # --- trust ------------------------------------------------------------------------------
 
 
-def _when(moment: datetime.datetime) -> str:
-    if moment.time() == datetime.time(0, 0):
-        return f"{moment:%Y-%m-%d}"
-    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
-
-
 def _validity_problem(cert: x509.Certificate, at: datetime.datetime, what: str) -> str | None:
     if at < cert.not_valid_before_utc:
-        return f"{what} not valid before {_when(cert.not_valid_before_utc)}"
+        return f"{what} not valid before {when(cert.not_valid_before_utc)}"
     if at > cert.not_valid_after_utc:
-        return f"{what} expired on {_when(cert.not_valid_after_utc)}"
+        return f"{what} expired on {when(cert.not_valid_after_utc)}"
+    return None
+
+
+def _algorithm_problem(cert: x509.Certificate, *, check_signature: bool = True) -> str | None:
+    """Say why a certificate's key or signature algorithm is not accepted, if it is not."""
+    problem = algorithms.certificate_key_problem(cert)
+    if problem is not None:
+        return f"{label(cert)} has {problem}"
+    if check_signature:
+        problem = algorithms.signature_problem(cert.signature_algorithm_oid)
+        if problem is not None:
+            return f"{label(cert)} {problem}"
+    return None
+
+
+def _revocation_problem(
+    child: x509.Certificate, issuer: x509.Certificate, keyring: Keyring, at: datetime.datetime
+) -> str | None:
+    """Say why ``child`` counts as revoked by a keyring CRL of ``issuer``, if it does.
+
+    A CRL that claims to come from ``issuer`` but does not verify with its key fails the
+    link too: a device must not trust a path whose revocation state it cannot know.
+    """
+    crls = keyring.crls_of(issuer)
+    if not crls:
+        return None
+    issuer_spki = algorithms.spki(issuer.public_key())  # type: ignore[arg-type]
+    mine = [
+        c
+        for c in crls
+        if (c.anchor is not None and algorithms.spki(c.anchor.public_key()) == issuer_spki)  # type: ignore[arg-type]
+        or (c.anchor is None and crl_signed_by(c.crl, issuer))
+    ]
+    if not mine:
+        if all(c.anchor is not None for c in crls):
+            return None  # the CRLs of another keyring CA of the same name
+        files = ", ".join(c.source for c in crls if c.anchor is None)
+        return (
+            f"keyring CRL {files} names '{issuer.subject.rfc4514_string()}' as its issuer but is "
+            "not signed by that CA's key (forged, or made with another key)"
+        )
+    for c in mine:
+        problem = crl_time_problem(c.crl, at)
+        if problem is not None:
+            return f"keyring CRL {c.source} of '{issuer.subject.rfc4514_string()}' {problem}"
+        revoked = c.crl.get_revoked_certificate_by_serial_number(child.serial_number)
+        if revoked is not None:
+            return (
+                f"{label(child)} (serial {child.serial_number:#x}) is revoked by "
+                f"'{issuer.subject.rfc4514_string()}' since {when(revoked.revocation_date_utc)} "
+                f"(keyring CRL {c.source})"
+            )
     return None
 
 
@@ -565,33 +597,20 @@ def _purpose_problem(cert: x509.Certificate) -> str | None:
     return None
 
 
-def _ca_problem(cert: x509.Certificate) -> str | None:
-    """Say why a certificate may not issue certificates, if it may not."""
-    exts = cert.extensions
-    try:
-        if not exts.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return f"{_label(cert)} is not a CA (basicConstraints CA is false)"
-    except x509.ExtensionNotFound:
-        return f"{_label(cert)} is not a CA (no basicConstraints)"
-    try:
-        if not exts.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
-            return f"{_label(cert)} may not sign certificates (key usage lacks keyCertSign)"
-    except x509.ExtensionNotFound:
-        pass
-    return None
-
-
 def _critical_problem(cert: x509.Certificate) -> str | None:
     for ext in cert.extensions:
         if ext.critical and ext.oid not in _UNDERSTOOD_EXTENSIONS:
-            return f"{_label(cert)} has an unsupported critical extension {_oid_name(ext.oid)}"
+            return (
+                f"{label(cert)} has an unsupported critical extension "
+                f"{algorithms.oid_name(ext.oid)}"
+            )
     return None
 
 
 def _trust_problem(
     leaf: x509.Certificate,
     chain: tuple[x509.Certificate, ...],
-    keyring: Sequence[x509.Certificate],
+    keyring: Keyring,
     at: datetime.datetime,
 ) -> str | None:
     """Say why a signer's certificate is not trusted at ``at``, or None if it is.
@@ -619,7 +638,7 @@ def _trust_problem(
 def _build_path(
     leaf: x509.Certificate,
     chain: tuple[x509.Certificate, ...],
-    keyring: Sequence[x509.Certificate],
+    keyring: Keyring,
     at: datetime.datetime,
 ) -> list[x509.Certificate] | str:
     """Find a path leaf -> intermediates -> keyring CA, checking each link (RFC 5280 subset).
@@ -632,7 +651,7 @@ def _build_path(
     it marks no extension critical that we do not process. The keyring CAs are trusted as
     they are, but must themselves be valid at ``at``.
     """
-    anchors = list(keyring)
+    anchors = list(keyring.anchors)
     problems: list[str] = []
 
     def candidates(cert: x509.Certificate) -> list[tuple[x509.Certificate, bool]]:
@@ -642,7 +661,7 @@ def _build_path(
 
     def link_problem(child: x509.Certificate, issuer: x509.Certificate, below: int) -> str | None:
         problem = (
-            _ca_problem(issuer)
+            ca_problem(issuer)
             or _algorithm_problem(issuer, check_signature=False)
             or _algorithm_problem(child)
         )
@@ -651,11 +670,15 @@ def _build_path(
         try:
             child.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):
-            return f"{_label(child)} does not verify with the key of {_label(issuer)}"
+            return f"{label(child)} does not verify with the key of {label(issuer)}"
         limit = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
         if limit is not None and below > limit:
-            return f"{_label(issuer)} allows at most {limit} intermediate CAs below it"
-        return _validity_problem(issuer, at, _label(issuer)) or _critical_problem(issuer)
+            return f"{label(issuer)} allows at most {limit} intermediate CAs below it"
+        return (
+            _validity_problem(issuer, at, label(issuer))
+            or _critical_problem(issuer)
+            or _revocation_problem(child, issuer, keyring, at)
+        )
 
     def walk(path: list[x509.Certificate]) -> list[x509.Certificate] | None:
         child = path[-1]
@@ -707,7 +730,8 @@ def _names_reach_keyring(
 
 
 def _library_can_serve(path: list[x509.Certificate]) -> bool:
-    return all(isinstance(_supported_public_key(c), ec.EllipticCurvePublicKey) for c in path)
+    # cryptography's path validation refuses Ed25519 anywhere in a path.
+    return not any(isinstance(c.public_key(), ed25519.Ed25519PublicKey) for c in path)
 
 
 def _require_ca(_policy: Policy, _cert: x509.Certificate, value: x509.BasicConstraints) -> None:
@@ -739,10 +763,10 @@ def _require_code_signing(
 def _library_problem(
     leaf: x509.Certificate,
     chain: tuple[x509.Certificate, ...],
-    keyring: Sequence[x509.Certificate],
+    keyring: Keyring,
     at: datetime.datetime,
 ) -> str | None:
-    """Ask cryptography's path validation (ECDSA-only paths) and return its objection."""
+    """Ask cryptography's path validation (paths without Ed25519) and return its objection."""
     # The Web PKI default policies demand serverAuth/clientAuth purposes and names; ours
     # demand a CA flag on issuers and digitalSignature + codeSigning on the signer.
     ca_policy = (
@@ -756,7 +780,10 @@ def _library_problem(
         .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _require_code_signing)
     )
     anchors = [
-        c for c in keyring if isinstance(_supported_public_key(c), ec.EllipticCurvePublicKey)
+        c
+        for c in keyring.anchors
+        if algorithms.certificate_key(c) is not None
+        and not isinstance(c.public_key(), ed25519.Ed25519PublicKey)
     ]
     verifier = (
         PolicyBuilder()

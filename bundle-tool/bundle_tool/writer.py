@@ -11,12 +11,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from bootctl import validators
 
 from . import leafsummary, verity
-from .container import Header, build_signature_block
+from .container import (
+    HEADER_SIZE,
+    Header,
+    UncheckedHead,
+    build_signature_block,
+    parse_head,
+    parse_header,
+)
 from .elfcheck import check_machine, elf_machine
-from .errors import BundleIOError, UsageError
+from .errors import BundleError, BundleIOError, UsageError
 from .manifest import (
     MAX_SECURITY_VERSION,
     NAME_RULE,
@@ -26,7 +37,7 @@ from .manifest import (
     Manifest,
     VerityInfo,
 )
-from .signing import Signer, sign
+from .signing import MAX_SIGNATURES, SignatureEntry, Signer, sign
 
 #: progress(phase, done_bytes, total_bytes)
 Progress = Callable[[str, int, int], None]
@@ -93,7 +104,7 @@ def _check_options(opts: CreateOptions) -> None:
         raise UsageError("two artifacts have the same file name")
 
 
-def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+def copy_range(src: int, dst: int, offset: int, length: int) -> None:
     """Copy `length` bytes of `src` from `offset` to the current position of `dst`.
 
     `sendfile` copies in the kernel between any two files (unlike `copy_file_range`,
@@ -212,10 +223,10 @@ def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Man
             with opts.image.open("rb") as img:
                 if os.fstat(img.fileno()).st_mtime_ns != st.st_mtime_ns:
                     raise BundleIOError(f"{opts.image} changed while the bundle was built")
-                _copy_range(img.fileno(), out.fileno(), 0, size)
+                copy_range(img.fileno(), out.fileno(), 0, size)
             for path, art in zip(opts.artifacts, artifacts, strict=True):
                 with path.open("rb") as f:
-                    _copy_range(f.fileno(), out.fileno(), 0, art.size)
+                    copy_range(f.fileno(), out.fileno(), 0, art.size)
             if progress:
                 progress("writing", size, size)
             # No fsync: a build tool leaves durability to the build system; the
@@ -231,6 +242,94 @@ def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Man
         Path(tmp).unlink(missing_ok=True)
         raise
     return manifest
+
+
+def read_head_file(path: Path) -> tuple[UncheckedHead, int]:
+    """Parse a bundle file's head without checking signatures; also return the file size.
+
+    Raises:
+        BundleError: The head is malformed, or the file is not exactly the announced size.
+        BundleIOError: The file cannot be read.
+    """
+    try:
+        with path.open("rb") as f:
+            first = f.read(HEADER_SIZE)
+            header = parse_header(first)
+            head = parse_head(first + f.read(header.head_size - HEADER_SIZE))
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise BundleIOError(f"cannot read bundle {path}: {e.strerror}") from e
+    if size != head.header.total_size:
+        raise BundleError(
+            f"bundle {path} is {size} bytes; its header and manifest account for "
+            f"{head.header.total_size}"
+        )
+    return head, size
+
+
+def resign_bundle(
+    bundle: Path, signers: Sequence[Signer], output: Path, *, append: bool = False
+) -> tuple[SignatureEntry, ...]:
+    """Write a copy of a bundle with new signatures; manifest and payload stay byte for byte.
+
+    Without ``append`` the signatures are replaced by those of ``signers``; with it they
+    are added after the existing ones (m-of-n signing in several places). The signatures
+    already there are not checked. With Ed25519 or RSA keys the output is reproducible.
+
+    Returns:
+        The signature entries of the output.
+
+    Raises:
+        UsageError: No signer, too many signatures, or a key that already signed it.
+        BundleError: The input is not a well-formed bundle.
+        BundleIOError: Reading or writing failed.
+    """
+    if not signers:
+        raise UsageError("at least one signing key and certificate are needed")
+    head, _ = read_head_file(bundle)
+    new = [sign(head.manifest_raw, s) for s in signers]
+    entries = (*head.entries, *new) if append else tuple(new)
+    seen: dict[bytes, int] = {}
+    for number, entry in enumerate(entries, start=1):
+        key = _entry_key(entry)
+        if key in seen:
+            raise UsageError(
+                f"signature {number} would be by the same key as signature {seen[key]}; "
+                "a key counts once toward the threshold"
+            )
+        seen[key] = number
+    if len(entries) > MAX_SIGNATURES:
+        raise UsageError(f"{len(entries)} signatures; at most {MAX_SIGNATURES} fit in a bundle")
+    sigs = build_signature_block(entries)
+    header = Header(head.header.manifest_size, len(sigs), head.header.payload_size)
+    fd, tmp = _temporary_output(output)
+    try:
+        with os.fdopen(fd, "wb") as out, bundle.open("rb") as src:
+            out.write(header.to_bytes() + head.manifest_raw + sigs)
+            out.flush()
+            copy_range(src.fileno(), out.fileno(), head.header.head_size, header.payload_size)
+        if os.path.getsize(tmp) != header.total_size:
+            raise BundleIOError(f"{bundle} changed size while it was re-signed")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _cannot_write(output, e) from e
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return entries
+
+
+def _entry_key(entry: SignatureEntry) -> bytes:
+    """The SubjectPublicKeyInfo of an entry's certificate (its certificate if unparseable)."""
+    try:
+        key = x509.load_der_x509_certificate(entry.certificate).public_key()
+        return key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return entry.certificate
 
 
 def _cannot_write(output: Path, error: OSError) -> BundleIOError:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bundle_tool import keygen, signing
+from bundle_tool.keyring import load_keyring
 from bundle_tool.writer import CreateOptions, create_bundle
 from tests.bundle.bundles import BUILD_TIME, write_image
 
@@ -24,7 +25,7 @@ def signer(pki: keygen.DevPki) -> signing.Signer:
 
 @pytest.fixture(scope="session")
 def keyring(pki: keygen.DevPki) -> tuple[object, ...]:
-    return signing.load_keyring(pki.ca_cert.read_bytes())
+    return load_keyring(pki.ca_cert.read_bytes())
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bundle_tool import container, reader, signing
 from bundle_tool.errors import BundleError, PolicyError, TrustError, UsageError
+from bundle_tool.keyring import load_keyring
 from bundle_tool.manifest import parse_manifest
 from bundle_tool.policy import check_policy
 from bundle_tool.writer import CreateOptions, create_bundle
@@ -218,7 +219,7 @@ def test_untrusted_signer_is_refused(tmp_path: Path, small_bundle: bytes) -> Non
 
     other = keygen.make_dev_pki(tmp_path / "other")
     with pytest.raises(TrustError):
-        verify(small_bundle, signing.load_keyring(other.ca_cert.read_bytes()))
+        verify(small_bundle, load_keyring(other.ca_cert.read_bytes()))
 
 
 def test_policy(small_bundle: bytes, keyring: tuple[object, ...]) -> None:

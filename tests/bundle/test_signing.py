@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from bundle_tool import keygen, signing
 from bundle_tool.errors import BundleError, TrustError, UsageError
 from bundle_tool.keygen import PrivateKey, make_ca, make_signer
+from bundle_tool.keyring import Keyring, load_keyring
 from bundle_tool.signing import SignatureEntry, Signer, sign, verify_signatures
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -405,8 +406,9 @@ def test_no_signature_and_bounds() -> None:
         verify_signatures(PAYLOAD, [replace(entry, chain=(entry.certificate,) * 5)], ring, at=NOW)
     with pytest.raises(BundleError, match="at most 16384"):
         verify_signatures(PAYLOAD, [replace(entry, certificate=b"\x30" * 16385)], ring, at=NOW)
-    with pytest.raises(BundleError, match="at most 128"):
-        verify_signatures(PAYLOAD, [replace(entry, signature=bytes(129))], ring, at=NOW)
+    limit = signing.MAX_SIGNATURE_SIZE
+    with pytest.raises(BundleError, match=f"at most {limit}"):
+        verify_signatures(PAYLOAD, [replace(entry, signature=bytes(limit + 1))], ring, at=NOW)
     with pytest.raises(UsageError, match="time zone"):
         verify_signatures(PAYLOAD, [entry], ring, at=NOW.replace(tzinfo=None))
     assert len(verify_signatures(PAYLOAD, [entry] * 16, ring, at=NOW)) == 1
@@ -538,11 +540,12 @@ def test_library_path_validation_agrees_on_ecdsa() -> None:
     """The second opinion from cryptography's verifier runs for all-ECDSA paths."""
     root, inter = hierarchy("ecdsa-p256", "ecdsa-p256")
     s = signer("ecdsa-p256", issuer=inter, chain=(inter[1],))
-    assert signing._library_problem(s.certificate, s.chain, (root,), NOW) is None
+    ring = Keyring((root,))
+    assert signing._library_problem(s.certificate, s.chain, ring, NOW) is None
     late = NOW + dt.timedelta(days=400)
-    assert "not valid" in (signing._library_problem(s.certificate, s.chain, (root,), late) or "")
+    assert "not valid" in (signing._library_problem(s.certificate, s.chain, ring, late) or "")
     wrong = signer("ecdsa-p256", eku_code_signing=False)
-    problem = signing._library_problem(wrong.certificate, (), keyring("ecdsa-p256"), NOW)
+    problem = signing._library_problem(wrong.certificate, (), Keyring(keyring("ecdsa-p256")), NOW)
     assert problem is not None
     assert "codeSigning" in problem
 
@@ -552,20 +555,20 @@ def test_library_path_validation_agrees_on_ecdsa() -> None:
 
 def test_unsupported_signer_algorithm_is_named() -> None:
     ca_key, ca_cert = ca("ecdsa-p256")
-    key = ec.generate_private_key(ec.SECP384R1())
-    _, cert = make_signer(ca_key, ca_cert, key=key, not_before=START, not_after=END)
+    key = ec.generate_private_key(ec.SECP521R1())
+    _, cert = make_signer(ca_key, ca_cert, key=key, not_before=START, not_after=END)  # type: ignore[arg-type]
     message = signing.signed_message(PAYLOAD, der(cert), ())
-    entry = SignatureEntry(der(cert), (), key.sign(message, ec.ECDSA(hashes.SHA256())))
+    entry = SignatureEntry(der(cert), (), key.sign(message, ec.ECDSA(hashes.SHA512())))
     with pytest.raises(
-        TrustError, match="key algorithm is ECDSA secp384r1; only Ed25519 and ECDSA P-256"
+        TrustError, match=r"key algorithm ECDSA secp521r1 is not supported \(supported: Ed25519"
     ):
         verify_signatures(PAYLOAD, [entry], (ca_cert,), at=NOW)
-    with pytest.raises(UsageError, match="secp384r1"):
+    with pytest.raises(UsageError, match="secp521r1"):
         signing.load_signer(keygen.key_pem(key), keygen.cert_pem(cert))
 
 
-def rsa_ca() -> x509.Certificate:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def rsa_ca(bits: int) -> x509.Certificate:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "RSA Root")])
     return (
         x509.CertificateBuilder()
@@ -588,25 +591,25 @@ def rsa_ca() -> x509.Certificate:
     [
         (b"", "not a file of PEM CA certificates"),
         (b"garbage\n", "not a file of PEM CA certificates"),
-        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not a file of PEM"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "block 1 is malformed"),
     ],
 )
 def test_keyring_garbage_is_refused(pem: bytes, message: str) -> None:
     with pytest.raises(TrustError, match=message):
-        signing.load_keyring(pem)
+        load_keyring(pem)
 
 
 def test_keyring_refuses_non_ca_and_unsupported_algorithms() -> None:
     leaf = signer("ed25519").certificate
-    with pytest.raises(TrustError, match=r"keyring certificate 2: .* is not a CA"):
-        signing.load_keyring(keygen.cert_pem(ca("ed25519")[1], leaf))
-    with pytest.raises(TrustError, match="key algorithm RSA-2048"):
-        signing.load_keyring(keygen.cert_pem(rsa_ca()))
+    with pytest.raises(TrustError, match=r"keyring file: certificate 2: .* is not a CA"):
+        load_keyring(keygen.cert_pem(ca("ed25519")[1], leaf))
+    with pytest.raises(TrustError, match="key algorithm RSA-1024 is too weak"):
+        load_keyring(keygen.cert_pem(rsa_ca(1024)))
 
 
 def test_keyring_with_several_anchors() -> None:
-    ring = signing.load_keyring(keygen.cert_pem(ca("ed25519")[1], ca("ecdsa-p256")[1]))
-    assert len(ring) == 2
+    ring = load_keyring(keygen.cert_pem(ca("ed25519")[1], ca("ecdsa-p256")[1]))
+    assert len(ring.anchors) == 2
     for algorithm in ALGORITHMS:
         assert verify_signatures(PAYLOAD, [sign(PAYLOAD, signer(algorithm))], ring, at=NOW)
 
@@ -627,9 +630,9 @@ def test_load_signer_with_chain_and_password() -> None:
     loaded = signing.load_signer(encrypted, cert, chain, password=b"secret")
     assert loaded.chain == (inter[1],)
     assert verify_signatures(PAYLOAD, [sign(PAYLOAD, loaded)], (root,), at=NOW)
-    with pytest.raises(UsageError, match="give its password"):
+    with pytest.raises(UsageError, match="give its passphrase"):
         signing.load_signer(encrypted, cert)
-    with pytest.raises(UsageError, match="password is wrong"):
+    with pytest.raises(UsageError, match="passphrase is wrong"):
         signing.load_signer(encrypted, cert, password=b"wrong")
     with pytest.raises(UsageError, match="not encrypted"):
         signing.load_signer(keygen.key_pem(s.key), cert, password=b"secret")
@@ -650,7 +653,7 @@ def test_make_dev_pki(tmp_path: Path, algorithm: str) -> None:
         assert "DEVELOPMENT ONLY - NOT FOR PRODUCTION" in path.read_text()
     loaded = signing.load_signer(pki.signer_key.read_bytes(), pki.signer_cert.read_bytes())
     assert "NOT FOR PRODUCTION" in loaded.certificate.subject.rfc4514_string()
-    ring = signing.load_keyring(pki.ca_cert.read_bytes())
+    ring = load_keyring(pki.ca_cert.read_bytes())
     entry = sign(PAYLOAD, loaded)
     assert verify_signatures(PAYLOAD, [entry], ring, at=NOW)
     with pytest.raises(TrustError, match="expired on"):
