@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,3 +39,16 @@ class BytesReader:
 def write_image(path: Path, blocks: int, seed: int = 0) -> Path:
     path.write_bytes(random.Random(seed).randbytes(blocks * 4096))
     return path
+
+
+def run_tool(
+    *args: str | Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `bundle-tool` as a user does, in a new process."""
+    return subprocess.run(
+        [sys.executable, "-m", "bundle_tool.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+    )

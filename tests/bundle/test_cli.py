@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bootctl.board import ARCHITECTURES
+from tests.bundle.bundles import run_tool as run
 from tests.bundle.bundles import write_image
 
 REPO = Path(__file__).resolve().parents[2]
 BOARD = REPO / "board-configs" / "qemu-arm64-uboot.toml"
-
-
-def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bundle_tool.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")
