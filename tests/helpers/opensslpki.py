@@ -144,12 +144,15 @@ class OpensslPki:
             "-revoke", victim.cert, "-crl_reason", "keyCompromise",
         )  # fmt: skip
 
-    def crl(self, issuer: Party, *, out: Path | None = None, pem: bool = True) -> Path:
-        """The issuer's current CRL (valid 30 days), PEM or DER."""
+    def crl(
+        self, issuer: Party, *, out: Path | None = None, pem: bool = True, expired: bool = False
+    ) -> Path:
+        """The issuer's CRL, valid from now for 30 days, or ``expired`` a year ago; PEM or DER."""
         path = out or self.folder / f"{issuer.name}.crl"
+        times = ["-crl_lastupdate", "20240101000000Z", "-crl_nextupdate", "20240201000000Z"]
         openssl(
             "ca", "-gencrl", "-config", self._config(issuer), "-keyfile", issuer.key,
-            "-cert", issuer.cert, "-out", path,
+            "-cert", issuer.cert, "-out", path, *(times if expired else []),
         )  # fmt: skip
         if not pem:
             openssl("crl", "-in", path, "-outform", "DER", "-out", path)
