@@ -212,6 +212,14 @@ def layout(
     return tuple(images), tuple(artifacts)
 
 
+def _check_payload_size(header: Header, manifest: Manifest) -> None:
+    if manifest.payload_size != header.payload_size:
+        raise BundleError(
+            f"header announces a {header.payload_size}-byte payload, "
+            f"the manifest accounts for {manifest.payload_size}"
+        )
+
+
 def verify_head(
     head: bytes,
     keyring: Keyring | Sequence[x509.Certificate],
@@ -237,11 +245,7 @@ def verify_head(
     entries = parse_signature_block(head[HEADER_SIZE + header.manifest_size :])
     signers = verify_signatures(manifest_raw, entries, keyring, at=at, threshold=threshold)
     manifest = parse_manifest(manifest_raw)
-    if manifest.payload_size != header.payload_size:
-        raise BundleError(
-            f"header announces a {header.payload_size}-byte payload, "
-            f"the manifest accounts for {manifest.payload_size}"
-        )
+    _check_payload_size(header, manifest)
     images, artifacts = layout(header, manifest)
     return VerifiedHead(header, manifest, manifest_raw, signers, images, artifacts)
 
@@ -270,11 +274,7 @@ def parse_head(head: bytes) -> UncheckedHead:
     manifest_raw = head[HEADER_SIZE : HEADER_SIZE + header.manifest_size]
     entries = parse_signature_block(head[HEADER_SIZE + header.manifest_size : header.head_size])
     manifest = parse_manifest(manifest_raw)
-    if manifest.payload_size != header.payload_size:
-        raise BundleError(
-            f"header announces a {header.payload_size}-byte payload, "
-            f"the manifest accounts for {manifest.payload_size}"
-        )
+    _check_payload_size(header, manifest)
     return UncheckedHead(header, manifest_raw, manifest, entries)
 
 
