@@ -534,6 +534,11 @@ def _algorithm_problem(cert: x509.Certificate, *, check_signature: bool = True) 
     return None
 
 
+def _spki_of(cert: x509.Certificate) -> bytes:
+    key = algorithms.certificate_key(cert)
+    return algorithms.spki(key) if key is not None else b""
+
+
 def _revocation_problem(
     child: x509.Certificate, issuer: x509.Certificate, keyring: Keyring, at: datetime.datetime
 ) -> str | None:
@@ -545,12 +550,12 @@ def _revocation_problem(
     crls = keyring.crls_of(issuer)
     if not crls:
         return None
-    issuer_spki = algorithms.spki(issuer.public_key())  # type: ignore[arg-type]
+    issuer_spki = _spki_of(issuer)
     mine = [
         c
         for c in crls
-        if (c.anchor is not None and algorithms.spki(c.anchor.public_key()) == issuer_spki)  # type: ignore[arg-type]
-        or (c.anchor is None and crl_signed_by(c.crl, issuer))
+        if (c.anchor is None and crl_signed_by(c.crl, issuer))
+        or (c.anchor is not None and _spki_of(c.anchor) == issuer_spki)
     ]
     if not mine:
         if all(c.anchor is not None for c in crls):
