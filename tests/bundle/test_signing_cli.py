@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,43 @@ def test_passphrase_from_the_environment(
     r = create_with(tmp_path, encrypted, signers["rsa2048"].cert, pki[2].cert,
                     env={"BUNDLE_TOOL_KEY_PASSPHRASE": "correct horse"})  # fmt: skip
     assert r.returncode == 0, r.stderr
+
+
+def run_on_a_terminal(args: list[str | Path], answer: str, prompt: bytes) -> tuple[int, str]:
+    """Run bundle-tool on a pseudo-terminal; type ``answer`` once ``prompt`` shows."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: bundle-tool with the terminal as its stdin and /dev/tty
+        os.execvpe(sys.executable, [sys.executable, "-m", "bundle_tool.cli", *map(str, args)],
+                   {**os.environ, **EPOCH})  # fmt: skip
+    seen = b""
+    try:
+        while prompt not in seen:
+            seen += os.read(fd, 1024)
+        os.write(fd, answer.encode() + b"\n")
+        while chunk := os.read(fd, 1024):
+            seen += chunk
+    except OSError:  # EIO: the child closed the terminal
+        pass
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+
+def test_passphrase_typed_at_the_prompt(
+    tmp_path: Path, encrypted: Path, signers: dict[str, Party], pki: tuple[OpensslPki, Party, Party]
+) -> None:
+    image = write_image(tmp_path / "img", 4)
+    args: list[str | Path] = ["create", "--image", image, "--version", "1.0.0", "--compatible",
+        "board", "--key", encrypted, "--cert", signers["rsa2048"].cert, "--chain", pki[2].cert,
+        "-o", tmp_path / "b"]  # fmt: skip
+    status, output = run_on_a_terminal(args, "correct horse", b"Passphrase for ")
+    assert status == 0, output
+    assert "correct horse" not in output  # not echoed
+    assert verify(tmp_path / "b", pki[1]).returncode == 0
+    status, output = run_on_a_terminal(args, "wrong", b"Passphrase for ")
+    assert status == 2
+    assert "the passphrase is wrong" in output
 
 
 def test_passphrase_from_the_terminal_prompt(encrypted: Path, signers: dict[str, Party]) -> None:
