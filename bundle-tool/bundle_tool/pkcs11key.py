@@ -9,7 +9,7 @@ and only when a ``pkcs11:`` key is given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -32,9 +32,9 @@ class Pkcs11Key:
         pin: The user PIN.
     """
 
-    uri: Pkcs11Uri
+    uri: Pkcs11Uri = field(repr=False)  # may hold pin-value
     module: str
-    pin: str
+    pin: str = field(repr=False)
 
     def check(self) -> None:
         """Log in and find the key once, so a wrong PIN or label fails before any work.
