@@ -87,6 +87,11 @@ class Pkcs11Key:
                 return result
         except p11.exceptions.PinIncorrect as exc:
             raise UsageError(f"the PIN for token '{token.label}' is wrong") from exc
+        except p11.exceptions.PinLocked as exc:
+            raise UsageError(
+                f"the PIN for token '{token.label}' is locked after too many wrong tries; "
+                "its security officer must unlock it"
+            ) from exc
         except (p11.exceptions.PinLenRange, p11.exceptions.PinInvalid) as exc:
             raise UsageError(f"the PIN for token '{token.label}' is not a valid PIN") from exc
         except p11.exceptions.NoSuchKey as exc:
