@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bundle_tool import keygen, signing
+from bundle_tool import keygen, signing, trust
 from bundle_tool.errors import BundleError, TrustError, UsageError
 from bundle_tool.keygen import PrivateKey, make_ca, make_signer
 from bundle_tool.keyring import Keyring, load_keyring
@@ -541,11 +541,11 @@ def test_library_path_validation_agrees_on_ecdsa() -> None:
     root, inter = hierarchy("ecdsa-p256", "ecdsa-p256")
     s = signer("ecdsa-p256", issuer=inter, chain=(inter[1],))
     ring = Keyring((root,))
-    assert signing._library_problem(s.certificate, s.chain, ring, NOW) is None
+    assert trust._library_problem(s.certificate, s.chain, ring, NOW) is None
     late = NOW + dt.timedelta(days=400)
-    assert "not valid" in (signing._library_problem(s.certificate, s.chain, ring, late) or "")
+    assert "not valid" in (trust._library_problem(s.certificate, s.chain, ring, late) or "")
     wrong = signer("ecdsa-p256", eku_code_signing=False)
-    problem = signing._library_problem(wrong.certificate, (), Keyring(keyring("ecdsa-p256")), NOW)
+    problem = trust._library_problem(wrong.certificate, (), Keyring(keyring("ecdsa-p256")), NOW)
     assert problem is not None
     assert "codeSigning" in problem
 
