@@ -35,12 +35,13 @@ class AptRoot:
         self.archives = directory / "cache" / "archives"
         self.config = directory / "apt.conf"
 
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
+        """The environment that points apt-get and apt-cache at this configuration."""
         return {**os.environ, "APT_CONFIG": str(self.config), "DEBIAN_FRONTEND": "noninteractive"}
 
     def _apt(self, *args: str) -> str:
         proc = subprocess.run(
-            ["apt-get", "-q", *args], env=self._env(), capture_output=True, text=True, check=False
+            ["apt-get", "-q", *args], env=self.env(), capture_output=True, text=True, check=False
         )
         if proc.returncode != 0:
             raise AptError(f"apt-get {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
@@ -113,7 +114,7 @@ class AptRoot:
         """The first dependency of a metapackage (e.g. linux-image-arm64 -> its ABI package)."""
         proc = subprocess.run(
             ["apt-cache", "depends", package],
-            env=self._env(),
+            env=self.env(),
             capture_output=True,
             text=True,
             check=False,

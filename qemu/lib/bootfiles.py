@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from settings import REPO, SOURCE_DATE_EPOCH
+
+from bootctl.board import BoardConfig
+
 # mkimage dates its header from SOURCE_DATE_EPOCH when set.
-REPRODUCIBLE = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+REPRODUCIBLE = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)}
 
 
 def _abctl_boot_script(board_path: Path, out: Path, *extra: str) -> None:
@@ -35,7 +37,7 @@ def _abctl_boot_script(board_path: Path, out: Path, *extra: str) -> None:
     )
 
 
-def boot_script(board: Any, board_path: Path, workdir: Path) -> dict[str, Path]:
+def boot_script(board: BoardConfig, board_path: Path, workdir: Path) -> dict[str, Path]:
     """Write the boot script(s) bootctl generates for `board` into `workdir`.
 
     Returns:
@@ -53,7 +55,7 @@ def boot_script(board: Any, board_path: Path, workdir: Path) -> dict[str, Path]:
     return {board.boot.script: cfg}
 
 
-def initial_env(board: Any, verity_a: str) -> dict[str, str]:
+def initial_env(board: BoardConfig, verity_a: str) -> dict[str, str]:
     """The environment of a freshly built image: slot A installed, slot B empty."""
     names = [s.name for s in board.slots]
     env = {"BOOT_ORDER": " ".join(names)}
@@ -64,7 +66,7 @@ def initial_env(board: Any, verity_a: str) -> dict[str, str]:
     return env
 
 
-def write_env(board: Any, env: dict[str, str], out: Path) -> None:
+def write_env(board: BoardConfig, env: dict[str, str], out: Path) -> None:
     """Write `env` as the bootloader's environment file (U-Boot binary env or grubenv)."""
     out.unlink(missing_ok=True)
     if board.bootloader == "u-boot":

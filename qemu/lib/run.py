@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import vm
-
-REPO = Path(__file__).resolve().parents[2]
+from settings import ARCHES, GUEST_SERVER_IP, image_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Boot a device image (built by qemu/build-image) with the serial console "
         "on this terminal. Log in is automatic (root shell). Quit with Ctrl-A X.",
     )
-    p.add_argument("--arch", choices=["arm64", "amd64"], required=True)
+    p.add_argument("--arch", choices=sorted(ARCHES), required=True)
     p.add_argument("--disk", type=Path, help="disk image (default qemu/build/ARCH/image/disk.img)")
     p.add_argument("--usb", type=Path, help="file attached read-only as a second disk (/dev/vdb)")
     p.add_argument(
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="PORT",
         help=f"let the guest reach 127.0.0.1:PORT on this host as "
-        f"{vm.GUEST_SERVER_IP}:PORT (user-mode networking; repeatable)",
+        f"{GUEST_SERVER_IP}:PORT (user-mode networking; repeatable)",
     )
     p.add_argument(
         "--serial",
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", type=int, default=1024, help="RAM in MiB")
     p.add_argument("--print", action="store_true", help="print the QEMU command, do not run it")
     a = p.parse_args(argv)
-    disk = a.disk or REPO / "qemu" / "build" / a.arch / "image" / "disk.img"
+    disk = a.disk or image_dir(a.arch) / "disk.img"
     if not disk.exists():
         print(
             f"qemu/run: no disk image {disk}; run qemu/build-image --arch {a.arch}", file=sys.stderr

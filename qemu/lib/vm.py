@@ -1,11 +1,13 @@
 """Start the QEMU device images and drive them: command line, QMP and the serial console.
 
-Used by `qemu/run` (a person at the console) and by the tests in tests/qemu (the serial
-console on a TCP socket, reached with a pyserial URL, and QMP on a unix socket).
+Used by `qemu/run` (a person at the console) and by the tests in tests/qemu: the serial
+console on a TCP socket (reached with a pyserial URL) or on a pseudo-terminal (opened like a
+board's serial adapter), and QMP on a unix socket.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -18,16 +20,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import serial
-
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
-#: Guest address at which user-mode networking forwards to the host (see `forward`).
-GUEST_SERVER_IP = "10.0.2.100"
+from settings import ARCHES, GUEST_SERVER_IP, OVMF_CODE, OVMF_VARS, UBOOT
 
 
 @dataclass
@@ -38,12 +36,14 @@ class VmConfig:
         arch: `arm64` or `amd64`.
         disk: The device's disk image (written by the guest).
         usb: Optional file attached read-only as a second virtio disk (a USB stick).
-        serial: QEMU `-serial` backend (e.g. `mon:stdio` or `tcp:127.0.0.1:PORT,server=on,wait=on`).
+        serial: QEMU `-serial` backend (e.g. `mon:stdio`, `pty` or
+            `tcp:127.0.0.1:PORT,server=on,wait=on`).
         qmp: Optional unix socket path for QMP.
         forward: Host TCP ports the guest reaches at GUEST_SERVER_IP:<same port>;
             with any, the guest gets a user-mode network card (restricted: nothing else).
         memory: Guest RAM in MiB.
         accel: `tcg` (default; KVM does not work with these firmwares here) or `kvm`.
+        paused: Start with the CPU stopped (`-S`) until QMP `cont`.
     """
 
     arch: str
@@ -54,6 +54,7 @@ class VmConfig:
     forward: list[int] = field(default_factory=list)
     memory: int = 1024
     accel: str = "tcg"
+    paused: bool = False
 
 
 def ovmf_vars_for(disk: Path) -> Path:
@@ -77,9 +78,11 @@ def kvm_usable() -> bool:
 def qemu_command(cfg: VmConfig) -> list[str]:
     """The QEMU command line for `cfg`."""
     accel = cfg.accel if cfg.accel != "kvm" or kvm_usable() else "tcg"
+    if cfg.arch not in ARCHES:
+        raise ValueError(f"unknown architecture {cfg.arch!r} (one of {', '.join(ARCHES)})")
     if cfg.arch == "arm64":
         cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-bios", str(UBOOT)]
-    elif cfg.arch == "amd64":
+    else:
         cmd = [
             "qemu-system-x86_64",
             "-M",
@@ -89,8 +92,6 @@ def qemu_command(cfg: VmConfig) -> list[str]:
             "-drive",
             f"if=pflash,format=raw,file={ovmf_vars_for(cfg.disk)}",
         ]
-    else:
-        raise ValueError(f"unknown architecture {cfg.arch!r} (arm64 or amd64)")
     cmd += [
         "-accel",
         accel,
@@ -120,6 +121,8 @@ def qemu_command(cfg: VmConfig) -> list[str]:
         cmd += ["-nic", "none"]
     if cfg.qmp is not None:
         cmd += ["-qmp", f"unix:{cfg.qmp},server=on,wait=off"]
+    if cfg.paused:
+        cmd.append("-S")
     return cmd
 
 
@@ -134,44 +137,47 @@ class ConsoleTimeout(AssertionError):
     """The expected text did not appear on the console in time."""
 
 
-class Console:
-    """A serial console (pyserial URL: `socket://HOST:PORT` or `/dev/ttyUSB0`) with expect.
+class Console(abc.ABC):
+    """A serial console with expect: the text received so far, searched from a cursor.
 
-    A reader thread appends everything received to `log` (and to `log_file`), with the
-    `\\r` of the guest's `\\r\\r\\n` line ends removed; `expect` searches from a cursor.
+    A transport (a subclass) delivers the bytes it reads to `received` and sends with
+    `_write`; the `\\r` of the guest's `\\r\\r\\n` line ends and terminal escapes are
+    removed before anything is matched, so patterns are written against plain lines.
+    Everything received is also appended to `log_file`.
     """
 
-    def __init__(self, url: str, log_file: Path | None = None, baudrate: int = 115200) -> None:
-        self.url = url
-        self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.2)
+    def __init__(self, log_file: Path | None = None) -> None:
         self.log = ""
         self.cursor = 0
         self._lock = threading.Lock()
         self._log_file = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
-        self._stop = False
-        self._thread = threading.Thread(target=self._reader, daemon=True)
-        self._thread.start()
 
-    def _reader(self) -> None:
-        while not self._stop:
-            try:
-                data = self.port.read(4096)
-            except (serial.SerialException, OSError):
-                break
-            if not data:
-                continue
-            text = data.decode("utf-8", "replace").replace("\r", "")
-            text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-            with self._lock:
-                self.log += text
-            if self._log_file:
-                self._log_file.write(text)
-                self._log_file.flush()
+    # --- the transport's side -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _write(self, data: bytes) -> None:
+        """Send bytes to the device."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Stop receiving and release the port."""
 
     @property
+    @abc.abstractmethod
     def alive(self) -> bool:
-        """Whether the reader still receives (False once QEMU closed the socket)."""
-        return self._thread.is_alive()
+        """Whether bytes can still arrive (False once the other end closed the link)."""
+
+    def received(self, data: bytes) -> None:
+        """Append bytes the transport read."""
+        text = data.decode("utf-8", "replace").replace("\r", "")
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+        with self._lock:
+            self.log += text
+        if self._log_file:
+            self._log_file.write(text)
+            self._log_file.flush()
+
+    # --- the flows' side ------------------------------------------------------------------
 
     def expect(self, pattern: str, timeout: float) -> re.Match[str]:
         """Wait until `pattern` (a regex) appears after the cursor; move the cursor past it."""
@@ -194,7 +200,7 @@ class Console:
 
     def send(self, text: str) -> None:
         """Type `text` on the console."""
-        self.port.write(text.encode())
+        self._write(text.encode())
 
     def run(self, command: str, timeout: float = 60) -> tuple[int, str]:
         """Run a shell command; return its exit status and output.
@@ -219,15 +225,52 @@ class Console:
         return out
 
     def close(self) -> None:
-        """Stop reading and close the port."""
+        """Stop reading, close the port and the log file."""
+        self._close()
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+
+
+class PyserialConsole(Console):
+    """A console read by our own thread from a pyserial URL (`socket://HOST:PORT`, a tty)."""
+
+    def __init__(self, url: str, log_file: Path | None = None, baudrate: int = 115200) -> None:
+        super().__init__(log_file)
+        self.url = url
+        self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.2)
+        self._stop = False
+        self._thread = threading.Thread(target=self._reader, daemon=True)
+        self._thread.start()
+
+    def _reader(self) -> None:
+        while not self._stop:
+            try:
+                data = self.port.read(4096)
+            except (serial.SerialException, OSError):
+                break
+            if data:
+                self.received(data)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the reader still receives (False once QEMU closed the socket)."""
+        return self._thread.is_alive()
+
+    def _write(self, data: bytes) -> None:
+        self.port.write(data)
+
+    def _close(self) -> None:
         # The reader wakes at least every 0.2 s (the read timeout) and sees _stop: let
         # it leave before the port goes, or its read meets a port half closed.
         self._stop = True
         self._thread.join(timeout=2)
         with contextlib.suppress(serial.SerialException, OSError):
             self.port.close()
-        if self._log_file:
-            self._log_file.close()
+
+
+#: Opens the console of a device whose serial port is the pty at the given path.
+ConsoleOpener = Callable[[str, Path], Console]
 
 
 class Qmp:
@@ -272,21 +315,29 @@ class Qmp:
 
 
 class Machine:
-    """A QEMU device with its serial console on a TCP socket and QMP on a unix socket."""
+    """A QEMU device with QMP on a unix socket and its serial console on a TCP socket.
+
+    With `open_console`, the serial port is a pseudo-terminal instead, opened with that
+    function as a board's serial adapter would be: QEMU starts paused, the pty is looked
+    up over QMP and opened, then the CPU runs, so no output is lost.
+    """
 
     def __init__(
         self,
         arch: str,
         disk: Path,
         log_file: Path,
+        *,
         usb: Path | None = None,
         forward: list[int] | None = None,
+        open_console: ConsoleOpener | None = None,
     ) -> None:
         self.arch = arch
         self.disk = disk
         self.usb = usb
         self.forward = forward or []
         self.log_file = log_file
+        self.open_console = open_console
         self.proc: subprocess.Popen[bytes] | None = None
         self.console: Console | None = None
         self.qmp: Qmp | None = None
@@ -295,30 +346,50 @@ class Machine:
     def start(self) -> Console:
         """Power on; return the console (connected before the guest runs)."""
         port = free_port()
+        on_pty = self.open_console is not None
         cfg = VmConfig(
             self.arch,
             self.disk,
             usb=self.usb,
-            serial=f"tcp:127.0.0.1:{port},server=on,wait=on",
+            serial="pty" if on_pty else f"tcp:127.0.0.1:{port},server=on,wait=on",
             qmp=self._tmp / "qmp.sock",
             forward=self.forward,
+            paused=on_pty,
         )
         stderr = open(self._tmp / "qemu.stderr", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             qemu_command(cfg), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
         )
+        if self.open_console is not None:
+            self.qmp = Qmp(self._tmp / "qmp.sock")
+            self.console = self.open_console(self.pty(), self.log_file)
+            self.qmp.command("cont")
+            return self.console
         deadline = time.monotonic() + 20
         while True:
             try:
-                self.console = Console(f"socket://127.0.0.1:{port}", self.log_file)
+                self.console = PyserialConsole(f"socket://127.0.0.1:{port}", self.log_file)
                 break
             except serial.SerialException:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = (self._tmp / "qemu.stderr").read_text(errors="replace")
-                    raise RuntimeError(f"QEMU did not start: {err}") from None
+                    raise RuntimeError(f"QEMU did not start: {self._stderr()}") from None
                 time.sleep(0.1)
         self.qmp = Qmp(self._tmp / "qmp.sock")
         return self.console
+
+    def pty(self) -> str:
+        """The pseudo-terminal QEMU made for the serial port (`-serial pty`)."""
+        assert self.qmp is not None
+        chardevs = self.qmp.command("query-chardev")
+        assert isinstance(chardevs, list)
+        for dev in chardevs:
+            name = str(dev.get("filename", ""))
+            if name.startswith("pty:"):
+                return name.removeprefix("pty:")
+        raise RuntimeError(f"QEMU has no pty serial port: {chardevs}")
+
+    def _stderr(self) -> str:
+        return (self._tmp / "qemu.stderr").read_text(errors="replace")
 
     def reset(self) -> None:
         """Hard reset (the reset button)."""
@@ -327,6 +398,10 @@ class Machine:
 
     def power_cut(self) -> None:
         """Kill QEMU at once: nothing the guest did not write reaches the disk."""
+        # The console goes first: a pty read after QEMU is gone only fails.
+        if self.console:
+            self.console.close()
+            self.console = None
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
@@ -334,6 +409,9 @@ class Machine:
 
     def stop(self) -> None:
         """Quit QEMU (QMP `quit`), killing it if it does not go."""
+        if self.console and self.open_console is not None:
+            self.console.close()
+            self.console = None
         if self.proc and self.proc.poll() is None:
             try:
                 if self.qmp:
