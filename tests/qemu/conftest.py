@@ -1,19 +1,25 @@
-"""Fixtures of the QEMU flows: images built once per session, one device per test.
+"""Fixtures of the device flows: images built once per session, one device per test.
 
-Options:
+Options (the flows run on QEMU unless told otherwise):
   --qemu-arch arm64|amd64   run only that architecture (default both; run two pytest
                             processes, one per architecture, to use two cores)
-  --device-port URL         drive a real board instead of QEMU (e.g. /dev/ttyUSB0 or
-                            socket://HOST:PORT); tests that need power control or a disk
-                            image are skipped
-  --device-arch ARCH        the real board's architecture (default arm64)
-The same settings as environment variables (usable from the repository root, where these
-options are unknown): ABUPDATE_QEMU_ARCH, ABUPDATE_DEVICE_PORT, ABUPDATE_DEVICE_ARCH.
+  --target qemu|serial      pytest-embedded's option: `serial` drives a board on a serial
+                            port instead of QEMU (see docs/hardware.md)
+  --port PORT               pytest-embedded's option: the board's serial port (pyserial
+                            URL: /dev/ttyUSB0, socket://HOST:PORT); --baud its speed
+  --board FILE              the board's config (board-configs/NAME.toml): its architecture,
+                            boot mount and boot environment tool
+  --power-cmd CMD           switches the board's power: run with `on` / `off` in place of
+                            `{action}` (or appended); without it the board is rebooted from
+                            its shell and power-cut flows are skipped
+  --boot-timeout SECONDS    how long one boot of the board may take (default 300)
+The same settings as environment variables (usable from the repository root, where this
+directory's options are unknown): ABUPDATE_QEMU_ARCH, ABUPDATE_TARGET, ABUPDATE_PORT,
+ABUPDATE_BOARD, ABUPDATE_POWER_CMD, ABUPDATE_BOOT_TIMEOUT.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -23,42 +29,69 @@ from pathlib import Path
 
 import pytest
 
+from bootctl.board import BoardConfig, load_board
 from tests.helpers.tlsca import CertificateAuthority, TlsFiles
-from tests.qemu.device import BOARDS, REPO, Device, copy_disk
+from tests.qemu.device import Device, copy_disk
+from tests.qemu.qemulib import cache, settings, vm
+from tests.qemu.target import PowerCommand, QemuResource, QemuTarget, SerialTarget
 
-BUILD = REPO / "qemu" / "build"
-UPDATE_SERVER = "updates.abupdate.test"  # the host, as the images' /etc/hosts names it
-ARCHES = ("arm64", "amd64")
+REPO = settings.REPO
+BUILD = settings.BUILD
+UPDATE_SERVER = settings.UPDATE_SERVER
+TARGETS = ("qemu", "serial")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("qemu", "QEMU device flows")
-    group.addoption("--qemu-arch", choices=ARCHES, help="run the QEMU flows for one architecture")
-    group.addoption("--device-port", help="serial port (pyserial URL) of a real board")
-    group.addoption("--device-arch", choices=ARCHES, help="the real board's architecture (arm64)")
+    group = parser.getgroup("qemu", "device flows (QEMU or a board)")
+    group.addoption(
+        "--qemu-arch", choices=sorted(settings.ARCHES), help="run the QEMU flows for one arch"
+    )
+    group.addoption("--board", help="board config of the serial target (board-configs/*.toml)")
+    group.addoption("--power-cmd", help="power switch of the serial target: CMD {action}")
+    group.addoption("--boot-timeout", help="seconds one boot of the serial target may take")
 
 
 def option(config: pytest.Config, name: str) -> str | None:
-    """A command line option of this directory, or its ABUPDATE_* environment variable.
+    """A command line option, or its ABUPDATE_* environment variable.
 
-    The options exist only when pytest is pointed at tests/qemu (this conftest is then
-    loaded at start-up); the environment variables work from anywhere, e.g. in CI.
+    This directory's options exist only when pytest is pointed at tests/qemu (this conftest
+    is then loaded at start-up); the environment variables work from anywhere, e.g. in CI.
+    `--target`, `--port` and `--baud` are pytest-embedded's, known everywhere.
     """
-    value = config.getoption(name, default=None)
+    try:
+        value = config.getoption(name, default=None)
+    except ValueError:
+        value = None
     if value is None:
         value = os.environ.get("ABUPDATE_" + name.lstrip("-").upper().replace("-", "_"))
     return str(value) if value else None
 
 
+def target_kind(config: pytest.Config) -> str:
+    """`qemu` (the default) or `serial`."""
+    kind = option(config, "--target") or "qemu"
+    if kind not in TARGETS:
+        raise pytest.UsageError(f"--target {kind}: the device flows run on {' or '.join(TARGETS)}")
+    return kind
+
+
+def serial_board(config: pytest.Config) -> tuple[Path, BoardConfig]:
+    """The board config of the serial target (--board)."""
+    path = option(config, "--board")
+    if not path:
+        raise pytest.UsageError("--target serial needs --board board-configs/NAME.toml")
+    return Path(path), load_board(path)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "arch" in metafunc.fixturenames:
         config = metafunc.config
-        if option(config, "--device-port"):
-            arches: tuple[str, ...] = (option(config, "--device-arch") or "arm64",)
+        if target_kind(config) == "serial":
+            arches: tuple[str, ...] = (serial_board(config)[1].architecture,)
         elif option(config, "--qemu-arch"):
             arches = (str(option(config, "--qemu-arch")),)
         else:
-            arches = ARCHES
+            arches = tuple(settings.ARCHES)
         metafunc.parametrize("arch", arches)
 
 
@@ -75,9 +108,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _locked_build(arch: str, out: Path, *args: str) -> dict[str, object]:
     """Run qemu/build-image under a per-architecture lock (parallel sessions share it)."""
-    BUILD.mkdir(parents=True, exist_ok=True)
-    with open(BUILD / f".lock-{arch}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache.locked(BUILD / f".lock-{arch}"):
         proc = subprocess.run(
             [str(REPO / "qemu" / "build-image"), "--arch", arch, "--out", str(out), *args],
             capture_output=True,
@@ -124,7 +155,7 @@ class Bundles:
     def __init__(self, images: Images, workdir: Path) -> None:
         self.images = images
         self.dir = workdir
-        self.keys = BUILD / "keys"  # the development keys the images trust
+        self.keys = settings.DEV_KEYS  # the development keys the images trust
         self._done: dict[tuple[object, ...], Path] = {}
 
     def other_keys(self) -> Path:
@@ -164,7 +195,7 @@ class Bundles:
             keys = self.other_keys() if untrusted else self.keys
             trust = "-untrusted" if untrusted else ""
             out = self.dir / f"{arch}-{name}-as-{version}-sv{security_version}{trust}.bundle"
-            board = REPO / "board-configs" / f"{BOARDS[arch]}.toml"
+            board = settings.ARCHES[arch].board_path
             subprocess.run(
                 [
                     str(REPO / ".venv/bin/bundle-tool"),
@@ -213,19 +244,50 @@ def images(update_server_tls: TlsFiles) -> Images:
     return Images(update_server_tls)
 
 
+def qemu_device(
+    request: pytest.FixtureRequest,
+    arch: str,
+    images: Images,
+    tmp_path: Path,
+    open_console: vm.ConsoleOpener | None = None,
+) -> Iterator[Device]:
+    """A powered-off QEMU device with a private copy of the base image."""
+    log = tmp_path / f"console-{arch}.log"
+    request.node.console_logs = [log]
+    info = images.base(arch)
+    disk = copy_disk(Path(str(info["disk"])), tmp_path / "disk.img")
+    board = load_board(settings.ARCHES[arch].board_path)
+    dev = Device(QemuTarget(QemuResource(arch, disk), board, log, open_console=open_console))
+    try:
+        yield dev
+    finally:
+        dev.power_off()
+
+
 @pytest.fixture
 def device(
     request: pytest.FixtureRequest, arch: str, images: Images, tmp_path: Path
 ) -> Iterator[Device]:
-    """A powered-off device with a private copy of the base image (or a real board)."""
+    """A powered-off device: QEMU with a private copy of the base image, or the board."""
+    config = request.config
+    if target_kind(config) == "qemu":
+        yield from qemu_device(request, arch, images, tmp_path)
+        return
     log = tmp_path / f"console-{arch}.log"
     request.node.console_logs = [log]
-    port = option(request.config, "--device-port")
-    if port:
-        dev = Device(arch, log, port=port)
-    else:
-        info = images.base(arch)
-        dev = Device(arch, log, disk=copy_disk(Path(str(info["disk"])), tmp_path / "disk.img"))
+    port = option(config, "--port")
+    if not port:
+        raise pytest.UsageError("--target serial needs --port (e.g. /dev/ttyUSB0)")
+    power = option(config, "--power-cmd")
+    target = SerialTarget(
+        port,
+        serial_board(config)[1],
+        log,
+        power=PowerCommand(power) if power else None,
+        baud=int(option(config, "--baud") or 115200),
+        boot_timeout=float(option(config, "--boot-timeout") or 300),
+    )
+    dev = Device(target)
     try:
         yield dev
     finally:
@@ -234,7 +296,7 @@ def device(
 
 @pytest.fixture
 def qemu_only(device: Device) -> Device:
-    """The device, for tests that need QEMU's power control or its disk image."""
+    """The device, for tests that need QEMU (its disk image, a USB stick, forwarded ports)."""
     if not device.is_qemu:
-        pytest.skip("needs QEMU (power control or disk image access)")
+        pytest.skip("needs QEMU (disk image, USB stick or port forwarding)")
     return device

@@ -1,4 +1,4 @@
-"""A device under test, driven over its serial console: a QEMU image or a real board.
+"""A device under test, driven over its serial console: the flows' strategy, on any target.
 
 The state machine every flow uses: `power_on()` -> `wait_booted()` (which slot, which
 version) -> `sh()` commands framed with an exit-status marker -> `reboot()` / `reset()` /
@@ -11,19 +11,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "qemu" / "lib"))
+from bootctl.board import BoardConfig
+from tests.qemu.qemulib import vm
+from tests.qemu.target import QemuTarget, Target
 
-import vm  # noqa: E402
-
-# Timeouts are 2-3x what a boot takes under TCG on a 2-core machine (see docs/qemu.md).
-BOOT_TIMEOUT = {"arm64": 90.0, "amd64": 150.0}
-BOARDS = {"arm64": "qemu-arm64-uboot", "amd64": "qemu-x86_64-grub"}
 BOOTED = r"abupdate: booted slot (\w+), version (\S+)\n"
 READY = r"abupdate: system ready\n"
 INITRAMFS_FAILED = r"abupdate-initramfs: FAILED: ([^\n]*)\n"
@@ -38,75 +33,84 @@ class Boot:
 
 
 class Device:
-    """One device (QEMU or a real board on a serial port) under test."""
+    """One device under test, on any target (QEMU, or a board on a serial port)."""
 
-    def __init__(
-        self,
-        arch: str,
-        log_file: Path,
-        disk: Path | None = None,
-        port: str | None = None,
-    ) -> None:
-        self.arch = arch
-        self.log_file = log_file
-        self.disk = disk
-        self.port = port
-        self.usb: Path | None = None
-        self.forward: list[int] = []
-        self.machine: vm.Machine | None = None
+    def __init__(self, target: Target) -> None:
+        self.target = target
         self.console: vm.Console | None = None
         #: What userspace printed between "booted slot" and "system ready" on the last boot.
         self.boot_messages = ""
 
     @property
+    def board(self) -> BoardConfig:
+        """The board config of the device's image."""
+        return self.target.board
+
+    @property
+    def arch(self) -> str:
+        """The device's architecture (from its board config)."""
+        return self.board.architecture
+
+    @property
     def is_qemu(self) -> bool:
-        """Whether this is an emulated device (power control, disk access)."""
-        return self.port is None
+        """Whether this is an emulated device (disk image, USB stick, forwarded ports)."""
+        return isinstance(self.target, QemuTarget)
+
+    @property
+    def qemu(self) -> QemuTarget:
+        """The QEMU target, for what only an emulated device offers."""
+        assert isinstance(self.target, QemuTarget), "needs QEMU"
+        return self.target
+
+    @property
+    def disk(self) -> Path:
+        """The emulated device's disk image."""
+        return self.qemu.resource.disk
+
+    @property
+    def usb(self) -> Path | None:
+        """The file attached as a USB stick at the next power on."""
+        return self.qemu.resource.usb
+
+    @usb.setter
+    def usb(self, path: Path | None) -> None:
+        self.qemu.resource.usb = path
+
+    @property
+    def forward(self) -> list[int]:
+        """Host ports the emulated device reaches as the update server."""
+        return self.qemu.resource.forward
+
+    @forward.setter
+    def forward(self, ports: list[int]) -> None:
+        self.qemu.resource.forward = ports
 
     @property
     def boot_mount(self) -> str:
-        """Where the boot partition is mounted in the running system."""
-        return "/boot" if self.arch == "arm64" else "/boot/efi"
+        """Where the boot partition is mounted in the running system (board config)."""
+        return self.board.boot.mount
 
     # --- power ----------------------------------------------------------------------------
 
     def power_on(self) -> vm.Console:
-        """Start QEMU (or open the board's serial port)."""
-        if self.is_qemu:
-            assert self.disk is not None
-            self.machine = vm.Machine(
-                self.arch, self.disk, self.log_file, usb=self.usb, forward=self.forward
-            )
-            self.console = self.machine.start()
-        else:
-            # A real board is already running: reboot it so the test starts at power-on.
-            assert self.port is not None
-            self.console = vm.Console(self.port, self.log_file)
-            self.console.send("\nreboot -f\n")
+        """Switch the device on; the console is open before it prints anything."""
+        self.console = self.target.power_on()
         return self.console
 
     def power_off(self) -> None:
-        """Quit QEMU (QMP quit) or close the serial port."""
-        if self.machine:
-            self.machine.stop()
-            self.machine = None
-        elif self.console:
-            self.console.close()
+        """Switch the device off and close its console."""
+        self.target.power_off()
         self.console = None
 
     def power_cut(self) -> None:
-        """Kill QEMU at once, as pulling the power would."""
-        assert self.machine is not None, "power cuts need QEMU"
-        self.machine.power_cut()
-        self.machine = None
+        """Cut the power at once (QEMU killed, or the power command's `off`)."""
+        assert self.target.can_cut_power, "power cuts need QEMU or a power command"
+        self.target.power_cut()
         self.console = None
 
     def reset(self) -> None:
-        """Hard reset (QMP system_reset; on a real board `reboot -f`)."""
-        if self.machine:
-            self.machine.reset()
-        else:
-            self.con.send("reboot -f\n")
+        """Hard reset (QMP system_reset; a power cycle; `reboot -f` without power control)."""
+        self.console = self.target.reset(self.con)
 
     def reboot(self) -> None:
         """Clean reboot from the shell."""
@@ -122,7 +126,7 @@ class Device:
 
     def expect(self, pattern: str, timeout: float | None = None) -> re.Match[str]:
         """Wait for `pattern` on the console (default timeout: one boot)."""
-        return self.con.expect(pattern, timeout or BOOT_TIMEOUT[self.arch])
+        return self.con.expect(pattern, timeout or self.target.boot_timeout)
 
     def wait_booted(self, timeout: float | None = None) -> Boot:
         """Wait until userspace came up and the shell is ready; return the slot and version."""
@@ -147,12 +151,12 @@ class Device:
         """The boot environment, read in the running system with the standard tools.
 
         U-Boot: `fw_printenv` (libubootenv) with the image's /etc/fw_env.config.
-        GRUB: the environment block file on the ESP (a text file `grub-editenv` writes).
+        GRUB: the environment block file the board config names (text `grub-editenv` writes).
         """
-        if self.arch == "arm64":
+        if self.board.bootloader == "u-boot":
             out = self.sh("fw_printenv")
         else:
-            out = self.sh(f"cat {self.boot_mount}/EFI/BOOT/grubenv")
+            out = self.sh(f"cat {self.board.env.grubenv}")
         env = {}
         for line in out.splitlines():
             if "=" in line and not line.startswith("#"):
