@@ -361,7 +361,10 @@ class Machine:
             qemu_command(cfg), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
         )
         if self.open_console is not None:
-            self.qmp = Qmp(self._tmp / "qmp.sock")
+            try:
+                self.qmp = Qmp(self._tmp / "qmp.sock")
+            except OSError:
+                raise RuntimeError(f"QEMU did not start: {self._stderr()}") from None
             self.console = self.open_console(self.pty(), self.log_file)
             self.qmp.command("cont")
             return self.console

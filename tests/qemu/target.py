@@ -22,10 +22,42 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import serial
 from pytest_embedded_serial.serial import Serial
+from serial.urlhandler import protocol_socket
 
 from bootctl.board import BoardConfig
 from tests.qemu.qemulib import settings, vm
+
+
+class SocketPort(protocol_socket.Serial):  # type: ignore[misc]
+    """pyserial's `socket://` port, reading in `read_all` everything that has arrived.
+
+    The service reads with `read_all()` every 50 ms, which reads `in_waiting` bytes; on a
+    socket pyserial can only tell whether something is there, so that is one byte: a
+    kernel's boot messages would then arrive at 20 bytes a second.
+    """
+
+    def read_all(self) -> bytes:
+        """What the socket holds now (empty when nothing arrived)."""
+        if not self.in_waiting:
+            return b""
+        data: bytes = self._socket.recv(65536)
+        if not data:
+            raise serial.SerialException("socket disconnected")
+        return data
+
+
+def open_port(url: str, baud: int) -> serial.SerialBase:
+    """The port the serial service reads: any pyserial URL, at `baud`."""
+    config = {**Serial.DEFAULT_PORT_CONFIG, "baudrate": baud}
+    if url.startswith("socket://"):
+        port = SocketPort(None, **config)
+        port.port = url
+        port.open()
+        return port
+    opened: serial.SerialBase = serial.serial_for_url(url, **config)
+    return opened
 
 
 class EmbeddedSerialConsole(vm.Console):
@@ -38,7 +70,7 @@ class EmbeddedSerialConsole(vm.Console):
 
     def __init__(self, port: str, log_file: Path | None = None, baud: int = 115200) -> None:
         super().__init__(log_file)
-        self.serial = Serial(self, port=port, baud=baud)  # type: ignore[arg-type]
+        self.serial = Serial(self, port=open_port(port, baud), baud=baud)  # type: ignore[arg-type]
 
     def put(self, data: bytes, **_: object) -> None:
         """The service's message-queue hook: bytes read from the port."""
