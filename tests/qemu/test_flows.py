@@ -25,9 +25,11 @@ BUNDLE = "/mnt/update.bundle"
 
 
 def attach_usb(device: Device, files: dict[str, Path], tmp_path: Path) -> None:
-    """Put `files` on a FAT "USB stick" attached as the second disk (/dev/vdb)."""
-    if not device.is_qemu:
-        pytest.skip("attaching a USB stick needs QEMU")
+    """Put `files` on a FAT "USB stick" attached as the second disk (/dev/vdb).
+
+    Only QEMU takes one: the flows that call this take the `qemu_only` device, so a board
+    skips them before any bundle is built.
+    """
     device.usb = usb_stick(files, tmp_path / "usb.img")
 
 
@@ -43,7 +45,8 @@ def install(device: Device, source: str = BUNDLE, *args: str) -> tuple[int, dict
     return rc, objects[-1]
 
 
-def test_good_update_from_usb(device: Device, bundles: Bundles, tmp_path: Path) -> None:
+def test_good_update_from_usb(qemu_only: Device, bundles: Bundles, tmp_path: Path) -> None:
+    device = qemu_only
     arch = device.arch
     attach_usb(
         device,
@@ -86,7 +89,8 @@ def test_good_update_from_usb(device: Device, bundles: Bundles, tmp_path: Path) 
     assert env["BOOT_B_LEFT"] == "3" and env["BOOT_ORDER"].split()[0] == "B", env
 
 
-def test_bad_update_falls_back_to_a(device: Device, bundles: Bundles, tmp_path: Path) -> None:
+def test_bad_update_falls_back_to_a(qemu_only: Device, bundles: Bundles, tmp_path: Path) -> None:
+    device = qemu_only
     # Validly signed, but its health check fails before mark-good: it reboots every time.
     bad = bundles.get(device.arch, "2.0.1", 2, health_fails=True)
     attach_usb(device, {"update.bundle": bad}, tmp_path)
@@ -155,7 +159,10 @@ def partition_offset(device: Device, slot: str) -> int:
     return start
 
 
-def test_refused_bundles_change_nothing(device: Device, bundles: Bundles, tmp_path: Path) -> None:
+def test_refused_bundles_change_nothing(
+    qemu_only: Device, bundles: Bundles, tmp_path: Path
+) -> None:
+    device = qemu_only
     untrusted = bundles.get(device.arch, "2.0.0", 2, untrusted=True)
     attach_usb(device, {"untrusted.bundle": untrusted}, tmp_path)
     device.power_on()
