@@ -69,8 +69,9 @@ class EmbeddedSerialConsole(vm.Console):
     """
 
     def __init__(self, port: str, log_file: Path | None = None, baud: int = 115200) -> None:
+        opened = open_port(port, baud)  # first: a port that is not there yet leaks nothing
         super().__init__(log_file)
-        self.serial = Serial(self, port=open_port(port, baud), baud=baud)  # type: ignore[arg-type]
+        self.serial = Serial(self, port=opened, baud=baud)  # type: ignore[arg-type]
 
     def put(self, data: bytes, **_: object) -> None:
         """The service's message-queue hook: bytes read from the port."""
@@ -88,11 +89,6 @@ class EmbeddedSerialConsole(vm.Console):
 
     def _close(self) -> None:
         self.serial.close()
-
-
-def open_embedded_console(port: str, log_file: Path) -> vm.Console:
-    """`vm.ConsoleOpener` for QEMU's pty: the serial service, as for a board."""
-    return EmbeddedSerialConsole(port, log_file)
 
 
 class Target(abc.ABC):
