@@ -93,15 +93,31 @@ def entries(arch: Arch, base: Path, kernel: Path) -> list[cpio.Entry]:
     init = INITRAMFS_INIT.read_text().replace("@TRIPLET@", arch.triplet)
     out.append(E("init", stat.S_IFREG | 0o755, init.encode()))
     out.append(E("lib/abupdate/slot.sh", stat.S_IFREG | 0o644, INITRAMFS_SLOT.read_bytes()))
-    names = {e.name for e in out}
-    for e in list(out):
-        parts = e.name.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            parent = "/".join(parts[:i])
-            if parent not in names:
-                names.add(parent)
-                out.insert(0, E(parent, d))
-    return out
+    return parents_first(out)
+
+
+def parents_first(entries: list[cpio.Entry]) -> list[cpio.Entry]:
+    """`entries` in their order, each preceded by its folders (made when not listed).
+
+    The kernel unpacks an initramfs in archive order and makes no missing folder: a file
+    whose folder comes later (or never) is dropped.
+    """
+    by_name = {e.name: e for e in entries}
+    ordered: list[cpio.Entry] = []
+    done: set[str] = set()
+
+    def emit(name: str) -> None:
+        if name in done:
+            return
+        parent = name.rpartition("/")[0]
+        if parent:
+            emit(parent)
+        done.add(name)
+        ordered.append(by_name.get(name) or cpio.Entry(name, stat.S_IFDIR | 0o755))
+
+    for entry in entries:
+        emit(entry.name)
+    return ordered
 
 
 def make_initramfs(arch: Arch, base: Path, kernel: Path) -> Path:
