@@ -122,7 +122,7 @@ def parents_first(entries: list[cpio.Entry]) -> list[cpio.Entry]:
 
 def make_initramfs(arch: Arch, base: Path, kernel: Path) -> Path:
     """gzip'ed newc cpio archive of `entries`, cached."""
-    key = digest("initrd", 4, base.name, kernel.name, INITRAMFS_INIT, INITRAMFS_SLOT)
+    key = digest("initrd", 5, base.name, kernel.name, INITRAMFS_INIT, INITRAMFS_SLOT)
 
     def make(tmp: Path) -> None:
         log(f"{arch.name}: writing the initramfs")
