@@ -1,0 +1,27 @@
+"""Board config files for tests: a shipped board with a verified chain and artifact places."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ARM64_BOARD = REPO / "board-configs" / "qemu-arm64-uboot.toml"
+#: The kernel load address of the QEMU arm64 board (as its verified images use).
+FIT_KERNEL_LOAD = 0x40400000
+
+
+def fit_board(out: Path, artifacts: Mapping[str, str] | None = None) -> Path:
+    """The QEMU arm64 board booting signed FITs (`boot.chain = "fit"`), written to `out`.
+
+    Args:
+        out: the board file to write.
+        artifacts: `boot.artifacts` (artifact name to path in a slot's boot folder).
+    """
+    text = ARM64_BOARD.read_text().replace(
+        "[boot]\n", f'[boot]\nchain = "fit"\nfit_kernel_load = {FIT_KERNEL_LOAD:#x}\n', 1
+    )
+    if artifacts:
+        text += "\n[boot.artifacts]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in artifacts.items())
+    out.write_text(text)
+    return out
