@@ -59,6 +59,10 @@ class Device:
     def slot(self, name: str) -> Path:
         return self.root / f"slot-{name}.img"
 
+    def boot_dir(self, name: str) -> Path:
+        """Slot `name`'s folder of the boot partition (`boot_mount` is `boot`)."""
+        return self.root / "boot" / f"slot-{name}"
+
     def config(self) -> DeviceConfig:
         return load_config(self.config_path)
 
@@ -87,6 +91,8 @@ class Device:
         signer: signing.Signer | None = None,
         leaf_summary: bool = True,
         artifacts: Sequence[Path] = (),
+        extra_images: Sequence[tuple[str, Path]] = (),
+        slot_class: str = "rootfs",
     ) -> Path:
         image = self.root / f"{name}.img"
         image.write_bytes(data)
@@ -104,6 +110,8 @@ class Device:
                 expires=expires,
                 leaf_summary=leaf_summary,
                 artifacts=artifacts,
+                extra_images=extra_images,
+                slot_class=slot_class,
             ),
             out,
         )
@@ -191,6 +199,7 @@ def make_device(
         'keyring = "keyring.pem"\n'
         'state_dir = "state"\n'
         'cmdline = "cmdline"\n'
+        'boot_mount = "boot"\n'
         '[slots.A]\ndevice = "slot-A.img"\n'
         '[slots.B]\ndevice = "slot-B.img"\n'
         + (

@@ -1,0 +1,168 @@
+"""Installing a slot group: the rootfs into slot B's device, the signed FIT into `slot-B/`.
+
+The board is the QEMU arm64 one booting signed FITs (`boot.chain = "fit"`); its
+boot partition is the folder `boot/` of a file-backed device. The FIT is built by
+the real `mkimage`, the rootfs checked by `veritysetup verify`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bootctl.state import SlotVerity
+from bundle_tool import bootimage, bootkeys, keygen
+from bundle_tool.container import layout, parse_header
+from bundle_tool.errors import BundleError, PolicyError
+from bundle_tool.manifest import parse_manifest
+from tests.helpers.boards import FIT_KERNEL_LOAD, fit_board
+from tests.updater.device import Device, image_bytes, make_device, veritysetup_verify
+from updater.bootfiles import temporary_name
+from updater.filesource import FileSource
+from updater.install import Installer
+
+BLOCKS = 300
+OLD_FIT = b"the boot image B had before\n"
+
+
+@pytest.fixture(scope="module")
+def fit(tmp_path_factory: pytest.TempPathFactory, boot_keys: bootkeys.DevBootKeys) -> Path:
+    """A signed FIT of release 2.0.0 (its length is not whole blocks)."""
+    work = tmp_path_factory.mktemp("fit")
+    (work / "Image").write_bytes(b"new kernel " * 5000)
+    (work / "initrd").write_bytes(b"new initramfs " * 900)
+    out = work / "boot.itb"
+    bootimage.build_fit(
+        work / "Image",
+        work / "initrd",
+        SlotVerity("ab" * 32, "cd" * 32, BLOCKS),
+        out,
+        arch="arm64",
+        key=boot_keys.fit,
+        load_address=FIT_KERNEL_LOAD,
+        version="2.0.0",
+    )
+    return out
+
+
+def fit_device(root: Path, pki: keygen.DevPki, artifacts: dict[str, str] | None = None) -> Device:
+    """A device of the FIT board booted from A; B's boot folder holds an older boot image."""
+    root.mkdir(parents=True)
+    board = fit_board(root.parent / f"{root.name}-board.toml", artifacts)
+    device = make_device(root, pki, image_bytes(BLOCKS, seed=1), board=board)
+    device.boot_dir("B").mkdir(parents=True)
+    (device.boot_dir("B") / "boot.itb").write_bytes(OLD_FIT)
+    return device
+
+
+def group_bundle(device: Device, fit: Path, *, boot_first: bool = False, **kw: object) -> Path:
+    """A bundle of a new rootfs and `fit` (the rootfs first, unless `boot_first`)."""
+    rootfs = device.root / "new-rootfs.img"
+    rootfs.write_bytes(image_bytes(BLOCKS, seed=2))
+    if boot_first:
+        return device.bundle(
+            fit.read_bytes(), slot_class="boot", extra_images=(("rootfs", rootfs),), **kw
+        )
+    return device.bundle(image_bytes(BLOCKS, seed=2), extra_images=(("boot", fit),), **kw)
+
+
+def install(device: Device, bundle: Path) -> None:
+    with FileSource(bundle) as src:
+        Installer(device.config()).install(src)
+
+
+def test_rootfs_and_boot_image_are_installed_into_the_group(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = group_bundle(device, fit)
+    install(device, bundle)
+    st = device.control().boot_state()
+    assert st.order[0] == "B"
+    b = st.slot("B")
+    assert b.verity is not None and veritysetup_verify(device.slot("B"), b.verity).returncode == 0
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes()
+    assert sorted(p.name for p in device.boot_dir("B").iterdir()) == ["boot.itb"]
+    assert not device.boot_dir("A").exists()  # the running group is not touched
+
+    r = device.cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    slots = json.loads(r.stdout)["slots"]
+    assert slots["B"]["boot_image"]["version"] == "2.0.0"
+    assert slots["A"]["boot_image"]["version"] is None  # no boot image in slot-A/
+    assert "boot image 2.0.0" in device.cli("status").stdout
+
+
+def test_a_boot_image_first_in_the_bundle_installs_from_a_stream(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = group_bundle(device, fit, boot_first=True)
+    with bundle.open("rb") as stdin:
+        r = device.cli("install", "-", stdin=stdin)
+    assert r.returncode == 0, r.stderr
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes()
+    assert device.control().boot_state().order[0] == "B"
+
+
+def boot_data_offset(bundle: Path) -> int:
+    data = bundle.read_bytes()
+    header = parse_header(data[:64])
+    images, _ = layout(header, parse_manifest(data[64 : 64 + header.manifest_size]))
+    (boot,) = (p for p in images if p.image.slot_class == "boot")
+    return boot.data_offset
+
+
+def test_a_corrupt_boot_image_is_refused_before_the_rename(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = group_bundle(device, fit)
+    data = bytearray(bundle.read_bytes())
+    data[boot_data_offset(bundle) + 5000] ^= 0x10  # in the second block of the FIT
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"image data block 1 .* does not match the hash tree"):
+        install(device, bundle)
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
+    assert not (device.boot_dir("B") / temporary_name("boot.itb")).exists()
+    st = device.control().boot_state()
+    assert st.order[0] == "A" and st.slot("B").tries == 0
+    r = subprocess.run(["mkimage", "-l", fit], capture_output=True, text=True)
+    assert r.returncode == 0  # the FIT itself was fine: the bundle was changed
+
+
+def test_an_artifact_the_board_places_nowhere_is_refused_before_writing(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("release notes\n")
+    bundle = group_bundle(device, fit, artifacts=[notes])
+    before = device.snapshot(target=True)
+    with pytest.raises(PolicyError, match=r"artifact notes\.txt: board .* names no place for it"):
+        install(device, bundle)
+    assert device.snapshot(target=True) == before
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
+
+
+def test_an_artifact_goes_where_the_board_names(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki, {"notes.txt": "doc/notes.txt"})
+    notes = tmp_path / "notes.txt"
+    notes.write_text("release notes\n")
+    install(device, group_bundle(device, fit, artifacts=[notes]))
+    assert (device.boot_dir("B") / "doc" / "notes.txt").read_text() == "release notes\n"
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes()
+
+
+def test_a_bundle_without_a_rootfs_is_refused(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = device.bundle(fit.read_bytes(), slot_class="boot")
+    with pytest.raises(PolicyError, match="holds 0 images for a slot device"):
+        install(device, bundle)
