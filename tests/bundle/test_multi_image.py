@@ -13,16 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from bootctl.state import SlotVerity
-from bundle_tool import bootimage, bootkeys, keygen
+from bundle_tool import bootkeys, keygen
 from bundle_tool.bootversion import VERSION_PROPERTY, boot_image_version
 from bundle_tool.container import layout, parse_header
 from bundle_tool.manifest import parse_manifest
 from tests.bundle.bundles import write_image
 from tests.bundle.test_cli import create, run
-from tests.helpers.boards import FIT_KERNEL_LOAD, fit_board
-
-VERITY = SlotVerity("ab" * 32, "cd" * 32, 16)
+from tests.helpers.boards import fit_board, signed_fit
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +30,7 @@ def keys(pki: keygen.DevPki) -> Path:
 
 @pytest.fixture(scope="module")
 def fit(tmp_path_factory: pytest.TempPathFactory, boot_keys: bootkeys.DevBootKeys) -> Path:
-    """A signed FIT whose length is not whole 4096-byte blocks."""
-    work = tmp_path_factory.mktemp("fit")
-    (work / "Image").write_bytes(b"kernel " * 3001)
-    (work / "initrd").write_bytes(b"initramfs " * 777)
-    out = work / "boot.itb"
-    bootimage.build_fit(
-        work / "Image",
-        work / "initrd",
-        VERITY,
-        out,
-        arch="arm64",
-        key=boot_keys.fit,
-        load_address=FIT_KERNEL_LOAD,
-        version="2.1.0",
-    )
-    assert out.stat().st_size % 4096
-    return out
+    return signed_fit(tmp_path_factory.mktemp("fit"), boot_keys.fit, "2.1.0")
 
 
 def test_rootfs_and_boot_image_each_get_a_tree(tmp_path: Path, keys: Path, fit: Path) -> None:

@@ -13,60 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from bootctl.state import SlotVerity
-from bundle_tool import bootimage, bootkeys, keygen
+from bundle_tool import bootkeys, keygen
 from bundle_tool.container import layout, parse_header
 from bundle_tool.errors import BundleError, PolicyError
 from bundle_tool.manifest import parse_manifest
-from tests.helpers.boards import FIT_KERNEL_LOAD, fit_board
-from tests.updater.device import Device, image_bytes, make_device, veritysetup_verify
+from tests.helpers.boards import signed_fit
+from tests.updater.device import OLD_FIT, Device, fit_device, group_bundle, veritysetup_verify
 from updater.bootfiles import temporary_name
 from updater.filesource import FileSource
 from updater.install import Installer
 
 BLOCKS = 300
-OLD_FIT = b"the boot image B had before\n"
 
 
 @pytest.fixture(scope="module")
 def fit(tmp_path_factory: pytest.TempPathFactory, boot_keys: bootkeys.DevBootKeys) -> Path:
-    """A signed FIT of release 2.0.0 (its length is not whole blocks)."""
-    work = tmp_path_factory.mktemp("fit")
-    (work / "Image").write_bytes(b"new kernel " * 5000)
-    (work / "initrd").write_bytes(b"new initramfs " * 900)
-    out = work / "boot.itb"
-    bootimage.build_fit(
-        work / "Image",
-        work / "initrd",
-        SlotVerity("ab" * 32, "cd" * 32, BLOCKS),
-        out,
-        arch="arm64",
-        key=boot_keys.fit,
-        load_address=FIT_KERNEL_LOAD,
-        version="2.0.0",
-    )
-    return out
-
-
-def fit_device(root: Path, pki: keygen.DevPki, artifacts: dict[str, str] | None = None) -> Device:
-    """A device of the FIT board booted from A; B's boot folder holds an older boot image."""
-    root.mkdir(parents=True)
-    board = fit_board(root.parent / f"{root.name}-board.toml", artifacts)
-    device = make_device(root, pki, image_bytes(BLOCKS, seed=1), board=board)
-    device.boot_dir("B").mkdir(parents=True)
-    (device.boot_dir("B") / "boot.itb").write_bytes(OLD_FIT)
-    return device
-
-
-def group_bundle(device: Device, fit: Path, *, boot_first: bool = False, **kw: object) -> Path:
-    """A bundle of a new rootfs and `fit` (the rootfs first, unless `boot_first`)."""
-    rootfs = device.root / "new-rootfs.img"
-    rootfs.write_bytes(image_bytes(BLOCKS, seed=2))
-    if boot_first:
-        return device.bundle(
-            fit.read_bytes(), slot_class="boot", extra_images=(("rootfs", rootfs),), **kw
-        )
-    return device.bundle(image_bytes(BLOCKS, seed=2), extra_images=(("boot", fit),), **kw)
+    """A signed FIT of release 2.0.0."""
+    return signed_fit(tmp_path_factory.mktemp("fit"), boot_keys.fit, "2.0.0")
 
 
 def install(device: Device, bundle: Path) -> None:
