@@ -144,9 +144,14 @@ def choose_target(
 def block_image(board: BoardConfig, head: VerifiedHead) -> ImageLayout:
     """The bundle's one image for a slot device; every other must be a boot file of the board.
 
+    A slot group is installed whole: the bundle must carry an image for every file
+    of `boot.files` (a slot of a `fit` board boots only its signed FIT, so a new
+    rootfs without one would never boot).
+
     Raises:
-        PolicyError: an image or artifact has no place on this board, or the bundle
-            does not hold exactly one image for a slot device.
+        PolicyError: an image or artifact has no place on this board, the bundle
+            does not hold exactly one image for a slot device, or it lacks a file
+            of the slot group.
     """
     blocks = {s.slot_class for s in board.slots}
     found = []
@@ -174,6 +179,14 @@ def block_image(board: BoardConfig, head: VerifiedHead) -> ImageLayout:
             f"the bundle holds {len(found)} images for a slot device "
             f"({', '.join(sorted(blocks))}); one is needed"
         )
+    carried = {part.image.slot_class for part in head.images}
+    for slot_class, name in board.boot.files:
+        if slot_class not in carried:
+            raise PolicyError(
+                f"the bundle has no image of class {slot_class}: board {board.name} boots "
+                f"each slot from its {name}, which must be installed with the rootfs "
+                f"(bundle-tool create --image {slot_class}=FILE)"
+            )
     return found[0]
 
 

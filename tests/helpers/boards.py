@@ -14,16 +14,19 @@ ARM64_BOARD = REPO / "board-configs" / "qemu-arm64-uboot.toml"
 FIT_KERNEL_LOAD = 0x40400000
 
 
-def fit_board(out: Path, artifacts: Mapping[str, str] | None = None) -> Path:
+def fit_board(out: Path, artifacts: Mapping[str, str] | None = None, *, chain: str = "fit") -> Path:
     """The QEMU arm64 board booting signed FITs (`boot.chain = "fit"`), written to `out`.
 
     Args:
         out: the board file to write.
         artifacts: `boot.artifacts` (artifact name to path in a slot's boot folder).
+        chain: `script` keeps the board's unverified chain (no boot image to install).
     """
-    text = ARM64_BOARD.read_text().replace(
-        "[boot]\n", f'[boot]\nchain = "fit"\nfit_kernel_load = {FIT_KERNEL_LOAD:#x}\n', 1
-    )
+    text = ARM64_BOARD.read_text()
+    if chain == "fit":
+        text = text.replace(
+            "[boot]\n", f'[boot]\nchain = "fit"\nfit_kernel_load = {FIT_KERNEL_LOAD:#x}\n', 1
+        )
     if artifacts:
         text += "\n[boot.artifacts]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in artifacts.items())
     out.write_text(text)

@@ -54,7 +54,9 @@ def device(tmp_path: Path, pki: keygen.DevPki) -> Device:
 def artifact_device(tmp_path: Path, pki: keygen.DevPki) -> Device:
     """As `device`, on a board placing the artifacts `kernel.img` and `notes.txt`."""
     board = fit_board(
-        tmp_path / "board.toml", {"kernel.img": "kernel.img", "notes.txt": "notes.txt"}
+        tmp_path / "board.toml",
+        {"kernel.img": "kernel.img", "notes.txt": "notes.txt"},
+        chain="script",
     )
     return make_device(tmp_path / "device", pki, image_bytes(DEVICE_BLOCKS, seed=1), board=board)
 

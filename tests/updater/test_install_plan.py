@@ -283,15 +283,19 @@ def test_a_group_plan_puts_each_file_in_the_target_boot_folder(tmp_path: Path) -
     assert installplan.plan_files(plain, head_of([image_of("rootfs", 4)]), folder) == ()
 
 
+BOOT = image_of("boot", 2, 5000)
+
+
 @pytest.mark.parametrize(
     ("images", "artifacts", "message"),
     [
         ([image_of("rootfs", 4), image_of("appfs", 2)], [], "no slot or boot file of class appfs"),
-        ([image_of("rootfs", 4, 4000)], [], "a slot device takes whole 4096-byte blocks"),
+        ([image_of("rootfs", 4, 4000), BOOT], [], "a slot device takes whole 4096-byte blocks"),
         ([image_of("boot", 2, 5000)], [], "holds 0 images for a slot device"),
-        ([image_of("rootfs", 4)], [Artifact("x.bin", 1, bytes(32))], "x.bin: board .* no place"),
+        ([image_of("rootfs", 4)], [], "no image of class boot: .* from its boot.itb"),
+        ([image_of("rootfs", 4), BOOT], [Artifact("x.bin", 1, bytes(32))], "x.bin: .* no place"),
     ],
-    ids=["unknown-class", "rootfs-file", "no-rootfs", "artifact-nowhere"],
+    ids=["unknown-class", "rootfs-file", "no-rootfs", "no-boot-image", "artifact-nowhere"],
 )
 def test_what_has_no_place_in_the_group_is_refused(
     tmp_path: Path, images: list[Image], artifacts: list[Artifact], message: str
