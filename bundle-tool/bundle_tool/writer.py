@@ -193,9 +193,10 @@ class _Input:
 
 def _input(slot_class: str, path: Path, spool: contextlib.ExitStack, spool_dir: Path) -> _Input:
     """Check one image's size; a file image of a partial last block is hashed from a padded copy."""
-    size = path.stat().st_size
+    st = path.stat()
+    size = st.st_size
     if size and size % verity.BLOCK_SIZE == 0:
-        return _Input(slot_class, path, path.stat(), None)
+        return _Input(slot_class, path, st, None)
     if slot_class == BLOCK_IMAGE_CLASS or size == 0:
         raise UsageError(
             f"image {path} is {size} bytes, not a positive multiple of 4096: pad it "
