@@ -217,7 +217,6 @@ _BOOT_KEYS = {
     "files",
     "artifacts",
 }
-_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -379,11 +378,12 @@ def _parse_boot(raw: Mapping[str, Any], bootloader: Bootloader) -> BootConfig:
 
 
 def _names(raw: Mapping[str, Any], key: str) -> dict[str, str]:
-    """A table of plain names (`[A-Za-z0-9._+-]`, as bundle slot classes and artifacts)."""
+    """A table keyed by names a bundle carries (slot classes, artifact names) of strings."""
     table = _table(raw, key, "boot.")
     for name, value in table.items():
-        if not _FILE_NAME_RE.match(name) or not isinstance(value, str):
-            raise ConfigError(f"boot.{key}: {name!r} must be a plain name given a string")
+        _name(name, f"boot.{key} key")
+        if not isinstance(value, str):
+            raise ConfigError(f"boot.{key}.{name} must be a string, not {type(value).__name__}")
     return dict(table)
 
 
@@ -398,8 +398,7 @@ def _files(raw: Mapping[str, Any], chain: Chain) -> tuple[tuple[str, str], ...]:
         return tuple(default.items())
     files = _names(raw, "files")
     for slot_class, name in files.items():
-        if not _FILE_NAME_RE.match(name):
-            raise ConfigError(f"boot.files.{slot_class} must be a plain file name: {name!r}")
+        _name(name, f"boot.files.{slot_class} (a file name)")
     if len(set(files.values())) != len(files):
         raise ConfigError("boot.files names one file for two slot classes")
     return tuple(files.items())
