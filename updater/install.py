@@ -78,6 +78,8 @@ class InstallResult:
     bytes_reused: int
     seconds: float
     signers: tuple[str, ...]
+    #: The files written into the target slot's boot folder (boot image, artifacts).
+    boot_files: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": "installed", **asdict(self)}
@@ -406,6 +408,7 @@ class Installer:
             bytes_reused=session.reused,
             seconds=round(self.clock() - started, 3),
             signers=tuple(s.subject for s in decided.head.signers),
+            boot_files=tuple(str(f.folder / f.name) for f in decided.files),
         )
 
 

@@ -21,7 +21,7 @@ from tests.helpers.boards import signed_fit
 from tests.updater.device import OLD_FIT, Device, fit_device, group_bundle, veritysetup_verify
 from updater.bootfiles import temporary_name
 from updater.filesource import FileSource
-from updater.install import Installer
+from updater.install import Installer, InstallResult
 
 BLOCKS = 300
 
@@ -32,9 +32,9 @@ def fit(tmp_path_factory: pytest.TempPathFactory, boot_keys: bootkeys.DevBootKey
     return signed_fit(tmp_path_factory.mktemp("fit"), boot_keys.fit, "2.0.0")
 
 
-def install(device: Device, bundle: Path) -> None:
+def install(device: Device, bundle: Path) -> InstallResult:
     with FileSource(bundle) as src:
-        Installer(device.config()).install(src)
+        return Installer(device.config()).install(src)
 
 
 def test_rootfs_and_boot_image_are_installed_into_the_group(
@@ -42,7 +42,8 @@ def test_rootfs_and_boot_image_are_installed_into_the_group(
 ) -> None:
     device = fit_device(tmp_path / "dev", pki)
     bundle = group_bundle(device, fit)
-    install(device, bundle)
+    result = install(device, bundle)
+    assert result.boot_files == (str(device.boot_dir("B") / "boot.itb"),)
     st = device.control().boot_state()
     assert st.order[0] == "B"
     b = st.slot("B")
