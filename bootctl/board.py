@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +176,36 @@ class BoardConfig:
     def slot_names(self) -> tuple[str, ...]:
         """The slot names in default boot order."""
         return tuple(s.name for s in self.slots)
+
+    def group_problem(self, classes: Sequence[str], artifacts: Sequence[str]) -> str | None:
+        """Why a bundle of images of `classes` and of `artifacts` has no place here, or None.
+
+        A bundle installs into one slot group (see docs/board-configs.md): exactly one
+        image for a slot device, every other image a file of `boot.files`, every
+        artifact a place in `boot.artifacts`, and every file of `boot.files` an image
+        (a group is installed whole: a slot of a `fit` board boots only its FIT).
+        """
+        blocks = {s.slot_class for s in self.slots}
+        for slot_class in classes:
+            if slot_class not in blocks and self.boot.file_of(slot_class) is None:
+                return f"board {self.name} has no slot or boot file of class {slot_class}"
+        for name in artifacts:
+            if self.boot.artifact_path(name) is None:
+                return f"artifact {name}: board {self.name} names no place for it (boot.artifacts)"
+        found = [c for c in classes if c in blocks]
+        if len(found) != 1:
+            return (
+                f"the bundle holds {len(found)} images for a slot device "
+                f"({', '.join(sorted(blocks))}); one is needed"
+            )
+        for slot_class, name in self.boot.files:
+            if slot_class not in classes:
+                return (
+                    f"the bundle has no image of class {slot_class}: board {self.name} boots "
+                    f"each slot from its {name}, which must be installed with the rootfs "
+                    f"(bundle-tool create --image {slot_class}=FILE)"
+                )
+        return None
 
     def slot(self, name: str) -> SlotConfig:
         """Return the slot called `name`.

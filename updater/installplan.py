@@ -153,41 +153,19 @@ def block_image(board: BoardConfig, head: VerifiedHead) -> ImageLayout:
             does not hold exactly one image for a slot device, or it lacks a file
             of the slot group.
     """
+    problem = board.group_problem(
+        [p.image.slot_class for p in head.images], [a.artifact.name for a in head.artifacts]
+    )
+    if problem is not None:
+        raise PolicyError(f"{problem}; nothing signed is left out, so the bundle is refused")
     blocks = {s.slot_class for s in board.slots}
-    found = []
-    for part in head.images:
-        image = part.image
-        if image.slot_class in blocks:
-            if image.file_size is not None:
-                raise PolicyError(
-                    f"image {image.slot_class} is a file of {image.file_size} bytes; "
-                    "a slot device takes whole 4096-byte blocks"
-                )
-            found.append(part)
-        elif board.boot.file_of(image.slot_class) is None:
-            raise PolicyError(
-                f"board {board.name} has no slot or boot file of class {image.slot_class}"
-            )
-    for art in head.artifacts:
-        if board.boot.artifact_path(art.artifact.name) is None:
-            raise PolicyError(
-                f"artifact {art.artifact.name}: board {board.name} names no place for it "
-                "(boot.artifacts); nothing signed is left out, so the bundle is refused"
-            )
-    if len(found) != 1:
+    (part,) = (p for p in head.images if p.image.slot_class in blocks)
+    if part.image.file_size is not None:
         raise PolicyError(
-            f"the bundle holds {len(found)} images for a slot device "
-            f"({', '.join(sorted(blocks))}); one is needed"
+            f"image {part.image.slot_class} is a file of {part.image.file_size} bytes; "
+            "a slot device takes whole 4096-byte blocks"
         )
-    carried = {part.image.slot_class for part in head.images}
-    for slot_class, name in board.boot.files:
-        if slot_class not in carried:
-            raise PolicyError(
-                f"the bundle has no image of class {slot_class}: board {board.name} boots "
-                f"each slot from its {name}, which must be installed with the rootfs "
-                f"(bundle-tool create --image {slot_class}=FILE)"
-            )
-    return found[0]
+    return part
 
 
 def plan_files(board: BoardConfig, head: VerifiedHead, boot_dir: Path) -> tuple[FilePlan, ...]:

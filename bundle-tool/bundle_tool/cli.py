@@ -255,21 +255,12 @@ def _images_of(args: argparse.Namespace) -> list[tuple[str, Path]]:
 def _check_board_places(
     board: BoardConfig | None, images: list[tuple[str, Path]], artifacts: list[Path]
 ) -> None:
-    """With a board config: every image and artifact has a place on that board."""
+    """With a board config: the bundle has a place in a slot group of that board."""
     if board is None:
         return
-    blocks = {s.slot_class for s in board.slots}
-    for slot_class, path in images:
-        if slot_class not in blocks and board.boot.file_of(slot_class) is None:
-            raise UsageError(
-                f"image {path}: board {board.name} has no slot or boot file of class {slot_class}"
-            )
-    for path in artifacts:
-        if board.boot.artifact_path(path.name) is None:
-            raise UsageError(
-                f"artifact {path.name}: board {board.name} names no place for it "
-                "(boot.artifacts); a device would refuse the bundle"
-            )
+    problem = board.group_problem([c for c, _ in images], [p.name for p in artifacts])
+    if problem is not None:
+        raise UsageError(f"{problem}; a device would refuse the bundle")
 
 
 def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:

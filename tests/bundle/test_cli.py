@@ -180,6 +180,7 @@ def test_board_config_and_elf_artifacts(tmp_path: Path, keys: Path) -> None:
     board = fit_board(
         tmp_path / "board.toml",
         {"u-boot.elf": "u-boot.elf", "notes.txt": "notes.txt", "vmlinux": "vmlinux"},
+        chain="script",
     )
     r = create(
         keys, image, tmp_path / "b", "--board-config", board, "--artifact", arm, "--artifact", blob

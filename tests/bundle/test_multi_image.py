@@ -111,9 +111,24 @@ def test_places_the_board_does_not_name_are_refused(tmp_path: Path, keys: Path, 
     assert "artifact notes.txt: board qemu-arm64-uboot names no place for it" in r.stderr
     r = create(keys, rootfs, tmp_path / "b", "--board-config", board, "--image", f"appfs={fit}")
     assert r.returncode == 2 and "has no slot or boot file of class appfs" in r.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    r = create(keys, rootfs, tmp_path / "c", "--board-config", board)
+    assert r.returncode == 2
+    assert "no image of class boot: board qemu-arm64-uboot boots each slot from its boot.itb" in (
+        r.stderr
+    )
+    assert not any((tmp_path / n).exists() for n in "abc")
     placed = fit_board(tmp_path / "placed.toml", {"notes.txt": "notes.txt"})
-    r = create(keys, rootfs, tmp_path / "c", "--board-config", placed, "--artifact", notes)
+    r = create(
+        keys,
+        rootfs,
+        tmp_path / "d",
+        "--board-config",
+        placed,
+        "--artifact",
+        notes,
+        "--image",
+        f"boot={fit}",
+    )
     assert r.returncode == 0, r.stderr
 
 
