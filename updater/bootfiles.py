@@ -170,8 +170,8 @@ def write_image_file(source: BundleSource, part: ImageLayout, folder: BootDir, n
     """Install a file image (e.g. the boot image) as `name` in `folder`, in the order above.
 
     Raises:
-        BundleError: a tree or data block does not match the signed manifest (nothing
-            of it was written; the temporary file is removed).
+        BundleError: a tree or data block does not match the signed manifest (no block
+            after it is written, the temporary file is removed, `name` is untouched).
         DeviceError: writing, flushing or reading back failed.
     """
     checked = CheckedImage(source, part)
@@ -202,6 +202,9 @@ def write_image_file(source: BundleSource, part: ImageLayout, folder: BootDir, n
 def write_artifact(source: BundleSource, part: ArtifactLayout, folder: BootDir, name: str) -> None:
     """Install an artifact as `name` in `folder`: written, flushed, its sha256 checked, renamed.
 
+    An artifact has no hash tree: its bytes are checked as a whole, as they are
+    written and again when read back, and it is put in place only then.
+
     Raises:
         BundleError: its bytes do not give the signed sha256 (the file is removed).
         DeviceError: writing, flushing or reading back failed.
@@ -210,16 +213,23 @@ def write_artifact(source: BundleSource, part: ArtifactLayout, folder: BootDir, 
     tmp = temporary_name(name)
 
     def fill() -> None:
+        sha = hashlib.sha256()
         for chunk in source.read(part.offset, art.size):
+            sha.update(chunk)
             folder.append(tmp, chunk)
+        if sha.digest() != art.sha256:
+            raise BundleError(
+                f"artifact {art.name} does not match its signed sha256; it was not put in place"
+            )
 
     def read_back() -> None:
         sha = hashlib.sha256()
         for offset in range(0, art.size, READ_BACK):
             sha.update(folder.read(tmp, offset, min(READ_BACK, art.size - offset)))
         if sha.digest() != art.sha256:
-            raise BundleError(
-                f"artifact {art.name} does not match its signed sha256; it was not put in place"
+            raise DeviceError(
+                f"{folder.path / name}: the file read back does not match its signed sha256 "
+                "(the medium is failing); it was not put in place"
             )
 
     _install(folder, name, tmp, fill, read_back)

@@ -19,7 +19,8 @@ from bundle_tool.errors import BundleError, PolicyError
 from bundle_tool.manifest import parse_manifest
 from tests.helpers.boards import signed_fit
 from tests.updater.device import OLD_FIT, Device, fit_device, group_bundle, veritysetup_verify
-from updater.bootfiles import temporary_name
+from updater.bootfiles import BootDir, temporary_name
+from updater.errors import DeviceError
 from updater.filesource import FileSource
 from updater.install import Installer, InstallResult
 
@@ -130,3 +131,41 @@ def test_a_bundle_without_a_rootfs_is_refused(
     bundle = device.bundle(fit.read_bytes(), slot_class="boot")
     with pytest.raises(PolicyError, match="holds 0 images for a slot device"):
         install(device, bundle)
+
+
+def test_a_corrupt_artifact_is_not_put_in_place(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki, {"notes.txt": "notes.txt"})
+    notes = tmp_path / "notes.txt"
+    notes.write_text("release notes\n")
+    bundle = group_bundle(device, fit, artifacts=[notes])
+    data = bytearray(bundle.read_bytes())
+    data[-3] ^= 1  # the artifact is the bundle's last part
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"artifact notes\.txt does not match its signed sha256"):
+        install(device, bundle)
+    assert sorted(p.name for p in device.boot_dir("B").iterdir()) == ["boot.itb"]
+    assert device.control().boot_state().order[0] == "A"
+
+
+class FailingMediumBootDir(BootDir):
+    """A stub for a medium that returns other bytes than were written (no real one does on cue)."""
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        data = bytearray(super().read(name, offset, length))
+        if data:
+            data[0] ^= 1
+        return bytes(data)
+
+
+def test_a_boot_file_that_does_not_read_back_is_not_put_in_place(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = group_bundle(device, fit)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match="the medium is failing"):
+        Installer(device.config(), open_boot_dir=FailingMediumBootDir).install(src)
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
+    assert not (device.boot_dir("B") / temporary_name("boot.itb")).exists()
+    assert device.control().boot_state().order[0] == "A"
