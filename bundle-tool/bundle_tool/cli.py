@@ -371,6 +371,17 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
             security_floor=args.security_floor,
             architecture=architecture,
         )
+        board = _board_of(args)
+        problem = (
+            None
+            if board is None
+            else board.group_problem(
+                [i.slot_class for i in head.manifest.images],
+                [a.name for a in head.manifest.artifacts],
+            )
+        )
+        if problem is not None:
+            raise PolicyError(f"{problem}; the board's updater would refuse the bundle")
         reader.check_payload(src, head, progress)
     return {
         "valid": True,

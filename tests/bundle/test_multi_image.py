@@ -51,6 +51,11 @@ def test_rootfs_and_boot_image_each_get_a_tree(tmp_path: Path, keys: Path, fit: 
     assert "image 1 (boot)" in text and f"a file of {fit.stat().st_size}" in text
     verified = run("verify", out, "--keyring", keys / "ca.pem", "--board-config", board)
     assert verified.returncode == 0, verified.stderr
+    # The board without a verified chain has no place for a boot image: as its updater, refused.
+    plain = fit_board(tmp_path / "plain.toml", chain="script")
+    refused = run("verify", out, "--keyring", keys / "ca.pem", "--board-config", plain)
+    assert refused.returncode == 5
+    assert "has no slot or boot file of class boot" in refused.stderr
 
     # Each image: its hash area and its data, checked by veritysetup.
     data = out.read_bytes()
