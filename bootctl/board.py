@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,10 @@ Chain = Literal["script", "fit", "uki"]
 CHAINS: dict[str, Bootloader] = {"fit": "u-boot", "uki": "grub"}
 #: The signed boot image's file name in a slot's boot folder, by chain.
 BOOT_IMAGE = {"fit": "boot.itb", "uki": "boot.efi"}
+#: The slot class of a bundle's boot image (installed as the file `BOOT_IMAGE`).
+BOOT_CLASS = "boot"
+#: The slot class of the detached signature GRUB checks beside a UKI (`boot.efi.sig`).
+BOOT_SIG_CLASS = "boot-sig"
 
 ARCHITECTURES = ("arm64", "amd64", "armhf", "riscv64")
 #: The U-Boot script's `setexpr` computes in hex, so counters stay single decimal digits.
@@ -87,6 +91,12 @@ class BootConfig:
         uboot_fit_addr: RAM address the U-Boot boot command loads a slot's FIT to.
         fit_kernel_load: Where U-Boot copies the FIT's kernel before starting it (the
             FIT's `load` and `entry`; required for `chain = "fit"`).
+        files: (slot class, file name) pairs: a bundle image of that class is installed
+            as that file in the target slot's boot folder (`boot.files`; by default the
+            boot image `boot` as `image`, and for `uki` its signature `boot-sig`).
+        artifacts: (artifact name, path) pairs: a bundle artifact of that name is
+            installed at that path inside the target slot's boot folder
+            (`boot.artifacts`); a bundle with any other artifact is refused.
     """
 
     device: str
@@ -100,11 +110,21 @@ class BootConfig:
     chain: Chain = "script"
     uboot_fit_addr: str = "${ramdisk_addr_r}"
     fit_kernel_load: int = 0
+    files: tuple[tuple[str, str], ...] = ()
+    artifacts: tuple[tuple[str, str], ...] = ()
 
     @property
     def image(self) -> str:
         """The signed boot image's file name in each slot's boot folder ("" for `script`)."""
         return BOOT_IMAGE.get(self.chain, "")
+
+    def file_of(self, slot_class: str) -> str | None:
+        """The file name in a slot's boot folder that images of `slot_class` install as."""
+        return dict(self.files).get(slot_class)
+
+    def artifact_path(self, name: str) -> str | None:
+        """Where artifact `name` goes, relative to a slot's boot folder (None: nowhere)."""
+        return dict(self.artifacts).get(name)
 
 
 @dataclass(frozen=True)
@@ -157,6 +177,36 @@ class BoardConfig:
         """The slot names in default boot order."""
         return tuple(s.name for s in self.slots)
 
+    def group_problem(self, classes: Sequence[str], artifacts: Sequence[str]) -> str | None:
+        """Why a bundle of images of `classes` and of `artifacts` has no place here, or None.
+
+        A bundle installs into one slot group (see docs/board-configs.md): exactly one
+        image for a slot device, every other image a file of `boot.files`, every
+        artifact a place in `boot.artifacts`, and every file of `boot.files` an image
+        (a group is installed whole: a slot of a `fit` board boots only its FIT).
+        """
+        blocks = {s.slot_class for s in self.slots}
+        for slot_class in classes:
+            if slot_class not in blocks and self.boot.file_of(slot_class) is None:
+                return f"board {self.name} has no slot or boot file of class {slot_class}"
+        for name in artifacts:
+            if self.boot.artifact_path(name) is None:
+                return f"artifact {name}: board {self.name} names no place for it (boot.artifacts)"
+        found = [c for c in classes if c in blocks]
+        if len(found) != 1:
+            return (
+                f"the bundle holds {len(found)} images for a slot device "
+                f"({', '.join(sorted(blocks))}); one is needed"
+            )
+        for slot_class, name in self.boot.files:
+            if slot_class not in classes:
+                return (
+                    f"the bundle has no image of class {slot_class}: board {self.name} boots "
+                    f"each slot from its {name}, which must be installed with the rootfs "
+                    f"(bundle-tool create --image {slot_class}=FILE)"
+                )
+        return None
+
     def slot(self, name: str) -> SlotConfig:
         """Return the slot called `name`.
 
@@ -194,6 +244,8 @@ _BOOT_KEYS = {
     "chain",
     "uboot_fit_addr",
     "fit_kernel_load",
+    "files",
+    "artifacts",
 }
 
 
@@ -331,6 +383,8 @@ def _parse_boot(raw: Mapping[str, Any], bootloader: Bootloader) -> BootConfig:
     if not 0 <= fit_kernel_load < 1 << 64:
         raise ConfigError(f"boot.fit_kernel_load {fit_kernel_load:#x} is not a 64-bit address")
     return BootConfig(
+        files=_files(raw, chain_value),
+        artifacts=_artifacts(raw),
         device=_str(raw, "device", "boot."),
         mount=_str(raw, "mount", "boot.", "/boot"),
         kernel=_rel_path(_str(raw, "kernel", "boot.", "vmlinuz"), "boot.kernel"),
@@ -350,6 +404,40 @@ def _parse_boot(raw: Mapping[str, Any], bootloader: Bootloader) -> BootConfig:
         uboot_fit_addr=_script_safe(
             _str(raw, "uboot_fit_addr", "boot.", "${ramdisk_addr_r}"), "boot.uboot_fit_addr"
         ),
+    )
+
+
+def _names(raw: Mapping[str, Any], key: str) -> dict[str, str]:
+    """A table keyed by names a bundle carries (slot classes, artifact names) of strings."""
+    table = _table(raw, key, "boot.")
+    for name, value in table.items():
+        _name(name, f"boot.{key} key")
+        if not isinstance(value, str):
+            raise ConfigError(f"boot.{key}.{name} must be a string, not {type(value).__name__}")
+    return dict(table)
+
+
+def _files(raw: Mapping[str, Any], chain: Chain) -> tuple[tuple[str, str], ...]:
+    """`boot.files`, by default the chain's boot image (and a UKI's signature)."""
+    if "files" not in raw:
+        if chain == "script":
+            return ()
+        default = {BOOT_CLASS: BOOT_IMAGE[chain]}
+        if chain == "uki":
+            default[BOOT_SIG_CLASS] = BOOT_IMAGE[chain] + ".sig"
+        return tuple(default.items())
+    files = _names(raw, "files")
+    for slot_class, name in files.items():
+        _name(name, f"boot.files.{slot_class} (a file name)")
+    if len(set(files.values())) != len(files):
+        raise ConfigError("boot.files names one file for two slot classes")
+    return tuple(files.items())
+
+
+def _artifacts(raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (name, _rel_path(path, f"boot.artifacts.{name}"))
+        for name, path in _names(raw, "artifacts").items()
     )
 
 
@@ -397,7 +485,19 @@ def parse_board(data: Mapping[str, Any]) -> BoardConfig:
         boot=_parse_boot(_table(data, "boot", ""), bootloader),
     )
     _check_env_paths(board)
+    _check_groups(board)
     return board
+
+
+def _check_groups(board: BoardConfig) -> None:
+    """A slot group: one slot's device plus the files of its boot folder, none named twice."""
+    blocks = {s.slot_class for s in board.slots}
+    for slot_class, _ in board.boot.files:
+        if slot_class in blocks:
+            raise ConfigError(f"boot.files.{slot_class}: {slot_class} is the class of a slot")
+    names = [name for _, name in board.boot.files] + [p for _, p in board.boot.artifacts]
+    if len(set(names)) != len(names):
+        raise ConfigError("boot.files and boot.artifacts name the same file twice")
 
 
 def _check_env_paths(board: BoardConfig) -> None:

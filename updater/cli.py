@@ -18,6 +18,7 @@ from bundle_tool.cliutil import add_command, exit_status, make_parser
 from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
 
 from . import errors
+from .bootfiles import boot_image_version
 from .config import DEFAULT_CONFIG, load_config
 from .install import Installer, Progress, open_control
 from .sources import open_source
@@ -159,6 +160,9 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
         record = records.get(name)
         slot["device"] = config.slot_device(name)
         slot["installed"] = asdict(record) if record else None
+        if config.board.boot.image:
+            image = config.boot_dir(name) / config.board.boot.image
+            slot["boot_image"] = {"path": str(image), "version": boot_image_version(image)}
     out["security_floor"] = installer.security_floor()
     out["last_install"] = installer.state.last_result()
     return out
@@ -192,10 +196,12 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         for name, slot in result["slots"].items():
             inst = slot.get("installed")
             version = inst["version"] if inst else "unknown"
+            boot = slot.get("boot_image")
+            kernel = f", boot image {boot['version'] or 'unknown'}" if boot else ""
             print(
                 f"  slot {name}: tries left {slot['tries_left']}, "
                 f"{'bootable' if slot['bootable'] else 'not bootable'}, version {version}"
-                f"{', booted' if slot['booted'] else ''}"
+                f"{kernel}{', booted' if slot['booted'] else ''}"
             )
         for problem in result.get("problems", []):
             print(f"  problem: {problem}")

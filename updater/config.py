@@ -5,6 +5,7 @@
     state_dir = "/var/lib/abupdate"
     threshold = 1                     # distinct trusted signing keys required
     cmdline = "/proc/cmdline"         # where the booted slot is read from
+    boot_mount = "/boot"              # optional: where the boot partition is (board's boot.mount)
     find_moved_blocks = false         # downloads: look for moved blocks in the running slot
 
     [slots.A]                         # optional: override the board's slot devices
@@ -52,6 +53,7 @@ TOP_KEYS = {
     "threshold",
     "cmdline",
     "find_moved_blocks",
+    "boot_mount",
     "slots",
     "env",
     "http",
@@ -75,10 +77,16 @@ class DeviceConfig:
     env_override: tuple[str, ...] | str | None = None
     http: HttpSettings = field(default_factory=HttpSettings)
     find_moved_blocks: bool = False
+    boot_mount: Path | None = None
 
     def slot_device(self, name: str) -> str:
         """The device (or file) the updater writes for slot `name`."""
         return self.slot_devices.get(name) or self.board.slot(name).device
+
+    def boot_dir(self, name: str) -> Path:
+        """The folder holding slot `name`'s boot files (`boot_dir` on the boot partition)."""
+        mount = self.boot_mount or Path(self.board.boot.mount)
+        return mount / self.board.slot(name).boot_dir
 
 
 def _refuse_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -166,6 +174,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> DeviceConfig:
         env_override=env,
         http=http,
         find_moved_blocks=find_moved,
+        boot_mount=_path(base, data["boot_mount"], "boot_mount") if "boot_mount" in data else None,
     )
 
 

@@ -17,6 +17,9 @@ The order, fixed and crash-safe (docs/updater.md explains why each step is where
    Otherwise the bundle is read once, in order (`streamwrite`).
 5. fsync, drop the page cache, and check the whole slot again from the medium:
    each flushed region while the next is written, then the rest (see readback).
+   The bundle's file images (the slot's signed boot image) and artifacts go into
+   the target's boot folder, each written to a temporary name, flushed, checked
+   and renamed (`bootfiles`); images and files are written in bundle order.
 6. The slot's record goes to the state directory (it counts only while the env
    gives the slot its root hash); then one env write records the root hash and
    makes the target primary with full tries.
@@ -32,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from bootctl import state as slotstate
@@ -44,11 +48,12 @@ from bundle_tool.keyring import read_keyring
 from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
 
-from . import deltawrite, floor, installplan, readback
+from . import bootfiles, deltawrite, floor, installplan, readback
+from .bootfiles import BootDir
 from .config import DeviceConfig
 from .deltawrite import DeltaWriter
 from .errors import DeviceError, TransportError, UsageError
-from .installplan import ImagePlan, InstallPlan
+from .installplan import FilePlan, ImagePlan, InstallPlan
 from .session import ImageWriter, Progress, WriteSession
 from .slotdev import FileSlot, SlotDevice
 from .source import BundleSource
@@ -73,6 +78,8 @@ class InstallResult:
     bytes_reused: int
     seconds: float
     signers: tuple[str, ...]
+    #: The files written into the target slot's boot folder (boot image, artifacts).
+    boot_files: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": "installed", **asdict(self)}
@@ -92,6 +99,8 @@ class Installer:
         clock: seconds since the epoch (tests set the time).
         progress: called with Progress reports.
         tuning: how an install cuts up its work (tests pass smaller sizes).
+        open_boot_dir: opens a folder of the boot partition for the boot files
+            (tests inject one that loses power).
     """
 
     def __init__(
@@ -103,8 +112,10 @@ class Installer:
         clock: Callable[[], float] = time.time,
         progress: Callable[[Progress], None] | None = None,
         tuning: InstallTuning | None = None,
+        open_boot_dir: Callable[[Path], BootDir] = BootDir,
     ) -> None:
         self.config = config
+        self.open_boot_dir = open_boot_dir
         self.board = config.board
         self.control = control or open_control(config)
         self.open_slot = open_slot
@@ -196,35 +207,29 @@ class Installer:
         """
         installplan.refuse_delta_from_a_stream(delta, source.random_access)
         head = self.check(source)
-        if len(head.images) != 1:
-            raise PolicyError("bundles with more than one image are not supported yet")
-        images = []
-        for part in head.images:
-            target, active = self.choose_target(part.image.slot_class, slot)
-            device = self.config.slot_device(target)
-            path = installplan.choose_path(
-                delta,
-                random_access=source.random_access,
-                remote=source.remote,
-                resumable=functools.partial(self._holds_tree, device, part),
-            )
-            moved = path == "delta" and source.remote and self.config.find_moved_blocks
-            images.append(
-                ImagePlan(
-                    part=part,
-                    target=target,
-                    device=device,
-                    active=active,
-                    active_device=(
-                        self.config.slot_device(active)
-                        if path == "delta" and active is not None
-                        else None
-                    ),
-                    path=path,
-                    index_blocks=self._running_blocks(active, part) if moved and active else 0,
-                )
-            )
-        return InstallPlan(head, tuple(images))
+        part = installplan.block_image(self.board, head)
+        target, active = self.choose_target(part.image.slot_class, slot)
+        device = self.config.slot_device(target)
+        path = installplan.choose_path(
+            delta,
+            random_access=source.random_access,
+            remote=source.remote,
+            resumable=functools.partial(self._holds_tree, device, part),
+        )
+        moved = path == "delta" and source.remote and self.config.find_moved_blocks
+        image = ImagePlan(
+            part=part,
+            target=target,
+            device=device,
+            active=active,
+            active_device=(
+                self.config.slot_device(active) if path == "delta" and active is not None else None
+            ),
+            path=path,
+            index_blocks=self._running_blocks(active, part) if moved and active else 0,
+        )
+        files = installplan.plan_files(self.board, head, self.config.boot_dir(target))
+        return InstallPlan(head, (image,), files)
 
     def _holds_tree(self, device: str, part: ImageLayout) -> bool:
         """Whether the target holds this image's tree already (see `deltawrite.holds_tree`)."""
@@ -300,11 +305,17 @@ class Installer:
     def _carry_out(
         self, decided: InstallPlan, source: BundleSource, started: float
     ) -> InstallResult:
-        """Steps 3 to 6 of the module docstring for the planned image."""
-        (image,) = decided.images  # the plan refuses more for now
+        """Steps 3 to 6 of the module docstring for the planned images and files.
+
+        Everything is written in bundle order, so that a stream is read once.
+        """
+        (image,) = decided.images  # the plan makes one: the slot group's device
+        before = [f for f in decided.files if f.offset < image.part.area_offset]
+        after = [f for f in decided.files if f.offset > image.part.area_offset]
         with self.open_slot(image.device) as dev:
             self._check_room(image, dev)
             self._invalidate(image)
+            self._write_files(before, source)
             vinfo = image.image.verity
             with (
                 WriteSession(dev, vinfo, source, self.tuning, self.progress) as s,
@@ -315,11 +326,26 @@ class Installer:
                 # inherit it and check each flushed region while the rest is written.
                 with readback.RegionReadBack(dev, s.checker, vinfo) as back:
                     writer.write_data(back)
+                    self._write_files(after, source)
                     source.check_end(decided.head.total_size)
                     self._read_back(image, s, back)
         self._record(decided, image)
         self._switch(image, s)
         return self._result(decided, image, s, started)
+
+    def _write_files(self, files: list[FilePlan], source: BundleSource) -> None:
+        """Step 5: each boot file written, flushed, checked and renamed (see bootfiles)."""
+        for n, f in enumerate(files):
+            if self.progress:
+                self.progress(Progress("boot-files", n, len(files), source.bytes_fetched, 0))
+            folder = self.open_boot_dir(f.folder)
+            try:
+                if f.image is not None:
+                    bootfiles.write_image_file(source, f.image, folder, f.name)
+                elif f.artifact is not None:
+                    bootfiles.write_artifact(source, f.artifact, folder, f.name)
+            finally:
+                folder.close()
 
     def _check_room(self, image: ImagePlan, dev: SlotDevice) -> None:
         capacity = dev.capacity()
@@ -382,6 +408,7 @@ class Installer:
             bytes_reused=session.reused,
             seconds=round(self.clock() - started, 3),
             signers=tuple(s.subject for s in decided.head.signers),
+            boot_files=tuple(str(f.folder / f.name) for f in decided.files),
         )
 
 

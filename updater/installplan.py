@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from bootctl.board import BoardConfig
-from bundle_tool.container import ImageLayout, VerifiedHead
+from bundle_tool.container import ArtifactLayout, ImageLayout, VerifiedHead
 from bundle_tool.errors import PolicyError
 from bundle_tool.manifest import Image
 
@@ -58,11 +59,43 @@ class ImagePlan:
 
 
 @dataclass(frozen=True)
+class FilePlan:
+    """A file of the target slot group's boot folder: a file image or an artifact.
+
+    Attributes:
+        folder: the folder it goes in (the slot's boot folder, or one inside it).
+        name: its file name there.
+        image: the file image it is, or None.
+        artifact: the artifact it is, or None.
+    """
+
+    folder: Path
+    name: str
+    image: ImageLayout | None = None
+    artifact: ArtifactLayout | None = None
+
+    @property
+    def offset(self) -> int:
+        """Where its bytes start in the bundle (files are written in bundle order)."""
+        if self.image is not None:
+            return self.image.area_offset
+        assert self.artifact is not None
+        return self.artifact.offset
+
+
+@dataclass(frozen=True)
 class InstallPlan:
-    """An install, decided: the verified head and, per image, its target and path."""
+    """An install, decided: the verified head, the block image's target and path, the files.
+
+    Attributes:
+        head: the verified bundle head.
+        images: the images written into slot devices (one: the slot group's device).
+        files: the files written into the target slot's boot folder, in bundle order.
+    """
 
     head: VerifiedHead
     images: tuple[ImagePlan, ...]
+    files: tuple[FilePlan, ...] = ()
 
 
 def refuse_delta_from_a_stream(delta: bool | None, random_access: bool) -> None:
@@ -106,6 +139,49 @@ def choose_target(
             "line); name the target slot explicitly"
         )
     return others[0], active
+
+
+def block_image(board: BoardConfig, head: VerifiedHead) -> ImageLayout:
+    """The bundle's one image for a slot device; every other must be a boot file of the board.
+
+    A slot group is installed whole: the bundle must carry an image for every file
+    of `boot.files` (a slot of a `fit` board boots only its signed FIT, so a new
+    rootfs without one would never boot).
+
+    Raises:
+        PolicyError: an image or artifact has no place on this board, the bundle
+            does not hold exactly one image for a slot device, or it lacks a file
+            of the slot group.
+    """
+    problem = board.group_problem(
+        [p.image.slot_class for p in head.images], [a.artifact.name for a in head.artifacts]
+    )
+    if problem is not None:
+        raise PolicyError(f"{problem}; nothing signed is left out, so the bundle is refused")
+    blocks = {s.slot_class for s in board.slots}
+    (part,) = (p for p in head.images if p.image.slot_class in blocks)
+    if part.image.file_size is not None:
+        raise PolicyError(
+            f"image {part.image.slot_class} is a file of {part.image.file_size} bytes; "
+            "a slot device takes whole 4096-byte blocks"
+        )
+    return part
+
+
+def plan_files(board: BoardConfig, head: VerifiedHead, boot_dir: Path) -> tuple[FilePlan, ...]:
+    """Where each file image and artifact of the bundle goes: in the target's `boot_dir`.
+
+    Call after `block_image`, which refuses what has no place.
+    """
+    files = []
+    for part in head.images:
+        name = board.boot.file_of(part.image.slot_class)
+        if name is not None:
+            files.append(FilePlan(boot_dir, name, image=part))
+    for art in head.artifacts:
+        path = Path(board.boot.artifact_path(art.artifact.name) or art.artifact.name)
+        files.append(FilePlan(boot_dir / path.parent, path.name, artifact=art))
+    return tuple(sorted(files, key=lambda f: f.offset))
 
 
 def choose_path(

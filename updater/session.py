@@ -30,10 +30,10 @@ class Progress:
     """One progress report.
 
     Attributes:
-        phase: "tree", "index", "data", "read-back" or "switch".
+        phase: "tree", "index", "data", "boot-files", "read-back" or "switch".
         done: what is done of this phase so far: bytes ("tree": of the hash area;
             "index": of the running slot; "data" and "read-back": of the image),
-            or 0 for "switch" (of 1).
+            "boot-files": files written of the boot folder; or 0 for "switch" (of 1).
         total: the size of this phase in the same unit.
         fetched: bytes read from the source so far (network or medium).
         reused: image bytes kept on the target or copied from the active slot.

@@ -37,6 +37,7 @@ from bootctl.errors import BootctlError, ConfigError
 from bootctl.state import SlotVerity
 
 from . import cpio
+from .bootversion import VERSION_PROPERTY
 from .errors import BundleIOError, UsageError
 from .verity import BLOCK_SIZE, build_tree
 
@@ -161,6 +162,7 @@ def build_for_board(
             load_address=board.boot.fit_kernel_load,
             description=_its_string(f"{board.compatible} {version}"),
             build_time=build_time,
+            version=version,
         )
     elif board.boot.chain == "uki":
         build_uki(
@@ -258,12 +260,14 @@ def fit_source(
     load_address: int,
     description: str,
     fdt: Path | None = None,
+    version: str | None = None,
 ) -> str:
     """The image tree source (`.its`) of a slot's FIT: kernel, ramdisk, optional fdt.
 
     Every image has a sha256 hash node and the one configuration signs all of them, so
     changing any byte of any image, or swapping images between FITs, breaks the
-    configuration's signature.
+    configuration's signature. `version` (the release's) becomes the root property
+    `bootversion.VERSION_PROPERTY`, which `updater status` shows.
     """
     if arch not in FIT_ARCH:
         raise UsageError(f"no FIT architecture for {arch!r}; known: {', '.join(FIT_ARCH)}")
@@ -291,7 +295,8 @@ def fit_source(
     return (
         "/dts-v1/;\n/ {\n"
         f'\tdescription = "{_its_string(description)}";\n'
-        "\t#address-cells = <1>;\n"
+        + ("" if version is None else f'\t{VERSION_PROPERTY} = "{_its_string(version)}";\n')
+        + "\t#address-cells = <1>;\n"
         "\timages {\n" + "".join(images) + "\t};\n"
         "\tconfigurations {\n"
         f'\t\tdefault = "{FIT_CONFIG}";\n'
@@ -337,6 +342,7 @@ def build_fit(
     fdt: Path | None = None,
     control_dtb: Path | None = None,
     build_time: int | None = None,
+    version: str | None = None,
 ) -> None:
     """Write a signed FIT for one slot to `out`.
 
@@ -354,6 +360,7 @@ def build_fit(
             key into it with `required = "conf"` (done once per key, at build time).
         build_time: The FIT's timestamps (Unix seconds; `SOURCE_DATE_EPOCH`), so the
             same inputs and key give the same bytes (RSA PKCS#1 v1.5 is deterministic).
+        version: The release's version, recorded for `updater status`.
 
     Raises:
         UsageError: A file is missing or `mkimage` refused (its message is kept).
@@ -374,6 +381,7 @@ def build_fit(
                 load_address=load_address,
                 description=description,
                 fdt=None if fdt is None else _existing(fdt).resolve(),
+                version=version,
             )
         )
         cmd: list[str | Path] = ["mkimage", "-f", its, "-k", key.directory]

@@ -209,6 +209,11 @@ def _cmd_bootloader(args: argparse.Namespace) -> dict[str, Any]:
     return {"output": args.output, "chain": board.boot.chain, "kind": what}
 
 
+def _board_of(args: argparse.Namespace) -> BoardConfig | None:
+    """The board config of --board-config, if given."""
+    return _board(args.board_config) if args.board_config else None
+
+
 def _target_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """The compatible and architecture named by --board-config, --compatible, --architecture.
 
@@ -216,9 +221,9 @@ def _target_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """
     compatible: str | None = args.compatible
     architecture: str | None = args.architecture
-    if not args.board_config:
+    board = _board_of(args)
+    if board is None:
         return compatible, architecture
-    board = _board(args.board_config)
     for option, given, wanted in (
         ("--compatible", compatible, board.compatible),
         ("--architecture", architecture, board.architecture),
@@ -228,28 +233,61 @@ def _target_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return board.compatible, board.architecture
 
 
+def _images_of(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """`--image [CLASS=]PATH` options as (slot class, path); a plain PATH is of --slot-class."""
+    images: list[tuple[str, Path]] = []
+    for value in args.image:
+        slot_class, sep, path = value.partition("=")
+        if not sep or not validators.is_name(slot_class):
+            slot_class, path = args.slot_class, value
+        if any(c == slot_class for c, _ in images):
+            raise UsageError(
+                f"--image given twice for slot class {slot_class}: a bundle holds one image "
+                "per class (name each: --image rootfs=ROOTFS --image boot=BOOT)"
+            )
+        images.append((slot_class, Path(path)))
+    for _, path in images:
+        if not path.is_file():
+            raise UsageError(f"image {path} is not a file")
+    return images
+
+
+def _check_board_places(
+    board: BoardConfig | None, images: list[tuple[str, Path]], artifacts: list[Path]
+) -> None:
+    """With a board config: the bundle has a place in a slot group of that board."""
+    if board is None:
+        return
+    problem = board.group_problem([c for c, _ in images], [p.name for p in artifacts])
+    if problem is not None:
+        raise UsageError(f"{problem}; a device would refuse the bundle")
+
+
 def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
     compatible, architecture = _target_of(args)
+    images = _images_of(args)
+    artifacts = [Path(a) for a in args.artifact]
+    _check_board_places(_board_of(args), images, artifacts)
     if not compatible:
         raise UsageError("give --compatible or --board-config")
     signers = _signers(args)
     salt = None if args.salt is None else _salt(args.salt)
+    (first_class, first), *more = images
     opts = CreateOptions(
-        image=Path(args.image),
+        image=first,
+        extra_images=tuple(more),
         version=args.version,
         compatible=compatible,
         signers=signers,
         build_time=_build_time(),
         security_version=args.security_version,
         salt=salt,
-        slot_class=args.slot_class,
+        slot_class=first_class,
         architecture=architecture,
-        artifacts=tuple(Path(a) for a in args.artifact),
+        artifacts=tuple(artifacts),
         expires=_parse_time(args.expires) if args.expires else None,
         leaf_summary=args.leaf_summary,
     )
-    if not opts.image.is_file():
-        raise UsageError(f"image {opts.image} is not a file")
     manifest = create_bundle(opts, Path(args.output), _progress_bar(not args.json))
     return {"bundle": args.output, **manifest_json(manifest)}
 
@@ -333,6 +371,17 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
             security_floor=args.security_floor,
             architecture=architecture,
         )
+        board = _board_of(args)
+        problem = (
+            None
+            if board is None
+            else board.group_problem(
+                [i.slot_class for i in head.manifest.images],
+                [a.name for a in head.manifest.artifacts],
+            )
+        )
+        if problem is not None:
+            raise PolicyError(f"{problem}; the board's updater would refuse the bundle")
         reader.check_payload(src, head, progress)
     return {
         "valid": True,
@@ -386,7 +435,10 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"expires:          {datetime.fromtimestamp(result['expires'], UTC).isoformat()}")
     for n, image in enumerate(result["images"]):
         v = image["verity"]
-        print(f"image {n} ({image['slot_class']}): {image['size']} bytes, sha256 {image['sha256']}")
+        size = f"{image['size']} bytes" + (
+            f" (a file of {image['file_size']})" if "file_size" in image else ""
+        )
+        print(f"image {n} ({image['slot_class']}): {size}, sha256 {image['sha256']}")
         print(f"  verity root hash {v['root_hash']}")
         print(f"  salt {v['salt']}, {v['data_blocks']} data blocks, tree {v['tree_size']} bytes")
         if "leaf_summary_size" in image:
@@ -524,13 +576,22 @@ def build_parser() -> argparse.ArgumentParser:
         "create",
         "build and sign a bundle from a root filesystem image",
         """\
-        Hash IMAGE into a dm-verity tree (sha256, 4096-byte blocks, format 1, the same
-        tree `veritysetup format` makes), summarize its leaf level for delta installs
+        Hash each image into a dm-verity tree (sha256, 4096-byte blocks, format 1, the
+        same tree `veritysetup format` makes), summarize its leaf level for delta installs
         (--no-leaf-summary leaves that out), record both in a manifest, sign the
-        manifest and write the bundle. The same inputs, --salt and SOURCE_DATE_EPOCH
+        manifest and write the bundle. A rootfs image must be whole 4096-byte blocks;
+        an image of another class (a boot image, installed as a file) is padded with
+        zeros and its length recorded. The same inputs, --salt and SOURCE_DATE_EPOCH
         give a byte-identical bundle with Ed25519 keys.""",
     )
-    c.add_argument("--image", required=True, help="root filesystem image (size a multiple of 4096)")
+    c.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        metavar="[CLASS=]FILE",
+        help="an image and the slot class it installs into (rootfs=ROOTFS, boot=BOOT.itb); "
+        "repeatable, one per class; a plain FILE is of --slot-class",
+    )
     c.add_argument("--version", required=True, help="product version, semantic versioning (1.2.0)")
     _add_target_options(
         c,
@@ -544,14 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--salt", metavar="HEX", help="dm-verity salt (default: 32 random bytes)")
     c.add_argument(
-        "--slot-class", default="rootfs", help="slot class of the image (default rootfs)"
+        "--slot-class", default="rootfs", help="slot class of a plain --image FILE (default rootfs)"
     )
     c.add_argument(
         "--artifact",
         action="append",
         default=[],
         metavar="FILE",
-        help="extra file (kernel, bootloader); ELF files must match the architecture",
+        help="extra file installed where the board config's boot.artifacts names (refused "
+        "with --board-config if it names none); ELF files must match the architecture",
     )
     c.add_argument("--expires", metavar="WHEN", help="ISO 8601 date or epoch seconds")
     c.add_argument(

@@ -64,6 +64,14 @@ class Image:
     architecture: str | None = None
     #: Bytes of the leaf summary (see leafsummary); 0 when the bundle carries none.
     leaf_summary_size: int = 0
+    #: A file image (installed as a file, e.g. a boot image): its length in bytes; the
+    #: bundle carries it padded with zeros to whole blocks. None: the image is `size` bytes.
+    file_size: int | None = None
+
+    @property
+    def length(self) -> int:
+        """Bytes of the image as it is installed (`file_size`, else `size`)."""
+        return self.size if self.file_size is None else self.file_size
 
     @property
     def payload_size(self) -> int:
@@ -80,6 +88,8 @@ class Image:
             out["architecture"] = self.architecture
         if self.leaf_summary_size:
             out["leaf_summary_size"] = self.leaf_summary_size
+        if self.file_size is not None:
+            out["file_size"] = self.file_size
         return out
 
 
@@ -228,16 +238,19 @@ def _parse_image(obj: object, where: str) -> Image:
     vinfo = _parse_verity(f.take("verity"), where + ".verity")
     arch = f.take_name("architecture") if f.has("architecture") else None
     summary = f.take_int("leaf_summary_size", 1) if f.has("leaf_summary_size") else None
+    file_size = f.take_int("file_size", 1) if f.has("file_size") else None
     f.done()
     if size != vinfo.data_blocks * verity.BLOCK_SIZE:
         raise BundleError(f"manifest: {where}.size does not match verity.data_blocks")
+    if file_size is not None and not size - verity.BLOCK_SIZE < file_size <= size:
+        raise BundleError(f"manifest: {where}.file_size must lie in the last block of size")
     if summary is not None:
         want = leafsummary.summary_size(vinfo.data_blocks)
         if summary != want:
             raise BundleError(
                 f"manifest: {where}.leaf_summary_size is {summary}, expected {want or 'none'}"
             )
-    return Image(slot_class, size, sha, vinfo, arch, summary or 0)
+    return Image(slot_class, size, sha, vinfo, arch, summary or 0, file_size)
 
 
 def _parse_artifact(obj: object, where: str) -> Artifact:
@@ -289,6 +302,9 @@ def parse_manifest(raw: bytes) -> Manifest:
         format=fmt,
     )
     f.done()
+    classes = [i.slot_class for i in images]
+    if len(set(classes)) != len(classes):
+        raise BundleError("manifest: two images have the same slot_class")
     if manifest.payload_size > MAX_SIZE:
         raise BundleError("manifest: payload is too large")
     return manifest

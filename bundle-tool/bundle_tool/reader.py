@@ -77,42 +77,67 @@ def read_head(
     return head
 
 
+class CheckedImage:
+    """One image whose hash area was read and checked; its data is then checked span by span.
+
+    Leaf-level tree blocks are kept in memory (size / 128): this serves the host-side
+    check and the installer's file images (boot images, small). The leaf summary
+    must be the one the leaf level gives. The installer streams block images the
+    same way but keeps their leaves on the slot.
+    """
+
+    def __init__(self, source: RangeReader, part: ImageLayout) -> None:
+        self.source = source
+        self.part = part
+        vinfo = part.image.verity
+        self.checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
+        area = rechunk(source.read(part.area_offset, vinfo.tree_size), verity.BLOCK_SIZE)
+        first = self.checker.first_leaf
+        leaves = {i - first: block for i, block in self.checker.check_area(area) if i >= first}
+        self._leaves = [leaves[j] for j in sorted(leaves)]
+        _check_summary(source, part, self._leaves)
+
+    def bad_block(self, block: int, span: bytes | memoryview) -> int | None:
+        """The first data block of `span` (from data block `block` on) the tree refuses, or None."""
+        count = len(span) // verity.BLOCK_SIZE
+        expected = self.checker.leaf_digests(block, count, self._leaves.__getitem__)
+        return self.checker.bad_block(block, span, expected)
+
+    def data(self, progress: Progress | None = None) -> Iterator[bytes]:
+        """The image data in spans, each yielded once every block of it is checked.
+
+        The whole-image sha256 is checked after the last span: use the data only
+        once the iterator is exhausted.
+        """
+        part = self.part
+        sha = hashlib.sha256()
+        block = 0
+        for span in rechunk(
+            self.source.read(part.data_offset, part.image.size), SPAN_BLOCKS * verity.BLOCK_SIZE
+        ):
+            bad = self.bad_block(block, span)
+            if bad is not None:
+                offset = part.data_offset + bad * verity.BLOCK_SIZE
+                raise BundleError(
+                    f"image data block {bad} (bundle offset {offset}) does not match the hash tree"
+                )
+            sha.update(span)
+            block += len(span) // verity.BLOCK_SIZE
+            if progress:
+                progress("verifying", block * verity.BLOCK_SIZE, part.image.size)
+            yield span
+        if sha.digest() != part.image.sha256:
+            raise BundleError("image sha256 does not match the manifest")
+
+
 def check_image(
     source: RangeReader,
     part: ImageLayout,
     progress: Progress | None = None,
 ) -> None:
-    """Stream one image's hash area, leaf summary and data and check every block.
-
-    Leaf-level tree blocks are kept in memory (size / 128); this is the host-side
-    check. The leaf summary must be the one the leaf level gives. The installer
-    streams the same way but keeps leaves on the slot.
-    """
-    vinfo = part.image.verity
-    checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
-    area = rechunk(source.read(part.area_offset, vinfo.tree_size), verity.BLOCK_SIZE)
-    first = checker.first_leaf
-    leaves = {i - first: block for i, block in checker.check_area(area) if i >= first}
-    _check_summary(source, part, [leaves[j] for j in sorted(leaves)])
-    sha = hashlib.sha256()
-    block = 0
-    for span in rechunk(
-        source.read(part.data_offset, part.image.size), SPAN_BLOCKS * verity.BLOCK_SIZE
-    ):
-        count = len(span) // verity.BLOCK_SIZE
-        expected = checker.leaf_digests(block, count, leaves.__getitem__)
-        bad = checker.bad_block(block, span, expected)
-        if bad is not None:
-            offset = part.data_offset + bad * verity.BLOCK_SIZE
-            raise BundleError(
-                f"image data block {bad} (bundle offset {offset}) does not match the hash tree"
-            )
-        sha.update(span)
-        block += count
-        if progress:
-            progress("verifying", block * verity.BLOCK_SIZE, part.image.size)
-    if sha.digest() != part.image.sha256:
-        raise BundleError("image sha256 does not match the manifest")
+    """Stream one image's hash area, leaf summary and data and check every block."""
+    for _ in CheckedImage(source, part).data(progress):
+        pass
 
 
 def _check_summary(source: RangeReader, part: ImageLayout, leaves: list[bytes]) -> None:

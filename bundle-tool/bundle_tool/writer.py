@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import secrets
+import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from .container import (
 from .elfcheck import check_machine, elf_machine
 from .errors import BundleError, BundleIOError, UsageError
 from .manifest import (
+    MAX_IMAGES,
     MAX_SECURITY_VERSION,
     NAME_RULE,
     VERSION_RULE,
@@ -41,6 +44,10 @@ from .signing import MAX_SIGNATURES, SignatureEntry, Signer, sign
 
 #: progress(phase, done_bytes, total_bytes)
 Progress = Callable[[str, int, int], None]
+#: The slot class whose images go into block slots whole: their size must be whole blocks.
+#: An image of any other class may end in a partial block (a boot image is a file): it
+#: is padded with zeros and the manifest records its length (`Image.file_size`).
+BLOCK_IMAGE_CLASS = "rootfs"
 
 
 @dataclass(frozen=True)
@@ -48,14 +55,17 @@ class CreateOptions:
     """What goes into a bundle.
 
     Attributes:
-        image: root filesystem image; its size must be a multiple of 4096.
+        image: the first image (by default the root filesystem image; a rootfs
+            image's size must be a multiple of 4096).
         version: product version (semantic versioning).
         compatible: board family the bundle is for.
         signers: one or more signing keys with their certificates.
         build_time: seconds since the epoch (SOURCE_DATE_EPOCH for reproducible builds).
         security_version: monotonic anti-rollback counter.
         salt: dm-verity salt (random when None; give it for reproducible builds).
-        slot_class: slot class the image installs into.
+        slot_class: slot class the first image installs into.
+        extra_images: further images, each (slot class, file), after the first; no
+            two images may have the same class.
         architecture: Debian architecture of the image and of ELF artifacts.
         artifacts: extra files (kernel, bootloader) carried after the images.
         expires: seconds since the epoch after which devices refuse the bundle.
@@ -75,14 +85,26 @@ class CreateOptions:
     artifacts: Sequence[Path] = field(default_factory=tuple)
     expires: int | None = None
     leaf_summary: bool = True
+    extra_images: Sequence[tuple[str, Path]] = field(default_factory=tuple)
+
+    @property
+    def images(self) -> tuple[tuple[str, Path], ...]:
+        """Every image, (slot class, file), in bundle order."""
+        return ((self.slot_class, self.image), *self.extra_images)
 
 
 def _check_options(opts: CreateOptions) -> None:
     if not validators.is_semver(opts.version):
         raise UsageError(f"version {opts.version!r} must be {VERSION_RULE} (e.g. 1.2.0)")
-    for what, value in (("compatible", opts.compatible), ("slot class", opts.slot_class)):
+    classes = [c for c, _ in opts.images]
+    for what, value in (("compatible", opts.compatible), *(("slot class", c) for c in classes)):
         if not validators.is_name(value):
             raise UsageError(f"{what} {value!r} must be {NAME_RULE}")
+    if len(set(classes)) != len(classes):
+        twice = next(c for c in classes if classes.count(c) > 1)
+        raise UsageError(f"two images for slot class {twice}: give each class one image")
+    if len(classes) > MAX_IMAGES:
+        raise UsageError(f"a bundle holds at most {MAX_IMAGES} images")
     if not opts.signers:
         raise UsageError("at least one signing key and certificate are needed")
     if not 0 <= opts.security_version <= MAX_SECURITY_VERSION:
@@ -158,17 +180,108 @@ def create_bundle(opts: CreateOptions, output: Path, progress: Progress | None =
         raise BundleIOError(f"{e.filename or output}: {e.strerror}") from e
 
 
-def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Manifest:
-    st = opts.image.stat()
+@dataclass(frozen=True)
+class _Input:
+    """One image to carry: its slot class, the file hashed and copied, and that file's state."""
+
+    slot_class: str
+    path: Path
+    stat: os.stat_result
+    #: The length of a file image padded to whole blocks (None: a block image).
+    file_size: int | None
+
+
+def _input(slot_class: str, path: Path, spool: contextlib.ExitStack, spool_dir: Path) -> _Input:
+    """Check one image's size; a file image of a partial last block is hashed from a padded copy."""
+    st = path.stat()
     size = st.st_size
-    if size == 0 or size % verity.BLOCK_SIZE:
+    if size and size % verity.BLOCK_SIZE == 0:
+        return _Input(slot_class, path, st, None)
+    if slot_class == BLOCK_IMAGE_CLASS or size == 0:
         raise UsageError(
-            f"image {opts.image} is {size} bytes, not a positive multiple of 4096: pad it "
+            f"image {path} is {size} bytes, not a positive multiple of 4096: pad it "
             "(e.g. truncate -s %4096); veritysetup would leave a partial last block unprotected"
         )
-    salt = opts.salt if opts.salt is not None else secrets.token_bytes(32)
-    artifacts = tuple(_artifact(p, opts.architecture) for p in opts.artifacts)
+    fd, name = tempfile.mkstemp(prefix=".pad-", dir=spool_dir)
+    padded = Path(name)
+    spool.callback(padded.unlink, missing_ok=True)
+    with path.open("rb") as src, os.fdopen(fd, "r+b") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        copied = dst.tell()
+        dst.write(bytes(-copied % verity.BLOCK_SIZE))
+    if copied != size:
+        raise BundleIOError(f"{path} changed while the bundle was built")
+    return _Input(slot_class, padded, padded.stat(), size)
 
+
+def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Manifest:
+    salt = opts.salt
+    artifacts = tuple(_artifact(p, opts.architecture) for p in opts.artifacts)
+    with contextlib.ExitStack() as spool:
+        inputs = [_input(c, p, spool, output.parent) for c, p in opts.images]
+        # The output file first: an unwritable output fails before the image is hashed.
+        fd, tmp = _temporary_output(output)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                trees = [
+                    spool.enter_context(_hash(opts, i, salt, output.parent, progress))
+                    for i in inputs
+                ]
+                manifest = Manifest(
+                    compatible=opts.compatible,
+                    version=opts.version,
+                    security_version=opts.security_version,
+                    build_time=opts.build_time,
+                    images=tuple(image for image, _ in trees),
+                    artifacts=artifacts,
+                    expires=opts.expires,
+                    architecture=opts.architecture,
+                )
+                manifest_raw = manifest.to_bytes()
+                sigs = build_signature_block([sign(manifest_raw, s) for s in opts.signers])
+                header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
+                out.write(header.to_bytes() + manifest_raw + sigs)
+                for inp, (image, tree) in zip(inputs, trees, strict=True):
+                    for chunk in tree.area_chunks():
+                        out.write(chunk)
+                    if image.leaf_summary_size:
+                        for chunk in leafsummary.summarize(tree.level_chunks(0)):
+                            out.write(chunk)
+                    out.flush()
+                    with inp.path.open("rb") as img:
+                        if os.fstat(img.fileno()).st_mtime_ns != inp.stat.st_mtime_ns:
+                            raise BundleIOError(f"{inp.path} changed while the bundle was built")
+                        copy_range(img.fileno(), out.fileno(), 0, image.size)
+                    if progress:
+                        progress("writing", image.size, image.size)
+                for path, art in zip(opts.artifacts, artifacts, strict=True):
+                    with path.open("rb") as f:
+                        copy_range(f.fileno(), out.fileno(), 0, art.size)
+                # No fsync: a build tool leaves durability to the build system; the
+                # rename below still means no reader ever sees a partial bundle.
+            if os.path.getsize(tmp) != header.total_size:
+                raise BundleIOError("an input file changed size while the bundle was written")
+            os.chmod(tmp, 0o644)
+            try:
+                os.replace(tmp, output)
+            except OSError as e:
+                raise _cannot_write(output, e) from e
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return manifest
+
+
+@contextlib.contextmanager
+def _hash(
+    opts: CreateOptions,
+    inp: _Input,
+    salt: bytes | None,
+    spool_dir: Path,
+    progress: Progress | None,
+) -> Iterator[tuple[Image, verity.Tree]]:
+    """One image's hash tree and manifest entry (the tree is spooled until it is written)."""
+    size = inp.stat.st_size
     sha = hashlib.sha256()
     hashed = 0
 
@@ -179,69 +292,28 @@ def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Man
         if progress:
             progress("hashing", hashed, size)
 
-    # The output file first: an unwritable output fails before the image is hashed.
-    fd, tmp = _temporary_output(output)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with verity.build_tree(
-                str(opts.image),
-                size // verity.BLOCK_SIZE,
-                salt,
-                observe=observe,
-                spool_dir=str(output.parent),
-            ) as tree:
-                image = Image(
-                    slot_class=opts.slot_class,
-                    size=size,
-                    sha256=sha.digest(),
-                    verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
-                    architecture=opts.architecture,
-                    leaf_summary_size=leafsummary.summary_size(tree.data_blocks)
-                    if opts.leaf_summary
-                    else 0,
-                )
-                manifest = Manifest(
-                    compatible=opts.compatible,
-                    version=opts.version,
-                    security_version=opts.security_version,
-                    build_time=opts.build_time,
-                    images=(image,),
-                    artifacts=artifacts,
-                    expires=opts.expires,
-                    architecture=opts.architecture,
-                )
-                manifest_raw = manifest.to_bytes()
-                sigs = build_signature_block([sign(manifest_raw, s) for s in opts.signers])
-                header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
-                out.write(header.to_bytes() + manifest_raw + sigs)
-                for chunk in tree.area_chunks():
-                    out.write(chunk)
-                if image.leaf_summary_size:
-                    for chunk in leafsummary.summarize(tree.level_chunks(0)):
-                        out.write(chunk)
-            out.flush()
-            with opts.image.open("rb") as img:
-                if os.fstat(img.fileno()).st_mtime_ns != st.st_mtime_ns:
-                    raise BundleIOError(f"{opts.image} changed while the bundle was built")
-                copy_range(img.fileno(), out.fileno(), 0, size)
-            for path, art in zip(opts.artifacts, artifacts, strict=True):
-                with path.open("rb") as f:
-                    copy_range(f.fileno(), out.fileno(), 0, art.size)
-            if progress:
-                progress("writing", size, size)
-            # No fsync: a build tool leaves durability to the build system; the
-            # rename below still means no reader ever sees a partial bundle.
-        if os.path.getsize(tmp) != header.total_size:
-            raise BundleIOError("an input file changed size while the bundle was written")
-        os.chmod(tmp, 0o644)
-        try:
-            os.replace(tmp, output)
-        except OSError as e:
-            raise _cannot_write(output, e) from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return manifest
+    salt = salt if salt is not None else secrets.token_bytes(32)
+    with verity.build_tree(
+        str(inp.path),
+        size // verity.BLOCK_SIZE,
+        salt,
+        observe=observe,
+        spool_dir=str(spool_dir),
+    ) as tree:
+        yield (
+            Image(
+                slot_class=inp.slot_class,
+                size=size,
+                sha256=sha.digest(),
+                verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
+                architecture=opts.architecture,
+                leaf_summary_size=leafsummary.summary_size(tree.data_blocks)
+                if opts.leaf_summary
+                else 0,
+                file_size=inp.file_size,
+            ),
+            tree,
+        )
 
 
 def read_head_file(path: Path) -> tuple[UncheckedHead, int]:

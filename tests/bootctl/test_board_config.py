@@ -11,6 +11,7 @@ import pytest
 from bootctl.board import load_board, parse_board
 from bootctl.errors import ConfigError
 from tests.bootctl.paths import BOARD_DIR
+from tests.helpers.boards import fit_board
 
 
 def _arm64() -> dict[str, Any]:
@@ -119,3 +120,31 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         load_board(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_board(tmp_path / "missing.toml")
+
+
+def test_slot_group_files_and_artifact_places(tmp_path: Path) -> None:
+    """`boot.files` by chain, and `boot.artifacts`, each checked by name."""
+    board = load_board(fit_board(tmp_path / "fit.toml", {"board.dtb": "dtbs/board.dtb"}))
+    assert board.boot.files == (("boot", "boot.itb"),)
+    assert board.boot.file_of("boot") == board.boot.image == "boot.itb"
+    assert board.boot.artifact_path("board.dtb") == "dtbs/board.dtb"
+    assert board.boot.artifact_path("other") is None
+    text = (tmp_path / "fit.toml").read_text()
+    for bad, message in [
+        ('"../x.dtb"', "must be a relative path"),
+        ('"a b"', "must be a relative path"),
+    ]:
+        (tmp_path / "bad.toml").write_text(text.replace('"dtbs/board.dtb"', bad))
+        with pytest.raises(ConfigError, match=message):
+            load_board(tmp_path / "bad.toml")
+    (tmp_path / "bad.toml").write_text(text + '\n[boot.files]\nrootfs = "x.img"\n')
+    with pytest.raises(ConfigError, match="rootfs is the class of a slot"):
+        load_board(tmp_path / "bad.toml")
+    uki = (
+        (BOARD_DIR / "qemu-x86_64-grub.toml")
+        .read_text()
+        .replace("[boot]\n", '[boot]\nchain = "uki"\n', 1)
+    )
+    (tmp_path / "uki.toml").write_text(uki)
+    files = load_board(tmp_path / "uki.toml").boot.files
+    assert files == (("boot", "boot.efi"), ("boot-sig", "boot.efi.sig"))

@@ -23,6 +23,7 @@ from bootctl.state import SlotVerity
 from bundle_tool import bootimage, bootkeys
 from bundle_tool.errors import UsageError
 from tests.bootctl.paths import BOARD_DIR
+from updater import bootfiles
 
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 FIT_ADDR = 0x48000000
@@ -239,6 +240,7 @@ def test_uki_is_signed_for_secure_boot_and_grub(
     cmdline = tmp_path / "cmdline.out"
     _run("objcopy", "-O", "binary", "--only-section=.cmdline", uki, cmdline)
     assert cmdline.read_bytes() == b"console=ttyS0 lockdown=integrity\0"
+    assert bootfiles.boot_image_version(uki) == "1.2.0"  # from .osrel, as `updater status`
 
 
 def test_boot_keys_are_private_and_labelled(boot_keys: bootkeys.DevBootKeys) -> None:

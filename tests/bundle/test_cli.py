@@ -12,6 +12,7 @@ import pytest
 from bootctl.board import ARCHITECTURES
 from tests.bundle.bundles import run_tool as run
 from tests.bundle.bundles import write_image
+from tests.helpers.boards import fit_board
 
 REPO = Path(__file__).resolve().parents[2]
 BOARD = REPO / "board-configs" / "qemu-arm64-uboot.toml"
@@ -176,8 +177,13 @@ def test_board_config_and_elf_artifacts(tmp_path: Path, keys: Path) -> None:
     x86.write_bytes(elf_header(62))  # EM_X86_64
     blob = tmp_path / "notes.txt"
     blob.write_text("not ELF\n")
+    board = fit_board(
+        tmp_path / "board.toml",
+        {"u-boot.elf": "u-boot.elf", "notes.txt": "notes.txt", "vmlinux": "vmlinux"},
+        chain="script",
+    )
     r = create(
-        keys, image, tmp_path / "b", "--board-config", BOARD, "--artifact", arm, "--artifact", blob
+        keys, image, tmp_path / "b", "--board-config", board, "--artifact", arm, "--artifact", blob
     )
     assert r.returncode == 0, r.stderr
     info = json.loads(run("info", tmp_path / "b", "--json").stdout)
@@ -187,7 +193,7 @@ def test_board_config_and_elf_artifacts(tmp_path: Path, keys: Path) -> None:
     assert info["artifacts"][0]["elf_machine"] == "EM_AARCH64"
     assert run("verify", tmp_path / "b", "--keyring", keys / "ca.pem").returncode == 0
 
-    r = create(keys, image, tmp_path / "c", "--board-config", BOARD, "--artifact", x86)
+    r = create(keys, image, tmp_path / "c", "--board-config", board, "--artifact", x86)
     assert r.returncode == 2
     assert "EM_X86_64" in r.stderr and "arm64" in r.stderr
     assert not (tmp_path / "c").exists()

@@ -12,6 +12,8 @@
 * `pki` (session): a development CA and signer (`keygen.make_dev_pki`).
 * `device`: a device on plain files (tests/updater/device.py) booted from slot A,
   which holds a 700-block image; slot B empty and not bootable.
+* `artifact_device`: the same on a board that places the artifacts `kernel.img`
+  and `notes.txt` in a slot's boot folder.
 
 Servers live on 127.0.0.1, so the proxy variables are told to leave it alone.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from bundle_tool import keygen
+from tests.helpers.boards import fit_board
 from tests.helpers.faultserver import FaultServer
 from tests.helpers.nginx import NginxServer
 from tests.helpers.tlsca import TlsFiles, make_tls_files
@@ -45,6 +48,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
 @pytest.fixture
 def device(tmp_path: Path, pki: keygen.DevPki) -> Device:
     return make_device(tmp_path / "device", pki, image_bytes(DEVICE_BLOCKS, seed=1))
+
+
+@pytest.fixture
+def artifact_device(tmp_path: Path, pki: keygen.DevPki) -> Device:
+    """As `device`, on a board placing the artifacts `kernel.img` and `notes.txt`."""
+    board = fit_board(
+        tmp_path / "board.toml",
+        {"kernel.img": "kernel.img", "notes.txt": "notes.txt"},
+        chain="script",
+    )
+    return make_device(tmp_path / "device", pki, image_bytes(DEVICE_BLOCKS, seed=1), board=board)
 
 
 @pytest.fixture(scope="session")

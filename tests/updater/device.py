@@ -23,6 +23,7 @@ from bootctl.envstore import GrubEnvStore, UBootEnvStore
 from bootctl.state import SlotVerity, parse_state
 from bundle_tool import keygen, signing, verity
 from bundle_tool.writer import CreateOptions, create_bundle
+from tests.helpers.boards import fit_board
 from updater.config import DeviceConfig, load_config
 from updater.filesource import FileSource
 from updater.install import Installer
@@ -34,6 +35,9 @@ COMPATIBLE = "qemu-arm64-uboot"
 GRUB_BOARD = REPO / "board-configs" / "qemu-x86_64-grub.toml"
 BUILD_TIME = 1_700_000_000
 SALT = bytes(range(32))
+#: What slot B's boot folder holds on a device of `fit_device`, before an install.
+OLD_FIT = b"the boot image B had before\n"
+GROUP_BLOCKS = 300
 
 
 def image_bytes(blocks: int, seed: int) -> bytes:
@@ -58,6 +62,10 @@ class Device:
 
     def slot(self, name: str) -> Path:
         return self.root / f"slot-{name}.img"
+
+    def boot_dir(self, name: str) -> Path:
+        """Slot `name`'s folder of the boot partition (`boot_mount` is `boot`)."""
+        return self.root / "boot" / f"slot-{name}"
 
     def config(self) -> DeviceConfig:
         return load_config(self.config_path)
@@ -87,6 +95,8 @@ class Device:
         signer: signing.Signer | None = None,
         leaf_summary: bool = True,
         artifacts: Sequence[Path] = (),
+        extra_images: Sequence[tuple[str, Path]] = (),
+        slot_class: str = "rootfs",
     ) -> Path:
         image = self.root / f"{name}.img"
         image.write_bytes(data)
@@ -104,6 +114,8 @@ class Device:
                 expires=expires,
                 leaf_summary=leaf_summary,
                 artifacts=artifacts,
+                extra_images=extra_images,
+                slot_class=slot_class,
             ),
             out,
         )
@@ -191,6 +203,7 @@ def make_device(
         'keyring = "keyring.pem"\n'
         'state_dir = "state"\n'
         'cmdline = "cmdline"\n'
+        'boot_mount = "boot"\n'
         '[slots.A]\ndevice = "slot-A.img"\n'
         '[slots.B]\ndevice = "slot-B.img"\n'
         + (
@@ -208,6 +221,27 @@ def make_device(
     if b_image is not None:
         install_older_b(dev, b_image)
     return dev
+
+
+def fit_device(root: Path, pki: keygen.DevPki, artifacts: dict[str, str] | None = None) -> Device:
+    """A device of the FIT board booted from A; B's boot folder holds an older boot image."""
+    root.mkdir(parents=True)
+    board = fit_board(root.parent / f"{root.name}-board.toml", artifacts)
+    device = make_device(root, pki, image_bytes(GROUP_BLOCKS, seed=1), board=board)
+    device.boot_dir("B").mkdir(parents=True)
+    (device.boot_dir("B") / "boot.itb").write_bytes(OLD_FIT)
+    return device
+
+
+def group_bundle(device: Device, fit: Path, *, boot_first: bool = False, **kw: object) -> Path:
+    """A bundle of a new rootfs and `fit` (the rootfs first, unless `boot_first`)."""
+    rootfs = device.root / "new-rootfs.img"
+    rootfs.write_bytes(image_bytes(GROUP_BLOCKS, seed=2))
+    if boot_first:
+        return device.bundle(
+            fit.read_bytes(), slot_class="boot", extra_images=(("rootfs", rootfs),), **kw
+        )
+    return device.bundle(image_bytes(GROUP_BLOCKS, seed=2), extra_images=(("boot", fit),), **kw)
 
 
 def install_older_b(dev: Device, image: bytes) -> None:

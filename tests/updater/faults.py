@@ -1,8 +1,11 @@
-"""Power cuts for installer tests: a slot that loses whatever was not flushed.
+"""Power cuts for installer tests: slots and boot folders that lose whatever was not flushed.
 
-Every slot write and flush, environment save and state file write is one
-"event"; `Power.kinds` names each. With a budget of N the power goes right after
-the N-th event (with 0, before the first): each slot's writes since its last
+Every slot write and flush, environment save, state file write, and boot-folder
+file write, file sync, folder sync, rename and removal is one "event";
+`Power.kinds` names each. A boot folder loses the bytes of files not synced, and
+every name change (a new file, a rename, a removal) since its last folder sync,
+as a file system with a volatile cache may. With a budget of N the power goes
+right after the N-th event (with 0, before the first): each slot's writes since its last
 flush are undone, as a real medium would lose its volatile cache, also on a
 slot the installer has already closed, and every later event fails without
 effect. A budget of the total number of events cuts right after the last one.
@@ -12,9 +15,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from bootctl.control import SlotControl
+from updater.bootfiles import BootDir
 from updater.slotdev import FileSlot
 from updater.statedir import StateDir
 
@@ -34,6 +39,7 @@ class Power:
         self.kinds: list[str] = []  # each event: "write", "flush", "env" or "state FILE"
         self.off = False
         self.slots: list[PowerCutSlot] = []
+        self.folders: list[PowerCutBootDir] = []
 
     def _cut_due(self) -> bool:
         return self.off or (self.budget is not None and self.events >= self.budget)
@@ -43,6 +49,8 @@ class Power:
             self.off = True
             for slot in self.slots:
                 slot.lose_unflushed()
+            for folder in reversed(self.folders):
+                folder.lose_unflushed()
         raise PowerCut(f"power lost after event {self.events}")
 
     def event(self, kind: str, action: Callable[[], T]) -> T:
@@ -55,6 +63,14 @@ class Power:
         if self._cut_due():
             self._cut()
         return result
+
+    def boot_dir_opener(self) -> Callable[[Path], BootDir]:
+        def open_boot_dir(path: Path) -> BootDir:
+            folder = PowerCutBootDir(path, self)
+            self.folders.append(folder)
+            return folder
+
+        return open_boot_dir
 
     def opener(self) -> Callable[[str], FileSlot]:
         def open_slot(path: str) -> FileSlot:
@@ -121,3 +137,77 @@ class PowerCutSlot(FileSlot):
             if fd != self._fd:
                 os.close(fd)
         self.undo.clear()
+
+
+class PowerCutBootDir(BootDir):
+    """A boot folder that remembers what a power cut would leave of it.
+
+    What is durable is the folder as of its last folder sync (or as found), each
+    file cut to the bytes synced of it by then. A cut brings that back: names
+    made, renamed or removed since are undone, unsynced bytes lost.
+    """
+
+    def __init__(self, path: Path, power: Power) -> None:
+        super().__init__(path)
+        self.power = power
+        self.durable: dict[str, bytes] = {}
+        self.synced: dict[str, int] = {}  # bytes synced of each file this folder wrote
+        self.dirty = False
+
+    def _now(self) -> dict[str, bytes]:
+        if not self.path.is_dir():
+            return {}
+        return {
+            p.name: p.read_bytes()[: self.synced.get(p.name)]
+            for p in self.path.iterdir()
+            if p.is_file()
+        }
+
+    def _changed(self, kind: str, action: Callable[[], None]) -> None:
+        self.dirty = True
+        self.power.event(kind, action)
+
+    def prepare(self) -> None:
+        self.power.event("boot mkdir", super().prepare)  # durable when it returns
+        self.durable = self._now()
+
+    def create(self, name: str) -> None:
+        self.synced[name] = 0
+        self._changed("boot create", lambda: BootDir.create(self, name))
+
+    def append(self, name: str, data: bytes | memoryview) -> None:
+        self._changed("boot write", lambda: BootDir.append(self, name, data))
+
+    def sync(self, name: str) -> None:
+        def sync() -> None:
+            BootDir.sync(self, name)
+            self.synced[name] = (self.path / name).stat().st_size
+
+        self.power.event("boot sync", sync)
+
+    def sync_dir(self) -> None:
+        def sync_dir() -> None:
+            BootDir.sync_dir(self)
+            self.durable = self._now()
+            self.dirty = False
+
+        self.power.event("boot sync-dir", sync_dir)
+
+    def rename(self, old: str, new: str) -> None:
+        self.synced[new] = self.synced.pop(old, 0)
+        self._changed("boot rename", lambda: BootDir.rename(self, old, new))
+
+    def remove(self, name: str) -> None:
+        self._changed("boot remove", lambda: BootDir.remove(self, name))
+
+    def lose_unflushed(self) -> None:
+        """Bring the folder back to what was durable (nothing to do after a folder sync)."""
+        self.close()
+        if not self.dirty:
+            return
+        for p in self.path.iterdir():
+            if p.is_file() and p.name not in self.durable:
+                p.unlink()
+        for name, data in self.durable.items():
+            (self.path / name).write_bytes(data)
+        self.dirty = False

@@ -418,8 +418,15 @@ def test_delta_from_a_stream_is_refused_not_ignored(device: Device) -> None:
     ids=["trailing", "trailing-after-artifacts", "short-artifacts"],
 )
 def test_trailing_bytes_on_a_stream_are_refused(
-    device: Device, tmp_path: Path, *, artifacts: bool, cut: int, extra: bytes, message: str
+    artifact_device: Device,
+    tmp_path: Path,
+    *,
+    artifacts: bool,
+    cut: int,
+    extra: bytes,
+    message: str,
 ) -> None:
+    device = artifact_device
     notes = tmp_path / "notes.txt"
     notes.write_bytes(b"release notes\n" * 100)
     good = device.bundle(image_bytes(BLOCKS, seed=8), artifacts=[notes] if artifacts else [])
@@ -434,9 +441,10 @@ def test_trailing_bytes_on_a_stream_are_refused(
 
 @pytest.mark.parametrize("source", ["file", "stdin"])
 def test_a_bundle_with_artifacts_installs_from_any_source(
-    device: Device, tmp_path: Path, source: str
+    artifact_device: Device, tmp_path: Path, source: str
 ) -> None:
     """Artifacts follow the images: a stream is read through them up to the signed end."""
+    device = artifact_device
     kernel = tmp_path / "kernel.img"
     kernel.write_bytes(image_bytes(3, seed=40)[:10_000])
     notes = tmp_path / "notes.txt"
@@ -450,6 +458,9 @@ def test_a_bundle_with_artifacts_installs_from_any_source(
     else:
         install_file(device, bundle)
     assert_installed(device, bundle=bundle)
+    # Each where the board names: in B's boot folder.
+    assert (device.boot_dir("B") / "kernel.img").read_bytes() == kernel.read_bytes()
+    assert (device.boot_dir("B") / "notes.txt").read_bytes() == notes.read_bytes()
 
 
 def test_floor_rises_only_after_mark_good(device: Device) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +12,11 @@ from hypothesis import strategies as st
 
 from bootctl.board import load_board
 from bootctl.state import SlotVerity, default_env, parse_state, set_primary
+from bundle_tool import verity
+from bundle_tool.container import Header, VerifiedHead, layout
 from bundle_tool.errors import PolicyError
+from bundle_tool.manifest import Artifact, Image, Manifest, VerityInfo
+from tests.helpers.boards import fit_board
 from tests.updater.device import BOARD, Device, image_bytes
 from updater import deltawrite, floor, installplan
 from updater.deltawrite import GroupDigests, plan_batch
@@ -242,3 +248,58 @@ def test_only_records_the_environment_confirms_count() -> None:
     st = parse_state(booted_b(), NAMES)
     records = {"A": record(1), "B": record(5), "C": record(9)}
     assert floor.confirmed(records, st) == {"B": record(5)}
+
+
+# --- slot groups: the files of the target's boot folder -------------------------------------
+
+
+def head_of(images: list[Image], artifacts: Sequence[Artifact] = ()) -> VerifiedHead:
+    """A verified head as `read_head` gives it, for a manifest that was never signed."""
+    manifest = Manifest("qemu-arm64-uboot", "2.0.0", 0, 0, tuple(images), tuple(artifacts))
+    raw = manifest.to_bytes()
+    header = Header(len(raw), 8, manifest.payload_size)
+    parts, arts = layout(header, manifest)
+    return VerifiedHead(header, manifest, raw, (), parts, arts)
+
+
+def image_of(slot_class: str, blocks: int, file_size: int | None = None) -> Image:
+    tree = verity.Geometry.for_blocks(blocks).area_size
+    info = VerityInfo(bytes(32), bytes(32), blocks, tree)
+    return Image(slot_class, blocks * 4096, bytes(32), info, file_size=file_size)
+
+
+def test_a_group_plan_puts_each_file_in_the_target_boot_folder(tmp_path: Path) -> None:
+    board = load_board(fit_board(tmp_path / "b.toml", {"notes.txt": "doc/notes.txt"}))
+    notes = Artifact("notes.txt", 14, bytes(32))
+    head = head_of([image_of("boot", 3, 9000), image_of("rootfs", 40)], [notes])
+    boot, rootfs = head.images
+    assert installplan.block_image(board, head) == rootfs
+    folder = Path("/boot/slot-B")
+    assert installplan.plan_files(board, head, folder) == (
+        installplan.FilePlan(folder, "boot.itb", image=boot),
+        installplan.FilePlan(folder / "doc", "notes.txt", artifact=head.artifacts[0]),
+    )
+    plain = load_board(BOARD)  # boot.chain "script": no boot files
+    assert installplan.plan_files(plain, head_of([image_of("rootfs", 4)]), folder) == ()
+
+
+BOOT = image_of("boot", 2, 5000)
+
+
+@pytest.mark.parametrize(
+    ("images", "artifacts", "message"),
+    [
+        ([image_of("rootfs", 4), image_of("appfs", 2)], [], "no slot or boot file of class appfs"),
+        ([image_of("rootfs", 4, 4000), BOOT], [], "a slot device takes whole 4096-byte blocks"),
+        ([image_of("boot", 2, 5000)], [], "holds 0 images for a slot device"),
+        ([image_of("rootfs", 4)], [], "no image of class boot: .* from its boot.itb"),
+        ([image_of("rootfs", 4), BOOT], [Artifact("x.bin", 1, bytes(32))], "x.bin: .* no place"),
+    ],
+    ids=["unknown-class", "rootfs-file", "no-rootfs", "no-boot-image", "artifact-nowhere"],
+)
+def test_what_has_no_place_in_the_group_is_refused(
+    tmp_path: Path, images: list[Image], artifacts: list[Artifact], message: str
+) -> None:
+    board = load_board(fit_board(tmp_path / "b.toml"))
+    with pytest.raises(PolicyError, match=message):
+        installplan.block_image(board, head_of(images, artifacts))

@@ -19,9 +19,20 @@ from pathlib import Path
 import pytest
 
 from bootctl.state import SlotVerity, parse_state, select_boot
-from bundle_tool import keygen
+from bundle_tool import bootkeys, keygen
 from bundle_tool.errors import PolicyError
-from tests.updater.device import BUILD_TIME, Device, image_bytes, make_device, veritysetup_verify
+from tests.helpers.boards import signed_fit
+from tests.updater.device import (
+    BUILD_TIME,
+    GROUP_BLOCKS,
+    OLD_FIT,
+    Device,
+    fit_device,
+    group_bundle,
+    image_bytes,
+    make_device,
+    veritysetup_verify,
+)
 from tests.updater.faults import Power, PowerCut
 from updater.filesource import FileSource
 from updater.install import Installer, InstallResult, InstallTuning
@@ -154,3 +165,53 @@ def test_policy_refusal_comes_before_any_event(tmp_path: Path, start: Start, cas
         run_install(device, bundle, power, delta=False)
     assert power.kinds == ["state last-install.json"], "a refused install wrote more"
     assert device.snapshot(target=True) == before
+
+
+def test_power_cut_during_the_boot_file_write(
+    tmp_path: Path, pki: keygen.DevPki, boot_keys: bootkeys.DevBootKeys
+) -> None:
+    """A rootfs and a signed FIT: a cut at any event, the boot file's too, leaves A booting.
+
+    Slot B's boot folder holds an older boot image. Until the final environment
+    save, A boots and B's `boot.itb` is whole (the old one or the new one, never
+    a part); from the save on, B boots with the new FIT. A run after the cut
+    completes.
+    """
+    fit = signed_fit(tmp_path, boot_keys.fit, "3.0.0")
+    template = fit_device(tmp_path / "template", pki)
+    bundle = group_bundle(template, fit, security_version=SECURITY_VERSION)
+    new_rootfs = image_bytes(GROUP_BLOCKS, seed=2)
+
+    def run(device: Device, power: Power) -> InstallResult:
+        control = power.watch_env(device.control())
+        inst = Installer(
+            device.config(),
+            control=control,
+            open_slot=power.opener(),
+            open_boot_dir=power.boot_dir_opener(),
+            tuning=TUNING,
+        )
+        power.watch_state(inst.state)
+        with FileSource(bundle) as src:
+            return inst.install(src, delta=False)
+
+    start = Start(template, bundle, new_rootfs)
+    counting = Power()
+    run(copy_device(start, tmp_path / "count"), counting)
+    kinds = counting.kinds
+    boot_events = [i for i, k in enumerate(kinds) if k.startswith("boot ")]
+    assert {"boot write", "boot sync", "boot sync-dir", "boot rename"} <= set(kinds), kinds
+    switch = len(kinds) - kinds[::-1].index("env")
+    assert max(boot_events) < switch - 2, "the boot file is written before the switch"
+    for budget in range(len(kinds) + 1):
+        device = copy_device(start, tmp_path / f"cut{budget}")
+        with pytest.raises(PowerCut):
+            run(device, Power(budget))
+        boot_image = (device.boot_dir("B") / "boot.itb").read_bytes()
+        if budget < switch:
+            assert bootable_slots_verify(device) == "A", budget
+            assert boot_image in (OLD_FIT, fit.read_bytes()), budget
+            run(device, Power())
+        assert bootable_slots_verify(device) == "B", budget
+        assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes(), budget
+        assert device.slot("B").read_bytes()[: len(new_rootfs)] == new_rootfs

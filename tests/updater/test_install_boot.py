@@ -1,0 +1,171 @@
+"""Installing a slot group: the rootfs into slot B's device, the signed FIT into `slot-B/`.
+
+The board is the QEMU arm64 one booting signed FITs (`boot.chain = "fit"`); its
+boot partition is the folder `boot/` of a file-backed device. The FIT is built by
+the real `mkimage`, the rootfs checked by `veritysetup verify`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bundle_tool import bootkeys, keygen
+from bundle_tool.container import layout, parse_header
+from bundle_tool.errors import BundleError, PolicyError
+from bundle_tool.manifest import parse_manifest
+from tests.helpers.boards import signed_fit
+from tests.updater.device import OLD_FIT, Device, fit_device, group_bundle, veritysetup_verify
+from updater.bootfiles import BootDir, temporary_name
+from updater.errors import DeviceError
+from updater.filesource import FileSource
+from updater.install import Installer, InstallResult
+
+BLOCKS = 300
+
+
+@pytest.fixture(scope="module")
+def fit(tmp_path_factory: pytest.TempPathFactory, boot_keys: bootkeys.DevBootKeys) -> Path:
+    """A signed FIT of release 2.0.0."""
+    return signed_fit(tmp_path_factory.mktemp("fit"), boot_keys.fit, "2.0.0")
+
+
+def install(device: Device, bundle: Path) -> InstallResult:
+    with FileSource(bundle) as src:
+        return Installer(device.config()).install(src)
+
+
+def test_rootfs_and_boot_image_are_installed_into_the_group(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = group_bundle(device, fit)
+    result = install(device, bundle)
+    assert result.boot_files == (str(device.boot_dir("B") / "boot.itb"),)
+    st = device.control().boot_state()
+    assert st.order[0] == "B"
+    b = st.slot("B")
+    assert b.verity is not None and veritysetup_verify(device.slot("B"), b.verity).returncode == 0
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes()
+    assert sorted(p.name for p in device.boot_dir("B").iterdir()) == ["boot.itb"]
+    assert not device.boot_dir("A").exists()  # the running group is not touched
+
+    r = device.cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    slots = json.loads(r.stdout)["slots"]
+    assert slots["B"]["boot_image"]["version"] == "2.0.0"
+    assert slots["A"]["boot_image"]["version"] is None  # no boot image in slot-A/
+    assert "boot image 2.0.0" in device.cli("status").stdout
+
+
+def test_a_boot_image_first_in_the_bundle_installs_from_a_stream(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = group_bundle(device, fit, boot_first=True)
+    with bundle.open("rb") as stdin:
+        r = device.cli("install", "-", stdin=stdin)
+    assert r.returncode == 0, r.stderr
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes()
+    assert device.control().boot_state().order[0] == "B"
+
+
+def boot_data_offset(bundle: Path) -> int:
+    data = bundle.read_bytes()
+    header = parse_header(data[:64])
+    images, _ = layout(header, parse_manifest(data[64 : 64 + header.manifest_size]))
+    (boot,) = (p for p in images if p.image.slot_class == "boot")
+    return boot.data_offset
+
+
+def test_a_corrupt_boot_image_is_refused_before_the_rename(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = group_bundle(device, fit)
+    data = bytearray(bundle.read_bytes())
+    data[boot_data_offset(bundle) + 5000] ^= 0x10  # in the second block of the FIT
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"image data block 1 .* does not match the hash tree"):
+        install(device, bundle)
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
+    assert not (device.boot_dir("B") / temporary_name("boot.itb")).exists()
+    st = device.control().boot_state()
+    assert st.order[0] == "A" and st.slot("B").tries == 0
+    r = subprocess.run(["mkimage", "-l", fit], capture_output=True, text=True)
+    assert r.returncode == 0  # the FIT itself was fine: the bundle was changed
+
+
+def test_an_artifact_the_board_places_nowhere_is_refused_before_writing(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("release notes\n")
+    bundle = group_bundle(device, fit, artifacts=[notes])
+    before = device.snapshot(target=True)
+    with pytest.raises(PolicyError, match=r"artifact notes\.txt: board .* names no place for it"):
+        install(device, bundle)
+    assert device.snapshot(target=True) == before
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
+
+
+def test_an_artifact_goes_where_the_board_names(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki, {"notes.txt": "doc/notes.txt"})
+    notes = tmp_path / "notes.txt"
+    notes.write_text("release notes\n")
+    install(device, group_bundle(device, fit, artifacts=[notes]))
+    assert (device.boot_dir("B") / "doc" / "notes.txt").read_text() == "release notes\n"
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes()
+
+
+def test_a_bundle_without_a_rootfs_is_refused(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = device.bundle(fit.read_bytes(), slot_class="boot")
+    with pytest.raises(PolicyError, match="holds 0 images for a slot device"):
+        install(device, bundle)
+
+
+def test_a_corrupt_artifact_is_not_put_in_place(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki, {"notes.txt": "notes.txt"})
+    notes = tmp_path / "notes.txt"
+    notes.write_text("release notes\n")
+    bundle = group_bundle(device, fit, artifacts=[notes])
+    data = bytearray(bundle.read_bytes())
+    data[-3] ^= 1  # the artifact is the bundle's last part
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"artifact notes\.txt does not match its signed sha256"):
+        install(device, bundle)
+    assert sorted(p.name for p in device.boot_dir("B").iterdir()) == ["boot.itb"]
+    assert device.control().boot_state().order[0] == "A"
+
+
+class FailingMediumBootDir(BootDir):
+    """A stub for a medium that returns other bytes than were written (no real one does on cue)."""
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        data = bytearray(super().read(name, offset, length))
+        if data:
+            data[0] ^= 1
+        return bytes(data)
+
+
+def test_a_boot_file_that_does_not_read_back_is_not_put_in_place(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = group_bundle(device, fit)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match="the medium is failing"):
+        Installer(device.config(), open_boot_dir=FailingMediumBootDir).install(src)
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
+    assert not (device.boot_dir("B") / temporary_name("boot.itb")).exists()
+    assert device.control().boot_state().order[0] == "A"
