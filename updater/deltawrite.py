@@ -149,6 +149,11 @@ class BatchPlan:
     copied_groups: frozenset[int]
 
 
+def same_digest(digests: bytes, leaf: bytes, i: int) -> bool:
+    """Whether the i-th digest of `digests` is the i-th one of the leaf block `leaf`."""
+    return digests[i * DIGEST : (i + 1) * DIGEST] == leaf[i * DIGEST : (i + 1) * DIGEST]
+
+
 def plan_batch(groups: Iterable[GroupDigests]) -> BatchPlan:
     """Keep each block whose digest on the target is its signed one, else copy it from
     the running slot where that holds it, else fetch it."""
@@ -163,11 +168,9 @@ def plan_batch(groups: Iterable[GroupDigests]) -> BatchPlan:
             fetch.extend(range(first, first + count))
         else:
             for i in range(count):
-                sl = slice(i * DIGEST, (i + 1) * DIGEST)
-                d = want[sl]
-                if t is not None and t[sl] == d:
+                if t is not None and same_digest(t, want, i):
                     kept += 1
-                elif a is not None and a[sl] == d:
+                elif a is not None and same_digest(a, want, i):
                     copy.append(first + i)
                 else:
                     fetch.append(first + i)
@@ -323,6 +326,22 @@ class DeltaWriter(ImageWriter):
             return None  # a plain file that ends before this group holds none of it
         return data, self.s.digests(data)
 
+    def survey_target(self, j: int, leaf: bytes) -> bytes | None:
+        """The digests of group j's blocks on the target; those it keeps are noted as in place.
+
+        A block is kept where its digest there is its signed one (see `plan_batch`).
+        """
+        group = self.read_group(self.s.dev, j)
+        if group is None:
+            return None
+        data, digests = group
+        first, count = self.group_span(j)
+        same = [i for i in range(count) if same_digest(digests, leaf, i)]
+        with memoryview(data) as view:
+            for i0, k in runs(same):
+                self.s.written.note(first + i0, view[i0 * BLOCK : (i0 + k) * BLOCK])
+        return digests
+
     def leaf_ok(self, j: int, block: bytes) -> bool:
         try:
             self.s.checker.check_leaf(j, block)
@@ -357,10 +376,10 @@ class DeltaWriter(ImageWriter):
             if not has_leaves:
                 # One data block: its digest is the root hash itself.
                 leaves[j] = pack_leaf(s.vinfo.root_hash)
-                on_target[j] = _digests_of(self.read_group(s.dev, j))
+                on_target[j] = self.survey_target(j, leaves[j])
             elif self.leaf_ok(j, stored := s.dev.pread(s.leaf_offset(j), BLOCK)):
                 leaves[j] = stored
-                on_target[j] = _digests_of(self.read_group(s.dev, j))
+                on_target[j] = self.survey_target(j, stored)
             else:
                 # Without a valid leaf on the target, an interrupted earlier install
                 # never reached this group's data: do not bother hashing the target.
@@ -404,7 +423,7 @@ class DeltaWriter(ImageWriter):
             # Written from the bytes whose digests matched their leaf entries above.
             for j, i, count in group_pieces(b0, n):
                 piece = memoryview(active_data[j])[i * BLOCK : (i + count) * BLOCK]
-                s.dev.pwrite((j * GROUP + i) * BLOCK, piece)
+                s.write(j * GROUP + i, piece)
             s.reused += n * BLOCK
             s.unflushed += n * BLOCK
         expected = expected_digests(leaves)
@@ -443,13 +462,9 @@ class DeltaWriter(ImageWriter):
             n = len(data) // BLOCK  # fewer where the slot ends early
             got = s.digests(data[: n * BLOCK])
             want = expected(b0, n)
-            same = [
-                i
-                for i in range(n)
-                if got[i * DIGEST : (i + 1) * DIGEST] == want[i * DIGEST : (i + 1) * DIGEST]
-            ]
+            same = [i for i in range(n) if same_digest(got, want, i)]
             for i0, k in runs(same):
-                s.dev.pwrite((b0 + i0) * BLOCK, data[i0 * BLOCK : (i0 + k) * BLOCK])
+                s.write(b0 + i0, data[i0 * BLOCK : (i0 + k) * BLOCK])
                 copied.update(range(b0 + i0, b0 + i0 + k))
         s.reused += len(copied) * BLOCK
         s.unflushed += len(copied) * BLOCK
