@@ -247,6 +247,7 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
         artifacts=tuple(Path(a) for a in args.artifact),
         expires=_parse_time(args.expires) if args.expires else None,
         leaf_summary=args.leaf_summary,
+        image_sha256=args.image_sha256,
     )
     if not opts.image.is_file():
         raise UsageError(f"image {opts.image} is not a file")
@@ -386,7 +387,8 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"expires:          {datetime.fromtimestamp(result['expires'], UTC).isoformat()}")
     for n, image in enumerate(result["images"]):
         v = image["verity"]
-        print(f"image {n} ({image['slot_class']}): {image['size']} bytes, sha256 {image['sha256']}")
+        sha = f", sha256 {image['sha256']}" if "sha256" in image else ""
+        print(f"image {n} ({image['slot_class']}): {image['size']} bytes{sha}")
         print(f"  verity root hash {v['root_hash']}")
         print(f"  salt {v['salt']}, {v['data_blocks']} data blocks, tree {v['tree_size']} bytes")
         if "leaf_summary_size" in image:
@@ -560,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="leave out the leaf summary, which lets delta installs fetch less of the hash "
         "tree; for devices whose updater predates it (they refuse bundles with one)",
+    )
+    c.add_argument(
+        "--image-sha256",
+        action="store_true",
+        help="also record each image's whole SHA-256 in the manifest (costs one more pass; "
+        "the hash tree binds every byte already), for updaters that require it",
     )
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="bundle file to write")
 

@@ -61,6 +61,9 @@ class CreateOptions:
         expires: seconds since the epoch after which devices refuse the bundle.
         leaf_summary: carry the leaf summary, which makes delta installs fetch less of
             the hash tree (an updater older than the summary refuses a bundle with one).
+        image_sha256: record the image's whole SHA-256 in the manifest (one more pass
+            over the image; an updater older than format rule 2 of docs/bundle-format.md
+            refuses a bundle without it).
     """
 
     image: Path
@@ -75,6 +78,7 @@ class CreateOptions:
     artifacts: Sequence[Path] = field(default_factory=tuple)
     expires: int | None = None
     leaf_summary: bool = True
+    image_sha256: bool = False
 
 
 def _check_options(opts: CreateOptions) -> None:
@@ -104,29 +108,44 @@ def _check_options(opts: CreateOptions) -> None:
         raise UsageError("two artifacts have the same file name")
 
 
-def copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    """Copy `length` bytes of `src` from `offset` to the current position of `dst`.
+def _copy_at(src: int, dst: int, src_offset: int, dst_offset: int, length: int) -> None:
+    """Copy `length` bytes of `src` from `src_offset` to `dst` at `dst_offset`.
 
-    `sendfile` copies in the kernel between any two files (unlike `copy_file_range`,
-    which refuses to cross filesystems on many kernels); plain reads and writes are
-    the fallback.
+    `copy_file_range` copies in the kernel (or shares the extents, on filesystems
+    that can); where it refuses (across filesystems on many kernels), `sendfile`
+    does; plain reads and writes are the last fallback.
     """
     done = 0
+    while done < length:
+        n = min(length - done, 1 << 30)
+        try:
+            got = os.copy_file_range(src, dst, n, src_offset + done, dst_offset + done)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            got = _copy_slowly(src, dst, src_offset + done, dst_offset + done, n)
+        if got == 0:
+            raise BundleIOError("input file shrank while the bundle was written")
+        done += got
+
+
+def copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy `length` bytes of `src` from `offset` to the current position of `dst`."""
+    at = os.lseek(dst, 0, os.SEEK_CUR)
+    _copy_at(src, dst, offset, at, length)
+    os.lseek(dst, at + length, os.SEEK_SET)
+
+
+def _copy_slowly(src: int, dst: int, src_offset: int, dst_offset: int, length: int) -> int:
+    """One step of `_copy_at` where `copy_file_range` is refused: bytes copied (0 at the end)."""
+    os.lseek(dst, dst_offset, os.SEEK_SET)
     try:
-        while done < length:
-            n = os.sendfile(dst, src, offset + done, min(length - done, 1 << 30))
-            if n == 0:
-                raise BundleIOError("input file shrank while the bundle was written")
-            done += n
+        return os.sendfile(dst, src, src_offset, length)
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
-        while done < length:
-            chunk = os.pread(src, min(length - done, 1 << 20), offset + done)
-            if not chunk:
-                raise BundleIOError("input file shrank while the bundle was written") from e
-            os.write(dst, chunk)
-            done += len(chunk)
+    chunk = os.pread(src, min(length, 1 << 20), src_offset)
+    return os.pwrite(dst, chunk, dst_offset) if chunk else 0
 
 
 def _artifact(path: Path, architecture: str | None) -> Artifact:
@@ -158,6 +177,23 @@ def create_bundle(opts: CreateOptions, output: Path, progress: Progress | None =
         raise BundleIOError(f"{e.filename or output}: {e.strerror}") from e
 
 
+#: Signings tried for a head of the predicted size (ECDSA signatures vary in length).
+SIGN_TRIES = 16
+
+
+def _head(manifest: Manifest, signers: Sequence[Signer], size: int | None = None) -> bytes:
+    """Header, manifest and signature block; signed again (up to `SIGN_TRIES` times) until
+    they take `size` bytes, if given and if the signatures allow."""
+    manifest_raw = manifest.to_bytes()
+    for _ in range(SIGN_TRIES):
+        sigs = build_signature_block([sign(manifest_raw, s) for s in signers])
+        header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
+        head = header.to_bytes() + manifest_raw + sigs
+        if size is None or len(head) == size:
+            break
+    return head
+
+
 def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Manifest:
     st = opts.image.stat()
     size = st.st_size
@@ -167,71 +203,89 @@ def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Man
             "(e.g. truncate -s %4096); veritysetup would leave a partial last block unprotected"
         )
     salt = opts.salt if opts.salt is not None else secrets.token_bytes(32)
+    verity.check_salt(salt)
     artifacts = tuple(_artifact(p, opts.architecture) for p in opts.artifacts)
+    data_blocks = size // verity.BLOCK_SIZE
+    area_size = verity.Geometry.for_blocks(data_blocks).area_size
+    summary_size = leafsummary.summary_size(data_blocks) if opts.leaf_summary else 0
+    sha = hashlib.sha256() if opts.image_sha256 else None
 
-    sha = hashlib.sha256()
-    hashed = 0
+    def manifest_for(root_hash: bytes, sha256: bytes | None) -> Manifest:
+        image = Image(
+            slot_class=opts.slot_class,
+            size=size,
+            sha256=sha256,
+            verity=VerityInfo(root_hash, salt, data_blocks, area_size),
+            architecture=opts.architecture,
+            leaf_summary_size=summary_size,
+        )
+        return Manifest(
+            compatible=opts.compatible,
+            version=opts.version,
+            security_version=opts.security_version,
+            build_time=opts.build_time,
+            images=(image,),
+            artifacts=artifacts,
+            expires=opts.expires,
+            architecture=opts.architecture,
+        )
+
+    # The head takes as many bytes with any root hash: the image data's place in the
+    # bundle is known before it is hashed, so each chunk is copied there once hashed.
+    blank = bytes(verity.DIGEST_SIZE)
+    guess = len(_head(manifest_for(blank, None if sha is None else blank), opts.signers))
+    at = guess + area_size + summary_size
 
     def observe(data: bytes) -> None:
-        nonlocal hashed
-        sha.update(data)
-        hashed += len(data)
-        if progress:
-            progress("hashing", hashed, size)
+        if sha is not None:
+            sha.update(data)
 
     # The output file first: an unwritable output fails before the image is hashed.
     fd, tmp = _temporary_output(output)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb", buffering=0) as out, opts.image.open("rb") as img:
+
+            def hashed(first: int, count: int) -> None:
+                block = verity.BLOCK_SIZE
+                _copy_at(
+                    img.fileno(), out.fileno(), first * block, at + first * block, count * block
+                )
+                if progress:
+                    progress("hashing", (first + count) * block, size)
+
             with verity.build_tree(
                 str(opts.image),
-                size // verity.BLOCK_SIZE,
+                data_blocks,
                 salt,
-                observe=observe,
+                observe=observe if sha is not None else None,
+                hashed=hashed,
                 spool_dir=str(output.parent),
             ) as tree:
-                image = Image(
-                    slot_class=opts.slot_class,
-                    size=size,
-                    sha256=sha.digest(),
-                    verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
-                    architecture=opts.architecture,
-                    leaf_summary_size=leafsummary.summary_size(tree.data_blocks)
-                    if opts.leaf_summary
-                    else 0,
-                )
-                manifest = Manifest(
-                    compatible=opts.compatible,
-                    version=opts.version,
-                    security_version=opts.security_version,
-                    build_time=opts.build_time,
-                    images=(image,),
-                    artifacts=artifacts,
-                    expires=opts.expires,
-                    architecture=opts.architecture,
-                )
-                manifest_raw = manifest.to_bytes()
-                sigs = build_signature_block([sign(manifest_raw, s) for s in opts.signers])
-                header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
-                out.write(header.to_bytes() + manifest_raw + sigs)
+                manifest = manifest_for(tree.root_hash, None if sha is None else sha.digest())
+                head = _head(manifest, opts.signers, guess)
+                if len(head) != guess:  # the signatures came out longer or shorter
+                    at = len(head) + area_size + summary_size
+                    _copy_at(img.fileno(), out.fileno(), 0, at, size)
+                os.pwrite(out.fileno(), head, 0)
+                out.seek(len(head))
                 for chunk in tree.area_chunks():
                     out.write(chunk)
-                if image.leaf_summary_size:
+                if summary_size:
                     for chunk in leafsummary.summarize(tree.level_chunks(0)):
                         out.write(chunk)
-            out.flush()
-            with opts.image.open("rb") as img:
-                if os.fstat(img.fileno()).st_mtime_ns != st.st_mtime_ns:
-                    raise BundleIOError(f"{opts.image} changed while the bundle was built")
-                copy_range(img.fileno(), out.fileno(), 0, size)
+            if os.fstat(img.fileno()).st_mtime_ns != st.st_mtime_ns:
+                raise BundleIOError(f"{opts.image} changed while the bundle was built")
+            end = at + size
             for path, art in zip(opts.artifacts, artifacts, strict=True):
                 with path.open("rb") as f:
-                    copy_range(f.fileno(), out.fileno(), 0, art.size)
+                    _copy_at(f.fileno(), out.fileno(), 0, end, art.size)
+                end += art.size
+            os.ftruncate(out.fileno(), end)  # the data was first copied further on
             if progress:
                 progress("writing", size, size)
             # No fsync: a build tool leaves durability to the build system; the
             # rename below still means no reader ever sees a partial bundle.
-        if os.path.getsize(tmp) != header.total_size:
+        if os.path.getsize(tmp) != len(head) + manifest.payload_size:
             raise BundleIOError("an input file changed size while the bundle was written")
         os.chmod(tmp, 0o644)
         try:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,12 +35,76 @@ def test_round_trip(make_bundle: Callable[..., Path], keyring: tuple[object, ...
     image = head.manifest.images[0]
     data = (path.parent / "b.bundle.img").read_bytes()
     assert image.size == len(data)
-    assert image.sha256 == hashlib.sha256(data).digest()
+    assert image.sha256 is None  # the tree binds every byte: no whole-image pass by default
     assert head.total_size == path.stat().st_size
     # The data region of the bundle is the image, byte for byte.
     part = head.images[0]
     raw = path.read_bytes()
     assert raw[part.data_offset : part.data_offset + image.size] == data
+
+
+def test_the_whole_image_sha256_on_request(
+    make_bundle: Callable[..., Path], keyring: tuple[object, ...]
+) -> None:
+    path = make_bundle(blocks=300, image_sha256=True)
+    data = (path.parent / "b.bundle.img").read_bytes()
+    image = verify(path.read_bytes(), keyring).manifest.images[0]
+    assert image.sha256 == hashlib.sha256(data).digest()
+    assert '"sha256":"' in path.read_bytes()[64:4096].decode("utf-8", "replace")
+
+
+def test_a_wrong_whole_image_sha256_is_refused(
+    make_bundle: Callable[..., Path], keyring: tuple[object, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle whose manifest gives a whole-image SHA-256 is still held to it."""
+    from bundle_tool import writer
+
+    class WrongSha:
+        def update(self, data: bytes) -> None:
+            pass
+
+        def digest(self) -> bytes:
+            return bytes(32)
+
+    monkeypatch.setattr(writer, "hashlib", SimpleNamespace(sha256=WrongSha))
+    path = make_bundle(blocks=40, image_sha256=True)
+    monkeypatch.undo()
+    with pytest.raises(BundleError, match="image sha256 does not match"):
+        verify(path.read_bytes(), keyring)
+
+
+def test_ecdsa_signatures_of_another_size_move_the_data(
+    tmp_path: Path, make_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data is copied where the head's predicted size puts it while it is hashed; a
+    head that came out another size (one signing allowed here) moves it, and the bundle is
+    the same but for the signature."""
+    from bundle_tool import keygen, writer
+
+    pki = keygen.make_dev_pki(tmp_path / "ec", algorithm="ecdsa-p256")
+    ec = signing.load_signer(pki.signer_key.read_bytes(), pki.signer_cert.read_bytes())
+    ring = signing.load_keyring(pki.ca_cert.read_bytes())
+    monkeypatch.setattr(writer, "SIGN_TRIES", 1)
+    copies: list[tuple[int, ...]] = []
+    real = writer._copy_at
+
+    def copy_at(*args: int) -> None:
+        copies.append(args)
+        real(*args)
+
+    monkeypatch.setattr(writer, "_copy_at", copy_at)
+    moved = False
+    for n in range(40):  # each time the two sizes differ with a chance of about 5/8
+        copies.clear()
+        path = make_bundle(name=f"{n}.bundle", blocks=40, signers=[ec])
+        part = verify(path.read_bytes(), ring).images[0]
+        data = (path.parent / f"{n}.bundle.img").read_bytes()
+        assert path.read_bytes()[part.data_offset :] == data
+        # The whole image copied again, after its chunk was copied while hashed.
+        moved = len(copies) == 2 and copies[1][2] == 0 and copies[1][4] == len(data)
+        if moved:
+            break
+    assert moved
 
 
 def test_reproducible(make_bundle: Callable[..., Path]) -> None:
@@ -263,4 +328,5 @@ def test_image_and_output_on_different_filesystems(
         out = tmp_path / "b.bundle"
         create_bundle(CreateOptions(image, "1.0.0", "b", [signer], BUILD_TIME), out)
         head = verify(out.read_bytes(), keyring)
-        assert head.manifest.images[0].sha256 == hashlib.sha256(image.read_bytes()).digest()
+        part = head.images[0]
+        assert out.read_bytes()[part.data_offset :] == image.read_bytes()
