@@ -12,7 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +38,7 @@ from .session import ImageWriter, WriteSession
 from .slotdev import FileSlot, SlotDevice
 from .source import BundleSource
 from .tuning import InstallTuning
+from .zeroblocks import ZeroBlocks
 
 BLOCK = verity.BLOCK_SIZE
 GROUP = verity.HASHES_PER_BLOCK  # data blocks covered by one leaf block
@@ -141,12 +150,14 @@ class BatchPlan:
         copy: blocks to copy from the running slot, at the same place.
         fetch: blocks to fetch from the source.
         copied_groups: the groups from which at least one block is copied.
+        zero: blocks of zeros (by their signed digest), written without a fetch.
     """
 
     kept: int
     copy: tuple[int, ...]
     fetch: tuple[int, ...]
     copied_groups: frozenset[int]
+    zero: tuple[int, ...] = ()
 
 
 def same_digest(digests: bytes, leaf: bytes, i: int) -> bool:
@@ -154,29 +165,33 @@ def same_digest(digests: bytes, leaf: bytes, i: int) -> bool:
     return digests[i * DIGEST : (i + 1) * DIGEST] == leaf[i * DIGEST : (i + 1) * DIGEST]
 
 
-def plan_batch(groups: Iterable[GroupDigests]) -> BatchPlan:
-    """Keep each block whose digest on the target is its signed one, else copy it from
-    the running slot where that holds it, else fetch it."""
+def plan_batch(groups: Iterable[GroupDigests], zero: ZeroBlocks | None = None) -> BatchPlan:
+    """Keep each block whose digest on the target is its signed one, else write zeros
+    where its signed digest is a zero block's (with `zero`), else copy it from the
+    running slot where that holds it, else fetch it."""
     kept = 0
     copy: list[int] = []
     fetch: list[int] = []
+    zeros: list[int] = []
     copied: set[int] = set()
     for g in groups:
         first, count, want, t, a = g.first, g.count, g.leaf, g.target, g.active
         copies = len(copy)
-        if t is None and a is None:  # nothing to reuse (a fresh install): fetch it all
-            fetch.extend(range(first, first + count))
-        else:
-            for i in range(count):
-                if t is not None and same_digest(t, want, i):
-                    kept += 1
-                elif a is not None and same_digest(a, want, i):
-                    copy.append(first + i)
-                else:
-                    fetch.append(first + i)
+        if t is None and a is None and (zero is None or zero.digest not in want):
+            fetch.extend(range(first, first + count))  # a fresh install, no zero block
+            continue
+        for i in range(count):
+            if t is not None and same_digest(t, want, i):
+                kept += 1
+            elif zero is not None and zero.is_zero(want, i):
+                zeros.append(first + i)
+            elif a is not None and same_digest(a, want, i):
+                copy.append(first + i)
+            else:
+                fetch.append(first + i)
         if len(copy) > copies:
             copied.add(g.group)
-    return BatchPlan(kept, tuple(copy), tuple(fetch), frozenset(copied))
+    return BatchPlan(kept, tuple(copy), tuple(fetch), frozenset(copied), tuple(zeros))
 
 
 # --- how hard the running slot is looked at, pure ----------------------------------------------
@@ -247,6 +262,7 @@ class DeltaWriter(ImageWriter):
         self.cold = 0  # see probes()
         self.moved: blockindex.BlockIndex | None = None  # see index_active
         self.leaf_fetcher = leaffetch.LeafFetcher(source, part, session.checker)
+        self.zero = ZeroBlocks.for_salt(session.vinfo.salt)
 
     def index_active(self, blocks: int) -> None:
         """Index the running slot's first `blocks` blocks, to copy blocks that moved.
@@ -301,7 +317,7 @@ class DeltaWriter(ImageWriter):
     def batch(self, groups: range) -> None:
         """Survey the groups, plan the batch, carry the plan out."""
         leaves, survey, active_data, probed = self.survey(groups)
-        plan = plan_batch(survey)
+        plan = plan_batch(survey, self.zero)
         self.cold = cooled(self.cold, probed, plan.copied_groups)
         for j in probed:
             if j not in plan.copied_groups:
@@ -387,6 +403,11 @@ class DeltaWriter(ImageWriter):
             if j in leaves and on_target[j] == leaves[j][: count * DIGEST]:
                 on_active[j] = None  # the target already holds the whole group
                 continue
+            if j not in leaves and self.leaf_ok(j, zero_leaf := self.zero.leaf(count)):
+                leaves[j] = zero_leaf  # a group of zero blocks: nothing to fetch or copy
+                s.dev.pwrite(s.leaf_offset(j), zero_leaf)
+                on_active[j] = None
+                continue
             if probes(self.tuning, self.cold, j):
                 probed.append(j)
                 group = self.read_group(self.active, j)
@@ -403,6 +424,10 @@ class DeltaWriter(ImageWriter):
                     self.cold = 0  # the running slot holds this group: probe the next ones
                 else:
                     unchanged[j] = candidate
+            if j not in leaves and j not in unchanged:
+                # Nothing to go by: a group with some zero blocks gives most of its
+                # leaf block (see leaffetch).
+                unchanged[j] = self.zero.leaf(count)
         missing = {j: unchanged.get(j) for j in groups if j not in leaves}
         for j, block in sorted(self.leaf_fetcher.fetch(missing).items()):
             s.dev.pwrite(s.leaf_offset(j), block)
@@ -426,6 +451,7 @@ class DeltaWriter(ImageWriter):
                 s.write(j * GROUP + i, piece)
             s.reused += n * BLOCK
             s.unflushed += n * BLOCK
+        self.write_zeros(plan.zero)
         expected = expected_digests(leaves)
         fetch: tuple[int, ...] | list[int] = plan.fetch
         if self.moved is not None:
@@ -448,6 +474,17 @@ class DeltaWriter(ImageWriter):
                     s.write_checked(first, data, expected(first, count))
                 s.unflushed += n * BLOCK
             stream.finish()
+
+    def write_zeros(self, blocks: Sequence[int]) -> None:
+        """Write the zero blocks, a span at a time (their signed digests say they are zeros)."""
+        s = self.s
+        span = self.tuning.span_blocks
+        with memoryview(bytes(span * BLOCK)) as zeros:
+            for b0, n in runs(blocks):
+                for first in range(b0, b0 + n, span):
+                    count = min(span, b0 + n - first)
+                    s.write(first, zeros[: count * BLOCK])
+                s.unflushed += n * BLOCK
 
     def copy_guesses(
         self, guesses: list[tuple[int, int]], expected: Callable[[int, int], bytes]

@@ -89,6 +89,44 @@ def test_delta_update_downloads_little(
         assert 0.0156 < share <= 0.0165
 
 
+def with_zero_runs(data: bytes, fraction: float, seed: int) -> bytes:
+    """`data` with about `fraction` of its blocks zeroed, in runs of 1 to 400 blocks, as a
+    filesystem's free space (and a few single blocks)."""
+    rng = random.Random(seed)
+    blocks = len(data) // 4096
+    out = bytearray(data)
+    zeroed: set[int] = set()
+    while len(zeroed) < fraction * blocks:
+        n = 1 if rng.random() < 0.2 else rng.randint(2, 400)
+        start = rng.randrange(blocks - n)
+        out[start * 4096 : (start + n) * 4096] = bytes(n * 4096)
+        zeroed.update(range(start, start + n))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("summary", [True, False], ids=["leaf-summary", "no-leaf-summary"])
+def test_a_fresh_install_downloads_no_zero_block(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, summary: bool
+) -> None:
+    """Zero blocks are known by their signed digest: written, never downloaded."""
+    blocks = 4096  # 16 MiB
+    device = make_device(tmp_path / "dev", pki, image_bytes(blocks, seed=30))
+    new = with_zero_runs(image_bytes(blocks, seed=31), 0.3, seed=32)
+    zero_share = sum(new[i : i + 4096] == bytes(4096) for i in range(0, len(new), 4096)) / blocks
+    bundle = device.bundle(new, leaf_summary=summary)
+    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
+    nginx_server.reset_log()
+    result = https_install(device, nginx_server.url("v2.bundle"), nginx_server.ca_file)
+    served = nginx_server.body_bytes_served()
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+    assert result.bytes_fetched == served  # type: ignore[attr-defined]
+    share = served / len(new)
+    print(f"fresh, {zero_share:.1%} zero blocks: {served} bytes = {share:.2%}")
+    assert 0.3 <= zero_share < 0.4
+    assert share <= 1 - zero_share + 0.01
+
+
 @pytest.mark.parametrize("mode", ["find-moved", "find-moved-every-6th", "same-offset"])
 def test_blocks_that_moved_are_copied_with_find_moved_blocks(
     tmp_path: Path,
