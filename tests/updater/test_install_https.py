@@ -39,6 +39,18 @@ def https_install(device: Device, url: str, ca_file: str, **settings: float) -> 
         return Installer(device.config()).install(src)
 
 
+def served_install(device: Device, nginx_server: NginxServer, bundle: Path, image: bytes) -> int:
+    """Install `bundle` from nginx, check the result; the body bytes nginx served."""
+    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
+    nginx_server.reset_log()
+    result = https_install(device, nginx_server.url("v2.bundle"), nginx_server.ca_file)
+    served = nginx_server.body_bytes_served()
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(image)] == image
+    assert result.bytes_fetched == served  # type: ignore[attr-defined]
+    return served
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("run", "summary"),
@@ -61,13 +73,7 @@ def test_delta_update_downloads_little(
         raw = bytearray(bundle.read_bytes())
         raw[size - 8192 : size] = stale[size - 8192 : size]  # the summary: 128 entries
         bundle.write_bytes(raw)
-    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
-    nginx_server.reset_log()
-    result = https_install(device, nginx_server.url("v2.bundle"), nginx_server.ca_file)
-    served = nginx_server.body_bytes_served()
-    assert_installed(device, bundle=bundle)
-    assert device.slot("B").read_bytes()[: len(new)] == new
-    assert result.bytes_fetched == served  # type: ignore[attr-defined]
+    served = served_install(device, nginx_server, bundle, new)
     # The leaf blocks (or their changed parts) of each batch of leaf groups come in
     # one request, its data blocks in another (several ranges each, a multipart
     # answer), some read ahead in a thread: each answer is read to its end before
@@ -114,13 +120,7 @@ def test_a_fresh_install_downloads_no_zero_block(
     new = with_zero_runs(image_bytes(blocks, seed=31), 0.3, seed=32)
     zero_share = sum(new[i : i + 4096] == bytes(4096) for i in range(0, len(new), 4096)) / blocks
     bundle = device.bundle(new, leaf_summary=summary)
-    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
-    nginx_server.reset_log()
-    result = https_install(device, nginx_server.url("v2.bundle"), nginx_server.ca_file)
-    served = nginx_server.body_bytes_served()
-    assert_installed(device, bundle=bundle)
-    assert device.slot("B").read_bytes()[: len(new)] == new
-    assert result.bytes_fetched == served  # type: ignore[attr-defined]
+    served = served_install(device, nginx_server, bundle, new)
     share = served / len(new)
     print(f"fresh, {zero_share:.1%} zero blocks: {served} bytes = {share:.2%}")
     assert 0.3 <= zero_share < 0.4
