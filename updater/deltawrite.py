@@ -151,6 +151,8 @@ class BatchPlan:
         fetch: blocks to fetch from the source.
         copied_groups: the groups from which at least one block is copied.
         zero: blocks of zeros (by their signed digest), written without a fetch.
+        warm_groups: the groups in which the running slot holds at least one wanted
+            block (copied, or a zero block it holds too): it is related to the image.
     """
 
     kept: int
@@ -158,6 +160,7 @@ class BatchPlan:
     fetch: tuple[int, ...]
     copied_groups: frozenset[int]
     zero: tuple[int, ...] = ()
+    warm_groups: frozenset[int] = frozenset()
 
 
 def same_digest(digests: bytes, leaf: bytes, i: int) -> bool:
@@ -174,6 +177,7 @@ def plan_batch(groups: Iterable[GroupDigests], zero: ZeroBlocks | None = None) -
     fetch: list[int] = []
     zeros: list[int] = []
     copied: set[int] = set()
+    warm: set[int] = set()
     for g in groups:
         first, count, want, t, a = g.first, g.count, g.leaf, g.target, g.active
         copies = len(copy)
@@ -185,13 +189,17 @@ def plan_batch(groups: Iterable[GroupDigests], zero: ZeroBlocks | None = None) -
                 kept += 1
             elif zero is not None and zero.is_zero(want, i):
                 zeros.append(first + i)
+                if a is not None and same_digest(a, want, i):
+                    warm.add(g.group)
             elif a is not None and same_digest(a, want, i):
                 copy.append(first + i)
             else:
                 fetch.append(first + i)
         if len(copy) > copies:
             copied.add(g.group)
-    return BatchPlan(kept, tuple(copy), tuple(fetch), frozenset(copied), tuple(zeros))
+    return BatchPlan(
+        kept, tuple(copy), tuple(fetch), frozenset(copied), tuple(zeros), frozenset(copied | warm)
+    )
 
 
 # --- how hard the running slot is looked at, pure ----------------------------------------------
@@ -212,11 +220,12 @@ def batch_groups(tuning: InstallTuning, cold: int) -> int:
     return tuning.batch_groups * (tuning.cold_batches if cold >= tuning.cold_groups else 1)
 
 
-def cooled(cold: int, probed: Iterable[int], copied_groups: Collection[int]) -> int:
-    """`cold` after the probes of a batch, in order: one that found nothing cools, a copy
-    (even of one block) warms up again."""
+def cooled(cold: int, probed: Iterable[int], warm_groups: Collection[int]) -> int:
+    """`cold` after the probes of a batch, in order: one that found nothing cools, a warm
+    group (a copy, even of one block, or a zero block the running slot holds too) warms
+    up again."""
     for j in probed:
-        cold = 0 if j in copied_groups else cold + 1
+        cold = 0 if j in warm_groups else cold + 1
     return cold
 
 
@@ -318,7 +327,7 @@ class DeltaWriter(ImageWriter):
         """Survey the groups, plan the batch, carry the plan out."""
         leaves, survey, active_data, probed = self.survey(groups)
         plan = plan_batch(survey, self.zero)
-        self.cold = cooled(self.cold, probed, plan.copied_groups)
+        self.cold = cooled(self.cold, probed, plan.warm_groups)
         for j in probed:
             if j not in plan.copied_groups:
                 active_data.pop(j, None)  # nothing to copy from it: let it go

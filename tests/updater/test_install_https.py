@@ -127,6 +127,20 @@ def test_a_fresh_install_downloads_no_zero_block(
     assert share <= 1 - zero_share + 0.01
 
 
+@pytest.mark.slow
+def test_a_delta_install_past_free_space_still_copies(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer
+) -> None:
+    """Free space in both images (zero blocks, some changed) does not make the running
+    slot look unrelated: the data after it is still copied, not fetched."""
+    old = bytearray(image_bytes(BLOCKS, seed=33))
+    old[BLOCKS // 8 * 4096 : BLOCKS * 5 // 8 * 4096] = bytes(BLOCKS // 2 * 4096)  # free space
+    device = make_device(tmp_path / "dev", pki, bytes(old))
+    new = changed(bytes(old), 0.01, 1, seed=34)
+    served = served_install(device, nginx_server, device.bundle(new), new)
+    assert served / len(new) <= 0.015
+
+
 @pytest.mark.parametrize("mode", ["find-moved", "find-moved-every-6th", "same-offset"])
 def test_blocks_that_moved_are_copied_with_find_moved_blocks(
     tmp_path: Path,

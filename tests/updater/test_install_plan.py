@@ -78,6 +78,14 @@ def test_zero_blocks_are_written_not_fetched_nor_copied() -> None:
     assert plan.kept == 1
     assert set(plan.fetch) == set(range(128)) - {0, 1, 2, 50, 127}
     assert set(plan.copy) == set(range(128, 256)) - {128, 129, 130, 178, 255}
+    assert plan.copied_groups == plan.warm_groups == {1}
+    # Group 2: the running slot holds its zero blocks only (free space in both images):
+    # nothing to copy, yet the running slot is related to the image (warm).
+    only_zeros = bytearray(digests(7, 128))
+    for i in (0, 1, 2, 50, 127):
+        only_zeros[i * DIGEST : (i + 1) * DIGEST] = zero.digest
+    plan = plan_batch([group(2, want, None, bytes(only_zeros))], zero)
+    assert (plan.copy, plan.copied_groups, plan.warm_groups) == ((), frozenset(), {2})
     # Without the zero block's digest, they are fetched like any other.
     assert plan_batch([group(0, want, None, None)]).fetch == tuple(range(128))
 
