@@ -83,7 +83,7 @@ def test_ecdsa_signatures_of_another_size_move_the_data(
 
     pki = keygen.make_dev_pki(tmp_path / "ec", algorithm="ecdsa-p256")
     ec = signing.load_signer(pki.signer_key.read_bytes(), pki.signer_cert.read_bytes())
-    ring = signing.load_keyring(pki.ca_cert.read_bytes())
+    ring = load_keyring(pki.ca_cert.read_bytes())
     monkeypatch.setattr(writer, "SIGN_TRIES", 1)
     copies: list[tuple[int, ...]] = []
     real = writer._copy_at
