@@ -12,7 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +38,7 @@ from .session import ImageWriter, WriteSession
 from .slotdev import FileSlot, SlotDevice
 from .source import BundleSource
 from .tuning import InstallTuning
+from .zeroblocks import ZeroBlocks
 
 BLOCK = verity.BLOCK_SIZE
 GROUP = verity.HASHES_PER_BLOCK  # data blocks covered by one leaf block
@@ -141,39 +150,56 @@ class BatchPlan:
         copy: blocks to copy from the running slot, at the same place.
         fetch: blocks to fetch from the source.
         copied_groups: the groups from which at least one block is copied.
+        zero: blocks of zeros (by their signed digest), written without a fetch.
+        warm_groups: the groups in which the running slot holds at least one wanted
+            block (copied, or a zero block it holds too): it is related to the image.
     """
 
     kept: int
     copy: tuple[int, ...]
     fetch: tuple[int, ...]
     copied_groups: frozenset[int]
+    zero: tuple[int, ...] = ()
+    warm_groups: frozenset[int] = frozenset()
 
 
-def plan_batch(groups: Iterable[GroupDigests]) -> BatchPlan:
-    """Keep each block whose digest on the target is its signed one, else copy it from
-    the running slot where that holds it, else fetch it."""
+def same_digest(digests: bytes, leaf: bytes, i: int) -> bool:
+    """Whether the i-th digest of `digests` is the i-th one of the leaf block `leaf`."""
+    return digests[i * DIGEST : (i + 1) * DIGEST] == leaf[i * DIGEST : (i + 1) * DIGEST]
+
+
+def plan_batch(groups: Iterable[GroupDigests], zero: ZeroBlocks | None = None) -> BatchPlan:
+    """Keep each block whose digest on the target is its signed one, else write zeros
+    where its signed digest is a zero block's (with `zero`), else copy it from the
+    running slot where that holds it, else fetch it."""
     kept = 0
     copy: list[int] = []
     fetch: list[int] = []
+    zeros: list[int] = []
     copied: set[int] = set()
+    warm: set[int] = set()
     for g in groups:
         first, count, want, t, a = g.first, g.count, g.leaf, g.target, g.active
         copies = len(copy)
-        if t is None and a is None:  # nothing to reuse (a fresh install): fetch it all
-            fetch.extend(range(first, first + count))
-        else:
-            for i in range(count):
-                sl = slice(i * DIGEST, (i + 1) * DIGEST)
-                d = want[sl]
-                if t is not None and t[sl] == d:
-                    kept += 1
-                elif a is not None and a[sl] == d:
-                    copy.append(first + i)
-                else:
-                    fetch.append(first + i)
+        if t is None and a is None and (zero is None or zero.digest not in want):
+            fetch.extend(range(first, first + count))  # a fresh install, no zero block
+            continue
+        for i in range(count):
+            if t is not None and same_digest(t, want, i):
+                kept += 1
+            elif zero is not None and zero.is_zero(want, i):
+                zeros.append(first + i)
+                if a is not None and same_digest(a, want, i):
+                    warm.add(g.group)
+            elif a is not None and same_digest(a, want, i):
+                copy.append(first + i)
+            else:
+                fetch.append(first + i)
         if len(copy) > copies:
             copied.add(g.group)
-    return BatchPlan(kept, tuple(copy), tuple(fetch), frozenset(copied))
+    return BatchPlan(
+        kept, tuple(copy), tuple(fetch), frozenset(copied), tuple(zeros), frozenset(copied | warm)
+    )
 
 
 # --- how hard the running slot is looked at, pure ----------------------------------------------
@@ -194,11 +220,12 @@ def batch_groups(tuning: InstallTuning, cold: int) -> int:
     return tuning.batch_groups * (tuning.cold_batches if cold >= tuning.cold_groups else 1)
 
 
-def cooled(cold: int, probed: Iterable[int], copied_groups: Collection[int]) -> int:
-    """`cold` after the probes of a batch, in order: one that found nothing cools, a copy
-    (even of one block) warms up again."""
+def cooled(cold: int, probed: Iterable[int], warm_groups: Collection[int]) -> int:
+    """`cold` after the probes of a batch, in order: one that found nothing cools, a warm
+    group (a copy, even of one block, or a zero block the running slot holds too) warms
+    up again."""
     for j in probed:
-        cold = 0 if j in copied_groups else cold + 1
+        cold = 0 if j in warm_groups else cold + 1
     return cold
 
 
@@ -244,6 +271,7 @@ class DeltaWriter(ImageWriter):
         self.cold = 0  # see probes()
         self.moved: blockindex.BlockIndex | None = None  # see index_active
         self.leaf_fetcher = leaffetch.LeafFetcher(source, part, session.checker)
+        self.zero = ZeroBlocks.for_salt(session.vinfo.salt)
 
     def index_active(self, blocks: int) -> None:
         """Index the running slot's first `blocks` blocks, to copy blocks that moved.
@@ -298,8 +326,8 @@ class DeltaWriter(ImageWriter):
     def batch(self, groups: range) -> None:
         """Survey the groups, plan the batch, carry the plan out."""
         leaves, survey, active_data, probed = self.survey(groups)
-        plan = plan_batch(survey)
-        self.cold = cooled(self.cold, probed, plan.copied_groups)
+        plan = plan_batch(survey, self.zero)
+        self.cold = cooled(self.cold, probed, plan.warm_groups)
         for j in probed:
             if j not in plan.copied_groups:
                 active_data.pop(j, None)  # nothing to copy from it: let it go
@@ -322,6 +350,22 @@ class DeltaWriter(ImageWriter):
         if len(data) < count * BLOCK:
             return None  # a plain file that ends before this group holds none of it
         return data, self.s.digests(data)
+
+    def survey_target(self, j: int, leaf: bytes) -> bytes | None:
+        """The digests of group j's blocks on the target; those it keeps are noted as in place.
+
+        A block is kept where its digest there is its signed one (see `plan_batch`).
+        """
+        group = self.read_group(self.s.dev, j)
+        if group is None:
+            return None
+        data, digests = group
+        first, count = self.group_span(j)
+        same = [i for i in range(count) if same_digest(digests, leaf, i)]
+        with memoryview(data) as view:
+            for i0, k in runs(same):
+                self.s.written.note(first + i0, view[i0 * BLOCK : (i0 + k) * BLOCK])
+        return digests
 
     def leaf_ok(self, j: int, block: bytes) -> bool:
         try:
@@ -357,16 +401,21 @@ class DeltaWriter(ImageWriter):
             if not has_leaves:
                 # One data block: its digest is the root hash itself.
                 leaves[j] = pack_leaf(s.vinfo.root_hash)
-                on_target[j] = _digests_of(self.read_group(s.dev, j))
+                on_target[j] = self.survey_target(j, leaves[j])
             elif self.leaf_ok(j, stored := s.dev.pread(s.leaf_offset(j), BLOCK)):
                 leaves[j] = stored
-                on_target[j] = _digests_of(self.read_group(s.dev, j))
+                on_target[j] = self.survey_target(j, stored)
             else:
                 # Without a valid leaf on the target, an interrupted earlier install
                 # never reached this group's data: do not bother hashing the target.
                 on_target[j] = None
             if j in leaves and on_target[j] == leaves[j][: count * DIGEST]:
                 on_active[j] = None  # the target already holds the whole group
+                continue
+            if j not in leaves and self.leaf_ok(j, zero_leaf := self.zero.leaf(count)):
+                leaves[j] = zero_leaf  # a group of zero blocks: nothing to fetch or copy
+                s.dev.pwrite(s.leaf_offset(j), zero_leaf)
+                on_active[j] = None
                 continue
             if probes(self.tuning, self.cold, j):
                 probed.append(j)
@@ -384,6 +433,10 @@ class DeltaWriter(ImageWriter):
                     self.cold = 0  # the running slot holds this group: probe the next ones
                 else:
                     unchanged[j] = candidate
+            if j not in leaves and j not in unchanged:
+                # Nothing to go by: a group with some zero blocks gives most of its
+                # leaf block (see leaffetch).
+                unchanged[j] = self.zero.leaf(count)
         missing = {j: unchanged.get(j) for j in groups if j not in leaves}
         for j, block in sorted(self.leaf_fetcher.fetch(missing).items()):
             s.dev.pwrite(s.leaf_offset(j), block)
@@ -404,9 +457,10 @@ class DeltaWriter(ImageWriter):
             # Written from the bytes whose digests matched their leaf entries above.
             for j, i, count in group_pieces(b0, n):
                 piece = memoryview(active_data[j])[i * BLOCK : (i + count) * BLOCK]
-                s.dev.pwrite((j * GROUP + i) * BLOCK, piece)
+                s.write(j * GROUP + i, piece)
             s.reused += n * BLOCK
             s.unflushed += n * BLOCK
+        self.write_zeros(plan.zero)
         expected = expected_digests(leaves)
         fetch: tuple[int, ...] | list[int] = plan.fetch
         if self.moved is not None:
@@ -430,6 +484,17 @@ class DeltaWriter(ImageWriter):
                 s.unflushed += n * BLOCK
             stream.finish()
 
+    def write_zeros(self, blocks: Sequence[int]) -> None:
+        """Write the zero blocks, a span at a time (their signed digests say they are zeros)."""
+        s = self.s
+        span = self.tuning.span_blocks
+        with memoryview(bytes(span * BLOCK)) as zeros:
+            for b0, n in runs(blocks):
+                for first in range(b0, b0 + n, span):
+                    count = min(span, b0 + n - first)
+                    s.write(first, zeros[: count * BLOCK])
+                s.unflushed += n * BLOCK
+
     def copy_guesses(
         self, guesses: list[tuple[int, int]], expected: Callable[[int, int], bytes]
     ) -> set[int]:
@@ -443,13 +508,9 @@ class DeltaWriter(ImageWriter):
             n = len(data) // BLOCK  # fewer where the slot ends early
             got = s.digests(data[: n * BLOCK])
             want = expected(b0, n)
-            same = [
-                i
-                for i in range(n)
-                if got[i * DIGEST : (i + 1) * DIGEST] == want[i * DIGEST : (i + 1) * DIGEST]
-            ]
+            same = [i for i in range(n) if same_digest(got, want, i)]
             for i0, k in runs(same):
-                s.dev.pwrite((b0 + i0) * BLOCK, data[i0 * BLOCK : (i0 + k) * BLOCK])
+                s.write(b0 + i0, data[i0 * BLOCK : (i0 + k) * BLOCK])
                 copied.update(range(b0 + i0, b0 + i0 + k))
         s.reused += len(copied) * BLOCK
         s.unflushed += len(copied) * BLOCK

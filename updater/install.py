@@ -324,7 +324,7 @@ class Installer:
                 writer.write_tree()
                 # The tree above the leaves is verified now: the read-back children
                 # inherit it and check each flushed region while the rest is written.
-                with readback.RegionReadBack(dev, s.checker, vinfo) as back:
+                with readback.RegionReadBack(dev, s.checker, vinfo, s.written) as back:
                     writer.write_data(back)
                     self._write_files(after, source)
                     source.check_end(decided.head.total_size)

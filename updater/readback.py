@@ -2,25 +2,29 @@
 
 A medium can accept a write and store something else (failing flash, a bad
 cable, a lying cache). So once a slot is written and flushed, its page cache is
-dropped and every block is read again and checked against the signed tree
+dropped and every block is read again and compared with what was put there
 before the slot may boot.
+
+Trust was settled before the write (each block was checked against the signed
+tree), so this compares a fast digest of each extent as read back with the one
+taken as it was written (`writelog`): one cryptographic pass per install, not
+two. Only where an extent does not match are its blocks hashed against the
+signed tree, to name the first bad block.
 
 `RegionReadBack` does it while the install goes on: each time the installer has
 flushed another region of data (it writes regions in order, in the stream and
-the delta path alike), two forked children read that region back, half each in
-whole 4 MiB chunks, and check it against the stored leaf level, each leaf block
-checked against the verified level above it, while this process writes the next
-region. At the end the stored hash area is checked here. The read-back then
-costs little more than the last regions, shared by two processes, and a failing
-medium is found early. The children run at a lower priority than the writing:
-where the CPU is the limit, they take what the writing leaves and catch up at
-the end.
+the delta path alike), two forked children read that region's extents back,
+half each, while this process writes the next region. At the end the stored
+hash area is checked here against the root hash. The children run at a lower
+priority than the writing: where the CPU is the limit, they take what the
+writing leaves and catch up at the end.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import mmap
 import os
 from collections.abc import Callable, Iterator
 
@@ -28,11 +32,12 @@ from bundle_tool import forked, verity
 from bundle_tool.errors import BundleError, BundleIOError
 from bundle_tool.manifest import VerityInfo
 
+from . import writelog
 from .errors import DeviceError
 from .slotdev import SlotDevice
+from .writelog import Extent, WriteLog
 
 BLOCK = verity.BLOCK_SIZE
-_REQUEST_BYTES = 8
 
 
 def medium_failed(dev: SlotDevice, where: str) -> DeviceError:
@@ -52,56 +57,98 @@ def _check_stored_area(dev: SlotDevice, vinfo: VerityInfo, hash_offset: int) -> 
         raise DeviceError(f"hash tree on slot {dev.path} does not read back: {e}") from e
 
 
+def _bad_block(fd: int, checker: verity.TreeChecker, hash_offset: int, extent: Extent) -> str:
+    """Why an extent that does not read back as written fails: its first bad block."""
+
+    def leaf(j: int) -> bytes:
+        return os.pread(fd, BLOCK, hash_offset + (checker.first_leaf + j) * BLOCK)
+
+    try:
+        expected = checker.leaf_digests(extent.first, extent.count, leaf)
+    except BundleError as e:
+        return f"hash tree: {e}"
+    base = hashlib.sha256(checker.salt)
+    got = verity.hash_mapped(fd, base, (extent.first, extent.count))
+    bad = verity.first_mismatch(extent.first, got, expected)
+    if bad is not None:
+        return f"block {bad}"
+    return f"blocks {extent.first} to {extent.end - 1}"  # changed since, yet as signed
+
+
+def _mapped_digest(fd: int, extent: Extent) -> bytes:
+    """The read-back digest of an extent, taken where the page cache holds it.
+
+    A mapping starts on an allocation granule (up to 64 KiB on some kernels), so
+    it may begin a little before the extent.
+    """
+    start = extent.first * BLOCK
+    lead = start % mmap.ALLOCATIONGRANULARITY
+    length = extent.count * BLOCK
+    with mmap.mmap(fd, lead + length, offset=start - lead, access=mmap.ACCESS_READ) as m:
+        view = memoryview(m)
+        try:
+            return writelog.digest(view[lead : lead + length])
+        finally:
+            view.release()
+
+
 def _check_region(
     path: str, checker: verity.TreeChecker, hash_offset: int, request: bytes
 ) -> bytes:
-    """In the child: read data blocks back and check them; b"" if they match, else why not.
+    """In the child: read extents back and compare them; b"" if they match, else why not.
 
-    The blocks are hashed where the page cache holds them once read (see
-    `verity.hash_mapped`). A read the medium fails kills this child with
-    SIGBUS, and the parent reports it.
+    A read the medium fails kills this child with SIGBUS (the extents are read
+    where they are mapped), and the parent reports it.
     """
-    first = int.from_bytes(request[:_REQUEST_BYTES], "little")
-    end = first + int.from_bytes(request[_REQUEST_BYTES:], "little")
-    base = hashlib.sha256(checker.salt)
+    extents = list(writelog.decode_extents(request))
+    if not extents:
+        return b""
+    end = max(e.end for e in extents)
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()
         if os.lseek(fd, 0, os.SEEK_END) < end * BLOCK:
             raise BundleIOError(f"{path} ends before block {end}")
-
-        def leaf(j: int) -> bytes:
-            return os.pread(fd, BLOCK, hash_offset + (checker.first_leaf + j) * BLOCK)
-
-        for start in range(first, end, verity.CHUNK_BLOCKS):
-            count = min(verity.CHUNK_BLOCKS, end - start)
-            try:
-                expected = checker.leaf_digests(start, count, leaf)
-            except BundleError as e:
-                return f"hash tree: {e}".encode()
-            got = verity.hash_mapped(fd, base, (start, count))
-            bad = verity.first_mismatch(start, got, expected)
-            if bad is not None:
-                return f"block {bad}".encode()
+        for extent in extents:
+            if _mapped_digest(fd, extent) != extent.digest:
+                return _bad_block(fd, checker, hash_offset, extent).encode()
     return b""
+
+
+def split_extents(extents: list[Extent], parts: int) -> list[list[Extent]]:
+    """`extents` in up to `parts` runs of whole extents, of about the same number of blocks."""
+    total = sum(e.count for e in extents)
+    share = -(-total // parts) if parts else total
+    out: list[list[Extent]] = [[]]
+    held = 0
+    for e in extents:
+        if held >= share and len(out) < parts:
+            out.append([])
+            held = 0
+        out[-1].append(e)
+        held += e.count
+    return [part for part in out if part]
 
 
 class RegionReadBack:
     """Reads a slot back region by region while the install goes on writing it.
 
     Create it once the hash area is written (from `checker`, whose upper levels
-    are verified); call `flushed` after each flush, and `finish` after the last.
+    are verified, and the `log` the writers note their extents in); call
+    `flushed` after each flush, and `finish` after the last.
     Use as a context manager: leaving it stops the children.
     """
 
-    CHILDREN = 2  # each region is split between them, in whole 4 MiB chunks
+    CHILDREN = 2  # each region's extents are split between them
     #: The children yield the CPU to the writing: they may lag, and catch up at the end.
     NICE = 10
 
-    def __init__(self, dev: SlotDevice, checker: verity.TreeChecker, vinfo: VerityInfo) -> None:
+    def __init__(
+        self, dev: SlotDevice, checker: verity.TreeChecker, vinfo: VerityInfo, log: WriteLog
+    ) -> None:
         self.dev = dev
         self.vinfo = vinfo
+        self.log = log
         self.hash_offset = vinfo.data_blocks * BLOCK
-        self.sent = 0  # data blocks handed to the children so far
         self._workers: list[forked.Worker] = []
         check = functools.partial(_check_region, dev.path, checker, self.hash_offset)
         try:
@@ -122,27 +169,18 @@ class RegionReadBack:
         Raises DeviceError as soon as an earlier region is known not to match.
         """
         self.dev.drop_cache()
-        count = upto_block - self.sent
-        if count > 0:
-            # Whole read-back chunks each: a child maps its part from its first block,
-            # and a mapping must start on a page (up to 64 KiB on some kernels).
-            chunks = -(-count // verity.CHUNK_BLOCKS)
-            share = -(-chunks // len(self._workers)) * verity.CHUNK_BLOCKS
-            for k, worker in enumerate(self._workers):
-                first = self.sent + k * share
-                n = min(share, upto_block - first)
-                if n <= 0:
-                    break
-                try:
-                    worker.send(
-                        first.to_bytes(_REQUEST_BYTES, "little")
-                        + n.to_bytes(_REQUEST_BYTES, "little")
-                    )
-                except BundleIOError as e:
-                    # The child is gone: its last answers say why, or else how it ended.
-                    self._take(worker.finish)
-                    raise DeviceError(f"reading slot {self.dev.path} back failed: {e}") from e
-            self.sent = upto_block
+        try:
+            extents = self.log.take(upto_block)
+        except ValueError as e:
+            raise DeviceError(f"slot {self.dev.path} cannot be read back whole: {e}") from e
+        parts = split_extents(extents, len(self._workers))
+        for worker, part in zip(self._workers, parts, strict=False):
+            try:
+                worker.send(writelog.encode_extents(part))
+            except BundleIOError as e:
+                # The child is gone: its last answers say why, or else how it ended.
+                self._take(worker.finish)
+                raise DeviceError(f"reading slot {self.dev.path} back failed: {e}") from e
         for worker in self._workers:
             self._take(worker.ready)
 
@@ -153,6 +191,11 @@ class RegionReadBack:
             DeviceError: a block or the hash area does not match, or reading failed.
         """
         self.flushed(self.vinfo.data_blocks)
+        if self.log.covered != self.vinfo.data_blocks:
+            raise DeviceError(
+                f"slot {self.dev.path} cannot be read back whole: blocks from "
+                f"{self.log.covered} were not noted as written"
+            )
         for worker in self._workers:
             self._take(worker.finish)
         _check_stored_area(self.dev, self.vinfo, self.hash_offset)

@@ -1,4 +1,4 @@
-"""One install's writing: the target slot, its tree checker, the hashing child, counters, progress.
+"""One install's writing: the target slot, its checks, the log of what was written, progress.
 
 A `WriteSession` lives while one image is written into its slot (install steps 4
 and 5); the stream and the delta writer receive it. The `Installer` outlives
@@ -21,6 +21,7 @@ from .readback import RegionReadBack
 from .slotdev import SlotDevice
 from .source import BundleSource
 from .tuning import InstallTuning
+from .writelog import WriteLog
 
 BLOCK = verity.BLOCK_SIZE
 
@@ -91,6 +92,8 @@ class WriteSession:
         #: Bytes written since the last flush.
         self.unflushed = 0
         self.hasher = hashing.SpanDigests(vinfo.salt, tuning.span_blocks * BLOCK, tuning.ring_slots)
+        #: What the writers put in place, for the read-back to compare with the medium.
+        self.written = WriteLog()
 
     def report(self, phase: str, done: int, total: int) -> None:
         if self.progress:
@@ -104,10 +107,15 @@ class WriteSession:
         """sha256(salt || block) of each block of `data`, computed by the hashing child."""
         return self.hasher.digests(data)
 
+    def write(self, first: int, data: bytes | memoryview) -> None:
+        """Write checked blocks from block `first`, noted for the read-back."""
+        self.written.note(first, data)
+        self.dev.pwrite(first * BLOCK, data)
+
     def write_checked(self, first: int, data: bytes, expected: bytes) -> None:
         """Check blocks [first, first + len(data)/4096) against `expected`, then write them."""
         refuse_mismatch(first, self.digests(data), expected)
-        self.dev.pwrite(first * BLOCK, data)
+        self.write(first, data)
 
     def flush(self, back: RegionReadBack, upto_block: int) -> None:
         """Make every write so far durable; the data below `upto_block` is read back."""

@@ -121,6 +121,7 @@ class _Ring:
             raise readback.medium_failed(s.dev, f"hash tree: {e}") from e
         refuse_mismatch(first, s.hasher.collect(), expected)
         view = s.hasher.view(slot, count * BLOCK)
+        s.written.note(first, view)  # the slot's bytes stay as they are until written
         self.writes.append((slot, writer.submit(s.dev.pwrite, first * BLOCK, view)))
         s.unflushed += count * BLOCK
         if s.unflushed >= self.flush_every:

@@ -287,6 +287,7 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
         artifacts=tuple(artifacts),
         expires=_parse_time(args.expires) if args.expires else None,
         leaf_summary=args.leaf_summary,
+        image_sha256=args.image_sha256,
     )
     manifest = create_bundle(opts, Path(args.output), _progress_bar(not args.json))
     return {"bundle": args.output, **manifest_json(manifest)}
@@ -438,7 +439,8 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         size = f"{image['size']} bytes" + (
             f" (a file of {image['file_size']})" if "file_size" in image else ""
         )
-        print(f"image {n} ({image['slot_class']}): {size}, sha256 {image['sha256']}")
+        sha = f", sha256 {image['sha256']}" if "sha256" in image else ""
+        print(f"image {n} ({image['slot_class']}): {size}{sha}")
         print(f"  verity root hash {v['root_hash']}")
         print(f"  salt {v['salt']}, {v['data_blocks']} data blocks, tree {v['tree_size']} bytes")
         if "leaf_summary_size" in image:
@@ -622,6 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="leave out the leaf summary, which lets delta installs fetch less of the hash "
         "tree; for devices whose updater predates it (they refuse bundles with one)",
+    )
+    c.add_argument(
+        "--image-sha256",
+        action="store_true",
+        help="also record each image's whole SHA-256 in the manifest (costs one more pass; "
+        "the hash tree binds every byte already), for updaters that require it",
     )
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="bundle file to write")
 

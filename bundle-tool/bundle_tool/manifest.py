@@ -59,7 +59,9 @@ class Image:
 
     slot_class: str
     size: int
-    sha256: bytes
+    #: SHA-256 of the whole image; None when the bundle leaves it out (the tree binds
+    #: every byte already, see docs/bundle-format.md).
+    sha256: bytes | None
     verity: VerityInfo
     architecture: str | None = None
     #: Bytes of the leaf summary (see leafsummary); 0 when the bundle carries none.
@@ -79,11 +81,12 @@ class Image:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "sha256": self.sha256.hex(),
             "size": self.size,
             "slot_class": self.slot_class,
             "verity": self.verity.to_json(),
         }
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256.hex()
         if self.architecture is not None:
             out["architecture"] = self.architecture
         if self.leaf_summary_size:
@@ -234,7 +237,7 @@ def _parse_image(obj: object, where: str) -> Image:
     f = _Fields(obj, where)
     slot_class = f.take_name("slot_class")
     size = f.take_int("size", verity.BLOCK_SIZE)
-    sha = f.take_hex("sha256")
+    sha = f.take_hex("sha256") if f.has("sha256") else None
     vinfo = _parse_verity(f.take("verity"), where + ".verity")
     arch = f.take_name("architecture") if f.has("architecture") else None
     summary = f.take_int("leaf_summary_size", 1) if f.has("leaf_summary_size") else None

@@ -263,13 +263,17 @@ def file_leaf_digests(
     salt: bytes,
     data_blocks: int,
     workers: int | None = None,
+    *,
     observe: Callable[[bytes], None] | None = None,
+    hashed: Callable[[int, int], None] | None = None,
 ) -> Iterator[bytes]:
     """Leaf digests of the image's data blocks, in order, one chunk of blocks at a time.
 
     Worker processes (one per core) hash the chunks; see `forked`. `observe` sees
     every chunk of data in order (e.g. for a whole-image hash); it runs in this
-    process while the workers hash.
+    process while the workers hash. `hashed(first block, count)` is told of each
+    chunk once its digests are in, before they are yielded (e.g. to copy the
+    chunk elsewhere while the workers hash the next ones).
     Raises BundleIOError if the file holds fewer than `data_blocks` blocks.
     """
     workers = workers or os.cpu_count() or 1
@@ -291,6 +295,8 @@ def file_leaf_digests(
         for (first, count), chunk in zip(spans, digests, strict=True):
             if observe:
                 observe(os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE))
+            if hashed:
+                hashed(first, count)
             yield chunk
 
 
@@ -301,6 +307,7 @@ def build_tree(
     *,
     workers: int | None = None,
     observe: Callable[[bytes], None] | None = None,
+    hashed: Callable[[int, int], None] | None = None,
     spool_dir: str | None = None,
 ) -> Tree:
     """Build the hash tree of the first `data_blocks` blocks of the file at `path`.
@@ -311,6 +318,7 @@ def build_tree(
         salt: the dm-verity salt.
         workers: hashing processes (default: CPU count; small images use none).
         observe: called in order with every chunk of image data read.
+        hashed: called in order with (first block, count) of each chunk hashed.
         spool_dir: where a large tree is spooled (default: the system temp dir).
 
     Returns:
@@ -323,7 +331,9 @@ def build_tree(
     try:
         leaf_size = 0
         first_leaves = b""
-        for digests in file_leaf_digests(path, salt, data_blocks, workers, observe):
+        for digests in file_leaf_digests(
+            path, salt, data_blocks, workers, observe=observe, hashed=hashed
+        ):
             if not first_leaves:
                 first_leaves = digests[:DIGEST_SIZE]
             spool.write(digests)

@@ -86,6 +86,9 @@ class CreateOptions:
     expires: int | None = None
     leaf_summary: bool = True
     extra_images: Sequence[tuple[str, Path]] = field(default_factory=tuple)
+    #: Also record each image's whole-file SHA-256 (one more pass over the data), for
+    #: updaters older than 0.2 that require it; the tree binds every byte without it.
+    image_sha256: bool = False
 
     @property
     def images(self) -> tuple[tuple[str, Path], ...]:
@@ -282,29 +285,26 @@ def _hash(
 ) -> Iterator[tuple[Image, verity.Tree]]:
     """One image's hash tree and manifest entry (the tree is spooled until it is written)."""
     size = inp.stat.st_size
-    sha = hashlib.sha256()
-    hashed = 0
+    sha = hashlib.sha256() if opts.image_sha256 else None
 
-    def observe(data: bytes) -> None:
-        nonlocal hashed
-        sha.update(data)
-        hashed += len(data)
+    def hashed(first: int, count: int) -> None:
         if progress:
-            progress("hashing", hashed, size)
+            progress("hashing", (first + count) * verity.BLOCK_SIZE, size)
 
     salt = salt if salt is not None else secrets.token_bytes(32)
     with verity.build_tree(
         str(inp.path),
         size // verity.BLOCK_SIZE,
         salt,
-        observe=observe,
+        observe=None if sha is None else sha.update,
+        hashed=hashed,
         spool_dir=str(spool_dir),
     ) as tree:
         yield (
             Image(
                 slot_class=inp.slot_class,
                 size=size,
-                sha256=sha.digest(),
+                sha256=None if sha is None else sha.digest(),
                 verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
                 architecture=opts.architecture,
                 leaf_summary_size=leafsummary.summary_size(tree.data_blocks)

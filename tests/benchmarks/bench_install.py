@@ -50,10 +50,15 @@ BUILD_TIME = "1700000000"
 
 def make_bundle(image: Path, out: Path, pki: Any, version: str) -> str:
     """`bundle-tool create` for the test board; returns the root hash."""
+    return timed_create(image, out, pki, version)[0]
+
+
+def timed_create(image: Path, out: Path, pki: Any, version: str) -> tuple[str, common.Run]:
+    """`bundle-tool create` for the test board, timed; the root hash and the run."""
     from tests.updater.device import COMPATIBLE
 
     env = {**os.environ, "SOURCE_DATE_EPOCH": BUILD_TIME}
-    proc = subprocess.run(
+    run = common.timed(
         [
             common.tool("bundle-tool"),
             "create",
@@ -78,11 +83,8 @@ def make_bundle(image: Path, out: Path, pki: Any, version: str) -> str:
             str(out),
         ],
         env=env,
-        capture_output=True,
-        text=True,
-        check=True,
     )
-    return str(json.loads(proc.stdout)["images"][0]["verity"]["root_hash"])
+    return str(json.loads(run.stdout)["images"][0]["verity"]["root_hash"]), run
 
 
 def area_size(size: int) -> int:
@@ -120,6 +122,12 @@ def install(
 
 def reference(bundle: Path, slot: Path, size: int, root: str) -> tuple[float, int]:
     """dd the data and hash area from the bundle into `slot`, then veritysetup verify it."""
+    runs = reference_runs(bundle, slot, size, root)
+    return sum(r.seconds for r in runs), max(r.max_rss_kib for r in runs)
+
+
+def reference_runs(bundle: Path, slot: Path, size: int, root: str) -> list[common.Run]:
+    """The steps of `reference`, each timed."""
     from bundle_tool import leafsummary
 
     data_offset = bundle.stat().st_size - size
@@ -153,8 +161,7 @@ def reference(bundle: Path, slot: Path, size: int, root: str) -> tuple[float, in
         ["dd", f"if={slot}", "iflag=nocache", "count=0", "status=none"],
         ["veritysetup", "verify", str(slot), str(slot), root, f"--hash-offset={size}"],
     ]
-    runs = [common.timed(step) for step in steps]
-    return sum(r.seconds for r in runs), max(r.max_rss_kib for r in runs)
+    return [common.timed(step) for step in steps]
 
 
 def changed_copy(old: Path, new: Path, fraction: float, run: int, seed: int) -> int:

@@ -143,6 +143,16 @@ class Run:
     cpu_seconds: float = 0.0
 
 
+def parse_time_report(text: str) -> tuple[int, float]:
+    """Peak RSS (KiB) and user + system seconds from a `/usr/bin/time -v` report."""
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    user = re.search(r"User time \(seconds\): ([\d.]+)", text)
+    system = re.search(r"System time \(seconds\): ([\d.]+)", text)
+    if m is None or user is None or system is None:
+        raise RuntimeError(f"no peak RSS or CPU time in the report of {TIME}:\n{text}")
+    return int(m.group(1)), float(user.group(1)) + float(system.group(1))
+
+
 def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None) -> Run:
     """Run `cmd` under `/usr/bin/time -v`; wall time is measured here, RSS from time's report."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
@@ -159,11 +169,8 @@ def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None) -> Run:
         raise RuntimeError(
             f"{' '.join(cmd)} failed with status {proc.returncode}:\n{proc.stderr[-2000:]}"
         )
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    cpu = re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", text)
-    if m is None or len(cpu) != 2:
-        raise RuntimeError(f"no peak RSS or CPU times in the report of {TIME}:\n{text}")
-    return Run(seconds, int(m.group(1)), proc.stdout, sum(map(float, cpu)))
+    rss, cpu = parse_time_report(text)
+    return Run(seconds, rss, proc.stdout, cpu)
 
 
 def repeat(

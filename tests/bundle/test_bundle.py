@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,12 +35,42 @@ def test_round_trip(make_bundle: Callable[..., Path], keyring: tuple[object, ...
     image = head.manifest.images[0]
     data = (path.parent / "b.bundle.img").read_bytes()
     assert image.size == len(data)
-    assert image.sha256 == hashlib.sha256(data).digest()
+    assert image.sha256 is None  # the tree binds every byte: no whole-image pass by default
     assert head.total_size == path.stat().st_size
     # The data region of the bundle is the image, byte for byte.
     part = head.images[0]
     raw = path.read_bytes()
     assert raw[part.data_offset : part.data_offset + image.size] == data
+
+
+def test_the_whole_image_sha256_on_request(
+    make_bundle: Callable[..., Path], keyring: tuple[object, ...]
+) -> None:
+    path = make_bundle(blocks=300, image_sha256=True)
+    data = (path.parent / "b.bundle.img").read_bytes()
+    image = verify(path.read_bytes(), keyring).manifest.images[0]
+    assert image.sha256 == hashlib.sha256(data).digest()
+    assert '"sha256":"' in path.read_bytes()[64:4096].decode("utf-8", "replace")
+
+
+def test_a_wrong_whole_image_sha256_is_refused(
+    make_bundle: Callable[..., Path], keyring: tuple[object, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle whose manifest gives a whole-image SHA-256 is still held to it."""
+    from bundle_tool import writer
+
+    class WrongSha:
+        def update(self, data: bytes) -> None:
+            pass
+
+        def digest(self) -> bytes:
+            return bytes(32)
+
+    monkeypatch.setattr(writer, "hashlib", SimpleNamespace(sha256=WrongSha))
+    path = make_bundle(blocks=40, image_sha256=True)
+    monkeypatch.undo()
+    with pytest.raises(BundleError, match="image sha256 does not match"):
+        verify(path.read_bytes(), keyring)
 
 
 def test_reproducible(make_bundle: Callable[..., Path]) -> None:
@@ -263,4 +294,5 @@ def test_image_and_output_on_different_filesystems(
         out = tmp_path / "b.bundle"
         create_bundle(CreateOptions(image, "1.0.0", "b", [signer], BUILD_TIME), out)
         head = verify(out.read_bytes(), keyring)
-        assert head.manifest.images[0].sha256 == hashlib.sha256(image.read_bytes()).digest()
+        part = head.images[0]
+        assert out.read_bytes()[part.data_offset :] == image.read_bytes()

@@ -126,7 +126,7 @@ def test_leaf_digests_are_the_same_in_one_process_and_in_several(tmp_path: Path)
     image = write_image(tmp_path / "img", blocks, seed=2)
     seen = bytearray()
     one = b"".join(verity.file_leaf_digests(str(image), b"s", blocks, workers=1))
-    many = b"".join(verity.file_leaf_digests(str(image), b"s", blocks, 2, seen.extend))
+    many = b"".join(verity.file_leaf_digests(str(image), b"s", blocks, 2, observe=seen.extend))
     assert one == many == verity.digest_blocks(b"s", image.read_bytes())
     assert seen == image.read_bytes()
 

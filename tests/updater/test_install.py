@@ -631,6 +631,29 @@ class LyingMedium(FileSlot):
         super().pwrite(offset, bytes(data))
 
 
+class DroppingMedium(LyingMedium):
+    """A slot that silently loses the write of one block (the old bytes stay)."""
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        data = bytearray(data)
+        if offset <= self.bad_offset < offset + len(data):
+            at = self.bad_offset - offset
+            data[at : at + 4096] = self.pread(self.bad_offset, 4096).ljust(4096, b"\0")
+        FileSlot.pwrite(self, offset, bytes(data))
+
+
+class MisplacingMedium(LyingMedium):
+    """A slot that stores one block one block further on (a wrong address)."""
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        data = bytearray(data)
+        FileSlot.pwrite(self, offset, bytes(data))
+        if offset <= self.bad_offset < offset + len(data):
+            at = self.bad_offset - offset
+            FileSlot.pwrite(self, self.bad_offset + 4096, bytes(data[at : at + 4096]))
+            FileSlot.pwrite(self, self.bad_offset, b"\xa5" * 4096)
+
+
 class LyingAboutTheTree(LyingMedium):
     """The wrong bit lands in the hash area, in its third leaf block.
 
@@ -652,6 +675,11 @@ class LyingAboutTheTree(LyingMedium):
         # Random-access (delta) path, one region and several.
         (LyingMedium, 64 << 20, True, r"\(block 100\)"),
         (LyingMedium, 64 * 4096, True, r"\(block 100\)"),
+        # A write dropped or stored one block further on, in both paths.
+        (DroppingMedium, 64 * 4096, False, r"\(block 100\)"),
+        (DroppingMedium, 64 << 20, True, r"\(block 100\)"),
+        (MisplacingMedium, 64 * 4096, False, r"\(block 100\)"),
+        (MisplacingMedium, 64 * 4096, True, r"\(block 100\)"),
         (LyingAboutTheTree, 64 << 20, True, "hash tree"),
     ],
 )
@@ -739,24 +767,28 @@ def test_a_read_back_process_killed_by_a_medium_error_is_a_device_error(
     assert StateDir(device.root / "state").last_result()["kind"] == "DeviceError"  # type: ignore[index]
 
 
-def test_read_back_children_share_a_region_in_whole_chunks(
+def test_read_back_children_share_a_region_in_whole_extents(
     device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each child maps its part from its first block: parts start on a 4 MiB chunk."""
-    from bundle_tool import forked, verity
+    """Each child gets whole extents as written, the two halves of the region, every block."""
+    from bundle_tool import forked
+    from updater import writelog
 
-    chunk = verity.CHUNK_BLOCKS
-    blocks = 2 * chunk + 5  # one region (no flush before the end), three chunks
+    blocks = 2048 + 5  # one region (no flush before the end)
     sends = spy(monkeypatch, forked.Worker, "send")
     install_file(device, device.bundle(image_bytes(blocks, seed=21)))
     assert_installed(device)
+    # The hashing child's requests are 16 bytes; the read-back's whole extents of 32.
     parts = [
-        (int.from_bytes(r[:8], "little"), int.from_bytes(r[8:], "little"))
+        list(writelog.decode_extents(r))
         for _, r in sends
-        if len(r) == 16 and int.from_bytes(r[8:], "little") <= blocks
+        if r and len(r) % writelog.EXTENT_SIZE == 0
     ]
-    # The read-back requests: two chunks to the first child, the rest to the second.
-    assert (0, 2 * chunk) in parts and (2 * chunk, 5) in parts
+    assert len(parts) == 2, parts
+    extents = [e for part in parts for e in part]
+    assert [e.first for e in extents] == list(range(0, blocks, 256))  # the stream's spans
+    assert sum(e.count for e in extents) == blocks
+    assert [sum(e.count for e in part) for part in parts] == [1280, blocks - 1280]
 
 
 def test_region_read_back_reports_early(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,6 +39,18 @@ def https_install(device: Device, url: str, ca_file: str, **settings: float) -> 
         return Installer(device.config()).install(src)
 
 
+def served_install(device: Device, nginx_server: NginxServer, bundle: Path, image: bytes) -> int:
+    """Install `bundle` from nginx, check the result; the body bytes nginx served."""
+    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
+    nginx_server.reset_log()
+    result = https_install(device, nginx_server.url("v2.bundle"), nginx_server.ca_file)
+    served = nginx_server.body_bytes_served()
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(image)] == image
+    assert result.bytes_fetched == served  # type: ignore[attr-defined]
+    return served
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("run", "summary"),
@@ -61,13 +73,7 @@ def test_delta_update_downloads_little(
         raw = bytearray(bundle.read_bytes())
         raw[size - 8192 : size] = stale[size - 8192 : size]  # the summary: 128 entries
         bundle.write_bytes(raw)
-    (Path(nginx_server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
-    nginx_server.reset_log()
-    result = https_install(device, nginx_server.url("v2.bundle"), nginx_server.ca_file)
-    served = nginx_server.body_bytes_served()
-    assert_installed(device, bundle=bundle)
-    assert device.slot("B").read_bytes()[: len(new)] == new
-    assert result.bytes_fetched == served  # type: ignore[attr-defined]
+    served = served_install(device, nginx_server, bundle, new)
     # The leaf blocks (or their changed parts) of each batch of leaf groups come in
     # one request, its data blocks in another (several ranges each, a multipart
     # answer), some read ahead in a thread: each answer is read to its end before
@@ -87,6 +93,52 @@ def test_delta_update_downloads_little(
         assert share <= (0.015 if run == 8 else 0.013)
     else:
         assert 0.0156 < share <= 0.0165
+
+
+def with_zero_runs(data: bytes, fraction: float, seed: int) -> bytes:
+    """`data` with about `fraction` of its blocks zeroed, in runs of 1 to 400 blocks, as a
+    filesystem's free space (and a few single blocks)."""
+    rng = random.Random(seed)
+    blocks = len(data) // 4096
+    out = bytearray(data)
+    zeroed: set[int] = set()
+    while len(zeroed) < fraction * blocks:
+        n = 1 if rng.random() < 0.2 else rng.randint(2, 400)
+        start = rng.randrange(blocks - n)
+        out[start * 4096 : (start + n) * 4096] = bytes(n * 4096)
+        zeroed.update(range(start, start + n))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("summary", [True, False], ids=["leaf-summary", "no-leaf-summary"])
+def test_a_fresh_install_downloads_no_zero_block(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer, summary: bool
+) -> None:
+    """Zero blocks are known by their signed digest: written, never downloaded."""
+    blocks = 4096  # 16 MiB
+    device = make_device(tmp_path / "dev", pki, image_bytes(blocks, seed=30))
+    new = with_zero_runs(image_bytes(blocks, seed=31), 0.3, seed=32)
+    zero_share = sum(new[i : i + 4096] == bytes(4096) for i in range(0, len(new), 4096)) / blocks
+    bundle = device.bundle(new, leaf_summary=summary)
+    served = served_install(device, nginx_server, bundle, new)
+    share = served / len(new)
+    print(f"fresh, {zero_share:.1%} zero blocks: {served} bytes = {share:.2%}")
+    assert 0.3 <= zero_share < 0.4
+    assert share <= 1 - zero_share + 0.01
+
+
+@pytest.mark.slow
+def test_a_delta_install_past_free_space_still_copies(
+    tmp_path: Path, pki: keygen.DevPki, nginx_server: NginxServer
+) -> None:
+    """Free space in both images (zero blocks, some changed) does not make the running
+    slot look unrelated: the data after it is still copied, not fetched."""
+    old = bytearray(image_bytes(BLOCKS, seed=33))
+    old[BLOCKS // 8 * 4096 : BLOCKS * 5 // 8 * 4096] = bytes(BLOCKS // 2 * 4096)  # free space
+    device = make_device(tmp_path / "dev", pki, bytes(old))
+    new = changed(bytes(old), 0.01, 1, seed=34)
+    served = served_install(device, nginx_server, device.bundle(new), new)
+    assert served / len(new) <= 0.015
 
 
 @pytest.mark.parametrize("mode", ["find-moved", "find-moved-every-6th", "same-offset"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from updater.errors import DeviceError, UsageError
 from updater.filesource import FileSource, StdinSource
 from updater.install import Installer, InstallTuning
 from updater.statedir import SlotRecord
+from updater.zeroblocks import ZeroBlocks
 
 BLOCKS = 700
 DIGEST = 32
@@ -67,6 +69,39 @@ def test_the_target_wins_over_the_running_slot() -> None:
     assert (plan.kept, plan.copy, plan.fetch, plan.copied_groups) == (128, (), (), frozenset())
 
 
+def test_zero_blocks_are_written_not_fetched_nor_copied() -> None:
+    zero = ZeroBlocks.for_salt(b"salt")
+    assert zero.digest == hashlib.sha256(b"salt" + bytes(4096)).digest()
+    want = bytearray(digests(4, 128))
+    for i in (0, 1, 2, 50, 127):
+        want[i * DIGEST : (i + 1) * DIGEST] = zero.digest
+    want = bytes(want)
+    # Group 0, fresh: its zero blocks are written. Group 1: the target holds block 1
+    # (kept); the running slot holds everything (zero blocks are not copied).
+    on_target = digests(5, 1) + want[DIGEST : 2 * DIGEST] + digests(6, 126)
+    plan = plan_batch([group(0, want, None, None), group(1, want, on_target, want)], zero)
+    assert plan.zero == (0, 1, 2, 50, 127, 128, 130, 178, 255)
+    assert plan.kept == 1
+    assert set(plan.fetch) == set(range(128)) - {0, 1, 2, 50, 127}
+    assert set(plan.copy) == set(range(128, 256)) - {128, 129, 130, 178, 255}
+    assert plan.copied_groups == plan.warm_groups == {1}
+    # Group 2: the running slot holds its zero blocks only (free space in both images):
+    # nothing to copy, yet the running slot is related to the image (warm).
+    only_zeros = bytearray(digests(7, 128))
+    for i in (0, 1, 2, 50, 127):
+        only_zeros[i * DIGEST : (i + 1) * DIGEST] = zero.digest
+    plan = plan_batch([group(2, want, None, bytes(only_zeros))], zero)
+    assert (plan.copy, plan.copied_groups, plan.warm_groups) == ((), frozenset(), {2})
+    # Without the zero block's digest, they are fetched like any other.
+    assert plan_batch([group(0, want, None, None)]).fetch == tuple(range(128))
+
+
+def test_the_leaf_block_of_a_group_of_zero_blocks() -> None:
+    zero = ZeroBlocks.for_salt(b"")
+    assert zero.leaf(3) == zero.digest * 3 + bytes(4096 - 96)
+    assert zero.zeros(zero.leaf(3), 4) == [0, 1, 2]
+
+
 @settings(deadline=None)  # a shared machine can be slow, not wrong
 @given(
     st.lists(
@@ -77,9 +112,12 @@ def test_the_target_wins_over_the_running_slot() -> None:
 def test_every_block_of_a_batch_is_planned_once(
     shapes: list[tuple[int, int, int]], rng: random.Random
 ) -> None:
+    zero = ZeroBlocks.for_salt(b"s")
     groups = []
     for j, (count, t_kind, a_kind) in enumerate(shapes):
-        want = rng.randbytes(count * DIGEST)
+        want = b"".join(
+            zero.digest if rng.random() < 0.2 else rng.randbytes(DIGEST) for _ in range(count)
+        )
 
         def holding(kind: int, want: bytes = want, count: int = count) -> bytes | None:
             # 0: not read; 1: random blocks; 2: each block right or wrong at random.
@@ -93,11 +131,15 @@ def test_every_block_of_a_batch_is_planned_once(
             )
 
         groups.append(group(j, want, holding(t_kind), holding(a_kind)))
-    plan = plan_batch(groups)
+    plan = plan_batch(groups, zero)
     blocks = [b for g in groups for b in range(g.first, g.first + g.count)]
-    assert plan.kept + len(plan.copy) + len(plan.fetch) == len(blocks)
-    assert set(plan.copy) | set(plan.fetch) <= set(blocks)
+    assert plan.kept + len(plan.copy) + len(plan.fetch) + len(plan.zero) == len(blocks)
+    assert set(plan.copy) | set(plan.fetch) | set(plan.zero) <= set(blocks)
     assert not set(plan.copy) & set(plan.fetch)
+    assert not set(plan.zero) & (set(plan.copy) | set(plan.fetch))
+    for b in plan.zero:  # zeros only where the signed digest is a zero block's
+        g = groups[b // 128]
+        assert zero.is_zero(g.leaf, b - g.first)
     for b in plan.copy:  # a block is copied only where the running slot holds its digest
         g = groups[b // 128]
         i = b - g.first
