@@ -276,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mark the booted slot good",
         """\
             Restore the booted slot's tries and raise the anti-rollback floor to its
-            security version. Run it once the system is healthy, e.g. from
-            abctl-mark-good.service in place of `abctl mark-good`.""",
+            security version. Run it once the system is healthy: the shipped
+            abctl-mark-good.service runs it where the updater is installed.""",
     )
     return p
 
