@@ -2,6 +2,10 @@
 
 After a crash at any point the path holds either the complete old or the complete new
 contents. Works on FAT too (the rename replaces the old directory entry).
+
+A directory entry (a new file's name, a rename, a new directory) is durable only once
+its directory was fsynced: `atomic_write` fsyncs the file's directory after the rename,
+and `make_dirs` the parent of each directory it creates.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["STEPS", "FaultHook", "atomic_write"]
+__all__ = ["STEPS", "FaultHook", "atomic_write", "make_dirs"]
 
 #: Steps of `atomic_write`, in order; a fault hook is called with each name before the step.
 STEPS = ("create", "write", "fsync", "rename", "fsync-dir")
@@ -34,6 +38,30 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each durably (its parent fsynced after it).
+
+    An existing `path` is left as it is; it is not fsynced again.
+
+    Raises:
+        OSError: A directory could not be created or its parent not fsynced.
+    """
+    missing: list[Path] = []
+    at = path
+    while not at.is_dir():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+        _fsync_dir(directory.parent)
 
 
 def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> None:

@@ -17,7 +17,7 @@ from bootctl.errors import BootctlError
 from bundle_tool.cliutil import add_command, exit_status, make_parser
 from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
 
-from . import errors
+from . import errors, interrupts
 from .bootfiles import boot_image_version
 from .config import DEFAULT_CONFIG, load_config
 from .install import Installer, Progress, open_control
@@ -30,6 +30,9 @@ EXIT_TRUST = 4
 EXIT_POLICY = 5
 EXIT_TRANSPORT = 6
 EXIT_DEVICE = 7
+EXIT_BUSY = 8
+#: A signal ends a command with 128 + its number: 130 (SIGINT), 143 (SIGTERM).
+EXIT_SIGNAL_BASE = 128
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (errors.UsageError, EXIT_USAGE),
     (BundleError, EXIT_BAD_BUNDLE),
@@ -39,6 +42,8 @@ EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (errors.DeviceError, EXIT_DEVICE),
     (BundleIOError, EXIT_DEVICE),
     (BootctlError, EXIT_DEVICE),
+    (errors.BusyError, EXIT_BUSY),
+    (errors.Interrupted, EXIT_SIGNAL_BASE),  # plus the signal's number (see _exit_status)
 )
 
 EPILOG = """\
@@ -52,6 +57,9 @@ exit status:
   6  transport: the bundle could not be fetched (network, TLS, HTTP, medium)
   7  device: a slot, the boot environment or the state directory failed, or the
      reboot asked for with --reboot (the install itself succeeded)
+  8  another install or mark-good is running on this device (nothing was done)
+  130, 143  interrupted by SIGINT or SIGTERM (an install records it; its target
+     slot is left unbootable, as after any failure once writing began)
 In every failure case the booted slot and the boot order are left as they were,
 except a failed --reboot (status 7 after the result): the install stands. A
 result that cannot be recorded after the switch is a warning on stderr (and in
@@ -171,9 +179,8 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_mark_good(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     control = open_control(config)
-    slot = control.mark_good()
     installer = Installer(config, control=control)
-    installer.refresh_floor()
+    slot = installer.mark_good()
     return {"marked_good": slot, "security_floor": installer.state.security_floor()}
 
 
@@ -275,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mark the booted slot good",
         """\
             Restore the booted slot's tries and raise the anti-rollback floor to its
-            security version. Run it once the system is healthy, e.g. from
-            abctl-mark-good.service in place of `abctl mark-good`.""",
+            security version. Run it once the system is healthy: the shipped
+            abctl-mark-good.service runs it where the updater is installed.""",
     )
     return p
 
@@ -288,27 +295,34 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
+def _exit_status(e: BaseException) -> int:
+    if isinstance(e, errors.Interrupted):
+        return EXIT_SIGNAL_BASE + e.signum
+    return exit_status(e, EXIT_CODES, EXIT_DEVICE)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line; exits with the documented status."""
     args = build_parser().parse_args(argv)
-    try:
-        result = COMMANDS[args.command](args)
-        if args.json:
-            install = args.command == "install"
-            print(json.dumps({"event": "result", **result} if install else result), flush=True)
-        else:
-            _print_text(args.command, result)
-            sys.stdout.flush()
-        for warning in result.get("warnings", ()):
-            print(f"updater: warning: {warning}", file=sys.stderr)
-        if result.get("rebooting"):  # printed first: a reboot may end this process at once
-            reboot(result)
-    except tuple(cls for cls, _ in EXIT_CODES) as e:
-        status = exit_status(e, EXIT_CODES, EXIT_DEVICE)
-        if args.json:
-            print(json.dumps({"event": "error", "error": str(e), "exit_status": status}))
-        print(f"updater: error: {e}", file=sys.stderr)
-        sys.exit(status)
+    with interrupts.raised():
+        try:
+            result = COMMANDS[args.command](args)
+            if args.json:
+                install = args.command == "install"
+                print(json.dumps({"event": "result", **result} if install else result), flush=True)
+            else:
+                _print_text(args.command, result)
+                sys.stdout.flush()
+            for warning in result.get("warnings", ()):
+                print(f"updater: warning: {warning}", file=sys.stderr)
+            if result.get("rebooting"):  # printed first: a reboot may end this process at once
+                reboot(result)
+        except tuple(cls for cls, _ in EXIT_CODES) as e:
+            status = _exit_status(e)
+            if args.json:
+                print(json.dumps({"event": "error", "error": str(e), "exit_status": status}))
+            print(f"updater: error: {e}", file=sys.stderr)
+            sys.exit(status)
     sys.exit(EXIT_OK)
 
 

@@ -5,10 +5,14 @@ Errors about the bundle itself (corrupt, untrusted, refused by policy) come from
 exit statuses.
 """
 
+import signal
+
 from bundle_tool.errors import PolicyError
 
 __all__ = [
+    "BusyError",
     "DeviceError",
+    "Interrupted",
     "PolicyError",
     "TransportError",
     "UpdaterError",
@@ -30,3 +34,19 @@ class TransportError(UpdaterError):
 
 class DeviceError(UpdaterError):
     """Reading or writing a slot, the boot environment or the state directory failed."""
+
+
+class BusyError(UpdaterError):
+    """Another install or mark-good holds the device's lock: nothing was done."""
+
+
+class Interrupted(UpdaterError):
+    """A signal (SIGINT, SIGTERM) ended the command.
+
+    Attributes:
+        signum: the signal's number.
+    """
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        self.signum = signum
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")

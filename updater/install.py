@@ -25,12 +25,17 @@ The order, fixed and crash-safe (docs/updater.md explains why each step is where
    makes the target primary with full tries.
 
 A failure at any step leaves the booted slot and the boot order as they were.
+An install holds the device's lock (`installlock`) from start to end: a second
+one, or a mark-good, is refused meanwhile. SIGINT and SIGTERM (as `Interrupted`,
+see `interrupts`) end it like a failure, recorded with the phase it was in;
+they are held while the environment or the slot records change (steps 3 and 6).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -48,11 +53,11 @@ from bundle_tool.keyring import read_keyring
 from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
 
-from . import bootfiles, deltawrite, floor, installplan, readback
+from . import bootfiles, deltawrite, floor, installlock, installplan, interrupts, readback
 from .bootfiles import BootDir
 from .config import DeviceConfig
 from .deltawrite import DeltaWriter
-from .errors import DeviceError, TransportError, UsageError
+from .errors import DeviceError, Interrupted, TransportError, UsageError
 from .installplan import FilePlan, ImagePlan, InstallPlan
 from .session import ImageWriter, Progress, WriteSession
 from .slotdev import FileSlot, SlotDevice
@@ -125,6 +130,10 @@ class Installer:
         self.state = StateDir(config.state_dir)
         #: What went wrong after the last install's switch (the install stands).
         self.warnings: list[str] = []
+        #: Where the current install is: "check", "invalidate", a progress phase
+        #: ("tree", "index", "data", "read-back"), "switch", then "done".
+        self.phase = "check"
+        self._target = ""
 
     # --- state and checks before anything is written ----------------------------------------
 
@@ -168,6 +177,23 @@ class Installer:
     def refresh_floor(self) -> None:
         """Store the floor in force (raise it once a newly installed slot was marked good)."""
         self.state.raise_floor(self.security_floor())
+
+    def mark_good(self) -> str:
+        """Give the booted slot its full tries back and store the floor that raises; its name.
+
+        Runs with the install lock held (not during an install), and with signals
+        held: the floor is stored with the tries.
+
+        Raises:
+            BusyError: an install or mark-good runs.
+            BootctlError: the booted slot is unknown, or the environment failed.
+            DeviceError: the state directory failed.
+        """
+        with installlock.held(self.config.state_dir, "mark the booted slot good"):
+            with interrupts.held():
+                slot = self.control.mark_good()
+                self.refresh_floor()
+            return slot
 
     def check(self, source: BundleSource) -> VerifiedHead:
         """Read and check a bundle's head: signatures, compatible, expiry, anti-rollback.
@@ -268,12 +294,28 @@ class Installer:
             delta: as for `plan`.
         """
         installplan.refuse_delta_from_a_stream(delta, source.random_access)
+        with installlock.held(self.config.state_dir, "install"):
+            return self._install(source, slot, delta)
+
+    def _install(self, source: BundleSource, slot: str | None, delta: bool | None) -> InstallResult:
+        """`install`, with the device's install lock held."""
         started = self.clock()
         self.warnings = []
+        self.phase = "check"
         try:
             decided = self.plan(source, slot, delta)
             self.refresh_floor()  # the checks passed: writing may begin
-            result = self._carry_out(decided, source, started)
+            image, session = self._write(decided, source)
+            # Held: a signal lands before the record or after the switch, not between.
+            with interrupts.held():
+                self.phase = "switch"
+                self._record(decided, image)
+                self._switch(image, session)
+                result = self._result(decided, image, session, started)
+                self.phase = "done"
+                self._record_success(result, started)
+        except Interrupted as e:
+            raise self._interrupted(e, started) from None
         except (BundleError, TrustError, PolicyError, TransportError, DeviceError, UsageError) as e:
             self._record_failure(e, started)
             raise
@@ -285,42 +327,68 @@ class Installer:
             error = DeviceError(str(e))
             self._record_failure(error, started)
             raise error from e
+        return result
+
+    def _record_success(self, result: InstallResult, started: float) -> None:
         try:
             self.state.record_result({**result.to_dict(), "at": int(started)})
         except DeviceError as e:  # after the switch: the new slot boots next all the same
             self.warnings.append(f"the install stands, but its result was not recorded: {e}")
-        return result
 
-    def _record_failure(self, error: Exception, started: float) -> None:
+    def _interrupted(self, e: Interrupted, started: float) -> Interrupted:
+        """The error to raise for a signal in `self.phase`, recorded unless the install stands."""
+        name = signal.Signals(e.signum).name
+        if self.phase == "done":
+            return Interrupted(e.signum, f"{name} came once the install was done; it stands")
+        if self.phase == "check":
+            said = "nothing was changed"
+        else:
+            said = f"slot {self._target} is left unbootable; run the install again"
+        error = Interrupted(e.signum, f"interrupted by {name} in phase {self.phase}: {said}")
+        self._record_failure(error, started, status="interrupted", phase=self.phase, signal=name)
+        return error
+
+    def _record_failure(
+        self, error: Exception, started: float, status: str = "failed", **more: str
+    ) -> None:
         with contextlib.suppress(DeviceError):  # the original error matters more
             self.state.record_result(
                 {
-                    "status": "failed",
+                    "status": status,
                     "error": str(error),
                     "kind": type(error).__name__,
                     "at": int(started),
+                    **more,
                 }
             )
 
-    def _carry_out(
-        self, decided: InstallPlan, source: BundleSource, started: float
-    ) -> InstallResult:
-        """Steps 3 to 6 of the module docstring for the planned images and files.
+    def _report(self, p: Progress) -> None:
+        """Progress of the write session: its phase is the install's."""
+        self.phase = p.phase
+        if self.progress:
+            self.progress(p)
+
+    def _write(self, decided: InstallPlan, source: BundleSource) -> tuple[ImagePlan, WriteSession]:
+        """Steps 3 to 5 of the module docstring for the planned images and files.
 
         Everything is written in bundle order, so that a stream is read once.
         """
         (image,) = decided.images  # the plan makes one: the slot group's device
         before = [f for f in decided.files if f.offset < image.part.area_offset]
         after = [f for f in decided.files if f.offset > image.part.area_offset]
+        self._target = image.target
         with self.open_slot(image.device) as dev:
             self._check_room(image, dev)
-            self._invalidate(image)
+            self.phase = "invalidate"
+            with interrupts.held():
+                self._invalidate(image)
             self._write_files(before, source)
             vinfo = image.image.verity
             with (
-                WriteSession(dev, vinfo, source, self.tuning, self.progress) as s,
+                WriteSession(dev, vinfo, source, self.tuning, self._report) as s,
                 self._writer(image, source, s) as writer,
             ):
+                s.report("tree", 0, vinfo.tree_size)
                 writer.write_tree()
                 # The tree above the leaves is verified now: the read-back children
                 # inherit it and check each flushed region while the rest is written.
@@ -329,15 +397,12 @@ class Installer:
                     self._write_files(after, source)
                     source.check_end(decided.head.total_size)
                     self._read_back(image, s, back)
-        self._record(decided, image)
-        self._switch(image, s)
-        return self._result(decided, image, s, started)
+        return image, s
 
     def _write_files(self, files: list[FilePlan], source: BundleSource) -> None:
         """Step 5: each boot file written, flushed, checked and renamed (see bootfiles)."""
         for n, f in enumerate(files):
-            if self.progress:
-                self.progress(Progress("boot-files", n, len(files), source.bytes_fetched, 0))
+            self._report(Progress("boot-files", n, len(files), source.bytes_fetched, 0))
             folder = self.open_boot_dir(f.folder)
             try:
                 if f.image is not None:

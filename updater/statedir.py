@@ -1,6 +1,7 @@
 """What the updater remembers outside the slots: anti-rollback floor, slot records, last result.
 
-Each file is small JSON, replaced crash-safely. The floor lives here, not in a
+Each file is small JSON, replaced crash-safely; the directory is created durably
+(its parent fsynced), so a file written into it survives a power cut. The floor lives here, not in a
 slot, so installing an old image cannot lower it.
 """
 
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bootctl.atomicfile import atomic_write
+from bootctl.atomicfile import atomic_write, make_dirs
 
 from .errors import DeviceError
 
@@ -47,7 +48,7 @@ class StateDir:
 
     def _save(self, name: str, value: Any) -> None:
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path)
             atomic_write(self.path / name, json.dumps(value, indent=2, sort_keys=True).encode())
         except OSError as e:
             raise DeviceError(f"cannot write state file {self.path / name}: {e.strerror}") from e

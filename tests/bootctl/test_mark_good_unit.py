@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,13 @@ def test_unit_is_ordered_after_boot_complete() -> None:
     assert unit["Requires"] == "boot-complete.target"
     assert unit["ConditionKernelCommandLine"] == "abupdate.slot"
     assert parser["Service"]["Type"] == "oneshot"
-    assert parser["Service"]["ExecStart"].split()[-1] == "mark-good"
+    assert parser["Service"]["ExecStart"].rstrip("'").endswith("exec abctl mark-good")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    abctl = Path(sys.executable).parent / "abctl"
-    text = UNIT.read_text().replace("ExecStart=abctl", f"ExecStart={abctl}")
-    unit = tmp_path / UNIT.name
-    unit.write_text(text)
+    unit = tmp_path / UNIT.name  # ExecStart runs /bin/sh, which finds the tools on PATH
+    unit.write_text(UNIT.read_text())
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
     )

@@ -179,6 +179,7 @@ def make_device(
     *,
     b_image: bytes | None = None,
     board: Path = BOARD,
+    state_dir: str = "state",
 ) -> Device:
     """A device booted from slot A holding `a_image` (with its hash tree).
 
@@ -186,7 +187,8 @@ def make_device(
     1.0.0, installed by the real Installer) with its root hash recorded and full
     tries, second in the boot order: bootable, but A boots first. The environment
     is a U-Boot one (`uboot.env`), or with a GRUB board a GRUB environment block
-    (`grubenv`).
+    (`grubenv`). The state directory is `state_dir` below `root`; the first install
+    (or `b_image`'s) creates it.
     """
     root.mkdir(parents=True, exist_ok=True)
     dev = Device(root, pki, board)
@@ -201,7 +203,7 @@ def make_device(
     dev.config_path.write_text(
         f'board = "{board}"\n'
         'keyring = "keyring.pem"\n'
-        'state_dir = "state"\n'
+        f'state_dir = "{state_dir}"\n'
         'cmdline = "cmdline"\n'
         'boot_mount = "boot"\n'
         '[slots.A]\ndevice = "slot-A.img"\n'

@@ -1,4 +1,5 @@
-"""Power cuts for installer tests: slots and boot folders that lose whatever was not flushed.
+"""Power cuts for installer tests: slots and boot folders that lose whatever was not
+flushed, and directory entries that lose what was not fsynced.
 
 Every slot write and flush, environment save, state file write, and boot-folder
 file write, file sync, folder sync, rename and removal is one "event";
@@ -9,14 +10,23 @@ right after the N-th event (with 0, before the first): each slot's writes since 
 flush are undone, as a real medium would lose its volatile cache, also on a
 slot the installer has already closed, and every later event fails without
 effect. A budget of the total number of events cuts right after the last one.
+
+A filesystem keeps a new name (a created directory, a rename) only once its
+directory was fsynced. `Power.watch_entries` follows the directories made and
+the renames done below a root while an install runs (the real calls, watched);
+a cut undoes each one whose directory was not fsynced since: a directory made
+disappears with what it holds, a renamed file is back to what it held before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import shutil
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bootctl.control import SlotControl
 from updater.bootfiles import BootDir
@@ -40,6 +50,7 @@ class Power:
         self.off = False
         self.slots: list[PowerCutSlot] = []
         self.folders: list[PowerCutBootDir] = []
+        self.entries: DirectoryEntries | None = None
 
     def _cut_due(self) -> bool:
         return self.off or (self.budget is not None and self.events >= self.budget)
@@ -51,6 +62,8 @@ class Power:
                 slot.lose_unflushed()
             for folder in reversed(self.folders):
                 folder.lose_unflushed()
+            if self.entries is not None:
+                self.entries.lose_unsynced()
         raise PowerCut(f"power lost after event {self.events}")
 
     def event(self, kind: str, action: Callable[[], T]) -> T:
@@ -98,6 +111,69 @@ class Power:
             self.event(f"state {name}", lambda: save(name, value))
 
         state._save = counted  # type: ignore[method-assign]
+
+    @contextlib.contextmanager
+    def watch_entries(self, root: Path) -> Iterator[DirectoryEntries]:
+        """While the body runs, follow directory entries made below `root` (see the module)."""
+        self.entries = DirectoryEntries(root)
+        with self.entries.watching():
+            yield self.entries
+
+
+class DirectoryEntries:
+    """New directories and renames below `root` whose directory was not fsynced since."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        #: ("dir", path, None) for a directory made; ("file", path, old bytes or None) for a
+        #: rename onto path.
+        self.unsynced: list[tuple[str, Path, bytes | None]] = []
+
+    def _below(self, path: Any) -> Path | None:
+        p = Path(os.fsdecode(path)).resolve()
+        return p if p.is_relative_to(self.root) else None
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        mkdir, replace, rename, fsync = os.mkdir, os.replace, os.rename, os.fsync
+
+        def made(path: Any, *args: Any, **kw: Any) -> None:
+            mkdir(path, *args, **kw)
+            if (p := self._below(path)) is not None:
+                self.unsynced.append(("dir", p, None))
+
+        def moved(move: Callable[..., None]) -> Callable[..., None]:
+            def onto(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
+                p = self._below(dst)
+                old = p.read_bytes() if p is not None and p.is_file() else None
+                move(src, dst, *args, **kw)
+                if p is not None:
+                    self.unsynced.append(("file", p, old))
+
+            return onto
+
+        def synced(fd: int) -> None:
+            fsync(fd)
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                directory = Path(os.readlink(f"/proc/self/fd/{fd}"))
+                self.unsynced = [e for e in self.unsynced if e[1].parent != directory]
+
+        os.mkdir, os.replace, os.rename, os.fsync = made, moved(replace), moved(rename), synced
+        try:
+            yield
+        finally:
+            os.mkdir, os.replace, os.rename, os.fsync = mkdir, replace, rename, fsync
+
+    def lose_unsynced(self) -> None:
+        """Undo, newest first, every entry whose directory was not fsynced."""
+        for kind, path, old in reversed(self.unsynced):
+            if kind == "dir":
+                shutil.rmtree(path, ignore_errors=True)
+            elif old is None:
+                path.unlink(missing_ok=True)
+            elif path.parent.is_dir():
+                path.write_bytes(old)
+        self.unsynced.clear()
 
 
 class PowerCutSlot(FileSlot):

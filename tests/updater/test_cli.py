@@ -510,3 +510,18 @@ def test_json_errors_carry_the_exit_status(device: Device) -> None:
     event: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
     assert event["event"] == "error" and event["exit_status"] == 6
     assert event["error"] == one_line_error(r)
+
+
+def test_a_bundle_with_artifacts_installs_from_standard_input(
+    device: Device, tmp_path: Path
+) -> None:
+    """`updater install -` reads the artifacts after the image through to the signed end."""
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"release notes\n" * 300)
+    bundle = device.bundle(image_bytes(300, seed=44), version="2.1.0", artifacts=[notes])
+    with bundle.open("rb") as f:
+        r = device.cli("install", "-", "--json", stdin=f)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert (result["event"], result["version"]) == ("result", "2.1.0")
+    assert result["bytes_fetched"] == bundle.stat().st_size

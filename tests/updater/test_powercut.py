@@ -4,7 +4,9 @@ Each sweep starts from one of two devices: slot B empty (freshly flashed) or
 slot B holding an older, verified release that would boot if A failed. After
 each cut, every slot the boot logic could boot (tries left and a root hash
 recorded) must pass `veritysetup verify` with that root hash, not only the one
-it picks first: a B being rewritten while still bootable would fail here. The
+it picks first: a B being rewritten while still bootable would fail here. A cut
+also loses the directory entries (new directories, renames) whose directory was
+not fsynced, as on a device whose state directory the install creates. The
 old slot is picked until the final environment save, B from right after it on,
 and running the install again must complete. Once B is picked, marking it good
 raises the anti-rollback floor to its security version.
@@ -65,6 +67,8 @@ def start(
         pki,
         image_bytes(BLOCKS, seed=1),
         b_image=None if seed is None else image_bytes(BLOCKS, seed=seed),
+        # Not next to the environment file, whose replacement fsyncs its directory.
+        state_dir="var/abupdate",
     )
     new = image_bytes(BLOCKS, seed=2)
     bundle = root / "update.bundle"
@@ -95,7 +99,7 @@ def run_install(device: Device, bundle: Path, power: Power, delta: bool | None) 
     control = power.watch_env(device.control())
     inst = Installer(config, control=control, open_slot=power.opener(), tuning=TUNING)
     power.watch_state(inst.state)
-    with FileSource(bundle) as src:
+    with power.watch_entries(device.root), FileSource(bundle) as src:
         return inst.install(src, delta=delta)
 
 
@@ -120,6 +124,7 @@ def test_power_cut_after_every_event(tmp_path: Path, start: Start, delta: bool) 
         records = Installer(device.config()).installed()
         if budget >= switch:
             assert device.slot("B").read_bytes()[: len(start.new)] == start.new
+            assert "B" in records, f"slot B boots with no slot record (cut {budget})"
             # B's record counts: booted and marked good, B raises the floor to its version.
             assert records["B"].security_version == SECURITY_VERSION, budget
             device.boot("B")
