@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from tests.updater.device import Device, image_bytes
 from tests.updater.pipedinstall import PipedInstall
 from updater.statedir import LAST_FILE
@@ -37,10 +39,15 @@ def test_a_second_install_is_refused_while_one_runs(device: Device) -> None:
     assert device.cli("mark-good").returncode == 0
 
 
-def test_the_lock_of_a_killed_install_is_taken_over(device: Device) -> None:
-    bundle = device.bundle(image_bytes(300, seed=2), version="3.2.0")
+@pytest.mark.parametrize("when", ["head", "data"])
+def test_the_lock_of_a_killed_install_is_taken_over(device: Device, when: str) -> None:
+    """Killed while it reads the head, or while it writes (its forked helpers running)."""
+    bundle = device.bundle(image_bytes(600, seed=2), version="3.2.0")
     first = PipedInstall(device, bundle)
     first.wait_for_lock()
+    if when == "data":
+        first.feed(len(first.data) - 50 * 4096)  # two of three 1 MiB spans
+        first.wait_for_phase("data")
     os.killpg(first.proc.pid, signal.SIGKILL)  # no chance to clean up
     first.finish()
     assert first.lock.read_text().strip() == str(first.proc.pid)  # the dead holder's pid stays
