@@ -24,6 +24,10 @@
     deadline = 3600
     retries = 5
 
+    [fleet]                           # optional: the DDI server (docs/fleet.md)
+    server = "https://updates.example.com"
+    target_token = "..."
+
 Relative paths are taken relative to the config file's folder, so a test or a
 QEMU image can keep a device's files together.
 """
@@ -43,6 +47,7 @@ from bootctl.board import BoardConfig, load_board
 from bootctl.errors import BootctlError
 
 from .errors import UsageError
+from .fleet.settings import FleetSettings, parse_fleet
 from .httpsettings import HttpSettings
 
 DEFAULT_CONFIG = "/etc/abupdate/device.toml"
@@ -57,6 +62,7 @@ TOP_KEYS = {
     "slots",
     "env",
     "http",
+    "fleet",
 }
 HTTP_KEYS = {f.name for f in dataclasses.fields(HttpSettings)}
 #: Paths: printable characters only (no NUL, no newline), at most Linux's PATH_MAX.
@@ -78,6 +84,7 @@ class DeviceConfig:
     http: HttpSettings = field(default_factory=HttpSettings)
     find_moved_blocks: bool = False
     boot_mount: Path | None = None
+    fleet: FleetSettings | None = None
 
     def slot_device(self, name: str) -> str:
         """The device (or file) the updater writes for slot `name`."""
@@ -164,6 +171,11 @@ def parse_config(data: Mapping[str, Any], base: Path) -> DeviceConfig:
     except (TypeError, ValueError) as e:
         raise UsageError(f"device config: [http]: {e}") from e
 
+    raw_fleet = data.get("fleet")
+    if raw_fleet is not None and not isinstance(raw_fleet, dict):
+        raise UsageError("device config: [fleet] must be a table")
+    fleet = parse_fleet(raw_fleet) if raw_fleet is not None else None
+
     return DeviceConfig(
         board=board,
         keyring=_path(base, data["keyring"], "keyring"),
@@ -175,6 +187,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> DeviceConfig:
         http=http,
         find_moved_blocks=find_moved,
         boot_mount=_path(base, data["boot_mount"], "boot_mount") if "boot_mount" in data else None,
+        fleet=fleet,
     )
 
 

@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -152,6 +152,10 @@ class HttpSource(BundleSource):
         sleep: Waits the back-off delays (a test seam).
         allow_insecure_http: Accept `http://` URLs; only for tests, never set by
             the device configuration.
+        headers: Sent with every request (a DDI server's token); never in messages.
+        etag: The ETag of the bytes a resumed download continues: every range
+            request carries it in `If-Range`, and an answer for other bytes is
+            refused, so two files are never mixed.
 
     Raises:
         UsageError: The URL is not `https://`, or a configured TLS file is missing.
@@ -168,6 +172,8 @@ class HttpSource(BundleSource):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         allow_insecure_http: bool = False,
+        headers: Mapping[str, str] | None = None,
+        etag: str | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings or HttpSettings()
@@ -197,8 +203,9 @@ class HttpSource(BundleSource):
         self._session = requests.Session()
         # Ranges address the stored bytes; a compressed answer would not.
         self._session.headers["Accept-Encoding"] = "identity"
+        self._session.headers.update(headers or {})
         self._size: int | None = None
-        self._etag: str | None = None
+        self._etag: str | None = etag
         # None until a multi-range request was answered; False once one was not
         # answered part by part (from then on every range is asked for alone).
         self._multirange: bool | None = None
@@ -276,7 +283,7 @@ class HttpSource(BundleSource):
         failures = 0
         while pos < end:
             try:
-                resp = self._send("GET", {"Range": f"bytes={pos}-{end - 1}"}, pos)
+                resp = self._send("GET", self._range(f"bytes={pos}-{end - 1}"), pos)
             except _Retry as e:
                 failures += 1
                 self._back_off(failures, str(e), pos)
@@ -331,7 +338,7 @@ class HttpSource(BundleSource):
             batch = list(itertools.islice(todo, MAX_RANGES))
             ranges = ",".join(f"{offset}-{offset + length - 1}" for offset, length in batch)
             try:
-                resp = self._send("GET", {"Range": f"bytes={ranges}"}, todo[0][0])
+                resp = self._send("GET", self._range(f"bytes={ranges}"), todo[0][0])
             except _Retry as e:
                 failures += 1
                 self._back_off(failures, str(e), todo[0][0])
@@ -406,7 +413,18 @@ class HttpSource(BundleSource):
             self._cut.cancel()
         self._session.close()
 
+    @property
+    def etag(self) -> str | None:
+        """The bundle's ETag, once an answer named one (or the one given to resume)."""
+        return self._etag
+
     # -- internals ------------------------------------------------------------
+
+    def _range(self, spec: str) -> dict[str, str]:
+        """A range request's headers: with `If-Range` once a strong ETag is known."""
+        if self._etag and not self._etag.startswith("W/"):
+            return {"Range": spec, "If-Range": self._etag}
+        return {"Range": spec}
 
     def _time_left(self, pos: int) -> float:
         left = self._deadline_at - self._clock()
@@ -509,6 +527,11 @@ class HttpSource(BundleSource):
         """Accept only a 206 whose Content-Range is exactly bytes pos..end-1."""
         self._check_status(resp, pos, end)
         asked = f"bytes {pos}-{end - 1}"
+        if resp.status_code == 200 and self._etag and not self._etag.startswith("W/"):
+            raise TransportError(
+                f"the bundle at {self._where} changed during the download "
+                f"(it is no longer ETag {self._etag}); the download starts again"
+            )
         if resp.status_code == 200:
             raise TransportError(
                 f"{self._where} ignored the Range request for {asked} and sent the whole "
