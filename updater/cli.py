@@ -20,6 +20,7 @@ from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustErr
 from . import errors, interrupts
 from .bootfiles import boot_image_version
 from .config import DEFAULT_CONFIG, load_config
+from .fleet import cli as fleet_cli
 from .install import Installer, Progress, open_control
 from .sources import open_source
 
@@ -185,7 +186,9 @@ def cmd_mark_good(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_text(command: str, result: dict[str, Any]) -> None:
-    if command == "install":
+    if "text" in result:  # fleet commands say it themselves
+        print(result["text"])
+    elif command == "install":
         print(
             f"installed {result['version']} into slot {result['slot']} "
             f"({result['image_size']} bytes: {result['bytes_fetched']} fetched, "
@@ -285,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
             security version. Run it once the system is healthy: the shipped
             abctl-mark-good.service runs it where the updater is installed.""",
     )
+    fleet_cli.add_parser(sub)
     return p
 
 
@@ -292,6 +296,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "install": cmd_install,
     "status": cmd_status,
     "mark-good": cmd_mark_good,
+    "fleet": fleet_cli.run,
 }
 
 
@@ -309,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             result = COMMANDS[args.command](args)
             if args.json:
                 install = args.command == "install"
-                print(json.dumps({"event": "result", **result} if install else result), flush=True)
+                shown = {k: v for k, v in result.items() if k != "text"}
+                print(json.dumps({"event": "result", **shown} if install else shown), flush=True)
             else:
                 _print_text(args.command, result)
                 sys.stdout.flush()
@@ -323,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 print(json.dumps({"event": "error", "error": str(e), "exit_status": status}))
             print(f"updater: error: {e}", file=sys.stderr)
             sys.exit(status)
-    sys.exit(EXIT_OK)
+    sys.exit(result.get("exit_status", EXIT_OK))
 
 
 if __name__ == "__main__":

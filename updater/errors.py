@@ -11,9 +11,11 @@ from bundle_tool.errors import PolicyError
 
 __all__ = [
     "BusyError",
+    "ContentChanged",
     "DeviceError",
     "Interrupted",
     "PolicyError",
+    "ServerRefused",
     "TransportError",
     "UpdaterError",
     "UsageError",
@@ -30,6 +32,22 @@ class UsageError(UpdaterError):
 
 class TransportError(UpdaterError):
     """The bundle could not be fetched: network, TLS, HTTP or medium errors."""
+
+
+class ServerRefused(TransportError):
+    """The server refused a request for good: an HTTP 4xx other than 408 and 429.
+
+    Attributes:
+        status: The HTTP status.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ContentChanged(TransportError):
+    """The file at a URL changed while it was downloaded (its ETag did)."""
 
 
 class DeviceError(UpdaterError):

@@ -41,7 +41,7 @@ import urllib3.exceptions
 from bundle_tool.errors import BundleError
 
 from . import byteranges
-from .errors import TransportError, UsageError
+from .errors import ContentChanged, ServerRefused, TransportError, UsageError
 from .httpsettings import HttpSettings
 from .source import BundleSource
 
@@ -507,17 +507,18 @@ class HttpSource(BundleSource):
             m = _UNSATISFIED_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
             size = f"has {m.group(1)} bytes" if m else "is shorter"
             raise BundleError(f"bundle ends early: {self._where} {size}, {end} needed")
+        said = f"{resp.request.method} {self._where} answered {resp.status_code} {resp.reason}"
+        if 400 <= resp.status_code < 500:
+            raise ServerRefused(said, resp.status_code)
         if resp.status_code >= 400:
-            raise TransportError(
-                f"{resp.request.method} {self._where} answered {resp.status_code} {resp.reason}"
-            )
+            raise TransportError(said)
 
     def _check_etag(self, resp: requests.Response) -> None:
         etag = resp.headers.get("ETag")
         if etag is None:
             return
         if self._etag is not None and etag != self._etag:
-            raise TransportError(
+            raise ContentChanged(
                 f"the bundle at {self._where} changed during the download "
                 f"(ETag {self._etag} became {etag})"
             )
@@ -528,7 +529,7 @@ class HttpSource(BundleSource):
         self._check_status(resp, pos, end)
         asked = f"bytes {pos}-{end - 1}"
         if resp.status_code == 200 and self._etag and not self._etag.startswith("W/"):
-            raise TransportError(
+            raise ContentChanged(
                 f"the bundle at {self._where} changed during the download "
                 f"(it is no longer ETag {self._etag}); the download starts again"
             )

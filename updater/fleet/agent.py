@@ -29,11 +29,18 @@ from bundle_tool.errors import BundleError, PolicyError, TrustError
 
 from .. import installplan
 from ..config import DeviceConfig
-from ..errors import DeviceError, TransportError, UpdaterError, UsageError
+from ..errors import (
+    ContentChanged,
+    DeviceError,
+    ServerRefused,
+    TransportError,
+    UpdaterError,
+    UsageError,
+)
 from ..install import Installer, Progress
 from ..source import BundleSource
 from . import cycle, ddi, feedback
-from .client import DdiClient, Refused, ServerBusy
+from .client import DdiClient, ServerBusy
 from .settings import FleetSettings
 from .state import FleetState, PendingAction
 
@@ -167,7 +174,7 @@ class FleetAgent:
             item = queue[0]
             try:
                 self.client.request("POST", item.path(self.base), item.body())
-            except Refused as e:
+            except ServerRefused as e:
                 if e.status not in (404, 410):  # the action is gone: nobody wants it
                     self.state.set_queued(queue)
                     raise
@@ -390,11 +397,14 @@ class FleetAgent:
                         f"{artifact.size} announced"
                     )
                 result = installer.install(source)
-        except Refused as e:
+        except ServerRefused as e:  # a 4xx: asking again would not help
             return self._install_failed(dep, action, e)
+        except ContentChanged as e:  # the next attempt starts from the new file
+            self.state.set_pending(action.moved_to("downloading", etag=None))
+            return CycleResult("failed", str(e), self._wait(None, active=True), e)
+        except TransportError as e:  # the network: the next cycle resumes
+            return CycleResult("failed", str(e), self._wait(None, active=True), e)
         except _INSTALL_ERRORS as e:
-            if isinstance(e, TransportError) and not self._final_transport(e):
-                return CycleResult("failed", str(e), self._wait(None, active=True), e)
             return self._install_failed(dep, action, e)
         installed = action.moved_to("installed", target=result.slot)
         self.state.set_pending(installed)
@@ -407,12 +417,6 @@ class FleetAgent:
             self._wait(None, active=False),
         )
 
-    @staticmethod
-    def _final_transport(e: TransportError) -> bool:
-        """Whether a transport failure ends the action (a 4xx) rather than being retried later."""
-        text = str(e)
-        return " answered 4" in text and " answered 408" not in text and " answered 429" not in text
-
     def _install_failed(
         self, dep: ddi.Deployment, action: PendingAction, e: Exception
     ) -> CycleResult:
@@ -423,12 +427,17 @@ class FleetAgent:
     # -- the loop and the status ------------------------------------------------------------
 
     def run(
-        self, *, sleep: Callable[[float], None] = time.sleep, cycles: int | None = None
+        self,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        on_cycle: Callable[[CycleResult], None] = lambda r: None,
+        cycles: int | None = None,
     ) -> None:
-        """Poll forever (or `cycles` times), waiting what each cycle says."""
+        """Poll for ever (or `cycles` times), waiting what each cycle says."""
         done = 0
         while cycles is None or done < cycles:
             result = self.poll_once()
+            on_cycle(result)
             done += 1
             if cycles is None or done < cycles:
                 sleep(result.wait)

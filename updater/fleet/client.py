@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..errors import TransportError, UsageError
+from ..errors import ServerRefused, TransportError, UsageError
 from ..httpsettings import HttpSettings
 from ..httpsource import _reason, system_ca_store
 from .settings import FleetSettings
@@ -28,14 +28,6 @@ class ServerBusy(TransportError):
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class Refused(TransportError):
-    """The server refused a request for good (a 4xx other than 408 and 429)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -106,7 +98,7 @@ class DdiClient:
 
         Raises:
             ServerBusy: 409, 429, 503 (with the Retry-After asked for).
-            Refused: another 4xx; 401 and 403 say to check the credentials.
+            ServerRefused: another 4xx; 401 and 403 say to check the credentials.
             TransportError: A network or TLS failure, or a 5xx.
         """
         self._check_scheme(url)
@@ -140,11 +132,11 @@ class DdiClient:
                 if self.fleet.target_token
                 else ("gateway_token" if self.fleet.gateway_token else "client certificate")
             )
-            raise Refused(
+            raise ServerRefused(
                 f"{said}: the server refused this device's credentials; check {who}", status
             )
         if 400 <= status < 500 and status != 408:
-            raise Refused(said, status)
+            raise ServerRefused(said, status)
         raise TransportError(said)
 
     def get_json(self, url: str) -> Any:
