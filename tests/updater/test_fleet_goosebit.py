@@ -1,0 +1,232 @@
+"""The fleet client against the real goosebit DDI server on 127.0.0.1 (the interop proof).
+
+goosebit runs from its own virtual environment (tests/helpers/goosebit_setup.sh
+makes it on first use), with a fresh database per test. Bundles are made by the
+real writer and registered through goosebit's plugin API; the device is on
+plain files (tests/updater/device.py). The reboot is simulated with the boot
+scripts' own logic (`select_boot`), mark-good with `updater mark-good`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bootctl.state import select_boot
+from bundle_tool import keygen
+from tests.helpers.dropproxy import DropProxy
+from tests.helpers.goosebit import GoosebitServer, goosebit_venv
+from tests.updater.device import COMPATIBLE, Device, image_bytes, make_device
+from updater.errors import ServerRefused
+from updater.fleet.agent import FleetAgent
+from updater.install import Installer
+from updater.statedir import SlotRecord, StateDir
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "device-token-1"
+CONTROLLER = "fleet-dev-1"
+BLOCKS = 700
+
+
+@pytest.fixture(scope="session")
+def gb_venv() -> Path:
+    return goosebit_venv()
+
+
+@pytest.fixture
+def goosebit(gb_venv: Path, tmp_path: Path) -> Iterator[GoosebitServer]:
+    work = tmp_path / "goosebit"
+    work.mkdir()
+    with GoosebitServer(gb_venv, work) as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(goosebit: GoosebitServer) -> Iterator[DropProxy]:
+    with DropProxy(goosebit.port) as p:
+        yield p
+
+
+def fleet_device(
+    root: Path, pki: keygen.DevPki, server: str, token: str = TOKEN, extra: str = ""
+) -> Device:
+    """A file-backed device running 1.0.0 from slot A, with a [fleet] table for `server`."""
+    device = make_device(root, pki, image_bytes(BLOCKS, seed=1))
+    verity = device.control().boot_state().slot("A").verity
+    assert verity is not None
+    StateDir(device.config().state_dir).record_slot(
+        "A", SlotRecord("1.0.0", 0, COMPATIBLE, verity.root_hash, 0)
+    )
+    with device.config_path.open("a") as f:
+        f.write(
+            "[fleet]\n"
+            f'server = "{server}"\n'
+            "allow_http = true\n"
+            f'controller_id = "{CONTROLLER}"\n'
+            f'target_token = "{token}"\n'
+            'reboot = "none"\n'
+            "poll_min = 1\n" + extra
+        )
+    return device
+
+
+def reboot(device: Device) -> str | None:
+    """One boot as the boot scripts do it: the slot picked, its counter decremented."""
+    ctl = device.control()
+    decision = select_boot(ctl.env(), ctl.board.slot_names, ctl.board.tries)
+    with ctl.store.locked():
+        ctl.store.save(decision.env)
+    assert decision.slot is not None
+    device.boot(decision.slot)
+    return decision.slot
+
+
+def poll(device: Device) -> tuple[int, dict[str, object], str]:
+    r = device.cli("fleet", "poll", "--once", "--json")
+    out = json.loads(r.stdout.splitlines()[-1]) if r.stdout.strip() else {}
+    return r.returncode, out, r.stderr
+
+
+def register(goosebit: GoosebitServer, device: Device, version: str, seed: int) -> int:
+    bundle = device.bundle(image_bytes(BLOCKS, seed=seed), f"fw-{version}.bundle", version=version)
+    software = goosebit.add_bundle(bundle, version, COMPATIBLE)
+    return goosebit.add_rollout(software)
+
+
+@pytest.fixture
+def registered(
+    goosebit: GoosebitServer, proxy: DropProxy, tmp_path: Path, pki: keygen.DevPki
+) -> Device:
+    """A device goosebit knows (token set) that polled once and sent its configData."""
+    goosebit.add_device(CONTROLLER, TOKEN)
+    device = fleet_device(tmp_path / "device", pki, proxy.url)
+    status, out, err = poll(device)
+    assert status == 8, (out, err)  # registered, nothing assigned yet
+    view = goosebit.device(CONTROLLER)
+    assert view["sw_version"] == "1.0.0"
+    assert view["hardware"]["model"] == COMPATIBLE
+    return device
+
+
+def test_success_with_a_resumed_download_reported_after_mark_good(
+    goosebit: GoosebitServer, proxy: DropProxy, registered: Device
+) -> None:
+    device = registered
+    register(goosebit, device, "2.0.0", seed=2)
+    proxy.armed = True  # the download's connection is cut once, mid-answer
+
+    status, out, err = poll(device)
+    assert status == 0, (out, err)
+    assert "installed 2.0.0 into slot B" in str(out["detail"])
+    assert proxy.drops == 1
+    (rollout,) = goosebit.rollouts()
+    assert (rollout["success_count"], rollout["failure_count"]) == (0, 0)  # no closed yet
+    assert goosebit.device(CONTROLLER)["last_state"] == "Running"
+    assert "rebooting, testing pending" in goosebit.device_log(CONTROLLER)
+
+    status, out, _ = poll(device)  # not rebooted yet: nothing to report
+    assert status == 8 and "reboot pending" in str(out["detail"])
+
+    assert reboot(device) == "B"
+    status, out, _ = poll(device)
+    assert status == 0 and "testing pending" in str(out["detail"])
+    assert goosebit.rollouts()[0]["success_count"] == 0  # still no closed before mark-good
+
+    r = device.cli("mark-good")
+    assert r.returncode == 0, r.stderr
+    status, out, err = poll(device)
+    assert status == 0, (out, err)
+    view = goosebit.device(CONTROLLER)
+    assert view["sw_version"] == "2.0.0"
+    assert view["last_state"] == "Finished"
+    assert goosebit.rollouts()[0]["success_count"] == 1
+
+    status, out, _ = poll(device)
+    assert status == 8, out
+    fleet = json.loads(device.cli("fleet", "status", "--json").stdout)
+    assert fleet["pending"] is None and fleet["queued_feedback"] == []
+    assert fleet["controller_id"] == CONTROLLER
+
+
+def test_fallback_reported_as_failure_with_the_old_version(
+    goosebit: GoosebitServer, registered: Device
+) -> None:
+    device = registered
+    register(goosebit, device, "2.0.0", seed=2)
+    assert poll(device)[0] == 0
+    booted = [reboot(device) for _ in range(4)]  # B never gets marked good
+    assert booted == ["B", "B", "B", "A"]
+
+    status, out, _ = poll(device)
+    assert status == 7, out
+    view = goosebit.device(CONTROLLER)
+    assert view["last_state"] == "Error"
+    assert view["sw_version"] == "1.0.0"
+    assert "slot B (2.0.0) failed to boot; fell back to A" in goosebit.device_log(CONTROLLER)
+    (rollout,) = goosebit.rollouts()
+    assert (rollout["success_count"], rollout["failure_count"]) == (0, 1)
+
+
+def test_reassignment_during_a_download_never_mixes_two_files(
+    goosebit: GoosebitServer, proxy: DropProxy, registered: Device
+) -> None:
+    device = registered
+    text = device.config_path.read_text()  # no retries: the cut ends this attempt
+    device.config_path.write_text(text.replace("[fleet]", "[http]\nretries = 0\n[fleet]"))
+    register(goosebit, device, "2.0.0", seed=2)
+    proxy.armed = True
+    status, out, _ = poll(device)
+    assert status == 6, out  # the transport failed; the action stays pending
+    assert (
+        json.loads(device.cli("fleet", "status", "--json").stdout)["pending"]["version"] == "2.0.0"
+    )
+
+    register(goosebit, device, "3.0.0", seed=3)  # same download URL, another file now
+    status, out, err = poll(device)
+    assert status == 0, (out, err)
+    assert "installed 3.0.0 into slot B" in str(out["detail"])
+    records = Installer(device.config()).installed()
+    assert records["B"].version == "3.0.0"  # the installer read the slot back against 3.0.0's tree
+
+
+def test_target_token_right_works_wrong_is_refused(
+    goosebit: GoosebitServer, tmp_path: Path, pki: keygen.DevPki
+) -> None:
+    goosebit.add_device(CONTROLLER, TOKEN)
+    wrong = fleet_device(tmp_path / "wrong", pki, goosebit.url, token="not-the-token")
+    status, _, err = poll(wrong)
+    assert status == 6
+    assert "401" in err and "check target_token" in err
+    assert "not-the-token" not in err
+    right = fleet_device(tmp_path / "right", pki, goosebit.url)
+    assert poll(right)[0] == 8
+
+
+def test_artifact_gone_from_the_server_fails_the_action_in_bounded_requests(
+    goosebit: GoosebitServer, registered: Device
+) -> None:
+    device = registered
+    rollout = register(goosebit, device, "2.0.0", seed=2)
+    agent = FleetAgent(device.config())
+    opened = []
+
+    def withdraw_then_open(url: str, etag: str | None) -> object:
+        # The rollout goes between the deployment answer and the download: the
+        # real server answers the download with 404.
+        goosebit.api("DELETE", "/api/v1/rollouts", json={"ids": [rollout]})
+        source = agent._http_download(url, etag)
+        opened.append(source)
+        return source
+
+    agent._open_download = withdraw_then_open  # type: ignore[assignment]
+    result = agent.poll_once()
+    assert result.kind == "failed"
+    assert isinstance(result.error, ServerRefused) and result.error.status == 404
+    assert opened[0].request_count == 1  # type: ignore[attr-defined]
+    assert agent.state.pending() is None and agent.state.queued() == []
+    assert "install failed" in goosebit.device_log(CONTROLLER)
+    assert goosebit.device(CONTROLLER)["last_state"] == "Error"
