@@ -129,7 +129,7 @@ def test_success_with_a_resumed_download_reported_after_mark_good(
     assert "rebooting, testing pending" in goosebit.device_log(CONTROLLER)
 
     status, out, _ = poll(device)  # not rebooted yet: nothing to report
-    assert status == 8 and "reboot pending" in str(out["detail"])
+    assert status == 8 and "(2.0.0): reboot pending" in str(out["detail"])
 
     assert reboot(device) == "B"
     status, out, _ = poll(device)

@@ -229,6 +229,14 @@ class FleetAgent:
             self.send_config_data(installer)
         if poll.cancel:
             return self._cancel(poll, pending, installer)
+        if pending is not None and pending.phase in ("installed", "testing"):
+            # No other action starts before this one's result is acknowledged.
+            waiting = "reboot pending" if pending.phase == "installed" else "testing pending"
+            return CycleResult(
+                "none",
+                f"slot {pending.target} ({pending.version}): {waiting}",
+                self._wait(poll, active=pending.phase == "testing"),
+            )
         if poll.deployment:
             return self._deploy(poll, pending, installer)
         if pending is not None:  # an interrupted download the server no longer asks for
@@ -247,7 +255,7 @@ class FleetAgent:
             raise DeviceError(str(e)) from e
 
     def _judge(self, pending: PendingAction, installer: Installer) -> CycleResult | None:
-        """Report what the boot state says of an installed action; None: go on polling."""
+        """Report what the boot state says of an action; None: nothing new, go on polling."""
         booted = self._booted(installer)
         outcome = cycle.boot_outcome(
             pending, booted, installer.control.boot_state(), self.config.board.tries
@@ -258,16 +266,11 @@ class FleetAgent:
         if pending.phase == "downloading":  # switched, but the phase was not written
             pending = pending.moved_to("installed")
             self.state.set_pending(pending)
-        if outcome == "rebooting":
-            return CycleResult(
-                "none",
-                f"slot {pending.target} boots next: reboot pending",
-                self._wait(None, active=False),
-            )
+        if outcome == "rebooting" or (outcome == "testing" and pending.phase == "testing"):
+            return None  # poll on: a cancel is answered meanwhile
         if outcome == "testing":
-            if pending.phase != "testing":
-                self.state.set_pending(pending.moved_to("testing"))
-                self._report(feedback.after_boot(pending, outcome, booted, now))
+            self.state.set_pending(pending.moved_to("testing"))
+            self._report(feedback.after_boot(pending, outcome, booted, now))
             return CycleResult(
                 "action",
                 f"slot {pending.target} on trial: testing pending",

@@ -1,0 +1,175 @@
+"""The fleet client's handling of what goosebit cannot produce, against the DDI STUB.
+
+The stub (tests/helpers/ddistub.py) replays the JSON shapes hawkBit documents:
+cancel, maintenance window, attempt, download-only, ISO-8601 sleeps, 410 Gone,
+429 with Retry-After. The artifact of the `attempt` test comes from real nginx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from bootctl.state import SlotVerity
+from tests.helpers.ddistub import DdiStub, artifact_body, deployment_body
+from tests.helpers.nginx import NginxServer
+from tests.updater.device import COMPATIBLE, Device, image_bytes
+from updater.errors import TransportError
+from updater.fleet import ddi
+from updater.fleet.agent import FleetAgent
+from updater.fleet.client import ServerBusy
+from updater.fleet.state import PendingAction
+
+CONTROLLER = "stub-dev"
+
+
+@pytest.fixture
+def stub() -> Iterator[DdiStub]:
+    with DdiStub(CONTROLLER) as s:
+        yield s
+
+
+def agent_for(device: Device, stub: DdiStub, extra: str = "") -> FleetAgent:
+    with device.config_path.open("a") as f:
+        f.write(
+            f'[fleet]\nserver = "{stub.url}"\nallow_http = true\n'
+            f'controller_id = "{CONTROLLER}"\ngateway_token = "gw-secret"\n'
+            'reboot = "none"\npoll_min = 1\npoll_max = 3600\npoll_jitter = 0\n' + extra
+        )
+    return FleetAgent(device.config())
+
+
+def test_iso_sleep_and_full_config_data_at_start(device: Device, stub: DdiStub) -> None:
+    stub.sleep = "PT7M30S"
+    agent = agent_for(device, stub, '[fleet.attributes]\nsite = "lab-3"\n')
+    result = agent.poll_once()
+    assert (result.kind, result.wait) == ("none", 450)
+    (sent,) = stub.config_data
+    assert sent["mode"] == "replace"
+    assert set(sent["data"]) == {
+        "hw_boardname",
+        "hw_revision",
+        "sw_version",
+        "slot",
+        "bootloader",
+        "updater_version",
+        "site",
+    }
+    assert sent["data"]["hw_boardname"] == COMPATIBLE and sent["data"]["slot"] == "A"
+    assert sent["data"]["bootloader"] == "u-boot" and sent["data"]["site"] == "lab-3"
+    agent.poll_once()
+    assert len(stub.config_data) == 1  # not asked again, not a new start
+    stub.config_data_asked = True
+    agent.poll_once()
+    assert len(stub.config_data) == 2
+
+
+def test_cancel_before_the_switch_is_confirmed(device: Device, stub: DdiStub) -> None:
+    agent = agent_for(device, stub)
+    agent.state.set_pending(PendingAction("5", "2.0.0", "sha256:00", "downloading", "B", "A"))
+    stub.cancel = {"id": "9", "cancelAction": {"stopId": "5"}}
+    result = agent.poll_once()
+    assert result.kind == "action" and "canceled" in result.detail
+    path, body = stub.feedback[-1]
+    assert path == f"{stub.base_path}/cancelAction/9/feedback"
+    assert body["status"]["execution"] == "closed"
+    assert body["status"]["result"]["finished"] == "success"
+    assert agent.state.pending() is None
+    assert not device.control().boot_state().slot("B").bootable
+
+
+def test_cancel_after_the_switch_is_rejected(device: Device, stub: DdiStub) -> None:
+    agent = agent_for(device, stub)
+    ctl = device.control()
+    a = ctl.boot_state().slot("A").verity
+    assert a is not None
+    ctl.set_primary("B", SlotVerity(a.root_hash, a.salt, a.data_blocks))
+    agent.state.set_pending(PendingAction("5", "2.0.0", "sha256:00", "installed", "B", "A"))
+    stub.cancel = {"id": "9", "cancelAction": {"stopId": "5"}}
+    agent.poll_once()
+    path, body = stub.feedback[-1]
+    assert path.endswith("/cancelAction/9/feedback")
+    assert body["status"]["execution"] == "rejected"
+    assert agent.state.pending() is not None  # its result after the reboot is still owed
+    assert device.control().boot_state().primary == "B"
+
+
+@pytest.mark.parametrize(
+    ("handling", "why"),
+    [
+        ({"maintenance_window": "unavailable"}, "outside the maintenance window"),
+        ({"update": "skip"}, "download only"),
+        ({"download": "skip"}, "skip the download"),
+    ],
+)
+def test_deployments_that_wait(
+    device: Device, stub: DdiStub, handling: dict[str, str], why: str
+) -> None:
+    agent = agent_for(device, stub)
+    art = artifact_body("fw.bundle", 10, "00" * 32, f"{stub.url}/fw.bundle")
+    stub.deployment = deployment_body("3", [art], **handling)
+    result = agent.poll_once()
+    assert result.kind == "none" and why in result.detail
+    assert not any("/fw.bundle" in p for _, p in stub.requests)  # nothing downloaded
+    assert stub.feedback == []
+
+
+def test_attempt_installs_and_reports_progress(
+    device: Device, stub: DdiStub, nginx_server: NginxServer
+) -> None:
+    bundle = device.bundle(image_bytes(700, seed=2), "fw.bundle", version="2.0.0")
+    shutil.copy(bundle, nginx_server.root / "fw.bundle")
+    text = device.config_path.read_text()
+    device.config_path.write_text(text + f'[http]\nca_file = "{nginx_server.ca_file}"\n')
+    agent = agent_for(device, stub)
+    data = bundle.read_bytes()
+    art = artifact_body(
+        "fw.bundle", len(data), hashlib.sha256(data).hexdigest(), nginx_server.url("fw.bundle")
+    )
+    stub.deployment = deployment_body("3", [art], download="attempt", update="attempt")
+    result = agent.poll_once()
+    assert result.kind == "action", result.detail
+    sent = [
+        (b["status"]["execution"], (b["status"].get("details") or [""])[0])
+        for _, b in stub.feedback
+    ]
+    assert sent[0] == ("proceeding", "download started")
+    assert ("proceeding", "Downloaded 100%") in sent
+    assert sent[-1] == ("proceeding", "installed into slot B, rebooting, testing pending")
+    assert {p for p, _ in stub.feedback} == {f"{stub.base_path}/deploymentBase/3/feedback"}
+    assert device.control().boot_state().primary == "B"
+
+
+def test_gone_feedback_is_dropped_other_errors_keep_it(device: Device, stub: DdiStub) -> None:
+    agent = agent_for(device, stub)
+    agent.state.enqueue(ddi.Feedback("4", "closed", "failure", ("old",)))
+    stub.feedback_status = 500
+    result = agent.poll_once()
+    assert result.kind == "failed" and isinstance(result.error, TransportError)
+    assert len(agent.state.queued()) == 1
+    stub.feedback_status = 410
+    assert agent.poll_once().kind == "none"
+    assert agent.state.queued() == []
+
+
+def test_busy_server_backs_off_as_retry_after_asks(device: Device, stub: DdiStub) -> None:
+    agent = agent_for(device, stub)
+    stub.poll_status, stub.retry_after = 429, "120"
+    result = agent.poll_once()
+    assert isinstance(result.error, ServerBusy)
+    assert result.wait == 120
+    stub.retry_after = None
+    waits = [agent.poll_once().wait for _ in range(3)]
+    assert waits == [2, 4, 8]  # failures 2, 3 and 4 in a row: doubling from poll_min = 1
+
+
+def test_tokens_never_reach_messages(device: Device, stub: DdiStub) -> None:
+    agent = agent_for(device, stub)
+    stub.poll_status = 403
+    result = agent.poll_once()
+    assert "check gateway_token" in result.detail
+    assert "gw-secret" not in result.detail
+    assert "gw-secret" not in repr(agent.fleet)
