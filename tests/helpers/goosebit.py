@@ -21,6 +21,8 @@ from typing import Any
 
 import requests
 
+from .process import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "tests" / "helpers" / "goosebit_setup.sh"
 ADMIN = ("admin@example.com", "fleet-test-password")
@@ -172,14 +174,8 @@ class GoosebitServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, timeout=15)
 
     def __enter__(self) -> GoosebitServer:
         self.start()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .process import stop_process
 from .tlsca import TlsFiles
 
 NGINX = "/usr/sbin/nginx"
@@ -158,14 +159,8 @@ http {{
     def stop(self) -> None:
         """Stop nginx (fast shutdown) and wait for it."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc)
 
     def __enter__(self) -> NginxServer:
         self.start()

@@ -67,6 +67,15 @@ def test_iso_sleep_and_full_config_data_at_start(device: Device, stub: DdiStub) 
     assert len(stub.config_data) == 2
 
 
+def test_an_idle_cycle_sends_one_request(device: Device, stub: DdiStub) -> None:
+    agent = agent_for(device, stub)
+    agent.poll_once()  # the start: the poll and configData
+    assert [m for m, _ in stub.requests] == ["GET", "PUT"]
+    for _ in range(3):
+        agent.poll_once()
+    assert stub.requests[2:] == [("GET", stub.base_path)] * 3
+
+
 def test_cancel_before_the_switch_is_confirmed(device: Device, stub: DdiStub) -> None:
     agent = agent_for(device, stub)
     agent.state.set_pending(PendingAction("5", "2.0.0", "sha256:00", "downloading", "B", "A"))

@@ -10,14 +10,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, Literal
 
-from bootctl.atomicfile import atomic_write
-
 from ..errors import DeviceError
+from ..statedir import StateDir
 from .ddi import Feedback
 
 ACTION_FILE = "fleet-action.json"
@@ -58,34 +55,26 @@ class PendingAction:
         return replace(self, phase=phase, **changes)
 
 
-class FleetState:
-    """The fleet client's files in the state directory."""
+class FleetState(StateDir):
+    """The fleet client's files in the updater's state directory."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def _load_or_none(self, name: str) -> Any:
+        return self._load(name, None)
 
-    def _load(self, name: str) -> Any:
+    def _save_or_remove(self, name: str, value: Any) -> None:
+        """Replace the file with `value` crash-safely; None removes it."""
+        if value is not None:
+            self._save(name, value)
+            return
         try:
-            return json.loads((self.path / name).read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise DeviceError(f"state file {self.path / name} is unreadable: {e}") from e
-
-    def _save(self, name: str, value: Any) -> None:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if value is None:
-                (self.path / name).unlink(missing_ok=True)
-            else:
-                atomic_write(self.path / name, json.dumps(value, indent=2, sort_keys=True).encode())
+            (self.path / name).unlink(missing_ok=True)
         except OSError as e:
-            raise DeviceError(f"cannot write state file {self.path / name}: {e.strerror}") from e
+            raise DeviceError(f"cannot remove state file {self.path / name}: {e.strerror}") from e
 
     # -- the pending action ------------------------------------------------------------------
 
     def pending(self) -> PendingAction | None:
-        raw = self._load(ACTION_FILE)
+        raw = self._load_or_none(ACTION_FILE)
         if raw is None:
             return None
         try:
@@ -97,12 +86,12 @@ class FleetState:
         return action
 
     def set_pending(self, action: PendingAction | None) -> None:
-        self._save(ACTION_FILE, asdict(action) if action else None)
+        self._save_or_remove(ACTION_FILE, asdict(action) if action else None)
 
     # -- feedback not yet acknowledged --------------------------------------------------------
 
     def queued(self) -> list[Feedback]:
-        raw = self._load(QUEUE_FILE) or []
+        raw = self._load_or_none(QUEUE_FILE) or []
         try:
             return [
                 Feedback(
@@ -122,7 +111,7 @@ class FleetState:
             progress = [i for i, f in enumerate(items) if f.execution == "proceeding"]
             drop = set(progress[: len(items) - MAX_QUEUED])
             items = [f for i, f in enumerate(items) if i not in drop]
-        self._save(QUEUE_FILE, [asdict(f) for f in items] or None)
+        self._save_or_remove(QUEUE_FILE, [asdict(f) for f in items] or None)
 
     def enqueue(self, feedback: Feedback) -> None:
         self.set_queued([*self.queued(), feedback])
@@ -130,8 +119,8 @@ class FleetState:
     # -- the last poll ---------------------------------------------------------------------
 
     def last_poll(self) -> dict[str, Any] | None:
-        raw = self._load(POLL_FILE)
+        raw = self._load_or_none(POLL_FILE)
         return raw if isinstance(raw, dict) else None
 
     def record_poll(self, record: dict[str, Any]) -> None:
-        self._save(POLL_FILE, record)
+        self._save_or_remove(POLL_FILE, record)
