@@ -8,6 +8,7 @@ cancel, maintenance window, attempt, download-only, ISO-8601 sleeps, 410 Gone,
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Iterator
 
@@ -32,12 +33,13 @@ def stub() -> Iterator[DdiStub]:
         yield s
 
 
-def agent_for(device: Device, stub: DdiStub, extra: str = "") -> FleetAgent:
+def agent_for(device: Device, stub: DdiStub, extra: str = "", reboot: str = "none") -> FleetAgent:
     with device.config_path.open("a") as f:
         f.write(
             f'[fleet]\nserver = "{stub.url}"\nallow_http = true\n'
             f'controller_id = "{CONTROLLER}"\ngateway_token = "gw-secret"\n'
-            'reboot = "none"\npoll_min = 1\npoll_max = 3600\npoll_jitter = 0\n' + extra
+            f"reboot = {json.dumps(reboot)}\n"
+            "poll_min = 1\npoll_max = 3600\npoll_jitter = 0\n" + extra
         )
     return FleetAgent(device.config())
 
@@ -126,19 +128,24 @@ def test_deployments_that_wait(
     assert stub.feedback == []
 
 
-def test_attempt_installs_and_reports_progress(
+def serve_bundle(device: Device, stub: DdiStub, nginx: NginxServer, **handling: str) -> None:
+    """Version 2.0.0 on nginx, assigned by the stub as action 3; the device trusts nginx."""
+    bundle = device.bundle(image_bytes(700, seed=2), "fw.bundle", version="2.0.0")
+    shutil.copy(bundle, nginx.root / "fw.bundle")
+    text = device.config_path.read_text()
+    device.config_path.write_text(text + f'[http]\nca_file = "{nginx.ca_file}"\n')
+    data = bundle.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    art = artifact_body("fw.bundle", len(data), digest, nginx.url("fw.bundle"))
+    stub.deployment = deployment_body("3", [art], **handling)
+
+
+def test_attempt_installs_reports_progress_and_reboots(
     device: Device, stub: DdiStub, nginx_server: NginxServer
 ) -> None:
-    bundle = device.bundle(image_bytes(700, seed=2), "fw.bundle", version="2.0.0")
-    shutil.copy(bundle, nginx_server.root / "fw.bundle")
-    text = device.config_path.read_text()
-    device.config_path.write_text(text + f'[http]\nca_file = "{nginx_server.ca_file}"\n')
-    agent = agent_for(device, stub)
-    data = bundle.read_bytes()
-    art = artifact_body(
-        "fw.bundle", len(data), hashlib.sha256(data).hexdigest(), nginx_server.url("fw.bundle")
-    )
-    stub.deployment = deployment_body("3", [art], download="attempt", update="attempt")
+    serve_bundle(device, stub, nginx_server, download="attempt", update="attempt")
+    marker = device.root / "rebooted"
+    agent = agent_for(device, stub, reboot=f"touch '{marker}'")
     result = agent.poll_once()
     assert result.kind == "action", result.detail
     sent = [
@@ -150,6 +157,22 @@ def test_attempt_installs_and_reports_progress(
     assert sent[-1] == ("proceeding", "installed into slot B, rebooting, testing pending")
     assert {p for p, _ in stub.feedback} == {f"{stub.base_path}/deploymentBase/3/feedback"}
     assert device.control().boot_state().primary == "B"
+    assert marker.exists()  # the configured reboot command ran, after the feedback
+
+
+def test_a_download_over_max_download_bytes_fails_the_action(
+    device: Device, stub: DdiStub, nginx_server: NginxServer
+) -> None:
+    serve_bundle(device, stub, nginx_server)
+    agent = agent_for(device, stub, "max_download_bytes = 200000\n")
+    result = agent.poll_once()
+    assert result.kind == "failed"
+    assert "more than max_download_bytes = 200000" in result.detail
+    _, last = stub.feedback[-1]
+    assert last["status"]["execution"] == "closed"
+    assert last["status"]["result"]["finished"] == "failure"
+    assert device.control().boot_state().primary == "A"
+    assert not device.control().boot_state().slot("B").bootable
 
 
 def test_gone_feedback_is_dropped_other_errors_keep_it(device: Device, stub: DdiStub) -> None:
