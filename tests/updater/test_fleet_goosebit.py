@@ -250,22 +250,21 @@ def test_artifact_gone_from_the_server_fails_the_action_in_bounded_requests(
 ) -> None:
     device = registered
     rollout = register(goosebit, device, "2.0.0", seed=2)
-    agent = FleetAgent(device.config())
-    opened = []
+    opened: list[HttpSource] = []
 
-    def withdraw_then_open(url: str, etag: str | None) -> object:
+    def withdraw_then_open(url: str, etag: str | None) -> HttpSource:
         # The rollout goes between the deployment answer and the download: the
         # real server answers the download with 404.
         goosebit.api("DELETE", "/api/v1/rollouts", json={"ids": [rollout]})
-        source = agent._http_download(url, etag)
+        source = agent.http_download(url, etag)
         opened.append(source)
         return source
 
-    agent._open_download = withdraw_then_open  # type: ignore[assignment]
+    agent = FleetAgent(device.config(), open_download=withdraw_then_open)
     result = agent.poll_once()
     assert result.kind == "failed"
     assert isinstance(result.error, ServerRefused) and result.error.status == 404
-    assert opened[0].request_count == 1  # type: ignore[attr-defined]
+    assert opened[0].request_count == 1
     assert agent.state.pending() is None and agent.state.queued() == []
     assert "install failed" in goosebit.device_log(CONTROLLER)
     assert goosebit.device(CONTROLLER)["last_state"] == "Error"

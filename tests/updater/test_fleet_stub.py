@@ -198,6 +198,19 @@ def test_busy_server_backs_off_as_retry_after_asks(device: Device, stub: DdiStub
     assert waits == [2, 4, 8]  # failures 2, 3 and 4 in a row: doubling from poll_min = 1
 
 
+def test_config_without_or_with_a_bad_fleet_table_is_bad_usage(device: Device) -> None:
+    r = device.cli("fleet", "poll", "--once")
+    assert r.returncode == 2
+    assert "no [fleet] table" in r.stderr
+    with device.config_path.open("a") as f:
+        f.write('[fleet]\nserver = "https://ddi.example"\ncontroler_id = "x"\n')
+    r = device.cli("fleet", "status")
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip() == "updater: error: device config: unknown key 'controler_id' in [fleet]"
+    )
+
+
 def test_tokens_never_reach_messages(device: Device, stub: DdiStub) -> None:
     agent = agent_for(device, stub)
     stub.poll_status = 403

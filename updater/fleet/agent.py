@@ -22,7 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bootctl.errors import BootctlError, SlotError
 from bundle_tool.errors import BundleError, PolicyError, TrustError
@@ -43,6 +43,9 @@ from . import cycle, ddi, feedback
 from .client import DdiClient, ServerBusy
 from .settings import FleetSettings
 from .state import FleetState, PendingAction
+
+if TYPE_CHECKING:
+    from ..httpsource import HttpSource
 
 Kind = Literal["action", "none", "failed"]
 _INSTALL_ERRORS = (BundleError, TrustError, PolicyError, TransportError, DeviceError, UsageError)
@@ -118,7 +121,7 @@ class FleetAgent:
         self._installer_factory = installer_factory or (
             lambda progress: Installer(config, progress=progress)
         )
-        self._open_download = open_download or self._http_download
+        self._open_download = open_download or self.http_download
         self._reboot = reboot
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - spreads polls, no secret
@@ -129,7 +132,8 @@ class FleetAgent:
 
     # -- pieces ----------------------------------------------------------------------------
 
-    def _http_download(self, url: str, etag: str | None) -> BundleSource:
+    def http_download(self, url: str, etag: str | None) -> HttpSource:
+        """The artifact at `url` as a bundle source: `[http]` settings, our token, `If-Range`."""
         from ..httpsource import HttpSource  # noqa: PLC0415 - as in sources.open_source
 
         return HttpSource(
