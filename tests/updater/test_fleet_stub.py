@@ -78,6 +78,18 @@ def test_an_idle_cycle_sends_one_request(device: Device, stub: DdiStub) -> None:
     assert stub.requests[2:] == [("GET", stub.base_path)] * 3
 
 
+def test_run_waits_what_each_cycle_says(device: Device, stub: DdiStub) -> None:
+    agent = agent_for(device, stub)
+    stub.sleep = "00:02:00"
+    slept: list[float] = []
+    seen: list[str] = []
+    agent.run(sleep=slept.append, on_cycle=lambda r: seen.append(r.kind), cycles=3)
+    assert seen == ["none", "none", "none"]
+    assert slept == [120, 120]  # between the cycles, not after the last
+    status = agent.status()
+    assert status["last_poll"]["answer"] == "nothing" and status["last_poll"]["sleep"] == 120
+
+
 def test_cancel_before_the_switch_is_confirmed(device: Device, stub: DdiStub) -> None:
     agent = agent_for(device, stub)
     agent.state.set_pending(PendingAction("5", "2.0.0", "sha256:00", "downloading", "B", "A"))

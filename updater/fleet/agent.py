@@ -227,7 +227,12 @@ class FleetAgent:
             pending = self.state.pending()
         poll = ddi.parse_poll(self.client.get_json(self.base))
         self.state.record_poll(
-            {"at": self.clock(), "answer": poll.summary(), "sleep": poll.sleep, "server": self.base}
+            {
+                "at": int(self.clock()),
+                "answer": poll.summary(),
+                "sleep": poll.sleep,
+                "server": self.base,
+            }
         )
         if poll.config_data or not self._config_sent:
             self.send_config_data(installer)
