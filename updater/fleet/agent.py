@@ -379,8 +379,8 @@ class FleetAgent:
 
         def progress(p: Progress) -> None:
             limit = self.fleet.max_download_bytes
-            if limit is not None and p.fetched > limit:
-                raise TransportError(
+            if limit is not None and p.fetched > limit:  # a device policy: the action fails
+                raise PolicyError(
                     f"the install would download more than max_download_bytes = {limit}"
                 )
             etag = getattr(holder[0], "etag", None) if holder else None
@@ -411,11 +411,11 @@ class FleetAgent:
                 result = installer.install(source)
         except ServerRefused as e:  # a 4xx: asking again would not help
             return self._install_failed(dep, action, e)
-        except ContentChanged as e:  # the next attempt starts from the new file
+        except ContentChanged:  # the next attempt starts from the new file, after a back-off
             self.state.set_pending(action.moved_to("downloading", etag=None))
-            return CycleResult("failed", str(e), self._wait(None, active=True), e)
-        except TransportError as e:  # the network: the next cycle resumes
-            return CycleResult("failed", str(e), self._wait(None, active=True), e)
+            raise
+        except TransportError:  # the network: the next cycle resumes, after a back-off
+            raise
         except _INSTALL_ERRORS as e:
             return self._install_failed(dep, action, e)
         installed = action.moved_to("installed", target=result.slot)
