@@ -189,6 +189,10 @@ def test_fleet_table_strict(tmp_path: Path) -> None:
         )
     with pytest.raises(UsageError, match="poll_min must not exceed"):
         parse_fleet({"server": "https://x", "controller_id": "d", "poll_min": 9, "poll_max": 8})
+    with pytest.raises(UsageError, match="target_token must be printable"):
+        parse_fleet({"server": "https://x", "controller_id": "d", "target_token": "a\r\nX: y"})
+    with pytest.raises(UsageError, match=r"fleet\.attributes\.site must be a non-empty string"):
+        parse_fleet({"server": "https://x", "controller_id": "d", "attributes": {"site": 3}})
     mid = tmp_path / "machine-id"
     mid.write_text("0123456789abcdef0123456789abcdef\n")
     s = parse_fleet({"server": "https://x/", "target_token": "secret"}, machine_id=mid)

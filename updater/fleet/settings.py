@@ -31,6 +31,7 @@ FLEET_KEYS = {
     "attributes",
 }
 MACHINE_ID = Path("/etc/machine-id")
+MAX_STRING = 1024  # characters of a URL, token, id or attribute
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,20 @@ def _seconds(table: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+def _printable(value: object, where: str) -> str:
+    """A non-empty string of printable characters (it may go into an HTTP header), bounded."""
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"device config: {where} must be a non-empty string")
+    if len(value) > MAX_STRING or not value.isprintable():
+        raise UsageError(
+            f"device config: {where} must be printable, at most {MAX_STRING} characters"
+        )
+    return value
+
+
 def _string(table: Mapping[str, Any], key: str, default: str | None) -> str | None:
     value = table.get(key, default)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise UsageError(f"device config: fleet.{key} must be a non-empty string")
-    return value
+    return None if value is None else _printable(value, f"fleet.{key}")
 
 
 def machine_controller_id(machine_id: Path = MACHINE_ID) -> str:
@@ -147,8 +157,11 @@ def parse_fleet(table: Mapping[str, Any], *, machine_id: Path = MACHINE_ID) -> F
     if limit is not None and (type(limit) is not int or limit <= 0):
         raise UsageError("device config: fleet.max_download_bytes must be a positive integer")
     attributes = table.get("attributes", {})
-    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+    if not isinstance(attributes, dict):
         raise UsageError("device config: [fleet.attributes] must be a table of strings")
+    for name, value in attributes.items():
+        _printable(name, "a key of [fleet.attributes]")
+        _printable(value, f"fleet.attributes.{name}")
     controller = _string(table, "controller_id", None) or machine_controller_id(machine_id)
     return FleetSettings(
         server=server.rstrip("/"),
