@@ -11,10 +11,13 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bootctl.state import SlotVerity
+from bundle_tool import keygen, signing
+from bundle_tool.errors import TrustError
 from tests.helpers.ddistub import DdiStub, artifact_body, deployment_body
 from tests.helpers.nginx import NginxServer
 from tests.updater.device import COMPATIBLE, Device, image_bytes
@@ -140,9 +143,15 @@ def test_deployments_that_wait(
     assert stub.feedback == []
 
 
-def serve_bundle(device: Device, stub: DdiStub, nginx: NginxServer, **handling: str) -> None:
+def serve_bundle(
+    device: Device,
+    stub: DdiStub,
+    nginx: NginxServer,
+    signer: signing.Signer | None = None,
+    **handling: str,
+) -> None:
     """Version 2.0.0 on nginx, assigned by the stub as action 3; the device trusts nginx."""
-    bundle = device.bundle(image_bytes(700, seed=2), "fw.bundle", version="2.0.0")
+    bundle = device.bundle(image_bytes(700, seed=2), "fw.bundle", version="2.0.0", signer=signer)
     shutil.copy(bundle, nginx.root / "fw.bundle")
     text = device.config_path.read_text()
     device.config_path.write_text(text + f'[http]\nca_file = "{nginx.ca_file}"\n')
@@ -170,6 +179,25 @@ def test_attempt_installs_reports_progress_and_reboots(
     assert {p for p, _ in stub.feedback} == {f"{stub.base_path}/deploymentBase/3/feedback"}
     assert device.control().boot_state().primary == "B"
     assert marker.exists()  # the configured reboot command ran, after the feedback
+
+
+def test_an_untrusted_bundle_is_reported_as_failure(
+    device: Device, stub: DdiStub, nginx_server: NginxServer, tmp_path: Path
+) -> None:
+    other = keygen.make_dev_pki(tmp_path / "other-pki")
+    stranger = signing.load_signer(other.signer_key.read_bytes(), other.signer_cert.read_bytes())
+    serve_bundle(device, stub, nginx_server, signer=stranger)
+    agent = agent_for(device, stub)
+    result = agent.poll_once()
+    assert result.kind == "failed" and isinstance(result.error, TrustError)
+    _, last = stub.feedback[-1]
+    assert (last["status"]["execution"], last["status"]["result"]["finished"]) == (
+        "closed",
+        "failure",
+    )
+    assert last["status"]["details"][0].startswith("install failed: ")
+    assert agent.state.pending() is None
+    assert device.control().boot_state().primary == "A"
 
 
 def test_a_download_over_max_download_bytes_fails_the_action(
