@@ -147,6 +147,9 @@ class GoosebitServer:
                     "--port",
                     str(self.port),
                     "--no-access-log",
+                    "--proxy-headers",  # behind nginx: the scheme of its links is https
+                    "--forwarded-allow-ips",
+                    "127.0.0.1",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -44,15 +44,25 @@ class NginxServer:
         root: Directory whose files are served at `/<name>`.
         tls: The run's CA, server certificate and client certificate.
         require_client_cert: Demand a client certificate issued by the run's CA (mTLS).
+        proxy_to: Pass every request to this port on 127.0.0.1 (plain HTTP, with
+            `X-Forwarded-Proto: https`) instead of serving `root`: TLS in front of
+            an application server, as goosebit is deployed.
     """
 
     def __init__(
-        self, workdir: Path, root: Path, tls: TlsFiles, *, require_client_cert: bool = False
+        self,
+        workdir: Path,
+        root: Path,
+        tls: TlsFiles,
+        *,
+        require_client_cert: bool = False,
+        proxy_to: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.root = root
         self.tls = tls
         self.require_client_cert = require_client_cert
+        self.proxy_to = proxy_to
         self.access_log = workdir / "access.log"
         self.error_log = workdir / "error.log"
         self.port = 0
@@ -110,10 +120,19 @@ http {{
         ssl_protocols TLSv1.2 TLSv1.3;
         {mtls}
         root {self.root};
-        location / {{ }}
+        location / {{ {self._location()} }}
     }}
 }}
 """
+
+    def _location(self) -> str:
+        if self.proxy_to is None:
+            return ""
+        return (
+            f"proxy_pass http://127.0.0.1:{self.proxy_to}; proxy_set_header Host $http_host; "
+            "proxy_set_header X-Forwarded-Proto https; proxy_set_header X-Forwarded-For "
+            "$remote_addr; proxy_buffering off; proxy_request_buffering off;"
+        )
 
     def start(self, timeout: float = 10.0) -> None:
         """Start nginx on a free port and wait until it accepts connections."""

@@ -6,7 +6,8 @@
   HTTPS; `.url(name)`, `.ca_file`, `.client_cert`, `.client_key`,
   `.body_bytes_served()`, `.log_entries()`, `.reset_log()`.
 * `nginx_factory`: starts more nginx instances, e.g.
-  `nginx_factory(require_client_cert=True)` for mutual TLS.
+  `nginx_factory(require_client_cert=True)` for mutual TLS, `proxy_to=PORT` for
+  TLS in front of a server on 127.0.0.1.
 * `fault_server`: `FaultServer` serving `.data` (3 MiB of seeded random bytes
   unless a test assigns other bytes), with `.mode`, `.drops`, `.served`.
 * `pki` (session): a development CA and signer (`keygen.make_dev_pki`).
@@ -80,12 +81,16 @@ def nginx_factory(
     """Start nginx instances (`require_client_cert=True` for mTLS); all stop at teardown."""
     started: list[NginxServer] = []
 
-    def start(*, root: Path | None = None, require_client_cert: bool = False) -> NginxServer:
+    def start(
+        *, root: Path | None = None, require_client_cert: bool = False, proxy_to: int | None = None
+    ) -> NginxServer:
         work = tmp_path_factory.mktemp("nginx")
         if root is None:
             root = work / "root"
             root.mkdir()
-        server = NginxServer(work, root, tls_files, require_client_cert=require_client_cert)
+        server = NginxServer(
+            work, root, tls_files, require_client_cert=require_client_cert, proxy_to=proxy_to
+        )
         server.start()
         started.append(server)
         return server

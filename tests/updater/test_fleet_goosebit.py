@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,9 +56,18 @@ def proxy(goosebit: GoosebitServer) -> Iterator[DropProxy]:
 
 
 def fleet_device(
-    root: Path, pki: keygen.DevPki, server: str, token: str = TOKEN, a_image: bytes | None = None
+    root: Path,
+    pki: keygen.DevPki,
+    server: str,
+    *,
+    token: str = TOKEN,
+    a_image: bytes | None = None,
+    http: str = "",
 ) -> Device:
-    """A file-backed device running 1.0.0 from slot A, with a [fleet] table for `server`."""
+    """A file-backed device running 1.0.0 from slot A, with a [fleet] table for `server`.
+
+    `http` is the body of an [http] table; without one, plain HTTP is allowed.
+    """
     device = make_device(root, pki, a_image or image_bytes(BLOCKS, seed=1))
     verity = device.control().boot_state().slot("A").verity
     assert verity is not None
@@ -67,13 +76,14 @@ def fleet_device(
     )
     with device.config_path.open("a") as f:
         f.write(
-            "[fleet]\n"
-            f'server = "{server}"\n'
-            "allow_http = true\n"
-            f'controller_id = "{CONTROLLER}"\n'
-            f'target_token = "{token}"\n'
-            'reboot = "none"\n'
-            "poll_min = 1\n"
+            (f"[http]\n{http}" if http else "")
+            + "[fleet]\n"
+            + f'server = "{server}"\n'
+            + ("" if http else "allow_http = true\n")
+            + f'controller_id = "{CONTROLLER}"\n'
+            + f'target_token = "{token}"\n'
+            + 'reboot = "none"\n'
+            + "poll_min = 1\n"
         )
     return device
 
@@ -230,6 +240,30 @@ def test_a_delta_deployment_costs_what_a_direct_https_delta_install_costs(
         f"delta deployment of {len(new)} bytes: {by_fleet['bytes_fetched']} fetched from "
         f"goosebit, {by_url.bytes_fetched} by `updater install https://` from nginx"
     )
+
+
+def test_over_mutual_tls_in_front_of_goosebit(
+    goosebit: GoosebitServer,
+    nginx_factory: Callable[..., NginxServer],
+    tmp_path: Path,
+    pki: keygen.DevPki,
+) -> None:
+    """goosebit as deployed: behind a TLS proxy that demands a client certificate."""
+    front = nginx_factory(require_client_cert=True, proxy_to=goosebit.port)
+    http = (
+        f'ca_file = "{front.ca_file}"\nclient_cert = "{front.client_cert}"\n'
+        f'client_key = "{front.client_key}"\n'
+    )
+    device = fleet_device(tmp_path / "tls", pki, front.url("").rstrip("/"), http=http)
+    goosebit.add_device(CONTROLLER, TOKEN)
+    assert poll(device)[0] == 8
+    register(goosebit, device, "2.0.0", seed=2)
+    status, out, err = poll(device)
+    assert status == 0, (out, err)
+    entries = front.log_entries()
+    assert {e["client_verify"] for e in entries} == {"SUCCESS"}
+    assert any(e["uri"].endswith("/download") and e["status"] == 206 for e in entries)
+    assert goosebit.device(CONTROLLER)["last_state"] == "Running"
 
 
 def test_target_token_right_works_wrong_is_refused(
