@@ -119,7 +119,7 @@ def registered(
     goosebit.add_device(CONTROLLER, TOKEN)
     device = fleet_device(tmp_path / "device", pki, proxy.url)
     status, out, err = poll(device)
-    assert status == 8, (out, err)  # registered, nothing assigned yet
+    assert status == 9, (out, err)  # registered, nothing assigned yet
     view = goosebit.device(CONTROLLER)
     assert view["sw_version"] == "1.0.0"
     assert view["hardware"]["model"] == COMPATIBLE
@@ -143,7 +143,7 @@ def test_success_with_a_resumed_download_reported_after_mark_good(
     assert "rebooting, testing pending" in goosebit.device_log(CONTROLLER)
 
     status, out, _ = poll(device)  # not rebooted yet: nothing to report
-    assert status == 8 and "(2.0.0): reboot pending" in str(out["detail"])
+    assert status == 9 and "(2.0.0): reboot pending" in str(out["detail"])
 
     assert reboot(device) == "B"
     status, out, _ = poll(device)
@@ -160,7 +160,7 @@ def test_success_with_a_resumed_download_reported_after_mark_good(
     assert goosebit.rollouts()[0]["success_count"] == 1
 
     status, out, _ = poll(device)
-    assert status == 8, out
+    assert status == 9, out
     fleet = json.loads(device.cli("fleet", "status", "--json").stdout)
     assert fleet["pending"] is None and fleet["queued_feedback"] == []
     assert fleet["controller_id"] == CONTROLLER
@@ -224,7 +224,7 @@ def test_a_delta_deployment_costs_what_a_direct_https_delta_install_costs(
         by_url = Installer(direct.config()).install(src)
 
     goosebit.add_device(CONTROLLER, TOKEN)
-    assert poll(fleet)[0] == 8
+    assert poll(fleet)[0] == 9
     goosebit.add_rollout(goosebit.add_bundle(bundle, "2.0.0", COMPATIBLE))
     status, out, err = poll(fleet)
     assert status == 0, (out, err)
@@ -256,7 +256,7 @@ def test_over_mutual_tls_in_front_of_goosebit(
     )
     device = fleet_device(tmp_path / "tls", pki, front.url("").rstrip("/"), http=http)
     goosebit.add_device(CONTROLLER, TOKEN)
-    assert poll(device)[0] == 8
+    assert poll(device)[0] == 9
     register(goosebit, device, "2.0.0", seed=2)
     status, out, err = poll(device)
     assert status == 0, (out, err)
@@ -276,7 +276,7 @@ def test_target_token_right_works_wrong_is_refused(
     assert "401" in err and "check target_token" in err
     assert "not-the-token" not in err
     right = fleet_device(tmp_path / "right", pki, goosebit.url)
-    assert poll(right)[0] == 8
+    assert poll(right)[0] == 9
 
 
 def test_artifact_gone_from_the_server_fails_the_action_in_bounded_requests(

@@ -16,12 +16,12 @@ from bundle_tool.cliutil import add_command
 from ..config import DEFAULT_CONFIG, load_config
 from .agent import CycleResult, FleetAgent
 
-EXIT_NOTHING_PENDING = 8
+EXIT_NOTHING_PENDING = 9
 
 EPILOG = """\
 exit status of `fleet poll --once`:
   0  an action was worked on (installed, reported, canceled)
-  8  no action was pending
+  9  no action was pending
   2-7  as for `updater install`: the cycle failed (a failed install is reported
      to the server first, as closed/failure)
 `fleet run` exits only on bad usage (2); `fleet status` exits 0, or 2 or 7.
