@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import bootfiles
+import chain
 from settings import BOOT_SIZE, SLOT_SIZE, SOURCE_DATE_EPOCH, MiB
 from shell import run
 
@@ -26,20 +27,40 @@ Layout = list[tuple[int, int]]
 
 
 def boot_files(
-    board: BoardConfig, board_path: Path, *, kernel: Path, initrd: Path, verity_a: str, work: Path
-) -> dict[str, Path]:
-    """What goes on the boot partition: path there -> local file (written under `work`)."""
-    files: dict[str, Path] = {board.boot.kernel: kernel / "vmlinuz", board.boot.initrd: initrd}
-    files.update(bootfiles.boot_script(board, board_path, work / "script"))
+    board: BoardConfig,
+    board_path: Path,
+    *,
+    kernel: Path,
+    initrd: Path,
+    verity_a: str,
+    version: str,
+    work: Path,
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """What goes on the boot partition (path there -> local file, written under `work`), and
+    the firmware's files next to the disk (sidecar suffix -> local file; see `chain`)."""
     env_name = board.env.uboot_file if board.bootloader == "u-boot" else board.env.grub_file
     env_file = work / "env.bin"
+    work.mkdir(parents=True, exist_ok=True)
     bootfiles.write_env(board, bootfiles.initial_env(board, verity_a), env_file)
+    if board.boot.chain != "script":
+        signed, sidecars = chain.signed_boot_files(
+            board,
+            board_path,
+            kernel=kernel / "vmlinuz",
+            initrd=initrd,
+            verity_a=verity_a,
+            version=version,
+            work=work / "chain",
+        )
+        return {**signed, env_name: env_file}, sidecars
+    files: dict[str, Path] = {board.boot.kernel: kernel / "vmlinuz", board.boot.initrd: initrd}
+    files.update(bootfiles.boot_script(board, board_path, work / "script"))
     files[env_name] = env_file
     if board.bootloader == "grub":
         efi = work / "BOOTX64.EFI"
         run("grub-mkimage", "-O", "x86_64-efi", "-p", "/EFI/BOOT", "-o", efi, *GRUB_MODULES)
         files["EFI/BOOT/BOOTX64.EFI"] = efi
-    return files
+    return files, {}
 
 
 def make_boot_partition(files: dict[str, Path], work: Path) -> Path:

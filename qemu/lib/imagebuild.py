@@ -29,7 +29,7 @@ import slot
 import wheels
 from cache import prune
 from devkeys import dev_keys
-from settings import ARCHES, BUILD, CACHE, REPO, image_dir
+from settings import ARCHES, BUILD, CACHE, REPO, SIDECARS, image_dir, sidecar
 from shell import log
 
 from bootctl.board import load_board
@@ -83,14 +83,24 @@ def build(
     link_or_copy(built.image, out_dir / "slot.img")
     if not rootfs_only:
         kern = kernel.make_kernel(arch, kernel.kernel_deb(arch))
-        initrd = initramfs.make_initramfs(arch, base, kern)
+        initrd = initramfs.make_initramfs(arch, base, kern, board)
         work = out_dir / "work"
         shutil.rmtree(work, ignore_errors=True)
-        files = disk.boot_files(
-            board, board_path, kernel=kern, initrd=initrd, verity_a=built.verity, work=work
+        files, sidecars = disk.boot_files(
+            board,
+            board_path,
+            kernel=kern,
+            initrd=initrd,
+            verity_a=built.verity,
+            version=opts.version,
+            work=work,
         )
         boot = disk.make_boot_partition(files, work)
         layout = disk.make_disk(out_dir / "disk.img", boot, built.image)
+        for suffix in SIDECARS:
+            sidecar(out_dir / "disk.img", suffix).unlink(missing_ok=True)
+        for suffix, src in sidecars.items():
+            shutil.copyfile(src, sidecar(out_dir / "disk.img", suffix))
         info.update(
             disk=str(out_dir / "disk.img"),
             kernel=(kern / "kver").read_text(),
@@ -99,6 +109,7 @@ def build(
                 for n, (o, s) in zip(disk.PARTITIONS, layout, strict=True)
             },
             boot_script="bootctl",
+            boot_chain=board.boot.chain,
         )
         shutil.rmtree(work, ignore_errors=True)
     for prefix, keep in KEEP.items():

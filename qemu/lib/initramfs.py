@@ -13,6 +13,7 @@ from cache import cached, digest
 from settings import BUILD, INITRAMFS_INIT, INITRAMFS_SLOT, SOURCE_DATE_EPOCH, Arch
 from shell import log, run
 
+from bootctl.board import BoardConfig
 from bundle_tool import cpio
 
 _DIRS = (
@@ -74,7 +75,13 @@ def needed_libs(root: Path, elf: Path, triplet: str) -> tuple[set[str], str]:
     return found, interp
 
 
-def entries(arch: Arch, base: Path, kernel: Path) -> list[cpio.Entry]:
+def slot_table(board: BoardConfig) -> str:
+    """`etc/abupdate/slots`: `NAME DEVICE BOOT_DIR` per slot, read by `slot.sh` when the
+    initramfs is the signed one of a FIT or UKI."""
+    return "".join(f"{s.name} {s.root} {s.boot_dir}\n" for s in board.slots)
+
+
+def entries(arch: Arch, base: Path, kernel: Path, board: BoardConfig) -> list[cpio.Entry]:
     """The archive's entries, parents before children."""
     E = cpio.Entry
     d = stat.S_IFDIR | 0o755
@@ -93,6 +100,7 @@ def entries(arch: Arch, base: Path, kernel: Path) -> list[cpio.Entry]:
     init = INITRAMFS_INIT.read_text().replace("@TRIPLET@", arch.triplet)
     out.append(E("init", stat.S_IFREG | 0o755, init.encode()))
     out.append(E("lib/abupdate/slot.sh", stat.S_IFREG | 0o644, INITRAMFS_SLOT.read_bytes()))
+    out.append(E("etc/abupdate/slots", stat.S_IFREG | 0o444, slot_table(board).encode()))
     return parents_first(out)
 
 
@@ -120,13 +128,15 @@ def parents_first(entries: list[cpio.Entry]) -> list[cpio.Entry]:
     return ordered
 
 
-def make_initramfs(arch: Arch, base: Path, kernel: Path) -> Path:
+def make_initramfs(arch: Arch, base: Path, kernel: Path, board: BoardConfig) -> Path:
     """gzip'ed newc cpio archive of `entries`, cached."""
-    key = digest("initrd", 5, base.name, kernel.name, INITRAMFS_INIT, INITRAMFS_SLOT)
+    key = digest(
+        "initrd", 5, base.name, kernel.name, INITRAMFS_INIT, INITRAMFS_SLOT, slot_table(board)
+    )
 
     def make(tmp: Path) -> None:
         log(f"{arch.name}: writing the initramfs")
-        data = cpio.build(entries(arch, base, kernel), SOURCE_DATE_EPOCH)
+        data = cpio.build(entries(arch, base, kernel, board), SOURCE_DATE_EPOCH)
         with (
             open(tmp, "wb") as f,
             gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as z,

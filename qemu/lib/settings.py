@@ -21,6 +21,8 @@ CACHE = Path(os.environ.get("ABUPDATE_QEMU_CACHE", QEMU_DIR / "cache"))
 BUILD = Path(os.environ.get("ABUPDATE_QEMU_BUILD", QEMU_DIR / "build"))
 #: Development keys (bundle-tool keygen) whose CA the images trust unless told otherwise.
 DEV_KEYS = BUILD / "keys"
+#: Development boot keys (bundle-tool keygen --boot): the FIT key, PK/KEK/db, GRUB's gpg key.
+BOOT_KEYS = BUILD / "bootkeys"
 BOARD_CONFIGS = REPO / "board-configs"
 #: Files copied into every root filesystem, and the initramfs' /init.
 ROOTFS_OVERLAY = QEMU_DIR / "rootfs"
@@ -41,6 +43,7 @@ BOOT_SIZE = 96 * MiB
 SLOT_SIZE = 160 * MiB
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_SECURE_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 
@@ -99,6 +102,17 @@ ARCHES = {
         150.0,
     ),
 }
+
+
+#: Files kept next to a disk image DISK as DISK<suffix>, for the firmware: the OVMF variable
+#: store, U-Boot's control DTB (boot.chain fit: `-dtb`), and a marker that the variable store
+#: has our keys enrolled and Secure Boot on (boot.chain uki: the secure-boot OVMF build).
+SIDECARS = (".ovmf-vars", ".dtb", ".secure-boot")
+
+
+def sidecar(disk: Path, suffix: str) -> Path:
+    """The file `suffix` (one of SIDECARS) kept next to `disk`."""
+    return disk.with_name(disk.name + suffix)
 
 
 def image_dir(arch: str) -> Path:

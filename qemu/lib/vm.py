@@ -25,7 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import serial
-from settings import ARCHES, GUEST_SERVER_IP, OVMF_CODE, OVMF_VARS, UBOOT
+from settings import (
+    ARCHES,
+    GUEST_SERVER_IP,
+    OVMF_CODE,
+    OVMF_SECURE_CODE,
+    OVMF_VARS,
+    UBOOT,
+    sidecar,
+)
+
+#: The arm64 machine and firmware; its DTB (`chain.control_dtb`) depends on them.
+ARM64_MACHINE = ("-M", "virt", "-cpu", "cortex-a57", "-bios", str(UBOOT))
+#: Guest RAM in MiB unless a VmConfig says otherwise (the control DTB describes this much).
+DEFAULT_MEMORY = 1024
 
 
 @dataclass
@@ -52,14 +65,14 @@ class VmConfig:
     serial: str = "mon:stdio"
     qmp: Path | None = None
     forward: list[int] = field(default_factory=list)
-    memory: int = 1024
+    memory: int = DEFAULT_MEMORY
     accel: str = "tcg"
     paused: bool = False
 
 
 def ovmf_vars_for(disk: Path) -> Path:
     """The writable OVMF variable store kept next to a disk image."""
-    path = disk.with_name(disk.name + ".ovmf-vars")
+    path = sidecar(disk, ".ovmf-vars")
     if not path.exists():
         shutil.copyfile(OVMF_VARS, path)
     return path
@@ -81,7 +94,19 @@ def qemu_command(cfg: VmConfig) -> list[str]:
     if cfg.arch not in ARCHES:
         raise ValueError(f"unknown architecture {cfg.arch!r} (one of {', '.join(ARCHES)})")
     if cfg.arch == "arm64":
-        cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-bios", str(UBOOT)]
+        cmd = ["qemu-system-aarch64", *ARM64_MACHINE]
+        dtb = sidecar(cfg.disk, ".dtb")
+        if dtb.exists():
+            # boot.chain fit: U-Boot's control DTB holds the FIT key and the boot command.
+            cmd += ["-dtb", str(dtb)]
+    elif sidecar(cfg.disk, ".secure-boot").exists():
+        # boot.chain uki: our keys are enrolled in the variable store, Secure Boot is on.
+        cmd = [
+            *("qemu-system-x86_64", "-M", "q35,smm=on"),
+            *("-global", "driver=cfi.pflash01,property=secure,value=on"),
+            *("-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_SECURE_CODE}"),
+            *("-drive", f"if=pflash,format=raw,file={ovmf_vars_for(cfg.disk)}"),
+        ]
     else:
         cmd = [
             "qemu-system-x86_64",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootctl.board import BoardConfig
-from tests.qemu.qemulib import vm
+from tests.qemu.qemulib import settings, vm
 from tests.qemu.target import QemuTarget, Target
 
 BOOTED = r"abupdate: booted slot (\w+), version (\S+)\n"
@@ -183,9 +183,9 @@ class Device:
 def copy_disk(src: Path, dst: Path) -> Path:
     """A private copy of a disk image (sparse) for one test."""
     subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
-    vars_src = src.with_name(src.name + ".ovmf-vars")
-    if vars_src.exists():
-        shutil.copyfile(vars_src, dst.with_name(dst.name + ".ovmf-vars"))
+    for suffix in settings.SIDECARS:
+        if settings.sidecar(src, suffix).exists():
+            shutil.copyfile(settings.sidecar(src, suffix), settings.sidecar(dst, suffix))
     return dst
 
 
