@@ -159,6 +159,15 @@ def _make_gpg_key(keys: DevBootKeys, days: int) -> None:
     except subprocess.CalledProcessError as e:
         last = e.stderr.decode(errors="replace").strip().splitlines()
         raise UsageError(f"gpg failed: {last[-1] if last else e.returncode}") from e
+    finally:
+        # The agent gpg started keeps the home's path: stopped now, the folder can be moved
+        # (a new agent starts where it is used; one left running would answer for the old
+        # path, "No secret key").
+        subprocess.run(
+            ["gpgconf", "--homedir", str(keys.gpg_home), "--kill", "gpg-agent"],
+            check=False,
+            capture_output=True,
+        )
     if not public:
         raise UsageError("gpg made no public key")
     _write(keys.gpg_public, public, 0o644)

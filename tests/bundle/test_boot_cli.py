@@ -30,8 +30,9 @@ def _tool(*cmd: str | Path) -> str:
 
 
 def _verified_board(tmp_path: Path, name: str, chain: str) -> Path:
-    """A copy of a shipped board config with a verified boot chain."""
-    text = (REPO / "board-configs" / f"{name}.toml").read_text()
+    """A copy of a shipped board config with boot chain `chain`."""
+    lines = (REPO / "board-configs" / f"{name}.toml").read_text().splitlines(keepends=True)
+    text = "".join(x for x in lines if not x.startswith(("chain =", "fit_kernel_load =")))
     extra = f'chain = "{chain}"\n' + (f"fit_kernel_load = {LOAD:#x}\n" if chain == "fit" else "")
     board = tmp_path / f"{name}-{chain}.toml"
     board.write_text(text.replace("[boot]\n", "[boot]\n" + extra, 1))
@@ -172,7 +173,7 @@ def test_boot_image_refusals_are_one_line(
     rootfs.write_bytes(bytes(8192))
     names = {
         "ROOTFS": rootfs,
-        "SCRIPT": REPO / "board-configs" / "qemu-arm64-uboot.toml",
+        "SCRIPT": _verified_board(tmp_path, "qemu-arm64-uboot", "script"),
         "NOKEYS": tmp_path / "none",
     }
     given = [str(names.get(a, a)) for a in args]
@@ -247,3 +248,20 @@ def test_a_fit_board_keeps_a_single_copy_environment(tmp_path: Path, keys: Path)
     assert r.returncode == 2, r.stderr
     assert "env.fw_env_config must have one line" in r.stderr
     assert not out.exists()
+
+
+def test_boot_keys_still_sign_after_their_folder_is_moved(
+    tmp_path: Path, parts: tuple[Path, Path]
+) -> None:
+    """A build caches keys made in a temporary folder and renames it; gpg must follow."""
+    made = tmp_path / "made"
+    assert run("keygen", "--boot", "-o", made).returncode == 0
+    moved = tmp_path / "moved"
+    made.rename(moved)
+    board = _verified_board(tmp_path, "qemu-x86_64-grub", "uki")
+    r = _boot_image(
+        board, parts, moved, tmp_path / "boot.efi", "--verity", VERITY, "--version", "1"
+    )
+    assert r.returncode == 0, r.stderr
+    gpg = ["gpg", "--homedir", moved / "gpg", "--batch", "--verify", tmp_path / "boot.efi.sig"]
+    subprocess.run([*map(str, gpg), str(tmp_path / "boot.efi")], check=True, capture_output=True)
