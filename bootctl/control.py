@@ -17,9 +17,23 @@ from bootctl.envstore import EnvStore, GrubEnvStore, UBootEnvStore
 from bootctl.errors import ConfigError, SlotError, StorageError
 from bootctl.state import SlotVerity
 
-__all__ = ["SlotControl", "SlotInfo", "SlotStatus", "SlotVerity", "booted_slot_from_cmdline"]
+__all__ = [
+    "LOADER_IMAGE_ID",
+    "SlotControl",
+    "SlotInfo",
+    "SlotStatus",
+    "SlotVerity",
+    "booted_slot_from_cmdline",
+    "booted_slot_from_image_id",
+]
 
 _CMDLINE_KEYS = ("abupdate.slot=", "rauc.slot=")
+#: Where systemd-stub leaves the path of the UKI that was started (efivarfs: four attribute
+#: bytes, then the path in UTF-16LE), when no boot loader set it before: on a `uki` board
+#: the signed command line is the same for every slot, so this names the booted one.
+LOADER_IMAGE_ID = Path(
+    "/sys/firmware/efi/efivars/LoaderImageIdentifier-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+)
 
 
 def booted_slot_from_cmdline(cmdline: str) -> str | None:
@@ -36,6 +50,20 @@ def booted_slot_from_cmdline(cmdline: str) -> str | None:
     for key in _CMDLINE_KEYS:
         if found.get(key):
             return found[key]
+    return None
+
+
+def booted_slot_from_image_id(board: BoardConfig, value: bytes) -> str | None:
+    """The slot whose boot folder holds the image named by a LoaderImageIdentifier value
+    (e.g. `\\slot-B\\boot.efi`), or None if it names no slot's boot image."""
+    path = value[4:].decode("utf-16-le", errors="replace").split("\0", 1)[0]
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    if len(parts) < 2 or parts[-1] != board.boot.image:
+        return None
+    folder = "/".join(parts[:-1])
+    for slot in board.slots:
+        if slot.boot_dir == folder:
+            return slot.name
     return None
 
 
@@ -141,12 +169,16 @@ class SlotControl:
         board: The board config.
         store: Where the environment lives.
         cmdline_text: The kernel command line (to find the booted slot).
+        image_id: The LoaderImageIdentifier value (`uki` boards; b"" if none).
     """
 
-    def __init__(self, board: BoardConfig, store: EnvStore, cmdline_text: str) -> None:
+    def __init__(
+        self, board: BoardConfig, store: EnvStore, cmdline_text: str, image_id: bytes = b""
+    ) -> None:
         self.board = board
         self.store = store
         self.cmdline_text = cmdline_text
+        self.image_id = image_id
 
     @classmethod
     def open(
@@ -155,6 +187,7 @@ class SlotControl:
         *,
         env_override: Sequence[str] | str | Path | None = None,
         cmdline_path: str | Path = "/proc/cmdline",
+        image_id_path: str | Path = LOADER_IMAGE_ID,
     ) -> SlotControl:
         """Create a `SlotControl` for a board's environment and the running kernel.
 
@@ -164,6 +197,8 @@ class SlotControl:
                 or a `grubenv` path (GRUB). Tests and the updater use plain files this way.
             cmdline_path: File holding the kernel command line. A missing file means no
                 slot is known to be booted.
+            image_id_path: The LoaderImageIdentifier file, read on `uki` boards when the
+                command line names no slot (missing: none).
 
         Raises:
             ConfigError: The override does not fit the bootloader, or is invalid.
@@ -176,17 +211,28 @@ class SlotControl:
             cmdline = ""
         except OSError as e:
             raise StorageError(f"cannot read {cmdline_path}: {e.strerror}") from e
-        return cls(board, store, cmdline)
+        image_id = b""
+        if board.boot.chain == "uki":
+            try:
+                image_id = Path(image_id_path).read_bytes()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise StorageError(f"cannot read {image_id_path}: {e.strerror}") from e
+        return cls(board, store, cmdline, image_id)
 
     # --- queries -----------------------------------------------------------------------------
 
     def booted_slot(self) -> str | None:
-        """The running slot from the kernel command line, or None if not booted by our scripts.
+        """The running slot: from the kernel command line, or on a `uki` board from the
+        image systemd-stub says it was started as; None if not booted by our scripts.
 
         Raises:
             SlotError: The command line names a slot this board does not have.
         """
         slot = booted_slot_from_cmdline(self.cmdline_text)
+        if slot is None and self.image_id:
+            return booted_slot_from_image_id(self.board, self.image_id)
         if slot is not None and slot not in self.board.slot_names:
             raise SlotError(
                 f"kernel command line names slot {slot!r}, which board {self.board.name} "

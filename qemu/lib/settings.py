@@ -97,7 +97,8 @@ ARCHES = {
         "x86_64-linux-gnu",
         "qemu-x86_64-grub.toml",
         (),
-        MODULES,
+        # efivarfs: the initramfs reads LoaderImageIdentifier, the UKI systemd-stub started.
+        (*MODULES, "efivarfs"),
         ("manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux_2_17_x86_64"),
         150.0,
     ),

@@ -254,3 +254,59 @@ def test_unchanged_state_is_not_rewritten(tmp_path: Path) -> None:
     assert path.stat().st_ino == before
     ctl.mark_bad("B")
     assert path.stat().st_ino != before
+
+
+def _image_id(path: str) -> bytes:
+    """An efivarfs file as systemd-stub leaves it: attributes, then UTF-16LE with a NUL."""
+    return b"\x06\x00\x00\x00" + (path + "\0").encode("utf-16-le")
+
+
+def test_a_uki_board_knows_the_booted_slot_from_the_image_the_stub_started(
+    tmp_path: Path,
+) -> None:
+    board = grub_board()
+    assert board.boot.chain == "uki"
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0\n")
+    image_id = tmp_path / "LoaderImageIdentifier"
+    cases = {
+        r"\slot-B\boot.efi": "B",
+        r"\slot-A\boot.efi": "A",
+        r"\EFI\BOOT\BOOTX64.EFI": None,
+        r"\slot-B\other.efi": None,
+        r"\slot-C\boot.efi": None,
+        "": None,
+    }
+    for path, slot in cases.items():
+        image_id.write_bytes(_image_id(path))
+        ctl = SlotControl.open(
+            board, env_override=tmp_path / "grubenv", cmdline_path=cmdline, image_id_path=image_id
+        )
+        assert ctl.booted_slot() == slot, path
+    # The command line, where it names a slot, wins; a missing variable is no slot.
+    cmdline.write_text("console=ttyS0 abupdate.slot=A\n")
+    image_id.write_bytes(_image_id(r"\slot-B\boot.efi"))
+    ctl = SlotControl.open(
+        board, env_override=tmp_path / "grubenv", cmdline_path=cmdline, image_id_path=image_id
+    )
+    assert ctl.booted_slot() == "A"
+    cmdline.write_text("console=ttyS0\n")
+    ctl = SlotControl.open(
+        board,
+        env_override=tmp_path / "grubenv",
+        cmdline_path=cmdline,
+        image_id_path=tmp_path / "missing",
+    )
+    assert ctl.booted_slot() is None
+
+
+def test_a_u_boot_board_ignores_the_image_identifier(tmp_path: Path) -> None:
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyAMA0\n")
+    image_id = tmp_path / "LoaderImageIdentifier"
+    image_id.write_bytes(_image_id(r"\slot-B\boot.itb"))
+    cfg = [f"{tmp_path / 'uboot.env'} 0x0 0x4000"]
+    ctl = SlotControl.open(
+        uboot_board(), env_override=cfg, cmdline_path=cmdline, image_id_path=image_id
+    )
+    assert ctl.booted_slot() is None
