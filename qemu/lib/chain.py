@@ -51,6 +51,31 @@ def _bundle_tool(*args: str | Path) -> None:
     run(sys.executable, "-m", "bundle_tool.cli", *args, env=REPRODUCIBLE, capture_output=True)
 
 
+def release_boot_files(
+    board: BoardConfig,
+    board_path: Path,
+    *,
+    kernel: Path,
+    initrd: Path,
+    verity: str,
+    version: str,
+    work: Path,
+) -> dict[str, Path]:
+    """The signed boot files of one release (`bundle-tool boot-image`): slot class -> file
+    named as the board's `boot.files` name it (a FIT, or a UKI and its gpg signature)."""
+    work.mkdir(parents=True, exist_ok=True)
+    image = work / board.boot.image
+    _bundle_tool(
+        *("boot-image", "--board-config", board_path, "--kernel", kernel, "--initramfs", initrd),
+        *("--verity", verity, "--version", version, "--boot-keys", boot_keys(), "-o", image),
+    )
+    files = {slot_class: work / name for slot_class, name in board.boot.files}
+    missing = [str(f) for f in files.values() if not f.exists()]
+    if missing:
+        raise RuntimeError(f"bundle-tool boot-image wrote no {', '.join(missing)}")
+    return files
+
+
 def signed_boot_files(
     board: BoardConfig,
     board_path: Path,
@@ -61,26 +86,28 @@ def signed_boot_files(
     version: str,
     work: Path,
 ) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Slot A's signed boot image and the bootloader that checks it.
+    """Slot A's signed boot files and the bootloader that checks them.
 
     Returns:
         (path on the boot partition -> local file, sidecar suffix -> local file), the
         sidecars being what the firmware gets beside the disk (settings.SIDECARS).
     """
     keys = boot_keys()
-    work.mkdir(parents=True, exist_ok=True)
-    image = work / board.boot.image
-    slot_a = board.slots[0]
-    _bundle_tool(
-        *("boot-image", "--board-config", board_path, "--kernel", kernel, "--initramfs", initrd),
-        *("--verity", verity_a, "--version", version, "--boot-keys", keys, "-o", image),
+    release = release_boot_files(
+        board,
+        board_path,
+        kernel=kernel,
+        initrd=initrd,
+        verity=verity_a,
+        version=version,
+        work=work,
     )
-    files = {f"{slot_a.boot_dir}/{board.boot.image}": image}
+    slot_a = board.slots[0]
+    files = {f"{slot_a.boot_dir}/{path.name}": path for path in release.values()}
     sidecars: dict[str, Path] = {}
     if board.boot.chain == "fit":
         sidecars[".dtb"] = control_dtb(board_path, keys, work)
     else:
-        files[f"{slot_a.boot_dir}/{board.boot.image}.sig"] = Path(f"{image}.sig")
         grub = work / "BOOTX64.EFI"
         _bundle_tool("bootloader", "--board-config", board_path, "--boot-keys", keys, "-o", grub)
         files["EFI/BOOT/BOOTX64.EFI"] = grub

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aptroot
 import basetree
+import chain
 import disk
 import initramfs
 import kernel
@@ -81,6 +82,22 @@ def build(
     }
     link_or_copy(fs, out_dir / "rootfs.img")
     link_or_copy(built.image, out_dir / "slot.img")
+    if rootfs_only and board.boot.chain != "script":
+        # A release of a verified board: its signed boot image goes into the bundle with the
+        # root filesystem (`bundle-tool create --image CLASS=FILE`, same salt as `verity`).
+        kern = kernel.make_kernel(arch, kernel.kernel_deb(arch))
+        initrd = initramfs.make_initramfs(arch, base, kern, board)
+        shutil.rmtree(out_dir / "boot", ignore_errors=True)
+        release = chain.release_boot_files(
+            board,
+            board_path,
+            kernel=kern / "vmlinuz",
+            initrd=initrd,
+            verity=built.verity,
+            version=opts.version,
+            work=out_dir / "boot",
+        )
+        info["boot_images"] = {c: str(f) for c, f in release.items()}
     if not rootfs_only:
         kern = kernel.make_kernel(arch, kernel.kernel_deb(arch))
         initrd = initramfs.make_initramfs(arch, base, kern, board)

@@ -196,12 +196,19 @@ class Bundles:
             trust = "-untrusted" if untrusted else ""
             out = self.dir / f"{arch}-{name}-as-{version}-sv{security_version}{trust}.bundle"
             board = settings.ARCHES[arch].board_path
+            # A verified board's release carries its signed boot image, which holds the
+            # root hash of the rootfs under the salt build-image used: the same here.
+            boot_images = dict(info.get("boot_images") or {})  # type: ignore[call-overload]
+            salt = str(info["verity"]).split(":")[1]
             subprocess.run(
                 [
                     str(REPO / ".venv/bin/bundle-tool"),
                     "create",
                     "--image",
-                    str(info["rootfs"]),
+                    f"rootfs={info['rootfs']}",
+                    *(f"--image={c}={f}" for c, f in sorted(boot_images.items())),
+                    "--salt",
+                    salt,
                     "--version",
                     version,
                     "--board-config",
