@@ -39,7 +39,9 @@ GUEST_SERVER_IP = "10.0.2.100"
 UPDATE_SERVER = "updates.abupdate.test"
 
 MiB = 1024 * 1024
-BOOT_SIZE = 96 * MiB
+#: Room for three signed boot images (both slots, and the one being written beside the
+#: target's old one): arm64's FIT holds an uncompressed 31 MiB kernel.
+BOOT_SIZE = 160 * MiB
 SLOT_SIZE = 160 * MiB
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")

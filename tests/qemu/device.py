@@ -165,9 +165,10 @@ class Device:
         return env
 
     def booted_slot(self) -> str:
-        """The slot named on the kernel command line."""
-        m = re.search(r"abupdate\.slot=(\w+)", self.sh("cat /proc/cmdline"))
-        assert m, "no abupdate.slot= on the kernel command line"
+        """The booted slot as bootctl tells it: `abupdate.slot=` on the kernel command line
+        (U-Boot), or the folder of the UKI systemd-stub was started as (UEFI)."""
+        m = re.search(r"^booted: +(\w+)", self.sh("abctl status"), re.M)
+        assert m, "abctl status names no booted slot"
         return m.group(1)
 
     def verity_root(self) -> str:
