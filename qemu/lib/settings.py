@@ -88,7 +88,7 @@ ARCHES = {
     "arm64": Arch(
         "arm64",
         "aarch64-linux-gnu",
-        "qemu-arm64-uboot.toml",
+        "qemu-arm64-fit.toml",
         ("libubootenv-tool",),
         MODULES,
         ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_aarch64"),
@@ -97,7 +97,7 @@ ARCHES = {
     "amd64": Arch(
         "amd64",
         "x86_64-linux-gnu",
-        "qemu-x86_64-grub.toml",
+        "qemu-x86_64-uki.toml",
         (),
         # efivarfs: the initramfs reads LoaderImageIdentifier, the UKI systemd-stub started.
         (*MODULES, "efivarfs"),

@@ -30,6 +30,7 @@ def test_every_board_file_loads(board_file: Path) -> None:
 def test_required_boards_are_shipped() -> None:
     names = {p.stem for p in BOARD_DIR.glob("*.toml")}
     assert {"qemu-arm64-uboot", "qemu-x86_64-grub", "rpi4-uboot"} <= names
+    assert {"qemu-arm64-fit", "qemu-x86_64-uki"} <= names  # the QEMU images' boards
 
 
 def test_qemu_arm64_layout() -> None:

@@ -29,10 +29,17 @@ def test_every_board_renders_a_script(board_file: Path, tmp_path: Path) -> None:
         assert slot.root in text
         assert f"BOOT_{slot.name}_VERITY" in text
         assert f"BOOT_{slot.name}_LEFT" in text
-    assert "abupdate.root=${ab_root}" in text
-    assert board.kernel_args in text
-    assert "abupdate.slot=${ab_slot}" in text
-    assert "abupdate.verity=${ab_verity}" in text
+    if board.boot.chain == "script":
+        assert "abupdate.root=${ab_root}" in text
+        assert board.kernel_args in text
+        assert "abupdate.slot=${ab_slot}" in text
+        assert "abupdate.verity=${ab_verity}" in text
+    else:
+        # A verified chain passes no root or root hash: they come from the signed image.
+        assert "abupdate.root=" not in text and "abupdate.verity=" not in text
+        assert f"${{ab_dir}}/{board.boot.image}" in text
+        if board.boot.chain == "fit":
+            assert f"{board.kernel_args} abupdate.slot=${{ab_slot}}" in text
     out = tmp_path / "script"
     assert main(["--board", str(board_file), "boot-script", "-o", str(out)]) == 0
     assert out.read_text() == text

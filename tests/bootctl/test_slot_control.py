@@ -264,7 +264,7 @@ def _image_id(path: str) -> bytes:
 def test_a_uki_board_knows_the_booted_slot_from_the_image_the_stub_started(
     tmp_path: Path,
 ) -> None:
-    board = grub_board()
+    board = load_board(BOARD_DIR / "qemu-x86_64-uki.toml")
     assert board.boot.chain == "uki"
     cmdline = tmp_path / "cmdline"
     cmdline.write_text("console=ttyS0\n")
