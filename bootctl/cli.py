@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bootctl.board import BoardConfig, load_board
 from bootctl.bootscript import compile_uboot_script, render_boot_script
+from bootctl.cliboundary import add_command, make_parser
 from bootctl.control import SlotControl, SlotStatus
 from bootctl.errors import (
     BootctlError,
@@ -20,7 +21,6 @@ from bootctl.errors import (
     StorageError,
 )
 from bootctl.state import SlotVerity
-from bundle_tool.cliutil import add_command, make_parser
 
 __all__ = ["EXIT_CODES", "main"]
 

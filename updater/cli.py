@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, NoReturn
 
+from bootctl.cliboundary import add_command, exit_status, make_parser
 from bootctl.errors import BootctlError
-from bundle_tool.cliutil import add_command, exit_status, make_parser
 from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
 
 from . import errors, interrupts

@@ -1,13 +1,13 @@
 """The updater's exceptions, split by who is at fault.
 
-Errors about the bundle itself (corrupt, untrusted, refused by policy) come from
-`bundle_tool.errors` and are reused as they are; the command-line front end maps both hierarchies to
-exit statuses.
+Errors about the bundle itself (corrupt, untrusted, refused by policy) and the one
+`UsageError` come from `bundle_tool.errors` and are reused as they are; the
+command-line front end maps both hierarchies to exit statuses.
 """
 
 import signal
 
-from bundle_tool.errors import PolicyError
+from bundle_tool.errors import PolicyError, UsageError
 
 __all__ = [
     "BusyError",
@@ -24,10 +24,6 @@ __all__ = [
 
 class UpdaterError(Exception):
     """Root of every error this package raises on purpose."""
-
-
-class UsageError(UpdaterError):
-    """Bad arguments or a bad device configuration file."""
 
 
 class TransportError(UpdaterError):

@@ -21,15 +21,14 @@ from tqdm import tqdm
 
 from bootctl import validators
 from bootctl.board import ARCHITECTURES, BoardConfig, load_board
+from bootctl.cliboundary import add_command, exit_status, make_parser
 from bootctl.errors import BootctlError
 from bootctl.state import SlotVerity
-from updater.errors import UpdaterError
-from updater.filesource import FileSource
 
 from . import bootimage, bootkeys, container, keygen, keysource, policy, reader, signing, verity
-from .cliutil import add_command, exit_status, make_parser
 from .errors import BundleError, BundleIOError, BundleToolError, PolicyError, TrustError, UsageError
 from .extract import extract_bundle
+from .filereader import FileReader
 from .keyring import merge, read_keyring
 from .manifest import Manifest
 from .writer import CreateOptions, create_bundle, resign_bundle
@@ -328,10 +327,10 @@ def _cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _open_file(path: str) -> FileSource:
+def _open_file(path: str) -> FileReader:
     try:
-        return FileSource(path)
-    except (OSError, UpdaterError) as e:
+        return FileReader(path)
+    except UsageError as e:
         raise BundleIOError(f"cannot open {path}: {e}") from e
 
 
@@ -729,8 +728,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
-    except (BundleToolError, UpdaterError) as e:
-        # Reading the bundle goes through the updater's file source: its errors are I/O errors.
+    except BundleToolError as e:
         status = exit_status(e, EXIT_CODES, EXIT_IO)
         if getattr(args, "json", False):
             print(json.dumps({"error": str(e), "exit_status": status}))
