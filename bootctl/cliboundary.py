@@ -68,7 +68,15 @@ def add_command(
 
 
 def exit_status(error: BaseException, table: ExitCodes, default: int) -> int:
-    """The exit status of the first class in `table` that `error` belongs to."""
+    """The exit status of `error`: its own `exit_status` if it has one, else the table's.
+
+    An error whose status depends on it (interrupted by signal N: 128 + N) carries it as
+    an int attribute `exit_status`; otherwise the first class in `table` that `error`
+    belongs to decides.
+    """
+    own = getattr(error, "exit_status", None)
+    if isinstance(own, int):
+        return own
     return next((code for cls, code in table if isinstance(error, cls)), default)
 
 
@@ -84,7 +92,7 @@ def _quiet_stdout() -> None:
 
 def run_cli(
     parser: argparse.ArgumentParser,
-    run: Callable[[argparse.Namespace], None],
+    run: Callable[[argparse.Namespace], int | None],
     exit_codes: ExitCodes,
     argv: Sequence[str] | None = None,
     *,
@@ -92,12 +100,13 @@ def run_cli(
 ) -> int:
     """Parse `argv`, call `run` with the arguments, and return the exit status.
 
-    `run` carries out the command and prints its result. An exception in
+    `run` carries out the command and prints its result; it may return a status
+    other than 0 for a result (`updater fleet poll`: nothing pending). An exception in
     `exit_codes` is one line, `PROG: error: REASON`, on standard error (with
     `--json`, also a JSON object with `error` and `exit_status`, plus
-    `error_fields`, on standard output) and its status. A reader that closes
-    the pipe early (`| head -1`) ends the output quietly: the command was carried
-    out. Anything else is a bug: one line and status 1, no traceback.
+    `error_fields`, on standard output) and its status. Anything else is a bug:
+    the same, with status 1 and no traceback. A reader that closes the pipe early
+    (`| head -1`) ends the output quietly: the command was carried out.
 
     Args:
         parser: the tool's argument parser (its `prog` starts each error line).
@@ -107,29 +116,28 @@ def run_cli(
         error_fields: fields the JSON error object carries first (`{"event": "error"}`).
     """
     args = parser.parse_args(argv)
-    prog = parser.prog
+    status = exitstatus.OK
     try:
         try:
-            run(args)
+            done = run(args)
             sys.stdout.flush()
+            return status if done is None else done
+        except BrokenPipeError:
+            raise
         except tuple(cls for cls, _ in exit_codes) as e:
             status = exit_status(e, exit_codes, exitstatus.INTERNAL)
-            if getattr(args, "json", False):
-                error = {**(error_fields or {}), "error": str(e), "exit_status": status}
-                print(json.dumps(error), flush=True)
-            print(f"{prog}: error: {e}", file=sys.stderr)
-            return status
+            reason = str(e)
+        except KeyboardInterrupt:
+            status, reason = exitstatus.INTERRUPTED, "interrupted"
+        except Exception as e:  # the boundary: a bug is one line, not a traceback
+            status = exitstatus.INTERNAL
+            said = " ".join(str(e).split()) or "no message"
+            reason = f"internal error (a bug: please report it): {type(e).__name__}: {said}"
+        if getattr(args, "json", False):
+            error = {**(error_fields or {}), "error": reason, "exit_status": status}
+            print(json.dumps(error), flush=True)
+        print(f"{parser.prog}: error: {reason}", file=sys.stderr)
+        return status
     except BrokenPipeError:
         _quiet_stdout()
-        return exitstatus.OK
-    except KeyboardInterrupt:
-        print(f"{prog}: error: interrupted", file=sys.stderr)
-        return exitstatus.INTERRUPTED
-    except Exception as e:
-        reason = " ".join(str(e).split()) or "no message"
-        print(
-            f"{prog}: internal error (a bug: please report it): {type(e).__name__}: {reason}",
-            file=sys.stderr,
-        )
-        return exitstatus.INTERNAL
-    return exitstatus.OK
+        return status

@@ -23,8 +23,10 @@ REFUSED = 5
 TRANSPORT = 6
 #: A slot, the boot environment or the state directory failed.
 DEVICE = 7
-#: Another install holds the device's install lock (reserved).
+#: Another install or mark-good holds the device's install lock: nothing was done.
 BUSY = 8
+#: `updater fleet poll --once`: the server has no action for this device (not a fault).
+NOTHING_PENDING = 9
 #: Interrupted by SIGINT (Ctrl-C): 128 + 2, as a shell reports it.
 INTERRUPTED = 130
 #: Stopped by SIGTERM: 128 + 15.
