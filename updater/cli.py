@@ -54,8 +54,9 @@ exit status:
      booted slot cannot be told, or the reboot asked for with --reboot (the
      install itself succeeded)
   8  another install or mark-good is running on this device (nothing was done)
-  130, 143  interrupted by SIGINT or SIGTERM (an install records it; its target
-     slot is left unbootable, as after any failure once writing began)
+  130  interrupted by SIGINT (Ctrl-C)
+  143  stopped by SIGTERM (either: an install records it; its target slot is
+     left unbootable, as after any failure once writing began)
 The same kind of fault has the same status in updater, bundle-tool and abctl
 (docs/exit-status.md).
 In every failure case the booted slot and the boot order are left as they were,
