@@ -22,6 +22,7 @@ from bootctl.errors import (
     BootedSlotError,
     ConfigError,
     EnvError,
+    OutputError,
     SlotError,
     SlotRefusedError,
     StorageError,
@@ -40,6 +41,7 @@ EXIT_CODES: ExitCodes = (
     (SlotRefusedError, exitstatus.REFUSED),
     (BootedSlotError, exitstatus.DEVICE),
     (SlotError, exitstatus.USAGE),
+    (OutputError, exitstatus.TRANSPORT),
     (EnvError, exitstatus.DEVICE),
     (StorageError, exitstatus.DEVICE),
     (BootctlError, exitstatus.DEVICE),
@@ -53,9 +55,10 @@ exit status:
      value, a variable that is not set), or the board config or fw_env.config
      missing or invalid
   5  refused: the booted slot without --force
+  6  boot-script: the script cannot be compiled (mkimage) or written
   7  device: the environment has no valid copy, does not match its size, or the
      variables do not fit; its file or device cannot be read, written or
-     flushed; the booted slot cannot be told; a boot script cannot be made
+     flushed; the booted slot cannot be told
 The same kind of fault has the same status in abctl, updater and bundle-tool
 (docs/exit-status.md).
 """
@@ -186,7 +189,10 @@ def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> None:
             source.write_text(text, encoding="utf-8")
             # mkimage writes only to a named file; for '-' it goes through a temporary one.
             target = Path(tmp) / "boot.scr" if to_stdout else out
-            compile_uboot_script(source, target, board.architecture)
+            try:
+                compile_uboot_script(source, target, board.architecture)
+            except StorageError as e:  # mkimage: a file made here, not the device's storage
+                raise OutputError(str(e)) from e
             if to_stdout:
                 sys.stdout.flush()
                 sys.stdout.buffer.write(target.read_bytes())
@@ -197,7 +203,7 @@ def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> None:
         try:
             out.write_text(text, encoding="utf-8")
         except OSError as e:
-            raise StorageError(f"cannot write {out}: {e.strerror}") from e
+            raise OutputError(f"cannot write {out}: {e.strerror}") from e
 
 
 _DESCRIPTION = """\

@@ -14,6 +14,7 @@ __all__ = [
     "EnvError",
     "EnvOverflowError",
     "EnvSizeError",
+    "OutputError",
     "SlotError",
     "SlotRefusedError",
     "StorageError",
@@ -59,6 +60,10 @@ class SlotRefusedError(SlotError):
 
 class BootedSlotError(SlotError):
     """The booted slot cannot be told: the kernel command line names none, or a foreign one."""
+
+
+class OutputError(BootctlError):
+    """A file made on the host (a boot script) cannot be compiled or written."""
 
 
 class StorageError(BootctlError):
