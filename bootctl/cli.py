@@ -1,4 +1,7 @@
-"""`abctl`, the command line of `bootctl`; the only place that prints and sets exit codes."""
+"""`abctl`, the command line of `bootctl`; the only place that prints and sets exit codes.
+
+The exit statuses are the rule the three tools share (`bootctl.exitstatus`).
+"""
 
 from __future__ import annotations
 
@@ -9,50 +12,55 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bootctl import exitstatus
 from bootctl.board import BoardConfig, load_board
 from bootctl.bootscript import compile_uboot_script, render_boot_script
+from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
 from bootctl.control import SlotControl, SlotStatus
 from bootctl.errors import (
     BootctlError,
+    BootedSlotError,
     ConfigError,
     EnvError,
+    OutputError,
     SlotError,
+    SlotRefusedError,
     StorageError,
+    UnsetVariableError,
 )
 from bootctl.state import SlotVerity
-from bundle_tool.cliutil import add_command, make_parser
 
 __all__ = ["EXIT_CODES", "main"]
 
 DEFAULT_BOARD = "/etc/abupdate/board.toml"
 
-#: Exit status of each outcome (documented in docs/abctl.md and `abctl --help`).
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_ENV = 4
-EXIT_SLOT = 5
-EXIT_STORAGE = 6
-EXIT_CODES: dict[type[BootctlError], int] = {
-    ConfigError: EXIT_CONFIG,
-    EnvError: EXIT_ENV,
-    SlotError: EXIT_SLOT,
-    StorageError: EXIT_STORAGE,
-}
+#: Each class's exit status (docs/exit-status.md), first match wins.
+EXIT_CODES: ExitCodes = (
+    (ConfigError, exitstatus.USAGE),
+    (UnsetVariableError, exitstatus.USAGE),
+    (SlotRefusedError, exitstatus.REFUSED),
+    (BootedSlotError, exitstatus.DEVICE),
+    (SlotError, exitstatus.USAGE),
+    (OutputError, exitstatus.TRANSPORT),
+    (EnvError, exitstatus.DEVICE),
+    (StorageError, exitstatus.DEVICE),
+    (BootctlError, exitstatus.DEVICE),
+)
 
 _EPILOG = """\
 exit status:
   0  success
   1  internal error (a bug: please report it)
-  2  usage error (bad arguments)
-  3  configuration error (board config or fw_env.config missing or invalid)
-  4  environment error (no valid copy, size mismatch, variables do not fit,
-     variable not set)
-  5  slot error (unknown slot, malformed verity value, or refused: e.g. marking
-     the booted slot bad without --force, or the booted slot is unknown)
-  6  storage error (the environment file or device cannot be read, written or
-     flushed)
+  2  usage or configuration: bad arguments (an unknown slot, a malformed verity
+     value, a variable that is not set), or the board config or fw_env.config
+     missing or invalid
+  5  refused: the booted slot without --force
+  6  boot-script: the script cannot be compiled (mkimage) or written
+  7  device: the environment has no valid copy, does not match its size, or the
+     variables do not fit; its file or device cannot be read, written or
+     flushed; the booted slot cannot be told
+The same kind of fault has the same status in abctl, updater and bundle-tool
+(docs/exit-status.md).
 """
 
 
@@ -91,38 +99,35 @@ def _format_status(st: SlotStatus) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cmd_status(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_status(args: argparse.Namespace, board: BoardConfig) -> None:
     st = _control(args, board).status()
     if args.json:
         sys.stdout.write(json.dumps(st.to_dict(), indent=2) + "\n")
     else:
         sys.stdout.write(_format_status(st))
-    return EXIT_OK
 
 
-def _cmd_mark_good(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_mark_good(args: argparse.Namespace, board: BoardConfig) -> None:
     slot = _control(args, board).mark_good()
     print(f"marked slot {slot} good ({board.tries} tries)")
-    return EXIT_OK
 
 
-def _cmd_mark_bad(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_mark_bad(args: argparse.Namespace, board: BoardConfig) -> None:
     ctl = _control(args, board)
     slot = args.slot
     if slot is None:
         slot = ctl.booted_slot()
         if slot is None:
-            raise SlotError("no SLOT given and the booted slot is unknown")
+            raise BootedSlotError("no SLOT given and the booted slot is unknown")
     ctl.mark_bad(slot, force=args.force)
     print(f"marked slot {slot} bad")
-    return EXIT_OK
 
 
 def _parse_verity(text: str) -> SlotVerity:
     return SlotVerity.from_env(text)
 
 
-def _cmd_set_primary(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_set_primary(args: argparse.Namespace, board: BoardConfig) -> None:
     ctl = _control(args, board)
     if args.verity is not None:
         verity = _parse_verity(args.verity)
@@ -135,16 +140,14 @@ def _cmd_set_primary(args: argparse.Namespace, board: BoardConfig) -> int:
         verity = _parse_verity(recorded)
     ctl.set_primary(args.slot, verity, force=args.force)
     print(f"slot {args.slot} is primary ({board.tries} tries)")
-    return EXIT_OK
 
 
-def _cmd_set_verity(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_set_verity(args: argparse.Namespace, board: BoardConfig) -> None:
     verity = _parse_verity(args.value) if args.value else None
     _control(args, board).set_verity(args.slot, verity, force=args.force)
-    return EXIT_OK
 
 
-def _cmd_print_env(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_print_env(args: argparse.Namespace, board: BoardConfig) -> None:
     ctl = _control(args, board)
     env = ctl.env()
     if ctl.store.defaulted:
@@ -155,11 +158,10 @@ def _cmd_print_env(args: argparse.Namespace, board: BoardConfig) -> int:
         if name in env:
             sys.stdout.write(f"{name}={env[name]}\n")
     if missing:
-        raise EnvError(f"not set: {', '.join(missing)}")
-    return EXIT_OK
+        raise UnsetVariableError(f"not set: {', '.join(missing)}")
 
 
-def _cmd_init(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_init(args: argparse.Namespace, board: BoardConfig) -> None:
     verity: dict[str, SlotVerity] = {}
     for item in args.verity:
         slot, sep, value = item.partition("=")
@@ -169,15 +171,13 @@ def _cmd_init(args: argparse.Namespace, board: BoardConfig) -> int:
     ctl = _control(args, board)
     ctl.init(verity)
     print(f"initialised {ctl.store.describe()}")
-    return EXIT_OK
 
 
-def _cmd_reset(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_reset(args: argparse.Namespace, board: BoardConfig) -> None:
     _control(args, board).reset()
-    return EXIT_OK
 
 
-def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> int:
+def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> None:
     text = render_boot_script(board)
     out: Path = args.output
     to_stdout = str(out) == "-"
@@ -189,7 +189,10 @@ def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> int:
             source.write_text(text, encoding="utf-8")
             # mkimage writes only to a named file; for '-' it goes through a temporary one.
             target = Path(tmp) / "boot.scr" if to_stdout else out
-            compile_uboot_script(source, target, board.architecture)
+            try:
+                compile_uboot_script(source, target, board.architecture)
+            except StorageError as e:  # mkimage: a file made here, not the device's storage
+                raise OutputError(str(e)) from e
             if to_stdout:
                 sys.stdout.flush()
                 sys.stdout.buffer.write(target.read_bytes())
@@ -200,8 +203,7 @@ def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> int:
         try:
             out.write_text(text, encoding="utf-8")
         except OSError as e:
-            raise StorageError(f"cannot write {out}: {e.strerror}") from e
-    return EXIT_OK
+            raise OutputError(f"cannot write {out}: {e.strerror}") from e
 
 
 _DESCRIPTION = """\
@@ -364,20 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args: argparse.Namespace) -> None:
+    args.func(args, load_board(args.board))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `abctl`; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        board = load_board(args.board)
-        status: int = args.func(args, board)
-    except BootctlError as e:
-        print(f"abctl: error: {e}", file=sys.stderr)
-        for cls, code in EXIT_CODES.items():
-            if isinstance(e, cls):
-                return code
-        return EXIT_INTERNAL
-    return status
+    return run_cli(build_parser(), _run, EXIT_CODES, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,13 @@ from typing import Any
 from bootctl import state
 from bootctl.board import BoardConfig
 from bootctl.envstore import EnvStore, GrubEnvStore, UBootEnvStore
-from bootctl.errors import ConfigError, SlotError, StorageError
+from bootctl.errors import (
+    BootedSlotError,
+    ConfigError,
+    SlotError,
+    SlotRefusedError,
+    StorageError,
+)
 from bootctl.state import SlotVerity
 
 __all__ = [
@@ -234,7 +240,7 @@ class SlotControl:
         if slot is None and self.image_id:
             return booted_slot_from_image_id(self.board, self.image_id)
         if slot is not None and slot not in self.board.slot_names:
-            raise SlotError(
+            raise BootedSlotError(
                 f"kernel command line names slot {slot!r}, which board {self.board.name} "
                 "does not have"
             )
@@ -321,7 +327,9 @@ class SlotControl:
 
     def _refuse_booted(self, slot: str, action: str, force: bool) -> None:
         if not force and slot == self.booted_slot():
-            raise SlotError(f"refusing to {action} the booted slot {slot} (--force overrides)")
+            raise SlotRefusedError(
+                f"refusing to {action} the booted slot {slot} (--force overrides)"
+            )
 
     def mark_good(self) -> str:
         """Give the booted slot its full tries back (run once the system is healthy).
@@ -335,7 +343,7 @@ class SlotControl:
         """
         slot = self.booted_slot()
         if slot is None:
-            raise SlotError(
+            raise BootedSlotError(
                 "cannot tell the booted slot: no abupdate.slot= on the kernel command line"
             )
         self._update(

@@ -1,19 +1,24 @@
 """The one exception hierarchy of the `bootctl` package, split by who is at fault.
 
-The CLI maps each class to a distinct exit code (see docs/abctl.md).
+The CLI maps each class to an exit status of the rule the three tools share
+(`bootctl.exitstatus`, docs/exit-status.md).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BootctlError",
+    "BootedSlotError",
     "ConfigError",
     "EnvCorruptError",
     "EnvError",
     "EnvOverflowError",
     "EnvSizeError",
+    "OutputError",
     "SlotError",
+    "SlotRefusedError",
     "StorageError",
+    "UnsetVariableError",
 ]
 
 
@@ -41,8 +46,24 @@ class EnvOverflowError(EnvError):
     """The variables do not fit into the environment's fixed size."""
 
 
+class UnsetVariableError(EnvError):
+    """A variable asked for by name is not set."""
+
+
 class SlotError(BootctlError):
-    """An unknown slot, or an operation refused for the slot's state (e.g. the booted slot)."""
+    """An unknown slot or a malformed verity value (see the subclasses for the rest)."""
+
+
+class SlotRefusedError(SlotError):
+    """An operation refused for the slot's state: the booted slot without `force`."""
+
+
+class BootedSlotError(SlotError):
+    """The booted slot cannot be told: the kernel command line names none, or a foreign one."""
+
+
+class OutputError(BootctlError):
+    """A file made on the host (a boot script) cannot be compiled or written."""
 
 
 class StorageError(BootctlError):

@@ -13,54 +13,52 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, NoReturn
 
-from bootctl.errors import BootctlError
-from bundle_tool.cliutil import add_command, exit_status, make_parser
-from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
+from bootctl import exitstatus
+from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
+from bundle_tool.errors import BundleError, TrustError
 
 from . import errors, interrupts
+from .bootenv import boot_errors, open_control
 from .bootfiles import boot_image_version
 from .config import DEFAULT_CONFIG, load_config
 from .fleet import cli as fleet_cli
-from .install import Installer, Progress, open_control
+from .install import Installer, Progress
 from .sources import open_source
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_BAD_BUNDLE = 3
-EXIT_TRUST = 4
-EXIT_POLICY = 5
-EXIT_TRANSPORT = 6
-EXIT_DEVICE = 7
-EXIT_BUSY = 8
-#: A signal ends a command with 128 + its number: 130 (SIGINT), 143 (SIGTERM).
-EXIT_SIGNAL_BASE = 128
-EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
-    (errors.UsageError, EXIT_USAGE),
-    (BundleError, EXIT_BAD_BUNDLE),
-    (TrustError, EXIT_TRUST),
-    (PolicyError, EXIT_POLICY),
-    (errors.TransportError, EXIT_TRANSPORT),
-    (errors.DeviceError, EXIT_DEVICE),
-    (BundleIOError, EXIT_DEVICE),
-    (BootctlError, EXIT_DEVICE),
-    (errors.BusyError, EXIT_BUSY),
-    (errors.Interrupted, EXIT_SIGNAL_BASE),  # plus the signal's number (see _exit_status)
+#: Each class's exit status (docs/exit-status.md), first match wins. An
+#: `Interrupted` carries its own: 128 + the signal's number (130, 143).
+EXIT_CODES: ExitCodes = (
+    (errors.UsageError, exitstatus.USAGE),
+    (BundleError, exitstatus.BAD_BUNDLE),
+    (TrustError, exitstatus.TRUST),
+    (errors.PolicyError, exitstatus.REFUSED),
+    (errors.RefusedError, exitstatus.REFUSED),
+    (errors.TransportError, exitstatus.TRANSPORT),
+    (errors.DeviceError, exitstatus.DEVICE),
+    (errors.BusyError, exitstatus.BUSY),
+    (errors.Interrupted, exitstatus.INTERRUPTED),
 )
 
 EPILOG = """\
 exit status:
   0  success
-  2  bad usage or device configuration
+  1  internal error (a bug: please report it)
+  2  bad usage or device configuration (the device config, the board config, the
+     keyring, an [http] TLS file missing or invalid; the booted slot as target)
   3  invalid, corrupt, truncated or overlong bundle
   4  signature or certificate does not establish trust
-  5  bundle refused by policy: wrong compatible, expired, or a downgrade below the
-     anti-rollback floor
+  5  bundle refused: by policy (wrong compatible, expired, or a downgrade below
+     the anti-rollback floor) or by the board (no slot of its class)
   6  transport: the bundle could not be fetched (network, TLS, HTTP, medium)
-  7  device: a slot, the boot environment or the state directory failed, or the
-     reboot asked for with --reboot (the install itself succeeded)
+  7  device: a slot, the boot environment or the state directory failed, the
+     booted slot cannot be told, or the reboot asked for with --reboot (the
+     install itself succeeded)
   8  another install or mark-good is running on this device (nothing was done)
-  130, 143  interrupted by SIGINT or SIGTERM (an install records it; its target
-     slot is left unbootable, as after any failure once writing began)
+  130  interrupted by SIGINT (Ctrl-C)
+  143  stopped by SIGTERM (either: an install records it; its target slot is
+     left unbootable, as after any failure once writing began)
+The same kind of fault has the same status in updater, bundle-tool and abctl
+(docs/exit-status.md).
 In every failure case the booted slot and the boot order are left as they were,
 except a failed --reboot (status 7 after the result): the install stands. A
 result that cannot be recorded after the switch is a warning on stderr (and in
@@ -163,7 +161,8 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     control = open_control(config)
     installer = Installer(config, control=control)
-    out = control.status().to_dict()
+    with boot_errors():
+        out = control.status().to_dict()
     records = installer.installed()
     for name, slot in out["slots"].items():
         record = records.get(name)
@@ -300,36 +299,28 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
-def _exit_status(e: BaseException) -> int:
-    if isinstance(e, errors.Interrupted):
-        return EXIT_SIGNAL_BASE + e.signum
-    return exit_status(e, EXIT_CODES, EXIT_DEVICE)
+def _run(args: argparse.Namespace) -> int:
+    result = COMMANDS[args.command](args)
+    if args.json:
+        install = args.command == "install"
+        shown = {k: v for k, v in result.items() if k != "text"}
+        print(json.dumps({"event": "result", **shown} if install else shown), flush=True)
+    else:
+        _print_text(args.command, result)
+        sys.stdout.flush()
+    for warning in result.get("warnings", ()):
+        print(f"updater: warning: {warning}", file=sys.stderr)
+    if result.get("rebooting"):  # printed first: a reboot may end this process at once
+        reboot(result)
+    status: int = result.get("exit_status", exitstatus.OK)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line; exits with the documented status."""
-    args = build_parser().parse_args(argv)
     with interrupts.raised():
-        try:
-            result = COMMANDS[args.command](args)
-            if args.json:
-                install = args.command == "install"
-                shown = {k: v for k, v in result.items() if k != "text"}
-                print(json.dumps({"event": "result", **shown} if install else shown), flush=True)
-            else:
-                _print_text(args.command, result)
-                sys.stdout.flush()
-            for warning in result.get("warnings", ()):
-                print(f"updater: warning: {warning}", file=sys.stderr)
-            if result.get("rebooting"):  # printed first: a reboot may end this process at once
-                reboot(result)
-        except tuple(cls for cls, _ in EXIT_CODES) as e:
-            status = _exit_status(e)
-            if args.json:
-                print(json.dumps({"event": "error", "error": str(e), "exit_status": status}))
-            print(f"updater: error: {e}", file=sys.stderr)
-            sys.exit(status)
-    sys.exit(result.get("exit_status", EXIT_OK))
+        status = run_cli(build_parser(), _run, EXIT_CODES, argv, error_fields={"event": "error"})
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """The updater's exceptions, split by who is at fault.
 
-Errors about the bundle itself (corrupt, untrusted, refused by policy) come from
-`bundle_tool.errors` and are reused as they are; the command-line front end maps both hierarchies to
-exit statuses.
+Errors about the bundle itself (corrupt, untrusted, refused by policy) and the one
+`UsageError` come from `bundle_tool.errors` and are reused as they are; the
+command-line front end maps both hierarchies to exit statuses.
 """
 
 import signal
 
-from bundle_tool.errors import PolicyError
+from bundle_tool.errors import PolicyError, UsageError
 
 __all__ = [
     "BusyError",
@@ -15,6 +15,7 @@ __all__ = [
     "DeviceError",
     "Interrupted",
     "PolicyError",
+    "RefusedError",
     "ServerRefused",
     "TransportError",
     "UpdaterError",
@@ -24,10 +25,6 @@ __all__ = [
 
 class UpdaterError(Exception):
     """Root of every error this package raises on purpose."""
-
-
-class UsageError(UpdaterError):
-    """Bad arguments or a bad device configuration file."""
 
 
 class TransportError(UpdaterError):
@@ -63,8 +60,21 @@ class Interrupted(UpdaterError):
 
     Attributes:
         signum: the signal's number.
+        exit_status: 128 + `signum`, as a shell reports a command the signal ended
+            (130 for SIGINT, 143 for SIGTERM; see `bootctl.cliboundary.exit_status`).
     """
 
     def __init__(self, signum: int, message: str | None = None) -> None:
         self.signum = signum
+        self.exit_status = 128 + signum
         super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
+
+
+class RefusedError(UpdaterError):
+    """A valid, trusted bundle this device cannot take.
+
+    The board has no slot of an image's class, an image or artifact has no place
+    among the board's boot files, or the bundle lacks a file of the slot group.
+    (A refusal by the bundle's own policy, such as a
+    wrong `compatible`, is `PolicyError`.)
+    """

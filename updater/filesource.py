@@ -7,24 +7,21 @@ standard input, which can only go forward: skipped bytes are read and dropped.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Iterator
 from typing import BinaryIO, Self
 
 from bundle_tool.errors import BundleError
+from bundle_tool.filereader import FileReader, check_range
 
-from .errors import TransportError, UsageError
+from .errors import TransportError
 from .source import BundleSource, SequentialReader
 
 
-def _check_range(offset: int, length: int) -> None:
-    if offset < 0 or length < 0:
-        raise ValueError(f"invalid range: offset {offset}, length {length}")
-
-
-class FileSource(BundleSource):
+class FileSource(FileReader, BundleSource):
     """A bundle in a regular file or on a block device, read with `os.pread`.
+
+    The reading is `bundle_tool.filereader.FileReader`'s; a failed read is a
+    transport error here (the medium failed, a stick was removed).
 
     Args:
         path: The file or block device holding the bundle.
@@ -36,99 +33,16 @@ class FileSource(BundleSource):
 
     random_access = True
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__()
-        self.path = os.fspath(path)
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as e:
-            raise UsageError(f"bundle not found: {self.path}") from e
-        except OSError as e:
-            raise UsageError(f"cannot open bundle {self.path}: {e.strerror}") from e
-        try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISREG(mode):
-                self._size = os.fstat(fd).st_size
-            elif stat.S_ISBLK(mode):
-                self._size = os.lseek(fd, 0, os.SEEK_END)
-            else:
-                raise UsageError(f"not a regular file or block device: {self.path}")
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd: int | None = fd
-
-    def size(self) -> int:
-        """Size of the file or block device in bytes, as it was when opened."""
-        return self._size
-
-    def read(self, offset: int, length: int) -> Iterator[bytes]:
-        """Yield exactly `length` bytes from `offset`, in chunks of at most `CHUNK` bytes.
-
-        Raises:
-            BundleError: The file ends before `offset + length`.
-            TransportError: Reading the medium failed (I/O error, stick removed).
-        """
-        _check_range(offset, length)
-        pos, end = offset, offset + length
-        while pos < end:
-            fd = self._fd
-            if fd is None:
-                raise ValueError("read from a closed FileSource")
-            want = min(self.CHUNK, end - pos)
-            try:
-                chunk = os.pread(fd, want, pos)
-            except OSError as e:
-                raise self._read_failed(pos, e) from e
-            if not chunk:
-                raise self._ends_early(pos, end)
-            self.bytes_fetched += len(chunk)
-            pos += len(chunk)
-            yield chunk
-
     def _read_failed(self, pos: int, e: OSError) -> TransportError:
         return TransportError(f"reading {self.path} at byte {pos} failed: {e.strerror}")
 
-    def _ends_early(self, pos: int, end: int) -> BundleError:
-        return BundleError(
-            f"bundle ends early: {self.path} has {pos} bytes, {end} needed (the file is truncated)"
-        )
-
-    def read_into(self, offset: int, view: memoryview) -> None:
-        """Fill `view` with the bytes from `offset`, read straight into it.
-
-        Raises:
-            BundleError: The file ends before `offset + len(view)`.
-            TransportError: Reading the medium failed.
-        """
-        _check_range(offset, len(view))
-        done = 0
-        while done < len(view):
-            fd = self._fd
-            if fd is None:
-                raise ValueError("read from a closed FileSource")
-            try:
-                got = os.preadv(fd, [view[done:]], offset + done)
-            except OSError as e:
-                raise self._read_failed(offset + done, e) from e
-            if not got:
-                raise self._ends_early(offset + done, offset + len(view))
-            self.bytes_fetched += got
-            done += got
-
     def open_range(self, offset: int, length: int) -> SequentialReader:
         """Bytes [offset, offset + length) in order, each piece read straight into its buffer."""
-        _check_range(offset, length)
+        check_range(offset, length)
         return _FileRange(self, offset, offset + length)
 
     def __enter__(self) -> Self:
         return self
-
-    def close(self) -> None:
-        """Close the file descriptor; further reads raise ValueError."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class _FileRange:
@@ -206,7 +120,7 @@ class StdinSource(BundleSource):
             BundleError: The stream ends before `offset + length`.
             TransportError: Reading the stream failed.
         """
-        _check_range(offset, length)
+        check_range(offset, length)
         if offset < self._pos:
             raise ValueError(
                 f"{self._name} only reads forward: offset {offset} is before position {self._pos}"

@@ -45,19 +45,20 @@ from typing import Any
 
 from bootctl import state as slotstate
 from bootctl.control import SlotControl
-from bootctl.errors import BootctlError, ConfigError, SlotError
+from bootctl.errors import BootctlError, SlotError
 from bootctl.state import SlotVerity
 from bundle_tool.container import ImageLayout, VerifiedHead
-from bundle_tool.errors import BundleError, BundleIOError, PolicyError, TrustError
+from bundle_tool.errors import BundleIOError, BundleToolError
 from bundle_tool.keyring import read_keyring
 from bundle_tool.policy import check_policy
 from bundle_tool.reader import read_head
 
 from . import bootfiles, deltawrite, floor, installlock, installplan, interrupts, readback
+from .bootenv import boot_errors, open_control
 from .bootfiles import BootDir
 from .config import DeviceConfig
 from .deltawrite import DeltaWriter
-from .errors import DeviceError, Interrupted, TransportError, UsageError
+from .errors import DeviceError, Interrupted, UpdaterError
 from .installplan import FilePlan, ImagePlan, InstallPlan
 from .session import ImageWriter, Progress, WriteSession
 from .slotdev import FileSlot, SlotDevice
@@ -138,16 +139,12 @@ class Installer:
     # --- state and checks before anything is written ----------------------------------------
 
     def _boot_state(self) -> slotstate.BootState:
-        try:
+        with boot_errors():
             return self.control.boot_state()
-        except BootctlError as e:
-            raise DeviceError(f"cannot read the slot state: {e}") from e
 
     def _booted(self) -> str | None:
-        try:
+        with boot_errors():
             return self.control.booted_slot()
-        except SlotError as e:
-            raise DeviceError(str(e)) from e
 
     def installed(self, st: slotstate.BootState | None = None) -> dict[str, SlotRecord]:
         """What the updater installed into each slot, where the boot environment agrees.
@@ -186,11 +183,11 @@ class Installer:
 
         Raises:
             BusyError: an install or mark-good runs.
-            BootctlError: the booted slot is unknown, or the environment failed.
-            DeviceError: the state directory failed.
+            DeviceError: the booted slot is unknown, the environment or the state
+                directory failed.
         """
         with installlock.held(self.config.state_dir, "mark the booted slot good"):
-            with interrupts.held():
+            with interrupts.held(), boot_errors():
                 slot = self.control.mark_good()
                 self.refresh_floor()
             return slot
@@ -201,10 +198,7 @@ class Installer:
         Nothing is written: `install` stores the floor in force once these pass.
         """
         now = datetime.fromtimestamp(self.clock(), UTC)
-        try:
-            keyring = read_keyring(self.config.keyring, at=now)
-        except BundleIOError as e:
-            raise DeviceError(str(e)) from e
+        keyring = read_keyring(self.config.keyring, at=now)  # unreadable: a usage error
         head = read_head(source, keyring, at=now, threshold=self.config.threshold)
         check_policy(
             head.manifest,
@@ -303,30 +297,27 @@ class Installer:
         self.warnings = []
         self.phase = "check"
         try:
-            decided = self.plan(source, slot, delta)
-            self.refresh_floor()  # the checks passed: writing may begin
-            image, session = self._write(decided, source)
-            # Held: a signal lands before the record or after the switch, not between.
-            with interrupts.held():
-                self.phase = "switch"
-                self._record(decided, image)
-                self._switch(image, session)
-                result = self._result(decided, image, session, started)
-                self.phase = "done"
-                self._record_success(result, started)
+            with boot_errors():
+                decided = self.plan(source, slot, delta)
+                self.refresh_floor()  # the checks passed: writing may begin
+                image, session = self._write(decided, source)
+                # Held: a signal lands before the record or after the switch, not between.
+                with interrupts.held():
+                    self.phase = "switch"
+                    self._record(decided, image)
+                    self._switch(image, session)
+                    result = self._result(decided, image, session, started)
+                    self.phase = "done"
+                    self._record_success(result, started)
         except Interrupted as e:
             raise self._interrupted(e, started) from None
-        except (BundleError, TrustError, PolicyError, TransportError, DeviceError, UsageError) as e:
-            self._record_failure(e, started)
-            raise
-        except BootctlError as e:
-            error = DeviceError(f"boot environment: {e}")
-            self._record_failure(error, started)
-            raise error from e
         except BundleIOError as e:  # a helper process failed (see bundle_tool.forked)
             error = DeviceError(str(e))
             self._record_failure(error, started)
             raise error from e
+        except (BundleToolError, UpdaterError) as e:
+            self._record_failure(e, started)
+            raise
         return result
 
     def _record_success(self, result: InstallResult, started: float) -> None:
@@ -475,20 +466,3 @@ class Installer:
             signers=tuple(s.subject for s in decided.head.signers),
             boot_files=tuple(str(f.folder / f.name) for f in decided.files),
         )
-
-
-def open_control(config: DeviceConfig) -> SlotControl:
-    """The boot environment and slot state of the configured device.
-
-    Raises:
-        UsageError: the configuration's environment location is malformed.
-        DeviceError: the environment cannot be read.
-    """
-    try:
-        return SlotControl.open(
-            config.board, env_override=config.env_override, cmdline_path=config.cmdline
-        )
-    except ConfigError as e:
-        raise UsageError(f"device config: boot environment: {e}") from e
-    except BootctlError as e:
-        raise DeviceError(f"boot environment: {e}") from e

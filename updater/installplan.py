@@ -14,10 +14,9 @@ from typing import Literal
 
 from bootctl.board import BoardConfig
 from bundle_tool.container import ArtifactLayout, ImageLayout, VerifiedHead
-from bundle_tool.errors import PolicyError
 from bundle_tool.manifest import Image
 
-from .errors import DeviceError, UsageError
+from .errors import DeviceError, RefusedError, UsageError
 
 #: "stream": the bundle is read once, in order. "delta": blocks the target or the
 #: running slot hold are kept or copied, the rest is fetched (random access).
@@ -118,13 +117,13 @@ def choose_target(
         booted: the running slot, if known.
 
     Raises:
-        PolicyError: the board has no slot of that class.
+        RefusedError: the board has no slot of that class.
         UsageError: `slot` is not of that class, or is the booted slot.
         DeviceError: the booted slot is unknown and more than one slot could be meant.
     """
     same = [s.name for s in board.slots if s.slot_class == image_class]
     if not same:
-        raise PolicyError(f"board {board.name} has no slot of class {image_class}")
+        raise RefusedError(f"board {board.name} has no slot of class {image_class}")
     active = booted if booted in same else None
     if slot is not None:
         if slot not in same:
@@ -136,7 +135,7 @@ def choose_target(
     if booted is None and len(others) > 1:
         raise DeviceError(
             "cannot tell which slot is booted (no abupdate.slot= on the kernel command "
-            "line); name the target slot explicitly"
+            "line); name the target slot with --slot"
         )
     return others[0], active
 
@@ -149,7 +148,7 @@ def block_image(board: BoardConfig, head: VerifiedHead) -> ImageLayout:
     rootfs without one would never boot).
 
     Raises:
-        PolicyError: an image or artifact has no place on this board, the bundle
+        RefusedError: an image or artifact has no place on this board, the bundle
             does not hold exactly one image for a slot device, or it lacks a file
             of the slot group.
     """
@@ -157,11 +156,11 @@ def block_image(board: BoardConfig, head: VerifiedHead) -> ImageLayout:
         [p.image.slot_class for p in head.images], [a.artifact.name for a in head.artifacts]
     )
     if problem is not None:
-        raise PolicyError(f"{problem}; nothing signed is left out, so the bundle is refused")
+        raise RefusedError(f"{problem}; nothing signed is left out, so the bundle is refused")
     blocks = {s.slot_class for s in board.slots}
     (part,) = (p for p in head.images if p.image.slot_class in blocks)
     if part.image.file_size is not None:
-        raise PolicyError(
+        raise RefusedError(
             f"image {part.image.slot_class} is a file of {part.image.file_size} bytes; "
             "a slot device takes whole 4096-byte blocks"
         )

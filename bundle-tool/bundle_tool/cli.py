@@ -19,44 +19,44 @@ from typing import Any, NoReturn
 from cryptography import x509
 from tqdm import tqdm
 
-from bootctl import validators
+from bootctl import exitstatus, validators
 from bootctl.board import ARCHITECTURES, BoardConfig, load_board
+from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
 from bootctl.errors import BootctlError
 from bootctl.state import SlotVerity
-from updater.errors import UpdaterError
-from updater.filesource import FileSource
 
 from . import bootimage, bootkeys, container, keygen, keysource, policy, reader, signing, verity
-from .cliutil import add_command, exit_status, make_parser
 from .errors import BundleError, BundleIOError, BundleToolError, PolicyError, TrustError, UsageError
 from .extract import extract_bundle
+from .filereader import FileReader
 from .keyring import merge, read_keyring
 from .manifest import Manifest
 from .writer import CreateOptions, create_bundle, resign_bundle
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_BAD_BUNDLE = 3
-EXIT_TRUST = 4
-EXIT_POLICY = 5
-EXIT_IO = 6
-EXIT_CODES = (
-    (UsageError, EXIT_USAGE),
-    (BundleError, EXIT_BAD_BUNDLE),
-    (TrustError, EXIT_TRUST),
-    (PolicyError, EXIT_POLICY),
-    (BundleIOError, EXIT_IO),
+#: Each class's exit status (docs/exit-status.md), first match wins.
+EXIT_CODES: ExitCodes = (
+    (UsageError, exitstatus.USAGE),
+    (BundleError, exitstatus.BAD_BUNDLE),
+    (TrustError, exitstatus.TRUST),
+    (PolicyError, exitstatus.REFUSED),
+    (BundleIOError, exitstatus.TRANSPORT),
+    (BundleToolError, exitstatus.TRANSPORT),
 )
 
 EPILOG = """\
 exit status:
   0  success
-  2  bad usage or unusable input (e.g. image size not a multiple of 4096)
+  1  internal error (a bug: please report it)
+  2  bad usage or unusable input: a file named is missing or unreadable (image,
+     key, certificate, keyring, bundle), or unusable (e.g. image size not a
+     multiple of 4096)
   3  invalid, corrupt, truncated or overlong bundle
   4  signature or certificate does not establish trust
   5  bundle refused by policy (wrong compatible or architecture, expired, below
      --security-floor)
-  6  file could not be read or written
+  6  a file could not be read (once opened) or written
+The same kind of fault has the same status in bundle-tool, updater and abctl
+(docs/exit-status.md).
 
 environment:
   SOURCE_DATE_EPOCH           build time recorded by `create` (reproducible builds)
@@ -85,10 +85,11 @@ def _progress_bar(enabled: bool) -> Callable[[str, int, int], None] | None:
 
 
 def _read(path: str, what: str) -> bytes:
+    """An input file named on the command line: missing or unreadable is a usage error."""
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise BundleIOError(f"cannot read {what} {path}: {e.strerror}") from e
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from e
 
 
 def _parse_time(text: str) -> int:
@@ -328,13 +329,6 @@ def _cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _open_file(path: str) -> FileSource:
-    try:
-        return FileSource(path)
-    except (OSError, UpdaterError) as e:
-        raise BundleIOError(f"cannot open {path}: {e}") from e
-
-
 def _describe_entry(entry: signing.SignatureEntry) -> dict[str, Any]:
     try:
         subject = x509.load_der_x509_certificate(entry.certificate).subject.rfc4514_string()
@@ -344,7 +338,7 @@ def _describe_entry(entry: signing.SignatureEntry) -> dict[str, Any]:
 
 
 def _cmd_info(args: argparse.Namespace) -> dict[str, Any]:
-    with _open_file(args.bundle) as src:
+    with FileReader(args.bundle) as src:
         first = src.read_exact(0, container.HEADER_SIZE)
         header = container.parse_header(first)
         head = first + src.read_exact(
@@ -363,7 +357,7 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
     keyring = merge([read_keyring(Path(path), at=at) for path in args.keyring])
     compatible, architecture = _target_of(args)
     progress = _progress_bar(not args.json)
-    with _open_file(args.bundle) as src:
+    with FileReader(args.bundle) as src:
         head = reader.read_head(src, keyring, at=at, threshold=args.threshold)
         policy.check_policy(
             head.manifest,
@@ -724,23 +718,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Run the command line; exits with the documented status."""
-    args = build_parser().parse_args(argv)
-    try:
-        result = COMMANDS[args.command](args)
-    except (BundleToolError, UpdaterError) as e:
-        # Reading the bundle goes through the updater's file source: its errors are I/O errors.
-        status = exit_status(e, EXIT_CODES, EXIT_IO)
-        if getattr(args, "json", False):
-            print(json.dumps({"error": str(e), "exit_status": status}))
-        print(f"bundle-tool: error: {e}", file=sys.stderr)
-        sys.exit(status)
+def _run(args: argparse.Namespace) -> None:
+    result = COMMANDS[args.command](args)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         _print_text(args.command, result)
-    sys.exit(EXIT_OK)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the command line; exits with the documented status."""
+    sys.exit(run_cli(build_parser(), _run, EXIT_CODES, argv))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography import x509
 
 from . import algorithms
-from .errors import BundleIOError, TrustError
+from .errors import TrustError, UsageError
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 # What cryptography raises for certificates and CRLs it cannot decode.
@@ -246,7 +246,8 @@ def read_keyring(path: Path, *, at: datetime.datetime | None = None) -> Keyring:
     """Read a keyring file or folder and parse it (see `parse_keyring`).
 
     Raises:
-        BundleIOError: The file or folder cannot be read.
+        UsageError: The file or folder is missing or cannot be read (a configuration
+            fault: the path named is wrong, docs/exit-status.md).
         TrustError: See `parse_keyring`.
     """
     try:
@@ -256,7 +257,7 @@ def read_keyring(path: Path, *, at: datetime.datetime | None = None) -> Keyring:
             paths = [path]
         files = [(str(p), p.read_bytes()) for p in paths]
     except OSError as exc:
-        raise BundleIOError(f"cannot read keyring {exc.filename or path}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read keyring {exc.filename or path}: {exc.strerror}") from exc
     if not files:
         raise TrustError(f"keyring {path} is an empty folder")
     return parse_keyring(files, at=at)

@@ -66,22 +66,22 @@ def test_status_json(env: list[str], capsys: pytest.CaptureFixture[str], tmp_pat
 
 
 def test_exit_codes(env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*env, "mark-good"]) == 4  # no valid environment yet
+    assert main([*env, "mark-good"]) == 7  # no valid environment yet
     assert "abctl init" in capsys.readouterr().err
     assert main([*env, "init"]) == 0
     assert main([*env, "mark-good"]) == 0
     assert main([*env, "mark-bad"]) == 5  # the booted slot without --force
-    assert main([*env, "mark-bad", "C"]) == 5
-    assert main([*env, "set-primary", "B"]) == 5  # no verity value recorded or given
-    assert main([*env, "set-primary", "B", "--verity", "nonsense"]) == 5
+    assert main([*env, "mark-bad", "C"]) == 2  # an unknown slot
+    assert main([*env, "set-primary", "B"]) == 2  # no verity value recorded or given
+    assert main([*env, "set-primary", "B", "--verity", "nonsense"]) == 2
     assert main([*env, "set-primary", "B", "--verity", VERITY]) == 0
     assert main([*env, "mark-bad", "--force"]) == 0
-    assert main(["--board", str(tmp_path / "missing.toml"), "status"]) == 3
+    assert main(["--board", str(tmp_path / "missing.toml"), "status"]) == 2
     bad_cfg = tmp_path / "bad.config"
     bad_cfg.write_text("/x zz 0x4000\n")
-    assert main(["--board", ARM, "--env-config", str(bad_cfg), "status"]) == 3
+    assert main(["--board", ARM, "--env-config", str(bad_cfg), "status"]) == 2
     (tmp_path / "uboot.env").write_bytes(b"\0" * 100)  # size mismatch
-    assert main([*env, "status"]) == 4
+    assert main([*env, "status"]) == 7
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main([*env, "no-such-command"])
@@ -91,7 +91,7 @@ def test_exit_codes(env: list[str], tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_storage_error_exit_code(tmp_path: Path) -> None:
     cfg = tmp_path / "fw_env.config"
     cfg.write_text(f"{tmp_path} 0x0 0x4000\n")  # a directory: cannot be read as a file
-    assert main(["--board", ARM, "--env-config", str(cfg), "status"]) == 6
+    assert main(["--board", ARM, "--env-config", str(cfg), "status"]) == 7
 
 
 def test_print_env_and_interop(
@@ -103,7 +103,7 @@ def test_print_env_and_interop(
     capsys.readouterr()
     assert main([*env, "print-env", "BOOT_B_VERITY", "BOOT_ORDER"]) == 0
     assert capsys.readouterr().out == f"BOOT_B_VERITY={VERITY}\nBOOT_ORDER=A B\n"
-    assert main([*env, "print-env", "nope"]) == 4
+    assert main([*env, "print-env", "nope"]) == 2
     assert main([*env, "set-primary", "B"]) == 0  # uses the recorded value
     assert fw_printenv(cfg)["BOOT_ORDER"] == "B A"
 
@@ -151,7 +151,7 @@ def test_console_script_help_and_exit_status(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert result.stderr.startswith("abctl: error: cannot read board config")
 
 

@@ -135,7 +135,11 @@ def test_exit_statuses(tmp_path: Path, keys: Path) -> None:
     assert r.returncode == 5
 
     r = run("verify", tmp_path / "missing", "--keyring", keys / "ca.pem")
-    assert r.returncode == 6
+    assert r.returncode == 2  # a file named that is not there, as a missing key or image
+    assert r.stderr == f"bundle-tool: error: bundle not found: {tmp_path / 'missing'}\n"
+    r = run("verify", tmp_path / "b", "--keyring", tmp_path / "no-ca.pem")
+    assert r.returncode == 2
+    assert "cannot read keyring" in r.stderr
     r = run("verify", tmp_path / "b")
     assert r.returncode == 2  # argparse: --keyring is required
 

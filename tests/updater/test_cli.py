@@ -433,12 +433,14 @@ EXIT_CASES: dict[str, tuple[int, str]] = {
     "usage: http URL": (2, "only https:// URLs are supported"),
     "usage: booted slot": (2, "refusing to install into the booted slot A"),
     "usage: missing bundle": (2, "bundle not found: "),
+    "usage: missing keyring": (2, "cannot read keyring "),
     "bundle: truncated": (3, "truncated"),
     "trust: unknown signer": (4, "0 of 1 required signatures trusted"),
     "policy: other board": (5, "this device is 'qemu-arm64-uboot'"),
     "transport: untrusted certificate": (6, "certificate verify failed"),
     "transport: unreachable server": (6, "giving up on https://127.0.0.1:"),
     "device: slot not writable": (7, "cannot open slot"),
+    "device: booted slot unknown": (7, "name the target slot with --slot"),
 }
 
 
@@ -491,6 +493,10 @@ def test_each_failure_class_has_its_exit_status_and_one_line(
         with device.config_path.open("a") as f:
             f.write("[http]\nretries = 1\nbackoff_initial = 0.01\n")
         args = ["install", f"https://127.0.0.1:{free_port()}/u.bundle"]
+    elif case == "usage: missing keyring":
+        (device.root / "keyring.pem").unlink()
+    elif case == "device: booted slot unknown":
+        (device.root / "cmdline").write_text("console=ttyAMA0\n")
     elif case == "device: slot not writable":
         # Root may write anywhere but cannot create a file below a regular file.
         (device.root / "plain-file").write_text("")

@@ -15,13 +15,12 @@ from bootctl.board import load_board
 from bootctl.state import SlotVerity, default_env, parse_state, set_primary
 from bundle_tool import verity
 from bundle_tool.container import Header, VerifiedHead, layout
-from bundle_tool.errors import PolicyError
 from bundle_tool.manifest import Artifact, Image, Manifest, VerityInfo
 from tests.helpers.boards import fit_board
 from tests.updater.device import BOARD, Device, image_bytes
 from updater import deltawrite, floor, installplan
 from updater.deltawrite import GroupDigests, plan_batch
-from updater.errors import DeviceError, UsageError
+from updater.errors import DeviceError, RefusedError, UsageError
 from updater.filesource import FileSource, StdinSource
 from updater.install import Installer, InstallTuning
 from updater.statedir import SlotRecord
@@ -186,9 +185,9 @@ def test_the_target_is_the_slot_not_booted() -> None:
         installplan.choose_target(board, "rootfs", "A", "A")
     with pytest.raises(UsageError, match="slot C is not a rootfs slot"):
         installplan.choose_target(board, "rootfs", "C", "A")
-    with pytest.raises(PolicyError, match="has no slot of class appfs"):
+    with pytest.raises(RefusedError, match="has no slot of class appfs"):
         installplan.choose_target(board, "appfs", None, "A")
-    with pytest.raises(DeviceError, match="name the target slot explicitly"):
+    with pytest.raises(DeviceError, match="name the target slot with --slot"):
         installplan.choose_target(board, "rootfs", None, None)
 
 
@@ -343,5 +342,5 @@ def test_what_has_no_place_in_the_group_is_refused(
     tmp_path: Path, images: list[Image], artifacts: list[Artifact], message: str
 ) -> None:
     board = load_board(fit_board(tmp_path / "b.toml"))
-    with pytest.raises(PolicyError, match=message):
+    with pytest.raises(RefusedError, match=message):
         installplan.block_image(board, head_of(images, artifacts))

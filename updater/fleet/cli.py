@@ -11,12 +11,13 @@ import json
 import sys
 from typing import Any
 
-from bundle_tool.cliutil import add_command
+from bootctl import exitstatus
+from bootctl.cliboundary import add_command
 
 from ..config import DEFAULT_CONFIG, load_config
 from .agent import CycleResult, FleetAgent
 
-EXIT_NOTHING_PENDING = 9
+EXIT_NOTHING_PENDING = exitstatus.NOTHING_PENDING
 
 EPILOG = """\
 exit status of `fleet poll --once`:

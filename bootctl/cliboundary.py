@@ -1,0 +1,143 @@
+"""The boundary shared by the project's command lines (`bundle-tool`, `updater`, `abctl`).
+
+`run_cli` parses the arguments, calls the command, and turns what escapes it into
+one line on standard error and an exit status (see `bootctl.exitstatus`): the
+one place of each tool that does so. The parser helpers give the three tools the
+same `--version` and manual layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from bootctl import exitstatus
+
+#: Exception classes and their exit statuses, first match wins.
+ExitCodes = Sequence[tuple[type[BaseException], int]]
+
+
+def package_version() -> str:
+    """The installed distribution's version ("unknown" when run from a bare tree)."""
+    import importlib.metadata  # noqa: PLC0415 - slow to load; only --version needs it
+
+    try:
+        return importlib.metadata.version("abupdate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _Version(argparse.Action):
+    """`--version`: looks the version up only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
+def make_parser(prog: str, description: str, epilog: str) -> tuple[argparse.ArgumentParser, Any]:
+    """A top-level parser with `--version` and its subcommand collection."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=textwrap.dedent(description),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, sub
+
+
+def add_command(
+    sub: Any, name: str, help: str, description: str, epilog: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose manual keeps the description's line breaks and the exit statuses."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=textwrap.dedent(description),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def exit_status(error: BaseException, table: ExitCodes, default: int) -> int:
+    """The exit status of `error`: its own `exit_status` if it has one, else the table's.
+
+    An error whose status depends on it (interrupted by signal N: 128 + N) carries it as
+    an int attribute `exit_status`; otherwise the first class in `table` that `error`
+    belongs to decides.
+    """
+    own = getattr(error, "exit_status", None)
+    if isinstance(own, int):
+        return own
+    return next((code for cls, code in table if isinstance(error, cls)), default)
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null, so the flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real descriptor (a test's captured stdout)
+        pass
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int | None],
+    exit_codes: ExitCodes,
+    argv: Sequence[str] | None = None,
+    *,
+    error_fields: Mapping[str, Any] | None = None,
+) -> int:
+    """Parse `argv`, call `run` with the arguments, and return the exit status.
+
+    `run` carries out the command and prints its result; it may return a status
+    other than 0 for a result (`updater fleet poll`: nothing pending). An exception in
+    `exit_codes` is one line, `PROG: error: REASON`, on standard error (with
+    `--json`, also a JSON object with `error` and `exit_status`, plus
+    `error_fields`, on standard output) and its status. Anything else is a bug:
+    the same, with status 1 and no traceback. A reader that closes the pipe early
+    (`| head -1`) ends the output quietly: the command was carried out.
+
+    Args:
+        parser: the tool's argument parser (its `prog` starts each error line).
+        run: the command, called with the parsed arguments.
+        exit_codes: exception classes and their statuses, first match wins.
+        argv: the arguments (default: the process's).
+        error_fields: fields the JSON error object carries first (`{"event": "error"}`).
+    """
+    args = parser.parse_args(argv)
+    status = exitstatus.OK
+    try:
+        try:
+            done = run(args)
+            sys.stdout.flush()
+            return status if done is None else done
+        except BrokenPipeError:
+            raise
+        except tuple(cls for cls, _ in exit_codes) as e:
+            status = exit_status(e, exit_codes, exitstatus.INTERNAL)
+            reason = str(e)
+        except KeyboardInterrupt:
+            status, reason = exitstatus.INTERRUPTED, "interrupted"
+        except Exception as e:  # the boundary: a bug is one line, not a traceback
+            status = exitstatus.INTERNAL
+            said = " ".join(str(e).split()) or "no message"
+            reason = f"internal error (a bug: please report it): {type(e).__name__}: {said}"
+        if getattr(args, "json", False):
+            error = {**(error_fields or {}), "error": reason, "exit_status": status}
+            print(json.dumps(error), flush=True)
+        print(f"{parser.prog}: error: {reason}", file=sys.stderr)
+        return status
+    except BrokenPipeError:
+        _quiet_stdout()
+        return status

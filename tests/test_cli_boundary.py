@@ -1,0 +1,97 @@
+"""The command-line boundary the three tools share (`bootctl.cliboundary.run_cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bootctl import exitstatus
+from bootctl.cliboundary import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Refused(Exception):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tool")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def call(run: Callable[[argparse.Namespace], None], *argv: str) -> int:
+    return run_cli(parser(), run, [(Refused, exitstatus.REFUSED)], list(argv))
+
+
+def test_a_known_error_is_one_line_and_its_status(capsys: pytest.CaptureFixture[str]) -> None:
+    def run(args: argparse.Namespace) -> None:
+        raise Refused("not today")
+
+    assert call(run) == exitstatus.REFUSED
+    assert capsys.readouterr().err == "tool: error: not today\n"
+    assert call(run, "--json") == exitstatus.REFUSED
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"error": "not today", "exit_status": exitstatus.REFUSED}
+
+
+def test_a_bug_is_one_line_and_status_1_without_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def run(args: argparse.Namespace) -> None:
+        raise KeyError("two\nlines")
+
+    assert call(run, "--json") == exitstatus.INTERNAL
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.err.startswith(
+        "tool: error: internal error (a bug: please report it): KeyError"
+    )
+    assert json.loads(captured.out)["exit_status"] == exitstatus.INTERNAL
+
+
+def test_ctrl_c_is_one_line_and_130(capsys: pytest.CaptureFixture[str]) -> None:
+    def run(args: argparse.Namespace) -> None:
+        raise KeyboardInterrupt
+
+    assert call(run) == exitstatus.INTERRUPTED == 130
+    assert capsys.readouterr().err == "tool: error: interrupted\n"
+
+
+def closed_pipe_run(*command: str) -> subprocess.CompletedProcess[str]:
+    """Run a tool whose standard output is a pipe nobody reads (as `| head -0`)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            check=False,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
+    """`bundle-tool ... | head -1`, `abctl status | head -1`: the command ran; no traceback."""
+    r = closed_pipe_run("bundle_tool.cli", "keygen", "-o", str(tmp_path / "keys"))
+    assert (r.returncode, r.stderr) == (0, "")
+    assert (tmp_path / "keys" / "ca.pem").is_file()
+    env = tmp_path / "fw_env.config"
+    env.write_text(f"{tmp_path / 'uboot.env'} 0x0 0x4000\n")
+    board = REPO / "board-configs" / "qemu-arm64-uboot.toml"
+    r = closed_pipe_run("bootctl.cli", "--board", str(board), "--env-config", str(env), "print-env")
+    assert r.returncode == 0
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
