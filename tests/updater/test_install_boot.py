@@ -15,12 +15,12 @@ import pytest
 
 from bundle_tool import bootkeys, keygen
 from bundle_tool.container import layout, parse_header
-from bundle_tool.errors import BundleError, PolicyError
+from bundle_tool.errors import BundleError
 from bundle_tool.manifest import parse_manifest
 from tests.helpers.boards import signed_fit
 from tests.updater.device import OLD_FIT, Device, fit_device, group_bundle, veritysetup_verify
 from updater.bootfiles import BootDir, temporary_name
-from updater.errors import DeviceError
+from updater.errors import DeviceError, RefusedError
 from updater.filesource import FileSource
 from updater.install import Installer, InstallResult
 
@@ -107,7 +107,7 @@ def test_an_artifact_the_board_places_nowhere_is_refused_before_writing(
     notes.write_text("release notes\n")
     bundle = group_bundle(device, fit, artifacts=[notes])
     before = device.snapshot(target=True)
-    with pytest.raises(PolicyError, match=r"artifact notes\.txt: board .* names no place for it"):
+    with pytest.raises(RefusedError, match=r"artifact notes\.txt: board .* names no place for it"):
         install(device, bundle)
     assert device.snapshot(target=True) == before
     assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
@@ -129,7 +129,7 @@ def test_a_bundle_without_a_rootfs_is_refused(
 ) -> None:
     device = fit_device(tmp_path / "dev", pki)
     bundle = device.bundle(fit.read_bytes(), slot_class="boot")
-    with pytest.raises(PolicyError, match="holds 0 images for a slot device"):
+    with pytest.raises(RefusedError, match="holds 0 images for a slot device"):
         install(device, bundle)
 
 
