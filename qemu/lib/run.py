@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         default="tcg",
         help="tcg (default) or kvm (falls back to tcg without /dev/kvm)",
     )
-    p.add_argument("--memory", type=int, default=1024, help="RAM in MiB")
+    p.add_argument(
+        "--memory",
+        type=int,
+        default=1024,
+        help="RAM in MiB (an arm64 image's control DTB describes 1024: keep it there)",
+    )
     p.add_argument("--print", action="store_true", help="print the QEMU command, do not run it")
     a = p.parse_args(argv)
     disk = a.disk or image_dir(a.arch) / "disk.img"
