@@ -246,7 +246,7 @@ def _install(
         folder.sync(tmp)
         folder.sync_dir()
         read_back()
-    except Exception:  # refused, or the source failed: no half-written file is left
+    except BaseException:  # refused, the source failed, a signal: no half-written file is left
         folder.close()
         with contextlib.suppress(DeviceError):  # the reason of the refusal matters more
             folder.remove(tmp)

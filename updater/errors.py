@@ -55,8 +55,13 @@ class BusyError(UpdaterError):
     """Another install or mark-good holds the device's lock: nothing was done."""
 
 
-class Interrupted(UpdaterError):
+class Interrupted(BaseException):
     """A signal (SIGINT, SIGTERM) ended the command.
+
+    Like `KeyboardInterrupt`, it is not an `Exception`: the signal handler raises it
+    wherever the main thread happens to be, and library code that turns any
+    `Exception` into its own error (construct does, while it parses) must not
+    make an interrupted install look like a corrupt bundle or a bug.
 
     Attributes:
         signum: the signal's number.

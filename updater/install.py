@@ -340,7 +340,7 @@ class Installer:
         return error
 
     def _record_failure(
-        self, error: Exception, started: float, status: str = "failed", **more: str
+        self, error: BaseException, started: float, status: str = "failed", **more: str
     ) -> None:
         with contextlib.suppress(DeviceError):  # the original error matters more
             self.state.record_result(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 from pathlib import Path
 
 import pytest
 
 from bootctl.state import parse_state
-from bundle_tool import keygen
+from bundle_tool import container, keygen
 from tests.updater.device import Device, image_bytes, make_device
 from tests.updater.pipedinstall import PipedInstall
 from updater import interrupts
@@ -105,3 +106,21 @@ def test_a_signal_during_the_switch_takes_effect_after_it(device: Device) -> Non
     last = json.loads((device.config().state_dir / LAST_FILE).read_text())
     assert (last["status"], last["version"]) == ("installed", "3.2.0")
     assert Installer(device.config()).installed()["B"].version == "3.2.0"
+
+
+def test_a_signal_inside_a_parser_stays_a_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """construct turns any `Exception` raised while it unpacks into its own error.
+
+    The handler raises wherever the main thread is; seen in a run of the test above,
+    a SIGINT that came during the header's parse was reported as a bug (status 1).
+    """
+    header = container.Header(manifest_size=2, signatures_size=8, payload_size=0).to_bytes()
+    unpack = struct.unpack
+
+    def signal_comes(fmt: str, data: bytes) -> tuple[object, ...]:
+        monkeypatch.setattr(struct, "unpack", unpack)
+        raise Interrupted(signal.SIGINT)  # as `interrupts.raised`'s handler does
+
+    monkeypatch.setattr(struct, "unpack", signal_comes)
+    with pytest.raises(Interrupted, match="interrupted by SIGINT"):
+        container.parse_header(header)
