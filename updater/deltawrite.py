@@ -270,7 +270,9 @@ class DeltaWriter(ImageWriter):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="abupdate-fetch")
         self.cold = 0  # see probes()
         self.moved: blockindex.BlockIndex | None = None  # see index_active
-        self.leaf_fetcher = leaffetch.LeafFetcher(source, part, session.checker)
+        self.leaf_fetcher = leaffetch.LeafFetcher(
+            source, part, session.checker, session.tuning.summary_window
+        )
         self.zero = ZeroBlocks.for_salt(session.vinfo.salt)
 
     def index_active(self, blocks: int) -> None:

@@ -19,6 +19,7 @@ from bundle_tool.errors import BundleError
 
 from .pieces import ExactReader, runs
 from .source import BundleSource
+from .tuning import InstallTuning
 
 BLOCK = verity.BLOCK_SIZE
 PART = leafsummary.PART_SIZE
@@ -27,21 +28,21 @@ PART = leafsummary.PART_SIZE
 class LeafFetcher:
     """Fetches checked leaf blocks from a bundle, using its leaf summary where it has one."""
 
-    #: Summary bytes fetched at a time: the entries of 1024 leaf blocks (512 MiB of image).
-    #: A whole number of entries, so that no entry straddles two windows.
-    WINDOW = 1024 * leafsummary.ENTRY_SIZE
-
     def __init__(
-        self, source: BundleSource, part: ImageLayout, checker: verity.TreeChecker
+        self,
+        source: BundleSource,
+        part: ImageLayout,
+        checker: verity.TreeChecker,
+        window: int = InstallTuning.summary_window,
     ) -> None:
+        """`window`: summary bytes fetched at a time (`InstallTuning.summary_window`)."""
         self.source = source
         self.checker = checker
         self.leaf_area = part.area_offset + checker.first_leaf * BLOCK
         self.summary_offset = part.summary_offset
         # Only worth it where bytes are costly: a local file gives whole blocks as fast.
         self.summary_size = part.image.leaf_summary_size if source.remote else 0
-        if self.WINDOW % leafsummary.ENTRY_SIZE:
-            raise ValueError(f"WINDOW must hold whole entries of {leafsummary.ENTRY_SIZE} bytes")
+        self.window = window
         self._window = (0, b"")  # (offset within the summary, its bytes)
         self.patched = 0  # leaf blocks put together from their parts
         self.refetched = 0  # of those that did not match, fetched whole after all
@@ -105,8 +106,8 @@ class LeafFetcher:
         at = j * leafsummary.ENTRY_SIZE
         start, data = self._window
         if not start <= at < start + len(data):
-            start = at - at % self.WINDOW
-            length = min(self.WINDOW, self.summary_size - start)
+            start = at - at % self.window
+            length = min(self.window, self.summary_size - start)
             data = self.source.read_exact(self.summary_offset + start, length)
             self._window = (start, data)
         return data[at - start : at - start + leafsummary.ENTRY_SIZE]

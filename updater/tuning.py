@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from bundle_tool import leafsummary
+
 from .blockindex import MAX_CELLS
 
 
@@ -31,6 +33,8 @@ class InstallTuning:
             longer requests).
         pipeline_depth: chunks of the delta path's downloads read ahead.
         index_cells: cells of the moved-block index at most (8 bytes each).
+        summary_window: leaf-summary bytes fetched at a time (the entries of 1024 leaf
+            blocks: 512 MiB of image); whole entries, so that none straddles two windows.
     """
 
     span_blocks: int = 256
@@ -41,9 +45,15 @@ class InstallTuning:
     cold_batches: int = 8
     pipeline_depth: int = 4
     index_cells: int = MAX_CELLS
+    summary_window: int = 1024 * leafsummary.ENTRY_SIZE
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"install tuning {f.name} must be a positive integer: {value!r}")
+        if self.summary_window % leafsummary.ENTRY_SIZE:
+            raise ValueError(
+                f"install tuning summary_window must hold whole entries of "
+                f"{leafsummary.ENTRY_SIZE} bytes: {self.summary_window}"
+            )

@@ -15,6 +15,7 @@ from updater.filesource import FileSource
 from updater.install import Installer
 from updater.leaffetch import LeafFetcher
 from updater.source import BundleSource
+from updater.tuning import InstallTuning
 
 GROUPS = 4
 OLD = image_bytes(3 * 128 + 100, seed=1)  # the last group has 100 blocks
@@ -77,9 +78,13 @@ class Case:
     def leaf(self, j: int) -> bytes:
         return bytes(self.raw[self.leaf_area + j * 4096 : self.leaf_area + (j + 1) * 4096])
 
-    def fetcher(self, source: BundleSource | None = None) -> tuple[LeafFetcher, MemorySource]:
+    def fetcher(
+        self, source: BundleSource | None = None, tuning: InstallTuning | None = None
+    ) -> tuple[LeafFetcher, MemorySource]:
         src = MemorySource(bytes(self.raw))
-        return LeafFetcher(source or src, self.part, self.checker), src
+        window = (tuning or InstallTuning()).summary_window
+        fetcher = LeafFetcher(source or src, self.part, self.checker, window)
+        return fetcher, src
 
 
 def unchanged(j: int) -> bytes:
@@ -188,17 +193,13 @@ def test_without_a_summary_or_from_a_local_file_blocks_come_whole(
     assert local.requests == [[(case.leaf_area, 4096)]]
 
 
-def test_summary_windows_are_fetched_once_each(
-    tmp_path: Path, pki: keygen.DevPki, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_summary_windows_are_fetched_once_each(tmp_path: Path, pki: keygen.DevPki) -> None:
     case = Case(tmp_path, pki)
-    monkeypatch.setattr(LeafFetcher, "WINDOW", 192)  # three entries a window: 3 + 1
-    fetcher, src = case.fetcher()
+    fetcher, src = case.fetcher(tuning=InstallTuning(summary_window=192))  # 3 entries: 3 + 1
     for j in (0, 1, 3, 2):
         assert fetcher.fetch({j: unchanged(j)}) == {j: case.leaf(j)}
     start, end = case.part.summary_offset, case.part.data_offset
     summary = [r for r in src.requests if start <= r[0][0] < end]
     assert summary == [[(start, 192)], [(start + 192, 64)], [(start, 192)]]
-    monkeypatch.setattr(LeafFetcher, "WINDOW", 100)
     with pytest.raises(ValueError, match="whole entries"):
-        case.fetcher()
+        InstallTuning(summary_window=100)
