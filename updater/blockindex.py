@@ -58,6 +58,11 @@ class BlockIndex:
         self._table = array("Q", bytes(8 * self._size))
         self.blocks = 0  # distinct digests held
 
+    @property
+    def cells(self) -> int:
+        """Cells of the table (8 bytes each): at most `max_cells`."""
+        return self._size
+
     def add(self, first: int, digests: bytes) -> None:
         """Record that blocks first, first + 1, ... have these concatenated digests.
 

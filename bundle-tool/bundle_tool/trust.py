@@ -160,7 +160,7 @@ def trust_problem(
     if isinstance(path, str):
         return path
     if _library_can_serve(path):
-        return _library_problem(leaf, chain, keyring, at)
+        return library_problem(leaf, chain, keyring, at)
     return None
 
 
@@ -289,7 +289,7 @@ def _require_code_signing(
         raise ValueError("extended key usage lacks codeSigning")
 
 
-def _library_problem(
+def library_problem(
     leaf: x509.Certificate,
     chain: tuple[x509.Certificate, ...],
     keyring: Keyring,

@@ -541,11 +541,11 @@ def test_library_path_validation_agrees_on_ecdsa() -> None:
     root, inter = hierarchy("ecdsa-p256", "ecdsa-p256")
     s = signer("ecdsa-p256", issuer=inter, chain=(inter[1],))
     ring = Keyring((root,))
-    assert trust._library_problem(s.certificate, s.chain, ring, NOW) is None
+    assert trust.library_problem(s.certificate, s.chain, ring, NOW) is None
     late = NOW + dt.timedelta(days=400)
-    assert "not valid" in (trust._library_problem(s.certificate, s.chain, ring, late) or "")
+    assert "not valid" in (trust.library_problem(s.certificate, s.chain, ring, late) or "")
     wrong = signer("ecdsa-p256", eku_code_signing=False)
-    problem = trust._library_problem(wrong.certificate, (), Keyring(keyring("ecdsa-p256")), NOW)
+    problem = trust.library_problem(wrong.certificate, (), Keyring(keyring("ecdsa-p256")), NOW)
     assert problem is not None
     assert "codeSigning" in problem
 

@@ -50,8 +50,8 @@ def test_a_large_slot_keeps_every_stride_th_block_within_the_budget() -> None:
     held = [n for n in range(2, 102) if index.find(digest(n)) is not None]
     assert held == list(range(4, 102, 4))
     assert [index.find(digest(n)) for n in held] == held
-    assert len(index._table) <= 40
-    assert len(BlockIndex(393216)._table) == blockindex.MAX_CELLS  # 4 MiB at most
+    assert index.cells <= 40
+    assert BlockIndex(393216).cells == blockindex.MAX_CELLS  # 4 MiB at most
 
 
 def test_build_hashes_the_slot_with_the_given_salt(tmp_path: Path) -> None:

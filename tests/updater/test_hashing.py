@@ -48,11 +48,11 @@ def test_a_child_that_dies_is_replaced_by_hashing_here() -> None:
     data = random.Random(3).randbytes(40 * 4096)
     with SpanDigests(SALT, SPAN) as digests:
         assert digests.digests(data[:4096]) == verity.digest_blocks(SALT, data[:4096])
-        worker = digests._worker
-        assert worker is not None
-        os.kill(worker._pid, signal.SIGKILL)
+        pid = digests.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
         assert digests.digests(data) == verity.digest_blocks(SALT, data)
-        assert digests._worker is None
+        assert digests.pid is None
 
 
 def test_a_ring_of_slots_hashes_spans_in_the_order_submitted() -> None:
@@ -77,8 +77,8 @@ def test_a_ring_of_slots_hashes_spans_in_the_order_submitted() -> None:
 def test_a_ring_whose_child_dies_hashes_the_spans_in_flight_here() -> None:
     spans = [random.Random(n).randbytes(16 * 4096) for n in range(4)]
     with SpanDigests(SALT, SPAN, slots=3) as ring:
-        worker = ring._worker
-        assert worker is not None
+        pid = ring.pid
+        assert pid is not None
 
         def fill(n: int) -> None:
             with ring.view(n % 3, len(spans[n])) as slot:
@@ -88,12 +88,12 @@ def test_a_ring_whose_child_dies_hashes_the_spans_in_flight_here() -> None:
         fill(0)
         fill(1)
         assert ring.collect() == verity.digest_blocks(SALT, spans[0])
-        os.kill(worker._pid, signal.SIGKILL)
-        wait_for_zombie(worker._pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_for_zombie(pid)
         fill(2)  # sent to a dead child
         fill(3)
         collected = [ring.collect(), ring.collect(), ring.collect()]
-        assert ring._worker is None
+        assert ring.pid is None
     assert collected == [verity.digest_blocks(SALT, span) for span in spans[1:]]
 
 
@@ -122,10 +122,10 @@ def test_first_mismatch(got: bytes, expected: bytes, first: int | None) -> None:
 def test_a_child_found_dead_when_sending_is_replaced_by_hashing_here() -> None:
     data = random.Random(5).randbytes(20 * 4096)
     with SpanDigests(SALT, SPAN) as digests:
-        worker = digests._worker
-        assert worker is not None
-        os.kill(worker._pid, signal.SIGKILL)
-        wait_for_zombie(worker._pid)
+        pid = digests.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for_zombie(pid)
         # The request now meets a broken pipe, and stopping the child must not fail on it.
         assert digests.digests(data) == verity.digest_blocks(SALT, data)
-        assert digests._worker is None
+        assert digests.pid is None
