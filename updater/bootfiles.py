@@ -35,6 +35,8 @@ from .source import BundleSource
 
 BLOCK = verity.BLOCK_SIZE
 READ_BACK = 1 << 20
+#: A file `create` opens: made here (a name still there is an error), never a link followed.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class BootDir:
@@ -56,7 +58,14 @@ class BootDir:
         return DeviceError(f"boot folder {self.path}: {what} failed: {e.strerror}")
 
     def prepare(self) -> None:
-        """Make the folder if it is missing, durably (each new level's parent is fsynced)."""
+        """Make the folder if it is missing, durably (each new level's parent is fsynced).
+
+        Raises:
+            DeviceError: also when the folder is a symbolic link: the updater does not
+                write through one to wherever it points.
+        """
+        if self.path.is_symlink():
+            raise DeviceError(f"boot folder {self.path} is a symbolic link; not writing through it")
         missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             for folder in reversed(missing):
@@ -66,11 +75,12 @@ class BootDir:
             raise self._fail("mkdir", e) from e
 
     def create(self, name: str) -> None:
-        """Open file `name` for writing, empty (replacing a file of that name)."""
+        """Open file `name` for writing, a new file: what had that name (a file, or a
+        symbolic link planted there) is removed first, never written through."""
+        path = self.path / name
         try:
-            self._open[name] = os.open(
-                self.path / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
-            )
+            path.unlink(missing_ok=True)
+            self._open[name] = os.open(path, _NEW_FILE, 0o644)
         except OSError as e:
             raise self._fail(f"create {name}", e) from e
 
@@ -103,7 +113,7 @@ class BootDir:
     def read(self, name: str, offset: int, length: int) -> bytes:
         """Up to `length` bytes of file `name` at `offset`, from the medium (cache dropped)."""
         try:
-            fd = os.open(self.path / name, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 return os.pread(fd, length, offset)

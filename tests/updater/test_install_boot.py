@@ -169,3 +169,37 @@ def test_a_boot_file_that_does_not_read_back_is_not_put_in_place(
     assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
     assert not (device.boot_dir("B") / temporary_name("boot.itb")).exists()
     assert device.control().boot_state().order[0] == "A"
+
+
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    """On a boot partition that holds symbolic links (ext4 /boot), whoever can write it
+    must not get the updater (root) to write the boot image into a file elsewhere."""
+    device = fit_device(tmp_path / "dev", pki)
+    victim = tmp_path / "victim.conf"
+    victim.write_text("important\n")
+    device.boot_dir("B").mkdir(parents=True, exist_ok=True)
+    (device.boot_dir("B") / temporary_name("boot.itb")).symlink_to(victim)
+    install(device, group_bundle(device, fit))
+    assert victim.read_text() == "important\n"
+    image = device.boot_dir("B") / "boot.itb"
+    assert not image.is_symlink() and image.read_bytes() == fit.read_bytes()
+
+
+def test_a_boot_folder_that_is_a_link_is_refused(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    device = fit_device(tmp_path / "dev", pki)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = device.boot_dir("B")
+    if folder.exists():
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    folder.symlink_to(elsewhere)
+    with pytest.raises(DeviceError, match="is a symbolic link; not writing through it"):
+        install(device, group_bundle(device, fit))
+    assert list(elsewhere.iterdir()) == []
+    assert device.control().boot_state().order[0] == "A"
