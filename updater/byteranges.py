@@ -27,9 +27,22 @@ from email.message import Message
 
 MAX_LINE = 1024  # bytes in one framing line
 MAX_HEADERS = 16  # header lines in one part
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.ASCII)
+#: A byte count or position in a header: ASCII digits, at most 19 (below 2**63), so that a
+#: server cannot hand `int` a number it refuses (more than 4300 digits) or one beyond any file.
+_NUMBER = r"[0-9]{1,19}"
+_CONTENT_RANGE = re.compile(rf"bytes\s+({_NUMBER})-({_NUMBER})/({_NUMBER}|\*)", re.ASCII)
 # RFC 2046 section 5.1.1: 1 to 70 of these characters, the last not a space.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+
+def header_number(value: str | None) -> int | None:
+    """The number a header such as Content-Length or Retry-After gives; None if not one.
+
+    Only ASCII digits count (`str.isdigit` also takes "¹", which `int` refuses).
+    """
+    if value is None or re.fullmatch(_NUMBER, value.strip(), re.ASCII) is None:
+        return None
+    return int(value)
 
 
 def content_range(value: str) -> tuple[int, int, int | None] | None:

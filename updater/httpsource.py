@@ -247,10 +247,10 @@ class HttpSource(BundleSource):
                 failures += 1
                 self._back_off(failures, str(e), 0)
         with resp:
-            length = resp.headers.get("Content-Length", "")
-            if resp.status_code == 200 and length.isdigit():
+            length = byteranges.header_number(resp.headers.get("Content-Length"))
+            if resp.status_code == 200 and length is not None:
                 self._check_etag(resp)
-                self._size = int(length)
+                self._size = length
                 return self._size
             if resp.status_code not in (200, 405, 501):
                 self._check_status(resp, 0, None)

@@ -140,7 +140,7 @@ class FleetAgent:
             url,
             self.config.http,
             allow_insecure_http=self.fleet.allow_http,
-            headers=self.client.auth_headers,
+            headers=self.client.auth_headers(url),
             etag=etag,
         )
 

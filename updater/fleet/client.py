@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .. import byteranges
 from ..errors import ServerRefused, TransportError, UsageError
 from ..httpsettings import HttpSettings
 from ..httpsource import _reason, system_ca_store
@@ -35,13 +36,25 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = byteranges.header_number(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs name the same scheme, host and port (RFC 6454's origin)."""
+    x, y = urlsplit(a), urlsplit(b)
+    default = {"https": 443, "http": 80}
+    try:
+        ports = (x.port or default.get(x.scheme), y.port or default.get(y.scheme))
+    except ValueError:  # a port that is not a number
+        return False
+    return (x.scheme, x.hostname, ports[0]) == (y.scheme, y.hostname, ports[1])
 
 
 def _where(url: str) -> str:
@@ -64,9 +77,6 @@ class DdiClient:
         self._clock = clock
         self._session = requests.Session()
         self._session.headers["Accept"] = "application/hal+json, application/json"
-        auth = fleet.authorization
-        if auth is not None:
-            self._session.headers["Authorization"] = auth
         for name in ("ca_file", "client_cert", "client_key"):
             path = getattr(http, name)
             if path is not None:
@@ -82,11 +92,14 @@ class DdiClient:
             self._cert = (http.client_cert, http.client_key)
         self.request_count = 0
 
-    @property
-    def auth_headers(self) -> dict[str, str]:
-        """The headers a download needs too (the token)."""
+    def auth_headers(self, url: str) -> dict[str, str]:
+        """The token's header for a request to `url`: only to the configured server.
+
+        A link in a server's answer (a deployment, a download) may name another host;
+        the token, tenant-wide for a gateway token, is not sent there.
+        """
         auth = self.fleet.authorization
-        return {"Authorization": auth} if auth else {}
+        return {"Authorization": auth} if auth and same_origin(url, self.fleet.server) else {}
 
     def _check_scheme(self, url: str) -> None:
         scheme = urlsplit(url).scheme
@@ -109,6 +122,7 @@ class DdiClient:
                 method,
                 url,
                 json=body,
+                headers=self.auth_headers(url),
                 timeout=(self.http.connect_timeout, self.http.read_timeout),
                 verify=self._verify,
                 cert=self._cert,
@@ -145,6 +159,8 @@ class DdiClient:
             return resp.json()
         except ValueError as e:
             raise TransportError(f"GET {_where(url)} answered no JSON") from e
+        except RecursionError as e:  # nested deeper than the parser goes
+            raise TransportError(f"GET {_where(url)} answered JSON nested too deep") from e
 
     def close(self) -> None:
         self._session.close()

@@ -1,0 +1,112 @@
+"""The DDI client's requests: where its token goes, and what a hostile answer gets.
+
+Real HTTP servers on 127.0.0.1 (a second port is another origin, as another host is).
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from updater import byteranges
+from updater.errors import TransportError
+from updater.fleet.client import DdiClient, retry_after, same_origin
+from updater.fleet.settings import parse_fleet
+from updater.httpsettings import HttpSettings
+
+
+class Recorder:
+    """Answers every GET with `body`, and records each request's Authorization header."""
+
+    def __init__(self, body: bytes = b"{}") -> None:
+        self.body = body
+        self.authorization: list[str | None] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                recorder.authorization.append(self.headers.get("Authorization"))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(recorder.body)))
+                self.end_headers()
+                self.wfile.write(recorder.body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[Recorder, Recorder]]:
+    ours, other = Recorder(), Recorder()
+    yield ours, other
+    ours.close()
+    other.close()
+
+
+def client_of(server: str, **more: Any) -> DdiClient:
+    table = {"server": server, "allow_http": True, "controller_id": "dev-1", **more}
+    return DdiClient(parse_fleet(table), HttpSettings())
+
+
+def test_the_token_goes_to_the_configured_server_only(servers: tuple[Recorder, Recorder]) -> None:
+    """A link in an answer (deploymentBase, a download) may name another host."""
+    ours, other = servers
+    client = client_of(ours.url, gateway_token="tenant-wide-secret")
+    client.get_json(f"{ours.url}/DEFAULT/controller/v1/dev-1")
+    client.get_json(f"{other.url}/DEFAULT/controller/v1/dev-1/deploymentBase/7")
+    assert ours.authorization == ["GatewayToken tenant-wide-secret"]
+    assert other.authorization == [None]
+    assert client.auth_headers(f"{ours.url}/file.bundle") == {
+        "Authorization": "GatewayToken tenant-wide-secret"
+    }
+    assert client.auth_headers(f"{other.url}/file.bundle") == {}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("https://fleet.example", "https://fleet.example:443/x", True),
+        ("https://fleet.example", "http://fleet.example/x", False),
+        ("https://fleet.example", "https://fleet.example.evil/x", False),
+        ("https://fleet.example", "https://user@evil.example/x", False),
+        ("https://fleet.example", "https://fleet.example:8443/x", False),
+        ("https://fleet.example", "https://fleet.example:port/x", False),
+    ],
+)
+def test_same_origin(a: str, b: str, same: bool) -> None:
+    assert same_origin(a, b) is same
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_a_transport_error() -> None:
+    server = Recorder(b"[" * 200_000 + b"]" * 200_000)
+    try:
+        with pytest.raises(TransportError, match="nested too deep"):
+            client_of(server.url).get_json(f"{server.url}/DEFAULT/controller/v1/dev-1")
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("value", ["\u00b9", "9" * 5000, "-1", "1.5", "", " "])
+def test_a_header_number_is_ascii_digits_that_int_takes(value: str) -> None:
+    assert byteranges.header_number(value) is None
+    assert byteranges.content_range(f"bytes 0-{value}/10") is None
+    assert retry_after(value, 0.0) is None
+
+
+def test_header_numbers_that_are_numbers() -> None:
+    assert byteranges.header_number(" 4096 ") == 4096
+    assert byteranges.content_range("bytes 0-4095/1082205383") == (0, 4095, 1082205383)
+    assert retry_after("120", 0.0) == 120.0
