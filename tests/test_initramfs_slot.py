@@ -87,6 +87,14 @@ def test_on_uefi_the_slot_is_the_folder_of_the_image_that_was_started(tmp_path: 
     assert (rc, out) == (0, f"A|/dev/vda2|{SIGNED}|signed initramfs")
 
 
+def test_a_boot_folder_of_several_levels_is_matched_whole(tmp_path: Path) -> None:
+    """As UKIs often live: under EFI/Linux/ (abctl reads LoaderImageIdentifier the same way)."""
+    table = "A /dev/vda2 EFI/Linux/slot-A\nB /dev/vda3 EFI/Linux/slot-B\n"
+    image = r"\EFI\Linux\slot-B\boot.efi"
+    rc, out = _resolve(tmp_path, "console=ttyS0", verity=SIGNED, table=table, image=image)
+    assert (rc, out) == (0, f"B|/dev/vda3|{SIGNED}|signed initramfs")
+
+
 @pytest.mark.parametrize(
     ("cmdline", "table", "image", "why"),
     [

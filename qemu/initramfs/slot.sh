@@ -46,7 +46,7 @@ abupdate_slot() {
         # 4 bytes of attributes, then the path in UTF-16LE (ASCII here).
         _path="$(tail -c +5 "$4" | tr -d '\000' | tr '\\' '/')"
         _dir="${_path#/}"
-        _dir="${_dir%%/*}"
+        _dir="${_dir%/*}"  # the whole folder (EFI/Linux/slot-B), as abctl reads it
         slot="$(awk -v d="$_dir" '$3 == d { print $1; exit }' "$3")"
         [ -n "$slot" ] || { why="booted image $_path is in no slot's boot folder"; return 1; }
     fi
