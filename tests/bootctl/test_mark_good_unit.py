@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bootctl.control import LOADER_IMAGE_ID
 from tests.bootctl.paths import REPO
 
 UNIT = REPO / "bootctl" / "systemd" / "abctl-mark-good.service"
@@ -21,7 +22,10 @@ def test_unit_is_ordered_after_boot_complete() -> None:
     unit = parser["Unit"]
     assert "boot-complete.target" in unit["After"].split()
     assert unit["Requires"] == "boot-complete.target"
-    assert unit["ConditionKernelCommandLine"] == "abupdate.slot"
+    # Either chain's mark of an abupdate boot: the slot on the command line (script, FIT),
+    # or systemd-stub's record of the UKI it started (a UKI's command line is fixed).
+    assert unit["ConditionKernelCommandLine"] == "|abupdate.slot"
+    assert unit["ConditionPathExists"] == "|" + str(LOADER_IMAGE_ID)
     assert parser["Service"]["Type"] == "oneshot"
     assert parser["Service"]["ExecStart"].rstrip("'").endswith("exec abctl mark-good")
 
