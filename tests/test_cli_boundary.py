@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import pytest
 
 from bootctl import exitstatus
 from bootctl.cliboundary import run_cli
+from tests.helpers.pipes import closed_pipe_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,24 +62,6 @@ def test_ctrl_c_is_one_line_and_130(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert call(run) == exitstatus.INTERRUPTED == 130
     assert capsys.readouterr().err == "tool: error: interrupted\n"
-
-
-def closed_pipe_run(*command: str) -> subprocess.CompletedProcess[str]:
-    """Run a tool whose standard output is a pipe nobody reads (as `| head -0`)."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", *command],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-            check=False,
-            timeout=120,
-        )
-    finally:
-        os.close(write_end)
 
 
 def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:

@@ -16,13 +16,14 @@ from typing import Any, NoReturn
 from bootctl import exitstatus
 from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
 from bundle_tool.errors import BundleError, TrustError
+from bundle_tool.progress import ProgressDisplay
 
 from . import errors, interrupts
 from .bootenv import boot_errors, open_control
 from .bootfiles import boot_image_version
 from .config import DEFAULT_CONFIG, load_config
 from .fleet import cli as fleet_cli
-from .install import Installer, Progress
+from .install import Installer
 from .sources import open_source
 
 #: Each class's exit status (docs/exit-status.md), first match wins. An
@@ -69,66 +70,15 @@ environment:
 """
 
 
-class ProgressPrinter:
-    """Shows install progress: a bar on a terminal, JSON lines with --json, else nothing."""
-
-    def __init__(self, json_lines: bool) -> None:
-        self.json_lines = json_lines
-        self.bar: Any = None
-        self.phase = ""
-        self.last_json = -1
-
-    def __call__(self, p: Progress) -> None:
-        if self.json_lines:
-            # At most one line per MiB-percent step keeps the stream readable.
-            step = p.done * 100 // p.total if p.total else 100
-            if step != self.last_json or p.phase != self.phase:
-                self.last_json = step
-                self.phase = p.phase
-                print(json.dumps({"event": "progress", **asdict(p)}), flush=True)
-            return
-        if not sys.stderr.isatty():
-            return
-        if p.phase != self.phase:
-            self.close()
-            self.phase = p.phase
-            from tqdm import tqdm  # noqa: PLC0415 - loaded only when a bar is shown
-
-            self.bar = tqdm(
-                total=p.total,
-                desc=p.phase,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                leave=False,
-            )
-        # The figures first: update() redraws the bar, with them.
-        self.bar.set_postfix(fetched=_size(p.fetched), reused=_size(p.reused), refresh=False)
-        self.bar.update(p.done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)  # pragma: no cover
-
-
 def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
-    printer = ProgressPrinter(args.json)
-    installer = Installer(config, progress=printer)
+    display = ProgressDisplay(json_lines=args.json)
+    installer = Installer(config, progress=display)
     try:
         with open_source(args.source, config.http) as source:
             result = installer.install(source, slot=args.slot, delta=args.delta)
     finally:
-        printer.close()
+        display.close()
     out = result.to_dict()
     if installer.warnings:
         out["warnings"] = installer.warnings

@@ -51,6 +51,7 @@ from bundle_tool.container import ImageLayout, VerifiedHead
 from bundle_tool.errors import BundleIOError, BundleToolError
 from bundle_tool.keyring import read_keyring
 from bundle_tool.policy import check_policy
+from bundle_tool.progress import Progress, ProgressCallback
 from bundle_tool.reader import read_head
 
 from . import bootfiles, deltawrite, floor, installlock, installplan, interrupts, readback
@@ -60,7 +61,7 @@ from .config import DeviceConfig
 from .deltawrite import DeltaWriter
 from .errors import DeviceError, Interrupted, UpdaterError
 from .installplan import FilePlan, ImagePlan, InstallPlan
-from .session import ImageWriter, Progress, WriteSession
+from .session import ImageWriter, WriteSession
 from .slotdev import FileSlot, SlotDevice
 from .source import BundleSource
 from .statedir import SlotRecord, StateDir
@@ -116,7 +117,7 @@ class Installer:
         control: SlotControl | None = None,
         open_slot: Callable[[str], SlotDevice] = FileSlot,
         clock: Callable[[], float] = time.time,
-        progress: Callable[[Progress], None] | None = None,
+        progress: ProgressCallback | None = None,
         tuning: InstallTuning | None = None,
         open_boot_dir: Callable[[Path], BootDir] = BootDir,
     ) -> None:

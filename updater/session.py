@@ -9,12 +9,11 @@ per install.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from bundle_tool import verity
 from bundle_tool.errors import BundleError
 from bundle_tool.manifest import VerityInfo
+from bundle_tool.progress import Progress, ProgressCallback
 
 from . import hashing
 from .readback import RegionReadBack
@@ -24,27 +23,6 @@ from .tuning import InstallTuning
 from .writelog import WriteLog
 
 BLOCK = verity.BLOCK_SIZE
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report.
-
-    Attributes:
-        phase: "tree", "index", "data", "boot-files", "read-back" or "switch".
-        done: what is done of this phase so far: bytes ("tree": of the hash area;
-            "index": of the running slot; "data" and "read-back": of the image),
-            "boot-files": files written of the boot folder; or 0 for "switch" (of 1).
-        total: the size of this phase in the same unit.
-        fetched: bytes read from the source so far (network or medium).
-        reused: image bytes kept on the target or copied from the active slot.
-    """
-
-    phase: str
-    done: int
-    total: int
-    fetched: int
-    reused: int
 
 
 def refuse_mismatch(first: int, got: bytes, expected: bytes) -> None:
@@ -77,7 +55,7 @@ class WriteSession:
         vinfo: VerityInfo,
         source: BundleSource,
         tuning: InstallTuning,
-        progress: Callable[[Progress], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.dev = dev
         self.vinfo = vinfo

@@ -6,6 +6,7 @@ The only place that prints and that turns exceptions into exit statuses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cryptography import x509
-from tqdm import tqdm
 
 from bootctl import exitstatus, validators
 from bootctl.board import ARCHITECTURES, BoardConfig, load_board
@@ -31,6 +31,7 @@ from .extract import extract_bundle
 from .filereader import FileReader
 from .keyring import merge, read_keyring
 from .manifest import Manifest
+from .progress import ProgressDisplay
 from .writer import CreateOptions, create_bundle, resign_bundle
 
 #: Each class's exit status (docs/exit-status.md), first match wins.
@@ -63,25 +64,6 @@ environment:
   BUNDLE_TOOL_KEY_PASSPHRASE  passphrase of encrypted --key files
   BUNDLE_TOOL_PKCS11_PIN      PIN of the token of pkcs11: --key URIs
 """
-
-
-def _progress_bar(enabled: bool) -> Callable[[str, int, int], None] | None:
-    """A tqdm progress bar on a terminal, nothing otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    bars: dict[str, Any] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[phase] = tqdm(
-                total=total, desc=phase, unit="B", unit_scale=True, unit_divisor=1024, leave=False
-            )
-        bar.update(done - bar.n)
-
-    return update
 
 
 def _read(path: str, what: str) -> bytes:
@@ -290,7 +272,11 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
         leaf_summary=args.leaf_summary,
         image_sha256=args.image_sha256,
     )
-    manifest = create_bundle(opts, Path(args.output), _progress_bar(not args.json))
+    display = ProgressDisplay(bar=not args.json)
+    try:
+        manifest = create_bundle(opts, Path(args.output), display)
+    finally:
+        display.close()
     return {"bundle": args.output, **manifest_json(manifest)}
 
 
@@ -356,8 +342,8 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
     at = datetime.fromtimestamp(_parse_time(args.at), UTC) if args.at else datetime.now(UTC)
     keyring = merge([read_keyring(Path(path), at=at) for path in args.keyring])
     compatible, architecture = _target_of(args)
-    progress = _progress_bar(not args.json)
-    with FileReader(args.bundle) as src:
+    display = ProgressDisplay(bar=not args.json)
+    with FileReader(args.bundle) as src, contextlib.closing(display):
         head = reader.read_head(src, keyring, at=at, threshold=args.threshold)
         policy.check_policy(
             head.manifest,
@@ -377,7 +363,7 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
         )
         if problem is not None:
             raise PolicyError(f"{problem}; the board's updater would refuse the bundle")
-        reader.check_payload(src, head, progress)
+        reader.check_payload(src, head, display)
     return {
         "valid": True,
         "signers": [s.subject for s in head.signers],

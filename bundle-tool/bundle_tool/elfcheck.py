@@ -1,11 +1,12 @@
-"""Machine-type checks of ELF artifacts (kernels, bootloaders) against a board."""
+"""Machine-type checks of ELF artifacts (kernels, bootloaders) against a board.
+
+Reading ELF headers needs pyelftools, a build-host dependency (`abupdate[host]`):
+it is loaded only when an artifact is an ELF file.
+"""
 
 from __future__ import annotations
 
 from typing import BinaryIO
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from .errors import UsageError
 
@@ -26,6 +27,13 @@ def elf_machine(stream: BinaryIO) -> str | None:
     if stream.read(4) != ELF_MAGIC:
         return None
     stream.seek(0)
+    try:
+        from elftools.common.exceptions import ELFError  # noqa: PLC0415 - host-only
+        from elftools.elf.elffile import ELFFile  # noqa: PLC0415
+    except ImportError as e:
+        raise UsageError(
+            "checking ELF artifacts needs pyelftools: pip install 'abupdate[host]'"
+        ) from e
     try:
         elf = ELFFile(stream)
         machine = elf["e_machine"]

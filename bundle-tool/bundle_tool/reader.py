@@ -8,7 +8,7 @@ functions, so `bundle-tool verify` checks exactly what a device checks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -18,6 +18,7 @@ from . import leafsummary, verity
 from .container import HEADER_SIZE, ImageLayout, VerifiedHead, parse_header, verify_head
 from .errors import BundleError
 from .keyring import Keyring
+from .progress import Progress, ProgressCallback
 
 
 class RangeReader(Protocol):
@@ -27,9 +28,6 @@ class RangeReader(Protocol):
 
     def size(self) -> int | None: ...
 
-
-#: progress(phase, done_bytes, total_bytes)
-Progress = Callable[[str, int, int], None]
 
 SPAN_BLOCKS = 256  # data blocks checked per step (1 MiB)
 
@@ -103,7 +101,7 @@ class CheckedImage:
         expected = self.checker.leaf_digests(block, count, self._leaves.__getitem__)
         return self.checker.bad_block(block, span, expected)
 
-    def data(self, progress: Progress | None = None) -> Iterator[bytes]:
+    def data(self, progress: ProgressCallback | None = None) -> Iterator[bytes]:
         """The image data in spans, each yielded once every block of it is checked.
 
         The whole-image sha256 is checked after the last span: use the data only
@@ -127,7 +125,7 @@ class CheckedImage:
                 sha.update(span)
             block += len(span) // verity.BLOCK_SIZE
             if progress:
-                progress("verifying", block * verity.BLOCK_SIZE, part.image.size)
+                progress(Progress("verifying", block * verity.BLOCK_SIZE, part.image.size))
             yield span
         if sha is not None and sha.digest() != part.image.sha256:
             raise BundleError("image sha256 does not match the manifest")
@@ -136,7 +134,7 @@ class CheckedImage:
 def check_image(
     source: RangeReader,
     part: ImageLayout,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> None:
     """Stream one image's hash area, leaf summary and data and check every block."""
     for _ in CheckedImage(source, part).data(progress):
@@ -154,7 +152,7 @@ def _check_summary(source: RangeReader, part: ImageLayout, leaves: list[bytes]) 
 
 
 def check_payload(
-    source: RangeReader, head: VerifiedHead, progress: Progress | None = None
+    source: RangeReader, head: VerifiedHead, progress: ProgressCallback | None = None
 ) -> None:
     """Check every payload byte of a bundle whose head was verified."""
     for part in head.images:

@@ -9,7 +9,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,10 +40,9 @@ from .manifest import (
     Manifest,
     VerityInfo,
 )
+from .progress import Progress, ProgressCallback
 from .signing import MAX_SIGNATURES, SignatureEntry, Signer, sign
 
-#: progress(phase, done_bytes, total_bytes)
-Progress = Callable[[str, int, int], None]
 #: The slot class whose images go into block slots whole: their size must be whole blocks.
 #: An image of any other class may end in a partial block (a boot image is a file): it
 #: is padded with zeros and the manifest records its length (`Image.file_size`).
@@ -169,7 +168,9 @@ def _artifact(path: Path, architecture: str | None) -> Artifact:
     return Artifact(path.name, size, sha.digest(), machine)
 
 
-def create_bundle(opts: CreateOptions, output: Path, progress: Progress | None = None) -> Manifest:
+def create_bundle(
+    opts: CreateOptions, output: Path, progress: ProgressCallback | None = None
+) -> Manifest:
     """Build, sign and write a bundle; the output appears atomically.
 
     Raises:
@@ -217,7 +218,7 @@ def _input(slot_class: str, path: Path, spool: contextlib.ExitStack, spool_dir: 
     return _Input(slot_class, padded, padded.stat(), size)
 
 
-def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Manifest:
+def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None) -> Manifest:
     salt = opts.salt
     artifacts = tuple(_artifact(p, opts.architecture) for p in opts.artifacts)
     with contextlib.ExitStack() as spool:
@@ -256,7 +257,7 @@ def _create(opts: CreateOptions, output: Path, progress: Progress | None) -> Man
                             raise BundleIOError(f"{inp.path} changed while the bundle was built")
                         copy_range(img.fileno(), out.fileno(), 0, image.size)
                     if progress:
-                        progress("writing", image.size, image.size)
+                        progress(Progress("writing", image.size, image.size))
                 for path, art in zip(opts.artifacts, artifacts, strict=True):
                     with path.open("rb") as f:
                         copy_range(f.fileno(), out.fileno(), 0, art.size)
@@ -281,7 +282,7 @@ def _hash(
     inp: _Input,
     salt: bytes | None,
     spool_dir: Path,
-    progress: Progress | None,
+    progress: ProgressCallback | None,
 ) -> Iterator[tuple[Image, verity.Tree]]:
     """One image's hash tree and manifest entry (the tree is spooled until it is written)."""
     size = inp.stat.st_size
@@ -289,7 +290,7 @@ def _hash(
 
     def hashed(first: int, count: int) -> None:
         if progress:
-            progress("hashing", (first + count) * verity.BLOCK_SIZE, size)
+            progress(Progress("hashing", (first + count) * verity.BLOCK_SIZE, size))
 
     salt = salt if salt is not None else secrets.token_bytes(32)
     with verity.build_tree(

@@ -27,10 +27,10 @@ class RootfsOptions:
     server_ca: str = ""
 
 
+#: The commands a device runs (bundle-tool is a build-host tool: it is not installed).
 SCRIPTS = {
     "abctl": "bootctl.cli",
     "updater": "updater.cli",
-    "bundle-tool": "bundle_tool.cli",
 }
 _MOUNT_POINTS = ("proc", "sys", "dev", "tmp", "run", "var", "root", "mnt", "media")
 _BROKEN_HEALTH = "#!/bin/sh\necho 'health: this image is broken on purpose'\nexit 1\n"

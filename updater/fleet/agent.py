@@ -379,7 +379,7 @@ class FleetAgent:
 
         def progress(p: Progress) -> None:
             limit = self.fleet.max_download_bytes
-            if limit is not None and p.fetched > limit:  # a device policy: the action fails
+            if limit is not None and (p.fetched or 0) > limit:  # a device policy: the action fails
                 raise PolicyError(
                     f"the install would download more than max_download_bytes = {limit}"
                 )
