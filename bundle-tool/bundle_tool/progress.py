@@ -121,7 +121,8 @@ class ProgressDisplay:
         try:
             width = os.get_terminal_size(self.stream.fileno()).columns
         except (OSError, ValueError):
-            width = 80
+            width = 0
+        width = width or 80  # a terminal that does not say its size
         elapsed = time.monotonic() - self._phase_start
         rate = p.done / elapsed if elapsed > 0.05 and p.done else None
         self.stream.write(f"\r{render_bar(p, width, rate)}\x1b[K")

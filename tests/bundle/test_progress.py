@@ -76,3 +76,20 @@ def test_no_bar_where_no_terminal() -> None:
     display(REPORT)
     display.close()
     assert stream.getvalue() == ""
+
+
+class SizelessTerminal(io.StringIO):
+    """A terminal that does not tell its size (as under `script`): the bar takes 80 columns."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_without_a_size_gets_80_columns() -> None:
+    stream = SizelessTerminal()
+    display = ProgressDisplay(stream=stream)
+    display(REPORT)
+    display.close()
+    drawn = stream.getvalue().split("\r")[1].removesuffix("\x1b[K")
+    assert drawn == render_bar(REPORT, 80)
+    assert stream.getvalue().endswith("\r\x1b[K")  # cleared at the end
