@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bootctl.board import MAX_TRIES, BoardConfig
 from bootctl.errors import ConfigError, StorageError
+from bootctl.state import ORDER_VAR, left_var, verity_var
 
 __all__ = [
     "FIT_CONFIG",
@@ -58,10 +59,15 @@ def _template(name: str) -> _Template:
 
 def slot_vars(board: BoardConfig) -> list[str]:
     """The environment variables the boot scripts load and save, in a fixed order."""
-    names = ["BOOT_ORDER"]
-    names += [f"BOOT_{s}_LEFT" for s in board.slot_names]
-    names += [f"BOOT_{s}_VERITY" for s in board.slot_names]
+    names = [ORDER_VAR]
+    names += [left_var(s) for s in board.slot_names]
+    names += [verity_var(s) for s in board.slot_names]
     return names
+
+
+def _slot_fields(slot: str) -> dict[str, str]:
+    """A slot template's names: the slot and its variables (`bootctl.state` spells them)."""
+    return {"slot": slot, "left_var": left_var(slot), "verity_var": verity_var(slot)}
 
 
 def _indent(lines: list[str], depth: int) -> str:
@@ -94,16 +100,17 @@ def render_uboot_script(board: BoardConfig) -> str:
     _check_uboot(board)
     slot_tpl = _template("boot.cmd.slot.in")
     blocks = [
-        slot_tpl.substitute(slot=s.name, root=s.root, dir=s.boot_dir).rstrip("\n")
+        slot_tpl.substitute(_slot_fields(s.name), root=s.root, dir=s.boot_dir).rstrip("\n")
         for s in board.slots
     ]
     variables = slot_vars(board)
     order = " ".join(board.slot_names)
-    defaults = [f'setenv BOOT_ORDER "{order}"']
-    defaults += [f"setenv BOOT_{s}_LEFT {board.tries}" for s in board.slot_names]
+    defaults = [f'setenv {ORDER_VAR} "{order}"']
+    defaults += [f"setenv {left_var(s)} {board.tries}" for s in board.slot_names]
     chain = board.boot.chain
     fields = dict(
         board=board.name,
+        order_var=ORDER_VAR,
         mkimage_arch=mkimage_arch(board.architecture),
         uboot_device=board.boot.uboot_device,
         env_addr=board.boot.uboot_env_addr,
@@ -115,7 +122,7 @@ def render_uboot_script(board: BoardConfig) -> str:
         default_order=order,
         slot_blocks="\n".join(blocks),
         tries=board.tries,
-        reset_vars=_indent([f"setenv BOOT_{s}_LEFT {board.tries}" for s in board.slot_names], 1),
+        reset_vars=_indent([f"setenv {left_var(s)} {board.tries}" for s in board.slot_names], 1),
         kernel_args=board.kernel_args,
         kernel=board.boot.kernel,
         initrd=board.boot.initrd,
@@ -183,8 +190,8 @@ def _grub_decrement(slot: str, tries_max: int) -> str:
     for n in range(tries_max, 0, -1):
         keyword = "if" if n == tries_max else "elif"
         lines += [
-            f'{keyword} [ "${{BOOT_{slot}_LEFT}}" = "{n}" ]; then',
-            f"  set BOOT_{slot}_LEFT={n - 1}",
+            f'{keyword} [ "${{{left_var(slot)}}}" = "{n}" ]; then',
+            f"  set {left_var(slot)}={n - 1}",
             f"  set ab_slot={slot}",
         ]
     lines.append("fi")
@@ -210,7 +217,7 @@ def render_grub_cfg(board: BoardConfig) -> str:
     slot_tpl = _template("grub.cfg.slot.in")
     blocks = [
         slot_tpl.substitute(
-            slot=s.name,
+            _slot_fields(s.name),
             root=s.root,
             dir=s.boot_dir,
             decrement=_grub_decrement(s.name, MAX_TRIES),
@@ -221,14 +228,15 @@ def render_grub_cfg(board: BoardConfig) -> str:
     chain = board.boot.chain
     fields = dict(
         board=board.name,
+        order_var=ORDER_VAR,
         env_file="/" + board.env.grub_file,
         vars=" ".join(variables),
-        save_vars=" ".join(["BOOT_ORDER"] + [f"BOOT_{s}_LEFT" for s in board.slot_names]),
+        save_vars=" ".join([ORDER_VAR] + [left_var(s) for s in board.slot_names]),
         clear_vars="\n".join(f"unset {v}" for v in variables),
         default_order=" ".join(board.slot_names),
         slot_blocks="\n".join(blocks),
         tries=board.tries,
-        reset_vars=_indent([f"set BOOT_{s}_LEFT={board.tries}" for s in board.slot_names], 1),
+        reset_vars=_indent([f"set {left_var(s)}={board.tries}" for s in board.slot_names], 1),
         kernel_args=board.kernel_args,
         kernel=board.boot.kernel,
         initrd=board.boot.initrd,

@@ -28,7 +28,7 @@ from bootctl.errors import (
     StorageError,
     UnsetVariableError,
 )
-from bootctl.state import SlotVerity
+from bootctl.state import SlotVerity, verity_var
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -134,7 +134,7 @@ def _cmd_set_primary(args: argparse.Namespace, board: BoardConfig) -> None:
     else:
         if args.slot not in board.slot_names:
             raise SlotError(f"unknown slot {args.slot!r}")
-        recorded = ctl.env().get(f"BOOT_{args.slot}_VERITY", "")
+        recorded = ctl.env().get(verity_var(args.slot), "")
         if not recorded:
             raise SlotError(f"slot {args.slot} has no verity value; pass --verity")
         verity = _parse_verity(recorded)

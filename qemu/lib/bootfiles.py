@@ -12,6 +12,7 @@ from pathlib import Path
 
 from settings import REPO, SOURCE_DATE_EPOCH
 
+from bootctl import state
 from bootctl.board import BoardConfig
 
 # mkimage dates its header from SOURCE_DATE_EPOCH when set.
@@ -56,14 +57,14 @@ def boot_script(board: BoardConfig, board_path: Path, workdir: Path) -> dict[str
 
 
 def initial_env(board: BoardConfig, verity_a: str) -> dict[str, str]:
-    """The environment of a freshly built image: slot A installed, slot B empty."""
-    names = [s.name for s in board.slots]
-    env = {"BOOT_ORDER": " ".join(names)}
-    for s in names:
-        env[f"BOOT_{s}_LEFT"] = str(board.tries)
-    for s in names:
-        env[f"BOOT_{s}_VERITY"] = verity_a if s == names[0] else ""
-    return env
+    """The environment of a freshly built image: slot A installed, slot B empty.
+
+    The variables are bootctl's (`bootctl.state`); `verity_a` is checked as it would be
+    read at boot.
+    """
+    names = list(board.slot_names)
+    env = state.default_env(names, board.tries)
+    return state.set_verity(env, names[0], state.SlotVerity.from_env(verity_a), names)
 
 
 def write_env(board: BoardConfig, env: dict[str, str], out: Path) -> None:

@@ -14,6 +14,7 @@ from settings import BUILD, GUEST_SERVER_IP, ROOTFS_OVERLAY, SOURCE_DATE_EPOCH, 
 from shell import compileall, log, run
 
 from bootctl.board import BoardConfig
+from updater.config import load_config
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def assemble(
         (tree / d).mkdir(parents=True, exist_ok=True)
     for rel, (data, mode) in device_files(arch, board, board_path, opts).items():
         safe_write(tree / rel, data, mode)
+    load_config(tree / "etc/abupdate/device.toml")  # the updater's own checks, at build time
 
 
 def squashfs(tree: Path, out: Path) -> None:

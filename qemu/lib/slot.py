@@ -12,6 +12,8 @@ from pathlib import Path
 from cache import cached
 from shell import run
 
+from bootctl.state import SlotVerity
+
 IMAGE = "slot.img"
 VERITY = "verity"
 
@@ -37,7 +39,7 @@ def verity_format(rootfs: Path, out: Path) -> str:
     m = re.search(r"Root hash:\s+([0-9a-f]+)", res.stdout)
     if not m:
         raise RuntimeError(f"veritysetup printed no root hash: {res.stdout}")
-    return f"{m.group(1)}:{salt}:{blocks}"
+    return SlotVerity(m.group(1), salt, blocks).to_env()
 
 
 def make_slot(rootfs: Path) -> Slot:
