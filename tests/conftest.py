@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bundle_tool import bootkeys
+from bundle_tool import bootkeys, keygen
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
+    """A development CA and signer (`bundle-tool keygen`'s), made once per test run."""
+    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Fixtures for bundle tests: a development PKI and bundles built from random images."""
+"""Fixtures for bundle tests: a signer and keyring of the shared PKI, and bundles built from
+random images (the PKI itself, `pki`, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,6 @@ from bundle_tool import keygen, signing
 from bundle_tool.keyring import load_keyring
 from bundle_tool.writer import CreateOptions, create_bundle
 from tests.bundle.bundles import BUILD_TIME, write_image
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
-    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

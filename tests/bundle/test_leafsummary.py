@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_tool import container, leafsummary, reader
+from bundle_tool import container, keygen, leafsummary, reader
 from bundle_tool.errors import BundleError
 from bundle_tool.manifest import parse_manifest
 from tests.bundle.bundles import BytesReader, now
@@ -123,10 +123,7 @@ def test_a_summary_size_for_an_image_without_leaves_is_refused(
         parse_manifest(json.dumps(manifest).encode())
 
 
-def test_cli_create_no_leaf_summary(tmp_path: Path) -> None:
-    from bundle_tool import keygen
-
-    pki = keygen.make_dev_pki(tmp_path / "pki")
+def test_cli_create_no_leaf_summary(tmp_path: Path, pki: keygen.DevPki) -> None:
     image = tmp_path / "img"
     image.write_bytes(os.urandom(300 * 4096))
     base = [sys.executable, "-m", "bundle_tool.cli", "create", "--image", str(image)]

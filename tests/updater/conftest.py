@@ -10,7 +10,7 @@
   TLS in front of a server on 127.0.0.1.
 * `fault_server`: `FaultServer` serving `.data` (3 MiB of seeded random bytes
   unless a test assigns other bytes), with `.mode`, `.drops`, `.served`.
-* `pki` (session): a development CA and signer (`keygen.make_dev_pki`).
+* `pki` (session, from tests/conftest.py): a development CA and signer.
 * `device`: a device on plain files (tests/updater/device.py) booted from slot A,
   which holds a 700-block image; slot B empty and not bootable.
 * `artifact_device`: the same on a board that places the artifacts `kernel.img`
@@ -38,12 +38,6 @@ FAULT_DATA_SIZE = 3 * 1024 * 1024
 
 
 DEVICE_BLOCKS = 700  # 2.8 MiB: several 1 MiB spans and leaf blocks, two tree levels
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> keygen.DevPki:
-    """Development keys made once per test run."""
-    return keygen.make_dev_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
