@@ -5,7 +5,7 @@ setup:
 	./.ci/setup
 
 demo: setup
-	./.venv/bin/python -m updater.demo
+	./.venv/bin/python demo/quickstart.py
 
 test: setup lint
 	./.venv/bin/python -m pytest --ignore=tests/qemu

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+QUICKSTART = Path(__file__).resolve().parent.parent / "demo" / "quickstart.py"
+
 
 def test_demo_runs(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "updater.demo"], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, str(QUICKSTART)], cwd=tmp_path, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     assert "passes veritysetup verify" in r.stdout

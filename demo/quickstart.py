@@ -1,5 +1,8 @@
 """The quick-start demo (`make demo`): build, sign, check and install an update.
 
+It needs a checkout (the board configs) and the installed tools, so it lives
+outside the packages a device carries.
+
 Everything runs on plain files in ./demo-out, with the real tools, no root:
 
 1. make throwaway development keys (`bundle-tool keygen`);
