@@ -201,14 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
         "install",
         "install a bundle into the inactive slot",
         """\
-        Install the bundle at SOURCE: a file (e.g. on a USB stick), - for standard
-        input, or an https:// URL. Over HTTPS, blocks the target or the running slot
+        Install the bundle at SOURCE: a file (e.g. on a USB stick), a folder holding
+        exactly one *.bundle file (a USB stick's mount point), - for standard input,
+        or an https:// URL. Over HTTPS, blocks the target or the running slot
         already hold at the same offset are not downloaded; with find_moved_blocks =
         true in the device configuration, neither are those the running slot holds
         elsewhere. An interrupted install resumes when run again, from a URL or a
         file alike.""",
     )
-    i.add_argument("source", metavar="SOURCE")
+    i.add_argument(
+        "source", metavar="SOURCE", help="bundle file, folder with one *.bundle, - or https:// URL"
+    )
     i.add_argument("--slot", help="target slot (default: the one not booted)")
     i.add_argument("--reboot", action="store_true", help="reboot when the install succeeded")
     d = i.add_mutually_exclusive_group()

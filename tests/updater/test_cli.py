@@ -550,3 +550,16 @@ def test_a_bundle_with_artifacts_installs_from_standard_input(
     result = json.loads(r.stdout.splitlines()[-1])
     assert (result["event"], result["version"]) == ("result", "2.1.0")
     assert result["bytes_fetched"] == bundle.stat().st_size
+
+
+def test_install_help_names_every_kind_of_source() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "updater.cli", "install", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    text = " ".join(r.stdout.split())
+    assert "a folder holding exactly one *.bundle file" in text
+    assert "- for standard input" in text and "https:// URL" in text

@@ -463,6 +463,28 @@ def test_a_bundle_with_artifacts_installs_from_any_source(
     assert (device.boot_dir("B") / "notes.txt").read_bytes() == notes.read_bytes()
 
 
+def test_bytes_fetched_of_a_file_install_is_what_the_install_read(
+    artifact_device: Device, tmp_path: Path
+) -> None:
+    """The head, the hash area, the image and the artifacts placed: not the leaf summary.
+
+    A stream is read to its end (its file size, above); a file is read where the
+    install needs it, and `bytes_fetched` says what that cost.
+    """
+    from bundle_tool.container import HEADER_SIZE, inspect_head, parse_header
+
+    device = artifact_device
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"release notes\n" * 1000)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=42), artifacts=[notes])
+    raw = bundle.read_bytes()
+    manifest, _ = inspect_head(raw[: parse_header(raw[:HEADER_SIZE]).head_size])
+    (image,) = manifest.images
+    assert image.leaf_summary_size and manifest.artifacts
+    result = install_file(device, bundle, delta=False)
+    assert result.bytes_fetched == len(raw) - image.leaf_summary_size  # type: ignore[attr-defined]
+
+
 def test_floor_rises_only_after_mark_good(device: Device) -> None:
     bundle = device.bundle(image_bytes(BLOCKS, seed=9), security_version=4)
     install_file(device, bundle)
