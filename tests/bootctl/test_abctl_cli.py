@@ -219,3 +219,13 @@ def test_help_is_wrapped(
     lines = capsys.readouterr().out.splitlines()
     assert "exit status:" in lines
     assert [line for line in lines if len(line) > 80] == []
+
+
+def test_status_json_errors_are_json_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--board", str(tmp_path / "missing.toml"), "status", "--json"]) == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)
+    assert error["exit_status"] == 2
+    assert captured.err == f"abctl: error: {error['error']}\n"
