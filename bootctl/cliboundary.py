@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,22 @@ def exit_status(error: BaseException, table: ExitCodes, default: int) -> int:
     return next((code for cls, code in table if isinstance(error, cls)), default)
 
 
+def _bug(error: BaseException) -> str:
+    """One line saying what escaped a command unexpectedly."""
+    said = " ".join(str(error).split()) or "no message"
+    return f"internal error (a bug: please report it): {type(error).__name__}: {said}"
+
+
+def _stdout_closed() -> bool:
+    """Whether nobody reads standard output any more (a pipe whose reader exited)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no real descriptor (a test's captured stdout)
+        return False
+
+
 def _quiet_stdout() -> None:
     """Point standard output at /dev/null, so the flush at exit cannot fail again."""
     try:
@@ -106,7 +123,8 @@ def run_cli(
     `--json`, also a JSON object with `error` and `exit_status`, plus
     `error_fields`, on standard output) and its status. Anything else is a bug:
     the same, with status 1 and no traceback. A reader that closes the pipe early
-    (`| head -1`) ends the output quietly: the command was carried out.
+    (`| head -1`) ends the output quietly: the command was carried out. Another
+    broken pipe (a helper's) is a failure, status 1.
 
     Args:
         parser: the tool's argument parser (its `prog` starts each error line).
@@ -122,17 +140,17 @@ def run_cli(
             done = run(args)
             sys.stdout.flush()
             return status if done is None else done
-        except BrokenPipeError:
-            raise
+        except BrokenPipeError as e:
+            if _stdout_closed():
+                raise
+            status, reason = exitstatus.INTERNAL, _bug(e)  # another pipe: not the reader
         except tuple(cls for cls, _ in exit_codes) as e:
             status = exit_status(e, exit_codes, exitstatus.INTERNAL)
             reason = str(e)
         except KeyboardInterrupt:
             status, reason = exitstatus.INTERRUPTED, "interrupted"
         except Exception as e:  # the boundary: a bug is one line, not a traceback
-            status = exitstatus.INTERNAL
-            said = " ".join(str(e).split()) or "no message"
-            reason = f"internal error (a bug: please report it): {type(e).__name__}: {said}"
+            status, reason = exitstatus.INTERNAL, _bug(e)
         if getattr(args, "json", False):
             error = {**(error_fields or {}), "error": reason, "exit_status": status}
             print(json.dumps(error), flush=True)

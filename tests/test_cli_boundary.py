@@ -56,6 +56,18 @@ def test_a_bug_is_one_line_and_status_1_without_a_traceback(
     assert json.loads(captured.out)["exit_status"] == exitstatus.INTERNAL
 
 
+def test_a_broken_pipe_other_than_the_output_is_a_failure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only a reader that went away is quiet: a helper's pipe breaking is not success."""
+
+    def run(args: argparse.Namespace) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert call(run) == exitstatus.INTERNAL
+    assert "BrokenPipeError" in capsys.readouterr().err
+
+
 def test_ctrl_c_is_one_line_and_130(capsys: pytest.CaptureFixture[str]) -> None:
     def run(args: argparse.Namespace) -> None:
         raise KeyboardInterrupt
