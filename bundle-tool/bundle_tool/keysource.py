@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BundleIOError, UsageError
+from .errors import UsageError
 from .pkcs11key import Pkcs11Key
 from .pkcs11uri import is_pkcs11_uri, parse_pkcs11_uri
 from .signing import Signer, key_is_encrypted, load_private_key, signer_for
@@ -51,7 +51,7 @@ def _read_secret(path: Path, what: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise BundleIOError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
     text = data.decode(errors="surrogateescape")
     return text[:-1] if text.endswith("\n") else text
 
@@ -94,9 +94,9 @@ def load_key_signer(
     """A signer for one ``--key`` value and its certificate.
 
     Raises:
-        UsageError: The key cannot be used (see `signing.load_signer` and `Pkcs11Key`), or
-            a secret it needs is not given and there is no terminal.
-        BundleIOError: A key, passphrase or PIN file cannot be read.
+        UsageError: The key cannot be used (see `signing.load_signer` and `Pkcs11Key`), a
+            secret it needs is not given and there is no terminal, or a key, passphrase or
+            PIN file cannot be read (a file named that is missing: docs/exit-status.md).
     """
     if is_pkcs11_uri(key):
         uri = parse_pkcs11_uri(key)
@@ -121,7 +121,7 @@ def load_key_signer(
     try:
         key_pem = Path(key).read_bytes()
     except OSError as exc:
-        raise BundleIOError(f"cannot read key {key}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read key {key}: {exc.strerror}") from exc
     password = None
     if key_is_encrypted(key_pem):
         passphrase = _secret(

@@ -140,6 +140,22 @@ def test_exit_statuses(tmp_path: Path, keys: Path) -> None:
     r = run("verify", tmp_path / "b", "--keyring", tmp_path / "no-ca.pem")
     assert r.returncode == 2
     assert "cannot read keyring" in r.stderr
+    r = create(tmp_path / "no-keys", image, tmp_path / "x", "--compatible", "b")
+    assert r.returncode == 2  # a missing certificate or key, as a missing image
+    cert = tmp_path / "no-keys" / "signer.pem"
+    assert (
+        r.stderr
+        == f"bundle-tool: error: cannot read certificate {cert}: No such file or directory\n"
+    )
+    r = run(
+        "create", "--image", image, "--version", "1.0.0", "--compatible", "b",
+        "--key", tmp_path / "no-keys" / "signer.key", "--cert", keys / "signer.pem",
+        "-o", tmp_path / "x",
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "cannot read key" in r.stderr
+    r = create(keys, tmp_path / "no-image", tmp_path / "x", "--compatible", "b")
+    assert r.returncode == 2
     r = run("verify", tmp_path / "b")
     assert r.returncode == 2  # argparse: --keyring is required
 

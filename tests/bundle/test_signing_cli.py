@@ -189,6 +189,20 @@ def test_encrypted_key_without_passphrase_or_terminal(
         keysource.load_key_signer(str(encrypted), b"", None, keysource.KeySecrets())
 
 
+def test_a_passphrase_file_that_cannot_be_read_is_a_usage_error(
+    tmp_path: Path, encrypted: Path, signers: dict[str, Party], pki: tuple[OpensslPki, Party, Party]
+) -> None:
+    """A file named on the command line that is not there: 2, as a missing key or image."""
+    missing = tmp_path / "no-pass"
+    r = create_with(
+        tmp_path, encrypted, signers["rsa2048"].cert, pki[2].cert,
+        "--key-passphrase-file", missing,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("bundle-tool: error: cannot read ") and str(missing) in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
 # --- resign -----------------------------------------------------------------------------
 
 
