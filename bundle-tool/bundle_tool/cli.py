@@ -49,8 +49,8 @@ exit status:
   0  success
   1  internal error (a bug: please report it)
   2  bad usage or unusable input: a file named is missing or unreadable (image,
-     key, certificate, keyring, bundle), or unusable (e.g. image size not a
-     multiple of 4096)
+     key, certificate, passphrase or PIN file, keyring, bundle), or unusable
+     (e.g. image size not a multiple of 4096)
   3  invalid, corrupt, truncated or overlong bundle
   4  signature or certificate does not establish trust
   5  bundle refused by policy (wrong compatible or architecture, expired, below
