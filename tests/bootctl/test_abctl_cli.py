@@ -229,3 +229,15 @@ def test_status_json_errors_are_json_too(
     error = json.loads(captured.out)
     assert error["exit_status"] == 2
     assert captured.err == f"abctl: error: {error['error']}\n"
+
+
+def test_an_unknown_booted_slot_is_a_device_fault_as_in_the_updater(
+    env: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*env, "init"]) == 0
+    (tmp_path / "cmdline").write_text("console=ttyAMA0\n")
+    assert main([*env, "mark-good"]) == 7
+    assert main([*env, "mark-bad"]) == 7
+    (tmp_path / "cmdline").write_text("console=ttyAMA0 abupdate.slot=Z\n")
+    assert main([*env, "mark-good"]) == 7
+    assert "names slot 'Z'" in capsys.readouterr().err
