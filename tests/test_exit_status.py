@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bootctl import exitstatus
+from bootctl.cliboundary import ExitCodes
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "exit-status.md"
 
@@ -34,7 +35,7 @@ def test_statuses_are_distinct() -> None:
     assert len(values) == len(set(values))
 
 
-def tool_tables() -> dict[str, tuple[object, str]]:
+def tool_tables() -> dict[str, tuple[ExitCodes, str]]:
     from bootctl import cli as abctl
     from bundle_tool import cli as bundle_tool
     from updater import cli as updater
@@ -49,7 +50,7 @@ def tool_tables() -> dict[str, tuple[object, str]]:
 @pytest.mark.parametrize("tool", ["abctl", "bundle-tool", "updater"])
 def test_each_tool_uses_the_shared_statuses_and_lists_them_in_its_manual(tool: str) -> None:
     table, epilog = tool_tables()[tool]
-    used = {status for _, status in table} | {exitstatus.OK, exitstatus.INTERNAL}  # type: ignore[attr-defined]
+    used = {status for _, status in table} | {exitstatus.OK, exitstatus.INTERNAL}
     assert used <= set(constants().values())
     listed = {int(n) for n in re.findall(r"^  (\d+)  ", epilog, re.M)}
     assert used <= listed, f"{tool} --help does not list {sorted(used - listed)}"
