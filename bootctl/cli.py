@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bootctl import exitstatus
+from bootctl import exitstatus, handover
 from bootctl.board import BoardConfig, load_board
 from bootctl.bootscript import compile_uboot_script, render_boot_script
 from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
@@ -59,6 +60,7 @@ exit status:
   7  device: the environment has no valid copy, does not match its size, or the
      variables do not fit; its file or device cannot be read, written or
      flushed; the booted slot cannot be told
+  8  mark-good handed over to the updater: another install or mark-good runs
 The same kind of fault has the same status in abctl, updater and bundle-tool
 (docs/exit-status.md).
 """
@@ -107,9 +109,17 @@ def _cmd_status(args: argparse.Namespace, board: BoardConfig) -> None:
         sys.stdout.write(_format_status(st))
 
 
-def _cmd_mark_good(args: argparse.Namespace, board: BoardConfig) -> None:
+def _cmd_mark_good(args: argparse.Namespace, board: BoardConfig) -> int | None:
+    updater = handover.updater_mark_good(args.device_config)
+    if updater is not None:  # the updater's mark-good also stores the anti-rollback floor
+        sys.stdout.flush()
+        try:
+            return subprocess.run(updater, check=False).returncode
+        except OSError as e:
+            raise ConfigError(f"cannot run {updater[0]}: {e.strerror}") from e
     slot = _control(args, board).mark_good()
     print(f"marked slot {slot} good ({board.tries} tries)")
+    return None
 
 
 def _cmd_mark_bad(args: argparse.Namespace, board: BoardConfig) -> None:
@@ -260,7 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
         """\
         Mark the running slot good: its tries-left counter goes back to the board's
         tries. Run it only once the system is healthy; the shipped
-        abctl-mark-good.service does so after boot-complete.target.""",
+        abctl-mark-good.service does so after boot-complete.target.
+
+        On a device that runs the updater (its device config exists and the updater
+        command is installed), this runs `updater mark-good --config FILE` instead,
+        which also stores the anti-rollback floor the slot brings; the device config
+        then names the board and the environment, and the status is the updater's.""",
+    )
+    p.add_argument(
+        "--device-config",
+        type=Path,
+        default=Path(handover.DEFAULT_DEVICE_CONFIG),
+        metavar="FILE",
+        help=f"the updater's device config (default {handover.DEFAULT_DEVICE_CONFIG})",
     )
     p.set_defaults(func=_cmd_mark_good)
 
@@ -366,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> None:
-    args.func(args, load_board(args.board))
+def _run(args: argparse.Namespace) -> int | None:
+    status: int | None = args.func(args, load_board(args.board))
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

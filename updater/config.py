@@ -45,12 +45,13 @@ from typing import Any
 from bootctl import validators
 from bootctl.board import BoardConfig, load_board
 from bootctl.errors import BootctlError
+from bootctl.handover import DEFAULT_DEVICE_CONFIG
 
 from .errors import UsageError
 from .fleet.settings import FleetSettings, parse_fleet
 from .httpsettings import HttpSettings
 
-DEFAULT_CONFIG = "/etc/abupdate/device.toml"
+DEFAULT_CONFIG = DEFAULT_DEVICE_CONFIG  # one definition: abctl mark-good looks there too
 TOP_KEYS = {
     "board",
     "keyring",

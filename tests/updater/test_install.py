@@ -503,6 +503,46 @@ def test_floor_rises_only_after_mark_good(device: Device) -> None:
     assert fw_printenv(device)["BOOT_B_LEFT"] == "3"
 
 
+def test_abctl_mark_good_raises_the_floor_as_updater_mark_good(device: Device) -> None:
+    """A hand-typed `abctl mark-good` stores the floor too: a later fallback allows no downgrade.
+
+    On a device with the updater's config and command, abctl hands mark-good over to
+    the updater (bootctl imports nothing of it).
+    """
+    from bootctl.cli import main as abctl
+
+    install_file(device, device.bundle(image_bytes(BLOCKS, seed=9), security_version=4))
+    device.boot("B")
+    ctl = device.control()
+    ctl.store.save({**ctl.env(), "BOOT_B_LEFT": "2"})  # booted once, not yet good
+    fw_env = device.root / "fw_env.config"
+    fw_env.write_text(f"{device.env_file} 0x0000 0x4000\n")
+    where = ["--board", str(device.board), "--env-config", str(fw_env)]
+    where += ["--cmdline", str(device.root / "cmdline")]
+    assert abctl([*where, "mark-good", "--device-config", str(device.config_path)]) == 0
+    assert fw_printenv(device)["BOOT_B_LEFT"] == "3"
+    assert StateDir(device.config().state_dir).security_floor() == 4
+    # B fails later and the device falls back to A: the floor stays where B raised it.
+    assert abctl([*where, "mark-bad", "B", "--force"]) == 0
+    device.boot("A")
+    older = device.bundle(image_bytes(BLOCKS, seed=10), "old.bundle", security_version=3)
+    with pytest.raises(PolicyError, match="below this device's anti-rollback floor 4"):
+        install_file(device, older)
+
+
+def test_abctl_mark_good_marks_the_slot_itself_where_no_updater_runs(device: Device) -> None:
+    from bootctl.cli import main as abctl
+
+    device.boot("A")
+    fw_env = device.root / "fw_env.config"
+    fw_env.write_text(f"{device.env_file} 0x0000 0x4000\n")
+    where = ["--board", str(device.board), "--env-config", str(fw_env)]
+    where += ["--cmdline", str(device.root / "cmdline")]
+    missing = device.root / "no-device.toml"
+    assert abctl([*where, "mark-good", "--device-config", str(missing)]) == 0
+    assert not device.config().state_dir.exists()  # the updater did not run
+
+
 def test_status_shows_the_floor_in_force_after_abctl_mark_good(device: Device) -> None:
     install_file(device, device.bundle(image_bytes(BLOCKS, seed=9), security_version=4))
     device.boot("B")
