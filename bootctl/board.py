@@ -118,6 +118,17 @@ class BootConfig:
         """The signed boot image's file name in each slot's boot folder ("" for `script`)."""
         return BOOT_IMAGE.get(self.chain, "")
 
+    @property
+    def env_verity_boots(self) -> bool:
+        """Whether the boot script passes the environment's root hash to the kernel.
+
+        Only the `script` chain does; there an empty `BOOT_x_VERITY` is what keeps a slot
+        being written from booting. On `fit` and `uki` the root hash is inside the signed
+        boot image: a slot boots on its tries alone, so an environment lost or torn (back
+        to the defaults, with no verity values) still boots a slot, checked by the chain.
+        """
+        return self.chain == "script"
+
     def file_of(self, slot_class: str) -> str | None:
         """The file name in a slot's boot folder that images of `slot_class` install as."""
         return dict(self.files).get(slot_class)

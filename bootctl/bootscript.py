@@ -98,9 +98,16 @@ def render_uboot_script(board: BoardConfig) -> str:
         ConfigError: The board does not use U-Boot, or its env is redundant.
     """
     _check_uboot(board)
+    needs_verity = board.boot.env_verity_boots
     slot_tpl = _template("boot.cmd.slot.in")
     blocks = [
-        slot_tpl.substitute(_slot_fields(s.name), root=s.root, dir=s.boot_dir).rstrip("\n")
+        slot_tpl.substitute(
+            _slot_fields(s.name),
+            root=s.root,
+            dir=s.boot_dir,
+            # The script chain boots the env's root hash: a slot without one is being written.
+            verity_test=f'test -n "${{{verity_var(s.name)}}}" && ' if needs_verity else "",
+        ).rstrip("\n")
         for s in board.slots
     ]
     variables = slot_vars(board)
@@ -185,7 +192,7 @@ def _dtc_tool(*cmd: str | Path) -> None:
         raise StorageError(f"{cmd[0]} failed: {lines[-1] if lines else done.returncode}")
 
 
-def _grub_decrement(slot: str, tries_max: int) -> str:
+def _grub_decrement(slot: str, tries_max: int, depth: int) -> str:
     lines: list[str] = []
     for n in range(tries_max, 0, -1):
         keyword = "if" if n == tries_max else "elif"
@@ -195,7 +202,15 @@ def _grub_decrement(slot: str, tries_max: int) -> str:
             f"  set ab_slot={slot}",
         ]
     lines.append("fi")
-    return _indent(lines, 4)
+    return _indent(lines, depth)
+
+
+def _grub_selection(slot: str, needs_verity: bool) -> str:
+    """Take `slot` if it has tries left (and, where `needs_verity`, a verity value)."""
+    if not needs_verity:
+        return _grub_decrement(slot, MAX_TRIES, 3)
+    decrement = _grub_decrement(slot, MAX_TRIES, 4)
+    return "\n".join([f'      if [ -n "${{{verity_var(slot)}}}" ]; then', decrement, "      fi"])
 
 
 def render_grub_cfg(board: BoardConfig) -> str:
@@ -220,7 +235,7 @@ def render_grub_cfg(board: BoardConfig) -> str:
             _slot_fields(s.name),
             root=s.root,
             dir=s.boot_dir,
-            decrement=_grub_decrement(s.name, MAX_TRIES),
+            selection=_grub_selection(s.name, board.boot.env_verity_boots),
         ).rstrip("\n")
         for s in board.slots
     ]
@@ -237,6 +252,11 @@ def render_grub_cfg(board: BoardConfig) -> str:
         slot_blocks="\n".join(blocks),
         tries=board.tries,
         reset_vars=_indent([f"set {left_var(s)}={board.tries}" for s in board.slot_names], 1),
+        default_vars=_indent(
+            [f'set {ORDER_VAR}="{" ".join(board.slot_names)}"']
+            + [f"set {left_var(s)}={board.tries}" for s in board.slot_names],
+            1,
+        ),
         kernel_args=board.kernel_args,
         kernel=board.boot.kernel,
         initrd=board.boot.initrd,

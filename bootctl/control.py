@@ -6,7 +6,7 @@ and one atomic `EnvStore.save`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,7 +257,11 @@ class SlotControl:
             EnvSizeError: The environment does not match its configured size.
             StorageError: It cannot be read.
         """
-        return state.parse_state(self.store.load(), self.board.slot_names)
+        return self._parse(self.store.load())
+
+    def _parse(self, env: Mapping[str, str]) -> state.BootState:
+        needs = self.board.boot.env_verity_boots
+        return state.parse_state(env, self.board.slot_names, needs_verity=needs)
 
     def status(self) -> SlotStatus:
         """Read the environment and report the slot state (never fails on malformed values).
@@ -267,7 +271,7 @@ class SlotControl:
             StorageError: It cannot be read.
         """
         env = self.store.load()
-        parsed = state.parse_state(env, self.board.slot_names)
+        parsed = self._parse(env)
         problems = list(parsed.problems)
         try:
             booted = self.booted_slot()
@@ -276,7 +280,12 @@ class SlotControl:
             problems.append(str(e))
         if self.store.defaulted:
             problems.insert(0, f"no valid environment in {self.store.describe()}: showing defaults")
-        decision = state.select_boot(env, self.board.slot_names, self.board.tries)
+        decision = state.select_boot(
+            env,
+            self.board.slot_names,
+            self.board.tries,
+            needs_verity=self.board.boot.env_verity_boots,
+        )
         slots = tuple(
             SlotInfo(
                 name=s.name,

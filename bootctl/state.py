@@ -110,6 +110,8 @@ class SlotState:
         verity: Parsed verity parameters, or None if empty, missing or malformed.
         verity_raw: The raw `BOOT_<slot>_VERITY` value ("" if missing).
         in_order: Whether the slot appears in the boot order.
+        needs_verity: Whether the boot script needs a verity value to pick the slot
+            (`BootConfig.env_verity_boots`: the `script` chain).
     """
 
     name: str
@@ -117,11 +119,13 @@ class SlotState:
     verity: SlotVerity | None
     verity_raw: str
     in_order: bool
+    needs_verity: bool = True
 
     @property
     def bootable(self) -> bool:
         """Whether the boot scripts would pick this slot when its turn comes."""
-        return self.in_order and self.tries > 0 and self.verity_raw != ""
+        has_verity = self.verity_raw != "" or not self.needs_verity
+        return self.in_order and self.tries > 0 and has_verity
 
 
 @dataclass(frozen=True)
@@ -159,12 +163,15 @@ def _order_words(env: Mapping[str, str], slot_names: Sequence[str]) -> tuple[lis
     return raw.split(), False
 
 
-def parse_state(env: Mapping[str, str], slot_names: Sequence[str]) -> BootState:
+def parse_state(
+    env: Mapping[str, str], slot_names: Sequence[str], *, needs_verity: bool = True
+) -> BootState:
     """Parse the slot variables of an environment without ever raising on their values.
 
     Args:
         env: Environment variables.
         slot_names: Configured slots in default order.
+        needs_verity: Whether a slot needs a verity value to boot (`env_verity_boots`).
 
     Returns:
         The state, with malformed values reported in `problems`.
@@ -204,7 +211,7 @@ def parse_state(env: Mapping[str, str], slot_names: Sequence[str]) -> BootState:
                 problems.append(f"{verity_var(name)}: {e} (the slot will fail to boot)")
         if name not in order:
             problems.append(f"slot {name} is not in {ORDER_VAR} (never booted)")
-        slots.append(SlotState(name, tries, verity, verity_raw, name in order))
+        slots.append(SlotState(name, tries, verity, verity_raw, name in order, needs_verity))
     return BootState(tuple(order), tuple(slots), tuple(problems))
 
 
@@ -303,17 +310,20 @@ class BootDecision:
     env: dict[str, str]
 
 
-def select_boot(env: Mapping[str, str], slot_names: Sequence[str], tries: int) -> BootDecision:
+def select_boot(
+    env: Mapping[str, str], slot_names: Sequence[str], tries: int, *, needs_verity: bool = True
+) -> BootDecision:
     """One boot, exactly as the generated U-Boot and GRUB scripts do it.
 
     Walk `BOOT_ORDER` (the board's order if missing or empty); take the first configured slot
-    with a non-empty verity value and a counter "1".."9"; decrement it. If none qualifies,
-    set every counter to `tries` and boot nothing (the board resets).
+    with a counter "1".."9" (and, where `needs_verity`, a non-empty verity value); decrement
+    it. If none qualifies, set every counter to `tries` and boot nothing (the board resets).
 
     Args:
         env: Environment before the boot.
         slot_names: Configured slots.
         tries: The board's tries per slot.
+        needs_verity: Whether a slot needs a verity value to boot (`env_verity_boots`).
 
     Returns:
         The slot booted (or None) and the saved environment.
@@ -326,7 +336,8 @@ def select_boot(env: Mapping[str, str], slot_names: Sequence[str], tries: int) -
         if word not in slot_names:
             continue
         left = env.get(left_var(word), "")
-        if env.get(verity_var(word), "") and _DIGIT_RE.fullmatch(left) and int(left) > 0:
+        has_verity = bool(env.get(verity_var(word), "")) or not needs_verity
+        if has_verity and _DIGIT_RE.fullmatch(left) and int(left) > 0:
             new[left_var(word)] = str(int(left) - 1)
             return BootDecision(word, new)
     for s in slot_names:

@@ -164,6 +164,21 @@ def test_all_exhausted_resets_every_counter_and_boots_nothing() -> None:
     assert select_boot(d.env, SLOTS, TRIES).slot == "A"
 
 
+def test_on_a_signed_chain_a_slot_boots_on_its_tries_alone() -> None:
+    """fit and uki boards: the root hash is in the signed boot image, so the defaults of a
+    lost environment (no verity values) still boot a slot; the script chain needs one."""
+    lost = state.default_env(SLOTS, TRIES)
+    assert select_boot(lost, SLOTS, TRIES).slot is None  # script chain: reset, boot nothing
+    d = select_boot(lost, SLOTS, TRIES, needs_verity=False)
+    assert (d.slot, d.env["BOOT_A_LEFT"]) == ("A", "2")
+    assert not state.parse_state(lost, SLOTS).slot("A").bootable
+    assert state.parse_state(lost, SLOTS, needs_verity=False).slot("A").bootable
+    installed = state.set_primary(fresh(), "B", V2, SLOTS, TRIES)
+    being_written = state.set_verity(state.mark_bad(installed, "B", SLOTS), "B", None, SLOTS)
+    assert not state.parse_state(being_written, SLOTS, needs_verity=False).slot("B").bootable
+    assert select_boot(being_written, SLOTS, TRIES, needs_verity=False).slot == "A"
+
+
 def test_missing_order_defaults_like_the_scripts() -> None:
     env = fresh()
     del env["BOOT_ORDER"]

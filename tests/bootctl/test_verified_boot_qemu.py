@@ -181,3 +181,43 @@ def test_grub_uki_signed_right_is_started_by_the_firmware(
     assert "abupdate: booting slot B\n" in console
     assert "Bad kernel image: Load Error" in console  # systemd-stub's own message
     assert "cannot load image" not in console and "bad signature" not in console
+
+
+def test_uboot_fit_a_lost_env_still_boots_a_slot(
+    tmp_path: Path, boot_keys: bootkeys.DevBootKeys
+) -> None:
+    """A torn or erased uboot.env (its CRC fails): the defaults have no verity values, and on
+    a FIT board none is needed, so slot A is tried (here: its image is missing, a refusal
+    that costs a try) instead of resetting the counters and the board for ever."""
+    board = _board("qemu-arm64-uboot", "fit")
+    qemu = QemuBoard(board, tmp_path, boot_keys)
+    qemu.build(b"\xff" * board.env.uboot_size)
+    console = qemu.boot_once()
+    assert "abupdate: no valid uboot.env, using defaults" in console
+    assert "abupdate: booting slot A\n" in console
+    assert "no slot has tries left" not in console
+    defaults = {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
+    expected = state.select_boot(defaults, board.slot_names, board.tries, needs_verity=False)
+    assert expected.slot == "A"
+    saved = ubootenv.decode_single(qemu.read_env_image(), board.env.uboot_size)
+    assert saved == expected.env
+
+
+def test_grub_uki_a_broken_grubenv_still_boots_a_slot(
+    tmp_path: Path, boot_keys: bootkeys.DevBootKeys
+) -> None:
+    """A grubenv that is no environment block: GRUB can neither load nor save it, so it
+    boots slot A by the defaults without counting (its signed UKI is started: the stub's
+    own message) rather than rebooting for ever before Linux could write it again."""
+    board = _board("qemu-x86_64-grub", "uki")
+    files = {
+        f"{board.slot('A').boot_dir}/{name}": data
+        for name, data in _uki(tmp_path, boot_keys.uefi_signer).items()
+    }
+    qemu = QemuBoard(board, tmp_path, boot_keys)
+    qemu.build(b"torn" * 256, files)
+    console = qemu.boot_once()
+    assert "abupdate: no valid /EFI/BOOT/grubenv, using defaults" in console
+    assert "booting slot A without counting the try" in console
+    assert "Bad kernel image: Load Error" in console  # A's UKI passed both signatures
+    assert "no slot has tries left" not in console

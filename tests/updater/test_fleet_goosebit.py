@@ -91,7 +91,12 @@ def fleet_device(
 def reboot(device: Device) -> str | None:
     """One boot as the boot scripts do it: the slot picked, its counter decremented."""
     ctl = device.control()
-    decision = select_boot(ctl.env(), ctl.board.slot_names, ctl.board.tries)
+    decision = select_boot(
+        ctl.env(),
+        ctl.board.slot_names,
+        ctl.board.tries,
+        needs_verity=ctl.board.boot.env_verity_boots,
+    )
     with ctl.store.locked():
         ctl.store.save(decision.env)
     assert decision.slot is not None

@@ -89,7 +89,8 @@ def bootable_slots_verify(device: Device) -> str:
     for s in bootable:
         r = veritysetup_verify(device.slot(s.name), SlotVerity.from_env(s.verity_raw))
         assert r.returncode == 0, f"slot {s.name} would boot but does not verify: {r.stderr!r}"
-    decision = select_boot(env, ctl.board.slot_names, ctl.board.tries)
+    needs = ctl.board.boot.env_verity_boots
+    decision = select_boot(env, ctl.board.slot_names, ctl.board.tries, needs_verity=needs)
     assert decision.slot is not None, "no slot would boot"
     return decision.slot
 
