@@ -221,6 +221,7 @@ def test_attempt_installs_reports_progress_and_reboots(
     assert {p for p, _ in stub.feedback} == {f"{stub.base_path}/deploymentBase/3/feedback"}
     assert device.control().boot_state().primary == "B"
     assert marker.exists()  # the configured reboot command ran, after the feedback
+    assert result.wait == 300  # the server's sleep (the stub's 5 min), not poll_max
 
 
 def test_an_untrusted_bundle_is_reported_as_failure(

@@ -254,9 +254,13 @@ class FleetAgent:
         return CycleResult("none", "no action pending", self._wait(poll, active=False))
 
     def _wait(self, poll: ddi.Poll | None, *, active: bool) -> float:
-        return cycle.next_wait(
-            poll.sleep if poll else None, self.fleet, active=active, rng=self.rng
-        )
+        """The next wait; without this cycle's poll, the sleep the last poll asked for."""
+        if poll is not None:
+            sleep = poll.sleep
+        else:
+            last = (self.state.last_poll() or {}).get("sleep")
+            sleep = float(last) if isinstance(last, (int, float)) else None
+        return cycle.next_wait(sleep, self.fleet, active=active, rng=self.rng)
 
     def _booted(self, installer: Installer) -> str | None:
         try:
