@@ -135,15 +135,18 @@ def test_a_skipped_download_waits_and_fetches_nothing(device: Device, stub: DdiS
     assert agent.state.pending() is None
 
 
+#: (handling, what changes when it is to be installed, the feedback once written ahead).
+#: hawkBit ends a download-only action with its `downloaded` feedback: the install is
+#: another action (a new id) for the same release. A window opens on the same action.
 AHEAD = {
     "download-only": (
         {"update": "skip"},
-        {"update": "forced"},  # hawkBit: a later assignment of the same release
+        {"id": "4", "deployment": {"update": "forced"}},
         ("downloaded", "downloaded into slot B; not switched"),
     ),
     "window-closed": (
         {"maintenance_window": "unavailable"},
-        {"maintenanceWindow": "available"},
+        {"deployment": {"maintenanceWindow": "available"}},
         ("proceeding", "downloaded into slot B; waiting for the maintenance window"),
     ),
 }
@@ -174,7 +177,14 @@ def test_download_ahead_writes_the_inactive_slot_and_switches_only_when_asked(
     assert device.control().boot_state().primary == "A"
 
     assert stub.deployment is not None
-    stub.deployment["deployment"].update(opened)
+    offered = stub.deployment
+    if "id" in opened:  # the download-only action was closed by its feedback
+        stub.deployment = None
+        assert agent.poll_once().kind == "none"
+        assert agent.state.pending() is None
+        offered = {**offered, "id": opened["id"]}
+    offered["deployment"].update(opened["deployment"])
+    stub.deployment = offered
     done = agent.poll_once()
     assert done.kind == "action" and "installed 2.0.0 into slot B" in done.detail, done.detail
     assert device.control().boot_state().primary == "B"
