@@ -280,6 +280,7 @@ class Installer:
         *,
         slot: str | None = None,
         delta: bool | None = None,
+        switch: bool = True,
     ) -> InstallResult:
         """Install the bundle from `source`; see the module docstring for the steps.
 
@@ -287,12 +288,18 @@ class Installer:
             source: where the bundle comes from.
             slot: target slot (default: the inactive one).
             delta: as for `plan`.
+            switch: make the target primary at the end (step 6). Without it the
+                target is written and checked but stays unbootable and unrecorded
+                (a download ahead of time): a later install of the same bundle
+                finds the target holding its tree and keeps every block.
         """
         installplan.refuse_delta_from_a_stream(delta, source.random_access)
         with installlock.held(self.config.state_dir, "install"):
-            return self._install(source, slot, delta)
+            return self._install(source, slot, delta, switch)
 
-    def _install(self, source: BundleSource, slot: str | None, delta: bool | None) -> InstallResult:
+    def _install(
+        self, source: BundleSource, slot: str | None, delta: bool | None, switch: bool = True
+    ) -> InstallResult:
         """`install`, with the device's install lock held."""
         started = self.clock()
         self.warnings = []
@@ -304,12 +311,13 @@ class Installer:
                 image, session = self._write(decided, source)
                 # Held: a signal lands before the record or after the switch, not between.
                 with interrupts.held():
-                    self.phase = "switch"
-                    self._record(decided, image)
-                    self._switch(image, session)
+                    if switch:
+                        self.phase = "switch"
+                        self._record(decided, image)
+                        self._switch(image, session)
                     result = self._result(decided, image, session, started)
                     self.phase = "done"
-                    self._record_success(result, started)
+                    self._record_success(result, started, switched=switch)
         except Interrupted as e:
             raise self._interrupted(e, started) from None
         except BundleIOError as e:  # a helper process failed (see bundle_tool.forked)
@@ -321,9 +329,10 @@ class Installer:
             raise
         return result
 
-    def _record_success(self, result: InstallResult, started: float) -> None:
+    def _record_success(self, result: InstallResult, started: float, switched: bool) -> None:
+        status = {} if switched else {"status": "downloaded"}
         try:
-            self.state.record_result({**result.to_dict(), "at": int(started)})
+            self.state.record_result({**result.to_dict(), **status, "at": int(started)})
         except DeviceError as e:  # after the switch: the new slot boots next all the same
             self.warnings.append(f"the install stands, but its result was not recorded: {e}")
 

@@ -101,8 +101,10 @@ def test_plan_picks_one_bundle_or_fails_naming_them() -> None:
     ("dep", "plan"),
     [
         ({"download": "skip"}, "wait"),
-        ({"update": "skip"}, "wait"),
-        ({"maintenanceWindow": "unavailable"}, "wait"),
+        ({"download": "skip", "update": "skip"}, "wait"),
+        ({"update": "skip"}, "download"),
+        ({"maintenanceWindow": "unavailable"}, "download"),
+        ({"maintenanceWindow": "available"}, "install"),
         ({"download": "attempt", "update": "attempt"}, "install"),
     ],
 )
@@ -142,6 +144,8 @@ def test_boot_outcome_of_a_download_cut_off_and_of_a_switch_not_recorded() -> No
     cut = ACTION.moved_to("downloading")
     assert cycle.boot_outcome(cut, "A", boot_state(("A", "B"), 3, 0, False), 3) == "interrupted"
     assert cycle.boot_outcome(cut, "B", boot_state(("B", "A"), 3, 3), 3) == "success"
+    ahead = ACTION.moved_to("downloaded")  # written ahead, never switched to: not a fallback
+    assert cycle.boot_outcome(ahead, "A", boot_state(("A", "B"), 3, 0, False), 3) == "interrupted"
 
 
 def test_fallback_feedback_names_slot_version_and_running_slot() -> None:

@@ -25,7 +25,7 @@ from updater.errors import TransportError
 from updater.fleet import ddi
 from updater.fleet.agent import FleetAgent
 from updater.fleet.client import ServerBusy
-from updater.fleet.state import PendingAction
+from updater.fleet.state import PendingAction, Phase
 
 CONTROLLER = "stub-dev"
 
@@ -93,9 +93,10 @@ def test_run_waits_what_each_cycle_says(device: Device, stub: DdiStub) -> None:
     assert status["last_poll"]["answer"] == "nothing" and status["last_poll"]["sleep"] == 120
 
 
-def test_cancel_before_the_switch_is_confirmed(device: Device, stub: DdiStub) -> None:
+@pytest.mark.parametrize("phase", ["downloading", "downloaded"])
+def test_cancel_before_the_switch_is_confirmed(device: Device, stub: DdiStub, phase: Phase) -> None:
     agent = agent_for(device, stub)
-    agent.state.set_pending(PendingAction("5", "2.0.0", "sha256:00", "downloading", "B", "A"))
+    agent.state.set_pending(PendingAction("5", "2.0.0", "sha256:00", phase, "B", "A"))
     stub.cancel = {"id": "9", "cancelAction": {"stopId": "5"}}
     result = agent.poll_once()
     assert result.kind == "action" and "canceled" in result.detail
@@ -123,24 +124,75 @@ def test_cancel_after_the_switch_is_rejected(device: Device, stub: DdiStub) -> N
     assert device.control().boot_state().primary == "B"
 
 
-@pytest.mark.parametrize(
-    ("handling", "why"),
-    [
-        ({"maintenance_window": "unavailable"}, "outside the maintenance window"),
-        ({"update": "skip"}, "download only"),
-        ({"download": "skip"}, "skip the download"),
-    ],
-)
-def test_deployments_that_wait(
-    device: Device, stub: DdiStub, handling: dict[str, str], why: str
-) -> None:
+def test_a_skipped_download_waits_and_fetches_nothing(device: Device, stub: DdiStub) -> None:
     agent = agent_for(device, stub)
     art = artifact_body("fw.bundle", 10, "00" * 32, f"{stub.url}/fw.bundle")
-    stub.deployment = deployment_body("3", [art], **handling)
+    stub.deployment = deployment_body("3", [art], download="skip")
     result = agent.poll_once()
-    assert result.kind == "none" and why in result.detail
+    assert result.kind == "none" and "skip the download" in result.detail
     assert not any("/fw.bundle" in p for _, p in stub.requests)  # nothing downloaded
     assert stub.feedback == []
+    assert agent.state.pending() is None
+
+
+#: (handling, what changes when it is to be installed, the feedback once written ahead).
+#: hawkBit ends a download-only action with its `downloaded` feedback: the install is
+#: another action (a new id) for the same release. A window opens on the same action.
+AHEAD = {
+    "download-only": (
+        {"update": "skip"},
+        {"id": "4", "deployment": {"update": "forced"}},
+        ("downloaded", "downloaded into slot B; not switched"),
+    ),
+    "window-closed": (
+        {"maintenance_window": "unavailable"},
+        {"deployment": {"maintenanceWindow": "available"}},
+        ("proceeding", "downloaded into slot B; waiting for the maintenance window"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AHEAD))
+def test_download_ahead_writes_the_inactive_slot_and_switches_only_when_asked(
+    device: Device, stub: DdiStub, nginx_server: NginxServer, case: str
+) -> None:
+    handling, opened, sent = AHEAD[case]
+    serve_bundle(device, stub, nginx_server, **handling)
+    agent = agent_for(device, stub)
+    result = agent.poll_once()
+    assert result.kind == "action" and "not switched" in result.detail, result.detail
+    _, last = stub.feedback[-1]
+    assert (last["status"]["execution"], last["status"]["details"][0]) == sent
+    boot = device.control().boot_state()
+    assert boot.primary == "A" and not boot.slot("B").bootable  # written, never booted
+    pending = agent.state.pending()
+    assert pending is not None and (pending.phase, pending.target) == ("downloaded", "B")
+    fetched_ahead = nginx_server.body_bytes_served()
+    assert fetched_ahead > 0
+
+    nginx_server.reset_log()
+    again = agent.poll_once()  # still download only / outside the window: nothing more
+    assert again.kind == "none" and "waits in slot B" in again.detail
+    assert nginx_server.log_entries() == []
+    assert device.control().boot_state().primary == "A"
+
+    assert stub.deployment is not None
+    offered = stub.deployment
+    if "id" in opened:  # the download-only action was closed by its feedback
+        stub.deployment = None
+        assert agent.poll_once().kind == "none"
+        assert agent.state.pending() is None
+        offered = {**offered, "id": opened["id"]}
+    offered["deployment"].update(opened["deployment"])
+    stub.deployment = offered
+    done = agent.poll_once()
+    assert done.kind == "action" and "installed 2.0.0 into slot B" in done.detail, done.detail
+    assert device.control().boot_state().primary == "B"
+    # The blocks written ahead are kept: the switch fetches the bundle's head and tree only.
+    last_install = agent.state.last_result()
+    assert last_install is not None and last_install["status"] == "installed"
+    assert last_install["bytes_reused"] == last_install["image_size"], last_install
+    assert nginx_server.body_bytes_served() < fetched_ahead // 4
 
 
 def serve_bundle(
@@ -179,6 +231,7 @@ def test_attempt_installs_reports_progress_and_reboots(
     assert {p for p, _ in stub.feedback} == {f"{stub.base_path}/deploymentBase/3/feedback"}
     assert device.control().boot_state().primary == "B"
     assert marker.exists()  # the configured reboot command ran, after the feedback
+    assert result.wait == 300  # the server's sleep (the stub's 5 min), not poll_max
 
 
 def test_an_untrusted_bundle_is_reported_as_failure(

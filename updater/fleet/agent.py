@@ -15,6 +15,7 @@ The order of a cycle:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import random
 import shlex
@@ -42,7 +43,7 @@ from ..source import BundleSource
 from . import cycle, ddi, feedback
 from .client import DdiClient, ServerBusy
 from .settings import FleetSettings
-from .state import FleetState, PendingAction
+from .state import BEFORE_SWITCH, FleetState, PendingAction
 
 if TYPE_CHECKING:
     from ..httpsource import HttpSource
@@ -253,9 +254,13 @@ class FleetAgent:
         return CycleResult("none", "no action pending", self._wait(poll, active=False))
 
     def _wait(self, poll: ddi.Poll | None, *, active: bool) -> float:
-        return cycle.next_wait(
-            poll.sleep if poll else None, self.fleet, active=active, rng=self.rng
-        )
+        """The next wait; without this cycle's poll, the sleep the last poll asked for."""
+        if poll is not None:
+            sleep = poll.sleep
+        else:
+            last = (self.state.last_poll() or {}).get("sleep")
+            sleep = float(last) if isinstance(last, (int, float)) else None
+        return cycle.next_wait(sleep, self.fleet, active=active, rng=self.rng)
 
     def _booted(self, installer: Installer) -> str | None:
         try:
@@ -272,7 +277,7 @@ class FleetAgent:
         now = self.clock()
         if outcome == "interrupted":
             return None  # the same action, offered again, resumes
-        if pending.phase == "downloading":  # switched, but the phase was not written
+        if pending.phase in BEFORE_SWITCH:  # switched, but the phase was not written
             pending = pending.moved_to("installed")
             self.state.set_pending(pending)
         if outcome == "rebooting" or (outcome == "testing" and pending.phase == "testing"):
@@ -302,7 +307,11 @@ class FleetAgent:
         assert poll.cancel is not None
         cancel_id, stop_id = ddi.parse_cancel(self.client.get_json(poll.cancel))
         now = self.clock()
-        if pending is not None and pending.action_id == stop_id and pending.phase != "downloading":
+        if (
+            pending is not None
+            and pending.action_id == stop_id
+            and pending.phase not in BEFORE_SWITCH
+        ):
             self._report(
                 ddi.Feedback(
                     cancel_id,
@@ -343,8 +352,8 @@ class FleetAgent:
                 self._wait(poll, active=False),
                 TransportError(decided.reason),
             )
-        if decided.plan == "wait":
-            return CycleResult("none", decided.reason, self._wait(poll, active=True))
+        if decided.plan == "wait":  # nothing fetched; the server's sleep, as when idle
+            return CycleResult("none", decided.reason, self._wait(poll, active=False))
         artifact = decided.artifact
         assert artifact is not None and artifact.strongest_hash is not None
         digest = ":".join(artifact.strongest_hash)
@@ -362,17 +371,31 @@ class FleetAgent:
             None,
             booted,
         )
+        if decided.plan == "download" and resume is not None and resume.phase == "downloaded":
+            return CycleResult(
+                "none",
+                f"{decided.reason}: {resume.version} waits in slot {resume.target}",
+                self._wait(poll, active=False),
+            )
         action = resume or PendingAction(
             dep.action_id, dep.version_of(artifact), digest, "downloading", target, booted
         )
         self.state.set_pending(action)
         if resume is None:
             self._report(feedback.started(dep.action_id, now))
+        if decided.plan == "download":  # then polled as when idle, for the window or a cancel
+            done = self._install(dep, artifact, action, ahead=decided.reason)
+            return dataclasses.replace(done, wait=self._wait(poll, active=False))
         return self._install(dep, artifact, action)
 
     def _install(
-        self, dep: ddi.Deployment, artifact: ddi.Artifact, action: PendingAction
+        self,
+        dep: ddi.Deployment,
+        artifact: ddi.Artifact,
+        action: PendingAction,
+        ahead: str | None = None,
     ) -> CycleResult:
+        """Install the artifact; with `ahead` (why), write and check it but do not switch."""
         step = [-1]
         holder: list[BundleSource] = []
         known = [action.etag]
@@ -408,7 +431,7 @@ class FleetAgent:
                         f"artifact {artifact.filename} has {size} bytes on the server, "
                         f"{artifact.size} announced"
                     )
-                result = installer.install(source)
+                result = installer.install(source, switch=ahead is None)
         except ServerRefused as e:  # a 4xx: asking again would not help
             return self._install_failed(dep, action, e)
         except ContentChanged:  # the next attempt starts from the new file, after a back-off
@@ -418,6 +441,15 @@ class FleetAgent:
             raise
         except _INSTALL_ERRORS as e:
             return self._install_failed(dep, action, e)
+        if ahead is not None:
+            self.state.set_pending(action.moved_to("downloaded", target=result.slot))
+            only = dep.update == "skip"
+            self._report(feedback.downloaded(dep.action_id, result.slot, only, self.clock()))
+            return CycleResult(
+                "action",
+                f"downloaded {result.version} into slot {result.slot}; {ahead}: not switched",
+                self._wait(None, active=False),
+            )
         installed = action.moved_to("installed", target=result.slot)
         self.state.set_pending(installed)
         self._report(feedback.installed(dep.action_id, result.slot, self.clock()))

@@ -14,7 +14,7 @@ from bootctl.state import BootState
 
 from .ddi import Artifact, DdiError, Deployment, pick_artifact
 from .settings import FleetSettings
-from .state import PendingAction
+from .state import BEFORE_SWITCH, PendingAction
 
 Outcome = Literal["success", "failure", "testing", "rebooting", "interrupted"]
 ACTIVE_POLL = 5.0  # seconds between polls while an action runs, so a cancel is seen
@@ -31,15 +31,16 @@ def boot_outcome(
     * `failure`: the old slot runs and the target can no longer boot (out of
       tries, or marked bad);
     * `rebooting`: the old slot runs and the target boots next: the reboot is due;
-    * `interrupted`: the install stopped before its switch (`downloading`, and
-      the target neither runs nor boots next); a crash after the switch and
-      before the phase was written counts as switched.
+    * `interrupted`: the install stopped before its switch, or was written
+      ahead of it (`downloading`, `downloaded`, and the target neither runs nor
+      boots next); a crash after the switch and before the phase was written
+      counts as switched.
     """
     if action.target is None:
         return "interrupted"
     target = state.slot(action.target)
     switched = booted == action.target or (target.bootable and state.primary == action.target)
-    if action.phase == "downloading" and not switched:
+    if action.phase in BEFORE_SWITCH and not switched:
         return "interrupted"
     if booted == action.target:
         good = state.primary == action.target and target.tries >= full_tries
@@ -55,12 +56,13 @@ def failure_detail(action: PendingAction, booted: str | None) -> str:
     return f"slot {action.target} ({action.version}) failed to boot; fell back to {fell_back}"
 
 
-Plan = Literal["install", "wait", "fail"]
+Plan = Literal["install", "download", "wait", "fail"]
 
 
 @dataclass(frozen=True)
 class DeploymentPlan:
-    """What to do with a deployment: install an artifact, wait, or refuse it."""
+    """What to do with a deployment: install an artifact, download it ahead (write and
+    check the inactive slot, no switch), wait, or refuse it."""
 
     plan: Plan
     artifact: Artifact | None = None
@@ -70,10 +72,12 @@ class DeploymentPlan:
 def plan_deployment(dep: Deployment, settings: FleetSettings) -> DeploymentPlan:
     """Decide what a deployment asks of us (docs/fleet.md, "Deployments").
 
-    `download: skip` and a closed maintenance window wait; a deployment that would
-    only download (`update: skip`) waits too, as the installer switches the boot
-    order as its last step; otherwise our one bundle is installed, `attempt`
-    like `forced`. No bundle, or several, fails naming what was offered.
+    `download: skip` waits, fetching nothing. A download-only deployment
+    (`update: skip`) and one outside its maintenance window (`unavailable`) are
+    downloaded ahead: written and checked into the inactive slot, not switched
+    to; the window's opening installs them, keeping the blocks written. Otherwise
+    our one bundle is installed, `attempt` like `forced`. No bundle, or several,
+    fails naming what was offered.
     """
     try:
         artifact = pick_artifact(dep.artifacts, settings.artifact)
@@ -90,9 +94,9 @@ def plan_deployment(dep: Deployment, settings: FleetSettings) -> DeploymentPlan:
     if dep.download == "skip":
         return DeploymentPlan("wait", artifact, "the server asks to skip the download for now")
     if dep.update == "skip":
-        return DeploymentPlan("wait", artifact, "the server asks to download only")
+        return DeploymentPlan("download", artifact, "download only")
     if dep.maintenance_window == "unavailable":
-        return DeploymentPlan("wait", artifact, "outside the maintenance window")
+        return DeploymentPlan("download", artifact, "outside the maintenance window")
     return DeploymentPlan("install", artifact)
 
 

@@ -31,6 +31,22 @@ def installed(action_id: str, slot: str, at: float) -> Feedback:
     )
 
 
+def downloaded(action_id: str, slot: str, download_only: bool, at: float) -> Feedback:
+    """Written ahead into `slot`: `downloaded` for a download-only action (it ends
+    there), `proceeding` while the maintenance window is closed."""
+    if download_only:
+        return Feedback(
+            action_id, "downloaded", "none", (f"downloaded into slot {slot}; not switched",), at=at
+        )
+    return Feedback(
+        action_id,
+        "proceeding",
+        "none",
+        (f"downloaded into slot {slot}; waiting for the maintenance window",),
+        at=at,
+    )
+
+
 def failed(action_id: str, reason: str, at: float) -> Feedback:
     return Feedback(action_id, "closed", "failure", (reason,), at=at)
 

@@ -22,8 +22,10 @@ QUEUE_FILE = "fleet-feedback.json"
 POLL_FILE = "fleet-poll.json"
 MAX_QUEUED = 64  # the oldest progress messages go first beyond this
 
-Phase = Literal["downloading", "installed", "testing", "reported"]
-PHASES = ("downloading", "installed", "testing", "reported")
+Phase = Literal["downloading", "downloaded", "installed", "testing", "reported"]
+PHASES = ("downloading", "downloaded", "installed", "testing", "reported")
+#: The phases before the boot switch: a cancel is confirmed, the target never boots.
+BEFORE_SWITCH = ("downloading", "downloaded")
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class PendingAction:
         action_id: The server's action id.
         version: The version the server assigned.
         artifact_hash: The artifact's strongest hash, `name:hex`.
-        phase: `downloading` (the install runs or was cut off), `installed` (the
+        phase: `downloading` (the install runs or was cut off), `downloaded`
+            (written and checked ahead, not switched to: download only, or
+            waiting for the maintenance window), `installed` (the
             switch was made, the reboot is due), `testing` (booted, not yet
             marked good, reported), `reported` (the final result is queued).
         target: The slot written (known once installed).
