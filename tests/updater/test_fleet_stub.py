@@ -311,3 +311,25 @@ def test_tokens_never_reach_messages(device: Device, stub: DdiStub) -> None:
     assert "check gateway_token" in result.detail
     assert "gw-secret" not in result.detail
     assert "gw-secret" not in repr(agent.fleet)
+
+
+def test_a_bug_in_one_cycle_fails_that_cycle_and_the_agent_lives_on(
+    device: Device, stub: DdiStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the poll answer's parser raises what no error class covers (a bug,
+    say one a hostile answer meets). `fleet run` must not die and restart into the same."""
+    agent = agent_for(device, stub)
+    parse = ddi.parse_poll
+
+    def broken(answer: object) -> ddi.Poll:
+        monkeypatch.setattr(ddi, "parse_poll", parse)
+        raise RuntimeError("unexpected shape")
+
+    monkeypatch.setattr(ddi, "parse_poll", broken)
+    failed = agent.poll_once()
+    assert failed.kind == "failed"
+    assert (
+        failed.detail == "internal error (a bug: please report it): RuntimeError: unexpected shape"
+    )
+    assert failed.wait > 0
+    assert agent.poll_once().kind == "none"  # the next cycle runs as ever

@@ -210,6 +210,10 @@ class FleetAgent:
             return CycleResult(
                 "failed", str(e), cycle.back_off(self._failures, self.fleet, None), e
             )
+        except Exception as e:  # a bug, perhaps met in a server's answer: the agent lives on
+            self._failures += 1
+            said = f"internal error (a bug: please report it): {type(e).__name__}: {e}"
+            return CycleResult("failed", said, cycle.back_off(self._failures, self.fleet, None), e)
         self._failures = 0
         return result
 
