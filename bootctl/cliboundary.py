@@ -14,6 +14,7 @@ import os
 import select
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -137,7 +138,11 @@ def run_cli(
     status = exitstatus.OK
     try:
         try:
-            done = run(args)
+            with warnings.catch_warnings():
+                # A library's warning (cryptography's about a certificate's odd name, say)
+                # would break the one-line reason; what matters is said in that line.
+                warnings.simplefilter("ignore")
+                done = run(args)
             sys.stdout.flush()
             return status if done is None else done
         except BrokenPipeError as e:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,3 +89,19 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
     r = closed_pipe_run("bootctl.cli", "--board", str(board), "--env-config", str(env), "print-env")
     assert r.returncode == 0
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
+
+
+def test_a_library_warning_does_not_break_the_one_line_reason() -> None:
+    """Run as a real process: pytest would catch the warning itself."""
+    script = """
+import argparse, sys, warnings
+from bootctl.cliboundary import run_cli
+def run(args):
+    warnings.warn("attribute's length must be >= 1", UserWarning)
+    raise ValueError("the reason")
+sys.exit(run_cli(argparse.ArgumentParser(prog="tool"), run, [(ValueError, 5)], []))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stderr) == (5, "tool: error: the reason\n")
