@@ -9,10 +9,12 @@ from pathlib import Path
 
 import bootfiles
 import chain
-from settings import BOOT_SIZE, SLOT_SIZE, SOURCE_DATE_EPOCH, MiB
+from settings import BOOT_SIZE, SLOT_SIZE, SOURCE_DATE_EPOCH, STATE_ON_BOOT, MiB
 from shell import run
 
 from bootctl.board import BoardConfig
+from bootctl.state import SlotVerity
+from updater.statedir import SLOTS_FILE, SlotRecord, StateDir
 
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
@@ -42,6 +44,7 @@ def boot_files(
     env_file = work / "env.bin"
     work.mkdir(parents=True, exist_ok=True)
     bootfiles.write_env(board, bootfiles.initial_env(board, verity_a), env_file)
+    state = {f"{STATE_ON_BOOT}/{SLOTS_FILE}": factory_record(board, verity_a, version, work)}
     if board.boot.chain != "script":
         signed, sidecars = chain.signed_boot_files(
             board,
@@ -52,15 +55,31 @@ def boot_files(
             version=version,
             work=work / "chain",
         )
-        return {**signed, env_name: env_file}, sidecars
+        return {**signed, env_name: env_file, **state}, sidecars
     files: dict[str, Path] = {board.boot.kernel: kernel / "vmlinuz", board.boot.initrd: initrd}
     files.update(bootfiles.boot_script(board, board_path, work / "script"))
     files[env_name] = env_file
+    files.update(state)
     if board.bootloader == "grub":
         efi = work / "BOOTX64.EFI"
         run("grub-mkimage", "-O", "x86_64-efi", "-p", "/EFI/BOOT", "-o", efi, *GRUB_MODULES)
         files["EFI/BOOT/BOOTX64.EFI"] = efi
     return files, {}
+
+
+def factory_record(board: BoardConfig, verity_a: str, version: str, work: Path) -> Path:
+    """The updater's record of what slot A holds from the factory (its `slots.json`), so that
+    `updater status` and the fleet client's `sw_version` name the running release at once."""
+    state = StateDir(work / "state")
+    record = SlotRecord(
+        version=version,
+        security_version=0,
+        compatible=board.compatible,
+        root_hash=SlotVerity.from_env(verity_a).root_hash,
+        installed_at=SOURCE_DATE_EPOCH,
+    )
+    state.record_slot("A", record)
+    return state.path / SLOTS_FILE
 
 
 def make_boot_partition(files: dict[str, Path], work: Path) -> Path:

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import wheels
 from cache import cached, digest, remove
-from settings import BUILD, GUEST_SERVER_IP, ROOTFS_OVERLAY, SOURCE_DATE_EPOCH, UPDATE_SERVER, Arch
+from settings import (
+    BUILD,
+    GUEST_SERVER_IP,
+    ROOTFS_OVERLAY,
+    SOURCE_DATE_EPOCH,
+    STATE_ON_BOOT,
+    UPDATE_SERVER,
+    Arch,
+)
 from shell import compileall, log, run
 
 from bootctl.board import BoardConfig
@@ -64,7 +72,7 @@ def device_files(
     }
     device = (
         'board = "board.toml"\nkeyring = "keyring.pem"\n'
-        f'state_dir = "{board.boot.mount}/abupdate/state"\n'
+        f'state_dir = "{board.boot.mount}/{STATE_ON_BOOT}"\n'
     )
     if opts.server_ca:
         files[f"{etc}/server-ca.pem"] = (Path(opts.server_ca).read_bytes(), 0o644)

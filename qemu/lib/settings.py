@@ -33,6 +33,9 @@ INITRAMFS_SLOT = QEMU_DIR / "initramfs" / "slot.sh"
 #: Fixed timestamp of every built file, so the same inputs give the same bytes.
 SOURCE_DATE_EPOCH = 1700000000
 
+#: The updater's state directory on the boot partition (the device config's `state_dir`).
+STATE_ON_BOOT = "abupdate/state"
+
 #: The update server as the guest knows it: user-mode networking forwards this address to
 #: the host (`vm.VmConfig.forward`), and the images' /etc/hosts names it UPDATE_SERVER.
 GUEST_SERVER_IP = "10.0.2.100"

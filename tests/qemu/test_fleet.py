@@ -111,9 +111,11 @@ def test_goosebit_update_then_fallback_reported(
 
         rc, out = poll(device, config)  # registers: configData tells goosebit the hardware
         assert rc == 9, out
-        # The factory image's slot A was not installed by the updater: it holds no
-        # version record, so sw_version is empty until the first install.
-        assert goosebit.device(controller)["hardware"]["model"] == compatible
+        # The image builder records the factory release of slot A, so the first configData
+        # names the running version.
+        view = goosebit.device(controller)
+        assert view["hardware"]["model"] == compatible
+        assert view["sw_version"] == "1.0.0", view
 
         # (a) A good update: installed, rebooted into B, marked good at boot, reported.
         goosebit.add_rollout(goosebit.add_bundle(good, "2.0.0", compatible))
