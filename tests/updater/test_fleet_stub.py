@@ -333,3 +333,36 @@ def test_a_bug_in_one_cycle_fails_that_cycle_and_the_agent_lives_on(
     )
     assert failed.wait > 0
     assert agent.poll_once().kind == "none"  # the next cycle runs as ever
+
+
+@pytest.mark.parametrize(
+    ("hook", "said"),
+    [
+        ("sh -c 'exit 3'", "it exited with status 3"),
+        ("/nonexistent/ask-the-user", "it cannot be run: No such file or directory"),
+    ],
+)
+def test_an_attempt_the_hook_declines_waits_and_fetches_nothing(
+    device: Device, stub: DdiStub, nginx_server: NginxServer, hook: str, said: str
+) -> None:
+    serve_bundle(device, stub, nginx_server, download="attempt", update="attempt")
+    served = len(nginx_server.log_entries())
+    agent = agent_for(device, stub, f"attempt_hook = {json.dumps(hook)}\n")
+    result = agent.poll_once()
+    assert (result.kind, result.detail) == ("none", f"the attempt hook postponed it: {said}")
+    assert stub.feedback == []  # not started: nothing to report yet
+    assert device.control().boot_state().primary == "A"
+    assert agent.state.pending() is None
+    assert len(nginx_server.log_entries()) == served  # the bundle was not fetched
+
+
+def test_an_attempt_the_hook_allows_installs(
+    device: Device, stub: DdiStub, nginx_server: NginxServer, tmp_path: Path
+) -> None:
+    serve_bundle(device, stub, nginx_server, download="attempt", update="attempt")
+    asked = tmp_path / "asked"
+    hook = f"sh -c 'echo \"$ABUPDATE_ACTION_ID\" > {asked}'"
+    agent = agent_for(device, stub, f"attempt_hook = {json.dumps(hook)}\n")
+    assert agent.poll_once().kind == "action"
+    assert asked.read_text() == "3\n"
+    assert device.control().boot_state().primary == "B"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import os
 import random
 import shlex
 import subprocess
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 Kind = Literal["action", "none", "failed"]
 _INSTALL_ERRORS = (BundleError, TrustError, PolicyError, TransportError, DeviceError, UsageError)
 PROGRESS_STEP = 25  # percent between two progress messages
+HOOK_TIMEOUT = 60  # seconds the attempt hook may take to answer
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,8 @@ class FleetAgent:
         assert poll.deployment is not None
         dep = ddi.parse_deployment(self.client.get_json(poll.deployment))
         now = self.clock()
-        decided = cycle.plan_deployment(dep, self.fleet)
+        declined = self._ask_attempt_hook(dep) if cycle.asks_the_hook(dep, self.fleet) else None
+        decided = cycle.plan_deployment(dep, self.fleet, declined)
         if decided.plan == "fail":
             self._report(feedback.failed(dep.action_id, decided.reason, now))
             return CycleResult(
@@ -391,6 +394,26 @@ class FleetAgent:
             done = self._install(dep, artifact, action, ahead=decided.reason)
             return dataclasses.replace(done, wait=self._wait(poll, active=False))
         return self._install(dep, artifact, action)
+
+    def _ask_attempt_hook(self, dep: ddi.Deployment) -> str | None:
+        """Run `attempt_hook` for a soft deployment: None if it lets the install go ahead,
+        else why not (its exit status, or why it could not run: then it postpones too)."""
+        assert self.fleet.attempt_hook is not None
+        env = {**os.environ, "ABUPDATE_ACTION_ID": dep.action_id}
+        try:
+            done = subprocess.run(
+                shlex.split(self.fleet.attempt_hook),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=HOOK_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return f"it did not answer within {HOOK_TIMEOUT} s"
+        except (OSError, ValueError) as e:
+            return f"it cannot be run: {getattr(e, 'strerror', None) or e}"
+        return None if done.returncode == 0 else f"it exited with status {done.returncode}"
 
     def _install(
         self,

@@ -69,15 +69,18 @@ class DeploymentPlan:
     reason: str = ""
 
 
-def plan_deployment(dep: Deployment, settings: FleetSettings) -> DeploymentPlan:
+def plan_deployment(
+    dep: Deployment, settings: FleetSettings, declined: str | None = None
+) -> DeploymentPlan:
     """Decide what a deployment asks of us (docs/fleet.md, "Deployments").
 
     `download: skip` waits, fetching nothing. A download-only deployment
     (`update: skip`) and one outside its maintenance window (`unavailable`) are
     downloaded ahead: written and checked into the inactive slot, not switched
     to; the window's opening installs them, keeping the blocks written. Otherwise
-    our one bundle is installed, `attempt` like `forced`. No bundle, or several,
-    fails naming what was offered.
+    our one bundle is installed; a soft one (`update: attempt`) waits instead when
+    the device's `attempt_hook` `declined` it (why). No bundle, or several, fails
+    naming what was offered.
     """
     try:
         artifact = pick_artifact(dep.artifacts, settings.artifact)
@@ -97,7 +100,14 @@ def plan_deployment(dep: Deployment, settings: FleetSettings) -> DeploymentPlan:
         return DeploymentPlan("download", artifact, "download only")
     if dep.maintenance_window == "unavailable":
         return DeploymentPlan("download", artifact, "outside the maintenance window")
+    if dep.update == "attempt" and declined is not None:
+        return DeploymentPlan("wait", artifact, f"the attempt hook postponed it: {declined}")
     return DeploymentPlan("install", artifact)
+
+
+def asks_the_hook(dep: Deployment, settings: FleetSettings) -> bool:
+    """Whether the device's `attempt_hook` must be asked about this deployment first."""
+    return settings.attempt_hook is not None and dep.update == "attempt"
 
 
 def next_wait(

@@ -28,6 +28,7 @@ FLEET_KEYS = {
     "artifact",
     "max_download_bytes",
     "reboot",
+    "attempt_hook",
     "attributes",
 }
 MACHINE_ID = Path("/etc/machine-id")
@@ -51,6 +52,8 @@ class FleetSettings:
         artifact: File-name glob of the bundle among a chunk's artifacts.
         max_download_bytes: Most bytes one install may download (None: no limit).
         reboot: `auto` (run `reboot`), `none`, or a command line to run.
+        attempt_hook: A command line asked before a soft (`attempt`) deployment is
+            installed: exit status 0 lets it go ahead, anything else postpones it.
         attributes: Extra configData strings sent to the server.
     """
 
@@ -66,6 +69,7 @@ class FleetSettings:
     artifact: str = "*.bundle"
     max_download_bytes: int | None = None
     reboot: str = "auto"
+    attempt_hook: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -176,5 +180,6 @@ def parse_fleet(table: Mapping[str, Any], *, machine_id: Path = MACHINE_ID) -> F
         artifact=_string(table, "artifact", "*.bundle") or "*.bundle",
         max_download_bytes=limit,
         reboot=_string(table, "reboot", "auto") or "auto",
+        attempt_hook=_string(table, "attempt_hook", None) or None,
         attributes=dict(attributes),
     )
