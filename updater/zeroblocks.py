@@ -31,7 +31,7 @@ class ZeroBlocks:
 
     @classmethod
     def for_salt(cls, salt: bytes) -> ZeroBlocks:
-        return cls(verity.digest_blocks(salt, bytes(BLOCK)))
+        return cls(verity.zero_block_digest(salt))
 
     def is_zero(self, leaf: bytes, i: int) -> bool:
         """Whether entry i of the leaf block `leaf` is a zero block's digest."""

@@ -24,8 +24,9 @@ class Progress:
     """One progress report.
 
     Attributes:
-        phase: what is being done: "hashing", "writing", "verifying" (bundle-tool);
-            "tree", "index", "data", "boot-files", "read-back" or "switch" (the updater).
+        phase: what is being done: "hashing" (create writes as it hashes) or
+            "verifying" (bundle-tool); "tree", "index", "data", "boot-files",
+            "read-back" or "switch" (the updater).
         done: what is done of this phase so far, in bytes (the updater's
             "boot-files": files written of the boot folder; "switch": 0 of 1).
         total: the size of this phase in the same unit.

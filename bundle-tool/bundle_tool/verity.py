@@ -12,14 +12,16 @@ checking is done by `TreeChecker` (device side, streaming, in small memory).
 
 from __future__ import annotations
 
-import functools
+import bisect
+import contextlib
+import errno
 import hashlib
 import itertools
 import mmap
 import os
 import tempfile
 import uuid as uuid_mod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -258,6 +260,137 @@ def hash_mapped(fd: int, base: hashlib._Hash, span: tuple[int, int]) -> bytes:
             view.release()
 
 
+#: Where the builder puts each chunk's blocks once they are hashed: store(first block,
+#: data), for each run of blocks that are not all zeros (see `SpanHasher`).
+Store = Callable[[int, memoryview], None]
+
+
+def zero_block_digest(salt: bytes) -> bytes:
+    """sha256(salt || 4096 zero bytes): the leaf digest of a block of zeros."""
+    return digest_blocks(salt, bytes(BLOCK_SIZE))
+
+
+def data_runs(fd: int, data_blocks: int) -> list[tuple[int, int]]:
+    """The runs (first, count) of the first `data_blocks` blocks that the file holds data for.
+
+    The blocks outside them lie in holes of a sparse file: they read as zeros and need
+    not be read to be known. The filesystem says where its holes are (`SEEK_DATA` and
+    `SEEK_HOLE`, as `cp` asks); a block partly in a hole counts as data, and a file or
+    device that cannot tell is all data. One pass over the file (on tmpfs each call
+    scans its pages up to the answer).
+    """
+    pos, end = 0, data_blocks * BLOCK_SIZE
+    runs: list[tuple[int, int]] = []
+    while pos < end:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # nothing but a hole up to the end of the file
+                break
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                return [(0, data_blocks)]
+            raise
+        if start >= end:
+            break
+        lo = start // BLOCK_SIZE
+        hi = min(-(-stop // BLOCK_SIZE), data_blocks)
+        if runs and runs[-1][0] + runs[-1][1] == lo:
+            lo = runs.pop()[0]
+        runs.append((lo, hi - lo))
+        pos = hi * BLOCK_SIZE
+    return runs
+
+
+def clip_runs(runs: Sequence[tuple[int, int]], span: tuple[int, int]) -> list[tuple[int, int]]:
+    """The parts of the sorted, disjoint `runs` (first, count) that lie within `span`."""
+    first, count = span
+    end = first + count
+    i = max(0, bisect.bisect_right(runs, (first, end)) - 1)
+    out = []
+    for lo, n in runs[i:]:
+        if lo >= end:
+            break
+        a, b = max(lo, first), min(lo + n, end)
+        if a < b:
+            out.append((a, b - a))
+    return out
+
+
+def nonzero_runs(digests: bytes, zero: bytes) -> Iterator[tuple[int, int]]:
+    """The runs (first, count) of the entries of `digests` that are not `zero`."""
+    n = len(digests) // DIGEST_SIZE
+    pos = 0
+    while pos < n:
+        # The next entry equal to `zero` (a match found off an entry boundary is not one).
+        at = digests.find(zero, pos * DIGEST_SIZE)
+        while at >= 0 and at % DIGEST_SIZE:
+            at = digests.find(zero, at + 1)
+        stop = n if at < 0 else at // DIGEST_SIZE
+        if stop > pos:
+            yield pos, stop - pos
+        pos = stop
+        while pos < n and digests[pos * DIGEST_SIZE : (pos + 1) * DIGEST_SIZE] == zero:
+            pos += 1
+
+
+@dataclass(frozen=True)
+class SpanHasher:
+    """Leaf digests of spans of blocks of an image, as `hash_mapped`, but sparse-aware.
+
+    Blocks outside `data` (holes of the file, see `data_runs`) are not read: their
+    digest is `zero`'s. Then `store(first block, data)` gets each run of blocks of
+    the span that are not zero blocks, straight from the mapping they were hashed
+    in (the page cache, still warm); it must not keep `data`. A span is hashed
+    where this is called: in a forked worker, `store` may only write to files.
+
+    Attributes:
+        fd: the image, open for reading.
+        base: sha256(salt), copied for each block.
+        zero: the zero block's digest under that salt (`zero_block_digest`).
+        data: the runs of blocks that hold data (`data_runs`).
+        store: where the blocks go (None: nowhere).
+    """
+
+    fd: int
+    base: hashlib._Hash
+    zero: bytes
+    data: Sequence[tuple[int, int]]
+    store: Store | None = None
+
+    def __call__(self, span: tuple[int, int]) -> bytes:
+        """The concatenated 32-byte digests of span (first block, number of blocks)."""
+        first, count = span
+        runs = clip_runs(self.data, span)
+        zero = self.zero
+        if not runs:
+            return zero * count
+        m = mmap.mmap(
+            self.fd, count * BLOCK_SIZE, offset=first * BLOCK_SIZE, access=mmap.ACCESS_READ
+        )
+        view = memoryview(m)
+        try:
+            parts: list[bytes] = []
+            done = first
+            for lo, n in runs:
+                at = (lo - first) * BLOCK_SIZE
+                parts.append(zero * (lo - done))
+                parts.append(_digests(self.base.copy, view[at : at + n * BLOCK_SIZE]))
+                done = lo + n
+            parts.append(zero * (first + count - done))
+            digests = b"".join(parts)
+            if self.store is not None:
+                for lo, n in nonzero_runs(digests, zero):
+                    self.store(first + lo, view[lo * BLOCK_SIZE : (lo + n) * BLOCK_SIZE])
+            return digests
+        finally:
+            view.release()
+            # A view `store` was given may outlive this call in a traceback; the mapping
+            # then goes when that view does.
+            with contextlib.suppress(BufferError):
+                m.close()
+
+
 def file_leaf_digests(
     path: str,
     salt: bytes,
@@ -266,14 +399,16 @@ def file_leaf_digests(
     *,
     observe: Callable[[bytes], None] | None = None,
     hashed: Callable[[int, int], None] | None = None,
+    store: Store | None = None,
 ) -> Iterator[bytes]:
     """Leaf digests of the image's data blocks, in order, one chunk of blocks at a time.
 
-    Worker processes (one per core) hash the chunks; see `forked`. `observe` sees
-    every chunk of data in order (e.g. for a whole-image hash); it runs in this
-    process while the workers hash. `hashed(first block, count)` is told of each
-    chunk once its digests are in, before they are yielded (e.g. to copy the
-    chunk elsewhere while the workers hash the next ones).
+    Worker processes (one per core) hash the chunks with a `SpanHasher`: holes of a
+    sparse image are not read, and `store` (if given) gets the chunk's blocks that
+    are not zeros where they were hashed, in the worker. `observe` sees every chunk
+    of data in order (e.g. for a whole-image hash); it runs in this process while
+    the workers hash. `hashed(first block, count)` is told of each chunk once its
+    digests are in, before they are yielded.
     Raises BundleIOError if the file holds fewer than `data_blocks` blocks.
     """
     workers = workers or os.cpu_count() or 1
@@ -287,11 +422,13 @@ def file_leaf_digests(
             raise BundleIOError(
                 f"{path}: holds fewer than {data_blocks} blocks of {BLOCK_SIZE} bytes"
             )
-        base = hashlib.sha256(salt)
+        hash_one = SpanHasher(
+            fd, hashlib.sha256(salt), zero_block_digest(salt), data_runs(fd, data_blocks), store
+        )
         if workers <= 1 or data_blocks <= 4 * CHUNK_BLOCKS:
-            digests: Iterator[bytes] = (hash_mapped(fd, base, span) for span in spans)
+            digests: Iterator[bytes] = (hash_one(span) for span in spans)
         else:
-            digests = forked.ordered_map(functools.partial(hash_mapped, fd, base), spans, workers)
+            digests = forked.ordered_map(hash_one, spans, workers)
         for (first, count), chunk in zip(spans, digests, strict=True):
             if observe:
                 observe(os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE))
@@ -308,6 +445,7 @@ def build_tree(
     workers: int | None = None,
     observe: Callable[[bytes], None] | None = None,
     hashed: Callable[[int, int], None] | None = None,
+    store: Store | None = None,
     spool_dir: str | None = None,
 ) -> Tree:
     """Build the hash tree of the first `data_blocks` blocks of the file at `path`.
@@ -319,6 +457,8 @@ def build_tree(
         workers: hashing processes (default: CPU count; small images use none).
         observe: called in order with every chunk of image data read.
         hashed: called in order with (first block, count) of each chunk hashed.
+        store: given each run of blocks that are not zeros once hashed, in the
+            worker that hashed them (see `SpanHasher`).
         spool_dir: where a large tree is spooled (default: the system temp dir).
 
     Returns:
@@ -332,7 +472,7 @@ def build_tree(
         leaf_size = 0
         first_leaves = b""
         for digests in file_leaf_digests(
-            path, salt, data_blocks, workers, observe=observe, hashed=hashed
+            path, salt, data_blocks, workers, observe=observe, hashed=hashed, store=store
         ):
             if not first_leaves:
                 first_leaves = digests[:DIGEST_SIZE]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -218,53 +219,129 @@ def _input(slot_class: str, path: Path, spool: contextlib.ExitStack, spool_dir: 
     return _Input(slot_class, padded, padded.stat(), size)
 
 
+#: Signings tried for a head of the planned size (an ECDSA signature's length varies).
+SIGN_TRIES = 8
+
+
+def _head(manifest: Manifest, signers: Sequence[Signer], size: int | None = None) -> bytes:
+    """Header, manifest and signature block.
+
+    Given `size`, signatures that make the head another size are made again (up to
+    `SIGN_TRIES` times, while they come out different): the data was placed after a
+    head of that size.
+    """
+    manifest_raw = manifest.to_bytes()
+    last = b""
+    for _ in range(SIGN_TRIES):
+        sigs = build_signature_block([sign(manifest_raw, s) for s in signers])
+        if size is None or HEADER_SIZE + len(manifest_raw) + len(sigs) == size or sigs == last:
+            break
+        last = sigs
+    header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
+    return header.to_bytes() + manifest_raw + sigs
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where one image's parts lie in the bundle file (byte offsets)."""
+
+    area: int
+    summary: int
+    data: int
+
+
+def _places(head_size: int, images: Sequence[Image]) -> tuple[list[_Place], int]:
+    """Where each image goes after a head of `head_size` bytes, and where the images end."""
+    places = []
+    at = head_size
+    for image in images:
+        summary = at + image.verity.tree_size
+        places.append(_Place(at, summary, summary + image.leaf_summary_size))
+        at = summary + image.leaf_summary_size + image.size
+    return places, at
+
+
+def _planned_image(opts: CreateOptions, inp: _Input, salt: bytes) -> Image:
+    """An image's manifest entry before it is hashed: every field but the digests."""
+    blocks = inp.stat.st_size // verity.BLOCK_SIZE
+    blank = bytes(verity.DIGEST_SIZE)  # the digests are of fixed size
+    return Image(
+        slot_class=inp.slot_class,
+        size=inp.stat.st_size,
+        sha256=blank if opts.image_sha256 else None,
+        verity=VerityInfo(blank, salt, blocks, verity.Geometry.for_blocks(blocks).area_size),
+        architecture=opts.architecture,
+        leaf_summary_size=leafsummary.summary_size(blocks) if opts.leaf_summary else 0,
+        file_size=inp.file_size,
+    )
+
+
+def _manifest(
+    opts: CreateOptions, images: Sequence[Image], artifacts: Sequence[Artifact]
+) -> Manifest:
+    return Manifest(
+        compatible=opts.compatible,
+        version=opts.version,
+        security_version=opts.security_version,
+        build_time=opts.build_time,
+        images=tuple(images),
+        artifacts=tuple(artifacts),
+        expires=opts.expires,
+        architecture=opts.architecture,
+    )
+
+
 def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None) -> Manifest:
-    salt = opts.salt
     artifacts = tuple(_artifact(p, opts.architecture) for p in opts.artifacts)
     with contextlib.ExitStack() as spool:
         inputs = [_input(c, p, spool, output.parent) for c, p in opts.images]
+        salts = [opts.salt if opts.salt is not None else secrets.token_bytes(32) for _ in inputs]
+        planned = [_planned_image(opts, i, salt) for i, salt in zip(inputs, salts, strict=True)]
+        # The manifest takes as many bytes whatever the digests: each image's data has
+        # its place in the bundle before it is hashed, and goes there as it is hashed.
+        head_size = len(_head(_manifest(opts, planned, artifacts), opts.signers))
+        places, _ = _places(head_size, planned)
         # The output file first: an unwritable output fails before the image is hashed.
         fd, tmp = _temporary_output(output)
         try:
-            with os.fdopen(fd, "wb") as out:
-                trees = [
-                    spool.enter_context(_hash(opts, i, salt, output.parent, progress))
-                    for i in inputs
-                ]
-                manifest = Manifest(
-                    compatible=opts.compatible,
-                    version=opts.version,
-                    security_version=opts.security_version,
-                    build_time=opts.build_time,
-                    images=tuple(image for image, _ in trees),
-                    artifacts=artifacts,
-                    expires=opts.expires,
-                    architecture=opts.architecture,
-                )
-                manifest_raw = manifest.to_bytes()
-                sigs = build_signature_block([sign(manifest_raw, s) for s in opts.signers])
-                header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
-                out.write(header.to_bytes() + manifest_raw + sigs)
-                for inp, (image, tree) in zip(inputs, trees, strict=True):
-                    for chunk in tree.area_chunks():
-                        out.write(chunk)
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                store = functools.partial(_store, output, out.fileno())
+                images: list[Image] = []
+                trees: list[verity.Tree] = []
+                for inp, plan, place in zip(inputs, planned, places, strict=True):
+                    image, tree = _hash(
+                        opts,
+                        inp,
+                        plan,
+                        store=functools.partial(store, place.data),
+                        spool_dir=output.parent,
+                        progress=progress,
+                    )
+                    images.append(image)
+                    trees.append(spool.enter_context(tree))
+                manifest = _manifest(opts, images, artifacts)
+                head = _head(manifest, opts.signers, head_size)
+                places, end = _places(len(head), images)
+                if len(head) != head_size:
+                    # The signatures came out of another length: every image is copied
+                    # whole to its real place (each byte of the bundle is written again).
+                    for inp, image, place in zip(inputs, images, places, strict=True):
+                        with inp.path.open("rb") as img:
+                            _copy_at(img.fileno(), out.fileno(), 0, place.data, image.size)
+                _write_at(out.fileno(), [head], 0)
+                for image, tree, place in zip(images, trees, places, strict=True):
+                    _write_at(out.fileno(), tree.area_chunks(), place.area)
                     if image.leaf_summary_size:
-                        for chunk in leafsummary.summarize(tree.level_chunks(0)):
-                            out.write(chunk)
-                    out.flush()
-                    with inp.path.open("rb") as img:
-                        if os.fstat(img.fileno()).st_mtime_ns != inp.stat.st_mtime_ns:
-                            raise BundleIOError(f"{inp.path} changed while the bundle was built")
-                        copy_range(img.fileno(), out.fileno(), 0, image.size)
-                    if progress:
-                        progress(Progress("writing", image.size, image.size))
+                        summary = leafsummary.summarize(tree.level_chunks(0))
+                        _write_at(out.fileno(), summary, place.summary)
                 for path, art in zip(opts.artifacts, artifacts, strict=True):
                     with path.open("rb") as f:
-                        copy_range(f.fileno(), out.fileno(), 0, art.size)
+                        _copy_at(f.fileno(), out.fileno(), 0, end, art.size)
+                    end += art.size
+                # Zero blocks were not written: they read as zeros up to the end.
+                os.ftruncate(out.fileno(), end)
                 # No fsync: a build tool leaves durability to the build system; the
                 # rename below still means no reader ever sees a partial bundle.
-            if os.path.getsize(tmp) != header.total_size:
-                raise BundleIOError("an input file changed size while the bundle was written")
             os.chmod(tmp, 0o644)
             try:
                 os.replace(tmp, output)
@@ -276,15 +353,42 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
     return manifest
 
 
-@contextlib.contextmanager
+def _store(output: Path, out: int, at: int, first: int, data: memoryview) -> None:
+    """Write hashed blocks of an image whose data starts at `at` of the bundle."""
+    try:
+        _write_at(out, [data], at + first * verity.BLOCK_SIZE)
+    except OSError as e:
+        raise _cannot_write(output, e) from None
+
+
+def _write_at(fd: int, chunks: Iterable[bytes | memoryview], offset: int) -> None:
+    """Write `chunks` one after the other from `offset` of `fd` (its position unused)."""
+    for chunk in chunks:
+        done = 0
+        while done < len(chunk):
+            done += os.pwrite(fd, chunk[done:], offset + done)
+        offset += done
+
+
+def _copy_at(src: int, dst: int, src_offset: int, dst_offset: int, length: int) -> None:
+    """Copy `length` bytes of `src` from `src_offset` to `dst` at `dst_offset`."""
+    os.lseek(dst, dst_offset, os.SEEK_SET)
+    copy_range(src, dst, src_offset, length)
+
+
 def _hash(
     opts: CreateOptions,
     inp: _Input,
-    salt: bytes | None,
+    planned: Image,
+    *,
+    store: verity.Store,
     spool_dir: Path,
     progress: ProgressCallback | None,
-) -> Iterator[tuple[Image, verity.Tree]]:
-    """One image's hash tree and manifest entry (the tree is spooled until it is written)."""
+) -> tuple[Image, verity.Tree]:
+    """One image's manifest entry and hash tree; its blocks go to `store` as they are hashed.
+
+    Close the tree (which is spooled until it is written).
+    """
     size = inp.stat.st_size
     sha = hashlib.sha256() if opts.image_sha256 else None
 
@@ -292,29 +396,25 @@ def _hash(
         if progress:
             progress(Progress("hashing", (first + count) * verity.BLOCK_SIZE, size))
 
-    salt = salt if salt is not None else secrets.token_bytes(32)
-    with verity.build_tree(
+    tree = verity.build_tree(
         str(inp.path),
         size // verity.BLOCK_SIZE,
-        salt,
+        planned.verity.salt,
         observe=None if sha is None else sha.update,
         hashed=hashed,
+        store=store,
         spool_dir=str(spool_dir),
-    ) as tree:
-        yield (
-            Image(
-                slot_class=inp.slot_class,
-                size=size,
-                sha256=None if sha is None else sha.digest(),
-                verity=VerityInfo(tree.root_hash, salt, tree.data_blocks, tree.area_size),
-                architecture=opts.architecture,
-                leaf_summary_size=leafsummary.summary_size(tree.data_blocks)
-                if opts.leaf_summary
-                else 0,
-                file_size=inp.file_size,
-            ),
-            tree,
-        )
+    )
+    try:
+        if os.stat(inp.path).st_mtime_ns != inp.stat.st_mtime_ns:
+            raise BundleIOError(f"{inp.path} changed while the bundle was built")
+        vinfo = replace(planned.verity, root_hash=tree.root_hash)
+        if vinfo.tree_size != tree.area_size:
+            raise AssertionError("the tree is not of the planned size")
+        return replace(planned, verity=vinfo, sha256=None if sha is None else sha.digest()), tree
+    except BaseException:
+        tree.close()
+        raise
 
 
 def read_head_file(path: Path) -> tuple[UncheckedHead, int]:
