@@ -3,7 +3,7 @@
 Run from the repository root (after ./.ci/setup):
 
     .venv/bin/python tests/benchmarks/bench_all.py [--size 1G] [--repeat 1]
-        [--workdir DIR] [--keep] [--images random,ext4]
+        [--workdir DIR] [--keep] [--images random,ext4] [--only create|install]
 
 For each of two images of --size: the AES-CTR image (deterministic, incompressible,
 no zero block) and a real ext4 filesystem made with `mkfs.ext4 -d` from a tree of
@@ -31,10 +31,12 @@ GiB, and peak RSS, with the minimum over --repeat runs (default 1):
             and their share of the image; for the fresh install beside the share of
             the image's non-zero blocks.
 
-Ratios against the references follow each section. Before each timed run the
-files it reads have their cached pages dropped. Everything lives in a temporary
-directory (default under build/; --workdir picks another, e.g. /dev/shm) removed at
-the end unless --keep is given. Not a test: pytest does not collect it.
+Ratios against the references follow each section; ours and `veritysetup format`
+run alternately, and the median of the pairs' wall-time ratios is printed too
+(`--only create` runs that section alone, for many --repeat on a loaded machine).
+Before each timed run the files it reads have their cached pages dropped. Everything
+lives in a temporary directory (default under build/; --workdir picks another, e.g.
+/dev/shm) removed at the end unless --keep is given. Not a test: pytest does not collect it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
@@ -114,6 +117,23 @@ def best(n: int, once: Callable[[], Run], before: Callable[[], None] | None = No
             before()
         runs.append(once())
     return min(runs, key=lambda r: r.seconds)
+
+
+def interleaved(n: int, a: Callable[[], Run], b: Callable[[], Run]) -> tuple[Run, Run, list[float]]:
+    """`a` and `b` run alternately `n` times: the fastest run of each and the wall-time
+    ratio a/b of each pair."""
+    pairs = [(a(), b()) for _ in range(n)]
+    ratios = [x.seconds / y.seconds for x, y in pairs]
+    fastest = min((x for x, _ in pairs), key=lambda r: r.seconds)
+    return fastest, min((y for _, y in pairs), key=lambda r: r.seconds), ratios
+
+
+def ratio_summary(ratios: Sequence[float]) -> str:
+    """Median and range of ratios."""
+    return (
+        f"median {statistics.median(ratios):.2f}x (from {min(ratios):.2f}x to "
+        f"{max(ratios):.2f}x over {len(ratios)} pairs)"
+    )
 
 
 def summed(runs: Sequence[Run]) -> Run:
@@ -421,18 +441,21 @@ def bench_image(
         created.append(root)
         return run
 
-    table.add("ours: bundle-tool create", best(n, create))
-    root = created[-1]
     hash_file = workdir / "hash.img"
 
     def vformat() -> Run:
         drop_cache(image)
         run, vroot = bench_install_format(image, hash_file)
-        if vroot != root:
-            raise RuntimeError(f"veritysetup format gives root {vroot}, ours {root}")
+        if vroot != created[-1]:
+            raise RuntimeError(f"veritysetup format gives root {vroot}, ours {created[-1]}")
         return run
 
-    table.add("veritysetup format", best(n, vformat))
+    # Ours and the reference alternate, so that both see the same load.
+    ours, ref, ratios = interleaved(n, create, vformat)
+    table.add("ours: bundle-tool create", ours)
+    table.add("veritysetup format", ref)
+    print(f"    create / veritysetup format, run by run: wall {ratio_summary(ratios)}")
+    root = created[-1]
     hash_file.unlink(missing_ok=True)
     if ctx["rauc"] is not None:
         raucb = workdir / f"{name}.raucb"
@@ -450,6 +473,9 @@ def bench_image(
         "mender-artifact write (no compression)",
     ):
         table.ratio("ours: bundle-tool create", ref)
+    if args.only == "create":
+        bundle.unlink()
+        return
 
     print(" install from a file, and one pass over the data")
     device = ctx["device"]
@@ -577,6 +603,13 @@ def main() -> None:
         help="which images: random (AES-CTR), ext4 (default both)",
     )
     parser.add_argument("--no-https", action="store_true", help="skip nginx and the HTTPS rows")
+    parser.add_argument(
+        "--only",
+        choices=("create", "install"),
+        help="run one part only: create (ours, veritysetup format, rauc, mender), or "
+        "install (ours from the file and the one-pass references; no rauc, mender, HTTPS: "
+        "e.g. the peak RSS at --size 4G)",
+    )
     args = parser.parse_args()
     workdir = common.make_workdir(args.workdir)
     started = time.perf_counter()
@@ -595,18 +628,20 @@ def main() -> None:
         www.mkdir()
         device = make_device(workdir / "dev", pki, image_bytes(256, seed=1))
         ctx: dict[str, Any] = {"workdir": workdir, "pki": pki, "www": www, "device": device}
-        ctx["mender"] = shutil.which("mender-artifact") is not None
-        if not ctx["mender"]:
+        ctx["mender"] = args.only != "install" and shutil.which("mender-artifact") is not None
+        if not ctx["mender"] and args.only != "install":
             print("mender-artifact not installed: its row is left out")
         with contextlib.ExitStack() as stack:
             ctx["rauc"] = None
-            if shutil.which("rauc") and shutil.which("dbus-daemon"):
+            if args.only == "install":
+                pass
+            elif shutil.which("rauc") and shutil.which("dbus-daemon"):
                 ctx["bus"] = stack.enter_context(session_bus(workdir))
                 ctx["rauc"] = Rauc(workdir, size)
             else:
                 print("rauc or dbus-daemon not installed: the RAUC rows are left out")
             ctx["nginx"] = None
-            if not args.no_https:
+            if not args.no_https and args.only is None:
                 (workdir / "tls").mkdir()
                 tls = make_tls_files(workdir / "tls")
                 (workdir / "nginx").mkdir()
