@@ -25,7 +25,7 @@ from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
 from bootctl.errors import BootctlError
 from bootctl.state import SlotVerity
 
-from . import bootimage, bootkeys, container, keygen, keysource, policy, reader, signing, verity
+from . import container, keygen, keysource, policy, reader, signing, verity
 from .errors import BundleError, BundleIOError, BundleToolError, PolicyError, TrustError, UsageError
 from .extract import extract_bundle
 from .filereader import FileReader
@@ -106,6 +106,8 @@ def manifest_json(manifest: Manifest) -> dict[str, Any]:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
+    from . import bootkeys  # noqa: PLC0415 - slow to load; only keygen needs it
+
     if args.boot:
         keys = bootkeys.make_dev_boot_keys(Path(args.output))
         return {
@@ -143,6 +145,8 @@ def _salt(text: str) -> bytes:
 
 def _slot_verity(args: argparse.Namespace) -> SlotVerity:
     """The root hash a boot image carries: `--verity`, or computed from `--rootfs`."""
+    from . import bootimage  # noqa: PLC0415 - slow to load; only boot commands need it
+
     if args.verity:
         try:
             return SlotVerity.from_env(args.verity)
@@ -157,6 +161,8 @@ def _slot_verity(args: argparse.Namespace) -> SlotVerity:
 
 
 def _cmd_boot_image(args: argparse.Namespace) -> dict[str, Any]:
+    from . import bootimage  # noqa: PLC0415 - slow to load; only boot commands need it
+
     board = _board(args.board_config)
     slot_verity = _slot_verity(args)
     out = Path(args.output)
@@ -181,6 +187,8 @@ def _cmd_boot_image(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_bootloader(args: argparse.Namespace) -> dict[str, Any]:
+    from . import bootimage  # noqa: PLC0415 - slow to load; only boot commands need it
+
     board = _board(args.board_config)
     bootimage.build_bootloader(
         board,

@@ -26,6 +26,9 @@ def elf_machine(stream: BinaryIO) -> str | None:
     stream.seek(0)
     if stream.read(4) != ELF_MAGIC:
         return None
+    from elftools.common.exceptions import ELFError  # noqa: PLC0415 - only ELF files need it
+    from elftools.elf.elffile import ELFFile  # noqa: PLC0415
+
     stream.seek(0)
     try:
         from elftools.common.exceptions import ELFError  # noqa: PLC0415 - host-only
