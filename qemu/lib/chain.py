@@ -19,7 +19,11 @@ from settings import OVMF_VARS
 from shell import run
 
 from bootctl.board import BoardConfig
-from bundle_tool import bootkeys
+from bundle_tool import bootkeys, cpio
+
+#: In each release's initramfs: the release's version, which /init prints, so that the
+#: device flows see which boot image runs.
+RELEASE_FILE = "etc/abupdate/release"
 
 
 def control_dtb(board_path: Path, keys: Path, work: Path) -> Path:
@@ -51,6 +55,21 @@ def _bundle_tool(*args: str | Path) -> None:
     run(sys.executable, "-m", "bundle_tool.cli", *args, env=REPRODUCIBLE, capture_output=True)
 
 
+def release_initramfs(initrd: Path, version: str, work: Path) -> Path:
+    """The image's initramfs with `version` in `RELEASE_FILE` (an archive appended)."""
+    data = initrd.read_bytes()
+    archive = cpio.build(
+        [
+            cpio.Entry("etc", 0o040755),
+            cpio.Entry("etc/abupdate", 0o040755),
+            cpio.Entry(RELEASE_FILE, 0o100444, f"{version}\n".encode()),
+        ]
+    )
+    out = work / "initrd-release.img"
+    out.write_bytes(data + b"\0" * (-len(data) % 4) + archive)
+    return out
+
+
 def release_boot_files(
     board: BoardConfig,
     board_path: Path,
@@ -62,9 +81,11 @@ def release_boot_files(
     work: Path,
 ) -> dict[str, Path]:
     """The signed boot files of one release (`bundle-tool boot-image`): slot class -> file
-    named as the board's `boot.files` name it (a FIT, or a UKI and its gpg signature)."""
+    named as the board's `boot.files` name it (a FIT, or a UKI and its gpg signature).
+    The initramfs carries the release's version (`release_initramfs`)."""
     work.mkdir(parents=True, exist_ok=True)
     image = work / board.boot.image
+    initrd = release_initramfs(initrd, version, work)
     _bundle_tool(
         *("boot-image", "--board-config", board_path, "--kernel", kernel, "--initramfs", initrd),
         *("--verity", verity, "--version", version, "--boot-keys", boot_keys(), "-o", image),

@@ -22,6 +22,12 @@ from tests.qemu.target import QemuTarget, Target
 BOOTED = r"abupdate: booted slot (\w+), version (\S+)\n"
 READY = r"abupdate: system ready\n"
 INITRAMFS_FAILED = r"abupdate-initramfs: FAILED: ([^\n]*)\n"
+#: UEFI firmware that refused or found every boot option: it then waits for ever.
+NO_BOOTABLE = r"No bootable option or device was found"
+
+
+class NoBootableOption(AssertionError):
+    """The firmware found nothing it would start: the boot cannot come up, stop waiting."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +135,15 @@ class Device:
         return self.con.expect(pattern, timeout or self.target.boot_timeout)
 
     def wait_booted(self, timeout: float | None = None) -> Boot:
-        """Wait until userspace came up and the shell is ready; return the slot and version."""
-        m = self.expect(BOOTED, timeout)
+        """Wait until userspace came up and the shell is ready; return the slot and version.
+
+        Raises:
+            NoBootableOption: The firmware said it has nothing to boot (at once, not after
+                the timeout).
+        """
+        m = self.expect(f"{BOOTED}|{NO_BOOTABLE}", timeout)
+        if m.group(1) is None:
+            raise NoBootableOption(f"the firmware says: {m.group(0)}")
         boot = Boot(m.group(1), m.group(2))
         ready = self.expect(READY, 120)
         self.boot_messages = self.con.log[m.end() : ready.start()]

@@ -1,0 +1,214 @@
+"""Attacks on the verified boot chain, on the whole emulated device (docs/verified-boot.md).
+
+Whoever can write the disk of a powered-off device (here: the test, through
+`bootpart.BootPartition`) writes the boot environment or a slot's boot files; the chain
+must still boot only what was signed, count every refusal as a failed try and fall back
+to the other slot. Each flow starts from the base image (1.0.0 in slot A) and installs
+the 2.0.0 bundle, whose signed boot image carries its own root hash and release.
+Refusals run with one try for B (set in the environment), so each attack costs one
+refused boot.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bundle_tool import bootkeys
+from tests.qemu.bootattacks import signed_by, tampered_kernel, unsigned
+from tests.qemu.bootpart import BootPartition
+from tests.qemu.conftest import Bundles
+from tests.qemu.device import INITRAMFS_FAILED, Boot, Device, NoBootableOption
+from tests.qemu.test_flows import BUNDLE, attach_usb, install, mount_usb
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+#: What a payload prints if it runs (`echo ${VAR}-pwned`): the variable expanded, so the
+#: payload's own text never matches.
+PAYLOAD = {
+    "u-boot": ("echo ${arch}-pwned", "arm-pwned"),
+    "grub": ("echo ${grub_cpu}-pwned", "x86_64-pwned"),
+}
+SIGNED_INITRAMFS = "(root hash from the signed initramfs)"
+
+
+def release_line(version: str) -> str:
+    return f"abupdate-initramfs: boot image of release {version}\n"
+
+
+def installed_b(device: Device, bundles: Bundles, tmp_path: Path) -> BootPartition:
+    """Boot A, install the 2.0.0 bundle into B from a USB stick, power off."""
+    attach_usb(device, {"update.bundle": bundles.get(device.arch, "2.0.0", 2)}, tmp_path)
+    device.power_on()
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    assert release_line("1.0.0") in device.con.log
+    mount_usb(device)
+    rc, result = install(device)
+    assert rc == 0, result
+    device.sh("sync")
+    device.power_off()
+    return BootPartition(device.disk, device.board)
+
+
+def test_environment_cannot_change_what_boots_and_the_new_kernel_runs(
+    qemu_only: Device, bundles: Bundles, tmp_path: Path
+) -> None:
+    """Flows 1 and 6: B's first boot after the install, with an attacker's environment.
+
+    The environment gets another root hash for B, the switch that turns the bootloader's
+    checks off, its own kernel command line and boot command, and a `;` payload in
+    BOOT_ORDER. B still boots, with the root hash of its signed initramfs, the new
+    release's boot image runs (its initramfs says so) and B is marked good.
+    """
+    device = qemu_only
+    part = installed_b(device, bundles, tmp_path)
+    env = part.env()
+    signed_hash = env["BOOT_B_VERITY"].split(":")[0]
+    attacker = env["BOOT_A_VERITY"]  # a root filesystem the attacker can read: A's
+    payload, ran = PAYLOAD[device.board.bootloader]
+    attack = {
+        "BOOT_B_VERITY": attacker,
+        "BOOT_ORDER": f"B A;{payload}",
+        "bootargs": f"{device.board.kernel_args} abupdate.verity={attacker} init=/bin/sh",
+        "bootcmd": payload,
+    }
+    if device.board.bootloader == "u-boot":
+        attack["verify"] = "n"
+    else:
+        attack |= {"check_signatures": "no", "root": "hd0,gpt2"}
+    part.set_env(env | attack)
+
+    device.power_on()
+    assert device.wait_booted() == Boot("B", "2.0.0")
+    log = device.con.log
+    assert f"abupdate-initramfs: slot=B root=/dev/vda3 {SIGNED_INITRAMFS}" in log
+    assert release_line("2.0.0") in log
+    assert "slot B marked good" in device.boot_messages
+    status = device.verity_root()
+    assert "data device: /dev/vda3" in status
+    assert status.split("root hash:")[1].split()[0] == signed_hash != attacker.split(":")[0]
+    cmdline = device.sh("cat /proc/cmdline")
+    assert "abupdate.verity" not in cmdline and "abupdate.root" not in cmdline, cmdline
+    assert "init=" not in cmdline and "pwned" not in cmdline, cmdline
+    if device.board.bootloader == "u-boot":
+        assert f"abupdate: bootargs [{device.board.kernel_args} abupdate.slot=B]" in log
+    assert ran not in device.con.log
+    # The running system tells B's boot image apart from A's. (The installed version is
+    # "unknown": the record of the install no longer matches BOOT_B_VERITY.)
+    status_text = device.sh("updater status")
+    assert re.search(r"slot B: .*boot image 2\.0\.0, booted", status_text), status_text
+    assert re.search(r"slot A: .*boot image 1\.0\.0", status_text), status_text
+
+
+def test_refused_boot_images_cost_a_try_and_a_boots(
+    qemu_only: Device, bundles: Bundles, tmp_path: Path
+) -> None:
+    """Flows 2, 3 and 4: B's boot image with one kernel byte changed, without signatures,
+    signed with another key, and A's own (valid) boot image copied into B. Each is refused
+    (by U-Boot / GRUB, or by dm-verity for A's image), costs B its one try, and A boots."""
+    device = qemu_only
+    board = device.board
+    part = installed_b(device, bundles, tmp_path)
+    good = part.slot_files("B")
+    other = bootkeys.DevBootKeys(tmp_path / "other-boot-keys")
+    bootkeys.make_dev_boot_keys(other.root)
+    fit = board.boot.chain == "fit"
+    attacks = [
+        (
+            "one kernel byte changed",
+            tampered_kernel(board, good),
+            "Bad hash value for 'hash' hash node in 'kernel' image node"
+            if fit
+            else "error: bad signature.",
+        ),
+        (
+            "unsigned",
+            unsigned(board, good),
+            "Failed to verify required signature 'key-dev'"
+            if fit
+            else r"boot\.efi\.sig' not found",
+        ),
+        (
+            "signed with another key",
+            signed_by(board, good, other),
+            r"sha256,rsa2048:dev- +error!" if fit else r"public key [0-9a-fA-F]+ not found",
+        ),
+        ("A's boot image", part.slot_files("A"), INITRAMFS_FAILED),
+    ]
+    for name, files, refusal in attacks:
+        part.put_slot_files("B", files)
+        env = part.env()
+        part.set_env(env | {"BOOT_ORDER": "B A", "BOOT_B_LEFT": "1"})
+        device.power_on()
+        device.expect(r"abupdate: booting (slot B|slot-B/)")
+        device.expect(refusal)
+        assert device.wait_booted() == Boot("A", "1.0.0"), name
+        device.power_off()
+        env = part.env()
+        assert env["BOOT_B_LEFT"] == "0" and env["BOOT_A_LEFT"] == "3", (name, env)
+
+
+def test_unsigned_grub_is_refused_by_the_firmware(qemu_only: Device, tmp_path: Path) -> None:
+    """Flow 5 (UEFI): GRUB without its db signature; the firmware refuses it and says it
+    has nothing to boot, which ends the wait at once."""
+    device = qemu_only
+    if device.board.bootloader != "grub":
+        pytest.skip("UEFI Secure Boot: amd64 only")
+    part = BootPartition(device.disk, device.board)
+    grub = tmp_path / "BOOTX64.EFI"
+    grub.write_bytes(part.read("EFI/BOOT/BOOTX64.EFI"))
+    unsigned_grub = tmp_path / "unsigned.efi"
+    unsigned_grub.write_bytes(grub.read_bytes())
+    subprocess.run(["sbattach", "--remove", str(unsigned_grub)], check=True, capture_output=True)
+    part.write("EFI/BOOT/BOOTX64.EFI", unsigned_grub.read_bytes())
+    device.power_on()
+    with pytest.raises(NoBootableOption):
+        device.wait_booted()
+    assert "Access Denied" in device.con.log
+    assert "abupdate: booting" not in device.con.log
+
+
+def test_power_cuts_in_the_boot_file_write_and_the_counter_save(
+    qemu_only: Device, bundles: Bundles, tmp_path: Path
+) -> None:
+    """Flow 7: the power is cut while the installer writes B's boot image, and later while
+    the bootloader saves its counter; each time a verified slot boots, and the install
+    run again completes."""
+    device = qemu_only
+    board = device.board
+    attach_usb(device, {"update.bundle": bundles.get(device.arch, "2.0.0", 2)}, tmp_path)
+    device.power_on()
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    mount_usb(device)
+    device.con.send(f"updater install --json {BUNDLE}\n")
+    device.expect(r'"phase": "boot-files"', 600)
+    device.power_cut()
+
+    part = BootPartition(device.disk, board)
+    env = part.env()
+    assert env["BOOT_B_LEFT"] == "0", env  # the installer took B's tries first
+    assert not part.exists(f"{board.slot('B').boot_dir}/{board.boot.image}")
+    device.power_on()
+    assert device.wait_booted() == Boot("A", "1.0.0")
+    assert SIGNED_INITRAMFS in device.con.log
+    mount_usb(device)
+    rc, result = install(device)
+    assert rc == 0, result
+    assert result["slot"] == "B", result
+
+    # B's first boot: the power goes as the bootloader saves the counted try.
+    device.reboot()
+    if board.bootloader == "u-boot":
+        device.expect(r"abupdate: loaded uboot\.env")
+    else:
+        device.expect(r"BdsDxe: starting Boot")
+    device.power_cut()
+    device.power_on()
+    boot = device.wait_booted()
+    assert boot in (Boot("A", "1.0.0"), Boot("B", "2.0.0")), boot
+    assert f"slot={boot.slot} root=" in device.con.log
+    assert SIGNED_INITRAMFS in device.con.log
+    device.verity_root()
