@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers.nginx import NginxServer
 from tests.helpers.tlsca import TlsFiles
+from tests.qemu.bootpart import partition_start
 from tests.qemu.conftest import REPO, UPDATE_SERVER, Bundles
 from tests.qemu.device import INITRAMFS_FAILED, Boot, Device, usb_stick
 
@@ -149,14 +150,7 @@ def test_tampered_slot_is_refused(
 def partition_offset(device: Device, slot: str) -> int:
     """Byte offset of a slot's partition in the device's disk image (from sfdisk)."""
     assert device.disk is not None
-    table = json.loads(
-        subprocess.run(
-            ["sfdisk", "--json", str(device.disk)], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    index = {"A": 1, "B": 2}[slot]
-    start: int = table["partitiontable"]["partitions"][index]["start"] * 512
-    return start
+    return partition_start(device.disk, {"A": 1, "B": 2}[slot])
 
 
 def test_refused_bundles_change_nothing(
