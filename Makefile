@@ -6,7 +6,7 @@ setup:
 
 demo: setup
 	./.venv/bin/python demo/quickstart.py
-	./.venv/bin/python demo/chain.py
+	./.venv/bin/python demo/bootchain.py
 
 test: setup lint
 	./.venv/bin/python -m pytest --ignore=tests/qemu

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CHAIN = Path(__file__).resolve().parent.parent / "demo" / "chain.py"
+CHAIN = Path(__file__).resolve().parent.parent / "demo" / "bootchain.py"
 
 
 def test_chain_demo_runs(tmp_path: Path) -> None:

@@ -61,7 +61,14 @@ def main() -> None:
     rootfs("1.0.0", OUT / "rootfs-1.0.0.img")
     rootfs("1.1.0", OUT / "rootfs-1.1.0.img")
     kernel, initrd = stand_ins(OUT)
-    release = ["--kernel", kernel, "--initramfs", initrd, "--rootfs", OUT / "rootfs-1.1.0.img"]
+    release: list[str | Path] = [
+        "--kernel",
+        kernel,
+        "--initramfs",
+        initrd,
+        "--rootfs",
+        OUT / "rootfs-1.1.0.img",
+    ]
     release += ["--salt", SALT, "--version", "1.1.0", "--boot-keys", OUT / "bootkeys"]
 
     step("chain 3. U-Boot: the slot's signed FIT, with the root hash in its initramfs")
@@ -165,7 +172,13 @@ def main() -> None:
         '[slots.A]\ndevice = "slot-A.img"\n[slots.B]\ndevice = "slot-B.img"\n'
         '[env]\nfw_env_config = ["uboot.env 0x0000 0x4000"]\n'
     )
-    abctl = [tool("abctl"), "--board", FIT_BOARD, "--env-config", dev / "fw_env.config"]
+    abctl: list[str | Path] = [
+        tool("abctl"),
+        "--board",
+        FIT_BOARD,
+        "--env-config",
+        dev / "fw_env.config",
+    ]
     run(
         *abctl,
         "--cmdline",
