@@ -96,6 +96,9 @@ class DdiStub:
                     self._answer(404)
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # A connection reset between the poll saying "ready" and accept() must not leave
+        # accept() blocked, and the stub's shutdown waiting on it for ever.
+        self._server.socket.setblocking(False)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
