@@ -154,10 +154,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def boot_image_version(path: Path) -> str | None:
-    """The release version a slot's boot image records (`bundle_tool.bootversion`).
+def boot_image_info(path: Path) -> bootversion.BootImageInfo:
+    """The release and kernel versions a slot's boot image records (`bundle_tool.bootversion`).
 
-    None when the file is missing, unreadable, or records none.
+    Both None when the file is missing, unreadable, or records none.
     """
     try:
         with path.open("rb") as f:
@@ -166,9 +166,9 @@ def boot_image_version(path: Path) -> str | None:
                 f.seek(offset)
                 return f.read(length)
 
-            return bootversion.boot_image_version(read)
+            return bootversion.boot_image_info(read)
     except OSError:
-        return None
+        return bootversion.BootImageInfo()
 
 
 def temporary_name(name: str) -> str:

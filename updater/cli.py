@@ -20,7 +20,7 @@ from bundle_tool.progress import ProgressDisplay
 
 from . import errors, interrupts
 from .bootenv import boot_errors, open_control
-from .bootfiles import boot_image_version
+from .bootfiles import boot_image_info
 from .config import DEFAULT_CONFIG, load_config
 from .fleet import cli as fleet_cli
 from .install import Installer
@@ -120,7 +120,8 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
         slot["installed"] = asdict(record) if record else None
         if config.board.boot.image:
             image = config.boot_dir(name) / config.board.boot.image
-            slot["boot_image"] = {"path": str(image), "version": boot_image_version(image)}
+            info = boot_image_info(image)
+            slot["boot_image"] = {"path": str(image), **asdict(info)}
     out["security_floor"] = installer.security_floor()
     out["last_install"] = installer.state.last_result()
     return out
@@ -156,7 +157,10 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
             inst = slot.get("installed")
             version = inst["version"] if inst else "unknown"
             boot = slot.get("boot_image")
-            kernel = f", boot image {boot['version'] or 'unknown'}" if boot else ""
+            kernel = ""
+            if boot:
+                release, linux = boot["version"] or "unknown", boot["kernel"] or "unknown"
+                kernel = f", boot image {release} (kernel {linux})"
             print(
                 f"  slot {name}: tries left {slot['tries_left']}, "
                 f"{'bootable' if slot['bootable'] else 'not bootable'}, version {version}"

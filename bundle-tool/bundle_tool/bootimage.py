@@ -37,8 +37,9 @@ from bootctl.errors import BootctlError, ConfigError
 from bootctl.state import SlotVerity
 
 from . import cpio
-from .bootversion import VERSION_PROPERTY
+from .bootversion import KERNEL_PROPERTY, VERSION_PROPERTY
 from .errors import BundleIOError, UsageError
+from .kernelrelease import kernel_release
 from .verity import BLOCK_SIZE, build_tree
 
 #: Where `/init` finds the slot's root hash inside the initramfs.
@@ -261,13 +262,15 @@ def fit_source(
     description: str,
     fdt: Path | None = None,
     version: str | None = None,
+    kernel_release: str | None = None,
 ) -> str:
     """The image tree source (`.its`) of a slot's FIT: kernel, ramdisk, optional fdt.
 
     Every image has a sha256 hash node and the one configuration signs all of them, so
     changing any byte of any image, or swapping images between FITs, breaks the
-    configuration's signature. `version` (the release's) becomes the root property
-    `bootversion.VERSION_PROPERTY`, which `updater status` shows.
+    configuration's signature. `version` (the release's) and `kernel_release` (the
+    kernel's `uname -r`) become the root properties `bootversion.VERSION_PROPERTY` and
+    `KERNEL_PROPERTY`, which `updater status` shows.
     """
     if arch not in FIT_ARCH:
         raise UsageError(f"no FIT architecture for {arch!r}; known: {', '.join(FIT_ARCH)}")
@@ -296,6 +299,11 @@ def fit_source(
         "/dts-v1/;\n/ {\n"
         f'\tdescription = "{_its_string(description)}";\n'
         + ("" if version is None else f'\t{VERSION_PROPERTY} = "{_its_string(version)}";\n')
+        + (
+            ""
+            if kernel_release is None
+            else f'\t{KERNEL_PROPERTY} = "{_its_string(kernel_release)}";\n'
+        )
         + "\t#address-cells = <1>;\n"
         "\timages {\n" + "".join(images) + "\t};\n"
         "\tconfigurations {\n"
@@ -360,7 +368,8 @@ def build_fit(
             key into it with `required = "conf"` (done once per key, at build time).
         build_time: The FIT's timestamps (Unix seconds; `SOURCE_DATE_EPOCH`), so the
             same inputs and key give the same bytes (RSA PKCS#1 v1.5 is deterministic).
-        version: The release's version, recorded for `updater status`.
+        version: The release's version, recorded for `updater status` (with the
+            kernel's release, read from the kernel: `kernelrelease`).
 
     Raises:
         UsageError: A file is missing or `mkimage` refused (its message is kept).
@@ -382,6 +391,7 @@ def build_fit(
                 description=description,
                 fdt=None if fdt is None else _existing(fdt).resolve(),
                 version=version,
+                kernel_release=kernel_release(_read(kernel)),
             )
         )
         cmd: list[str | Path] = ["mkimage", "-f", its, "-k", key.directory]
@@ -447,10 +457,14 @@ def build_uki(
     """
     with tempfile.TemporaryDirectory(prefix="abupdate-uki-") as tmp:
         work = Path(tmp)
+        linux = _read(kernel)
+        release = kernel_release(linux)
         sections = {
             ".osrel": os_release.encode(),
             ".cmdline": cmdline.encode() + b"\0",
-            ".linux": _read(kernel),
+            # The kernel's release, as systemd's ukify records it (for `updater status`).
+            **({} if release is None else {".uname": release.encode()}),
+            ".linux": linux,
             ".initrd": initramfs_with_verity(_read(initramfs), verity),
         }
         cmd: list[str | Path] = ["objcopy"]

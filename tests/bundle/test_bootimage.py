@@ -44,7 +44,8 @@ def parts(tmp_path: Path) -> tuple[Path, Path]:
     header = bytearray(64)
     header[ARM64_IMAGE_MAGIC_AT : ARM64_IMAGE_MAGIC_AT + 4] = b"ARM\x64"
     kernel = tmp_path / "Image"
-    kernel.write_bytes(bytes(header) + os.urandom(8192))
+    banner = b"Linux version 6.1.0-57-arm64 (debian-kernel@lists.debian.org) #1 SMP\n"
+    kernel.write_bytes(bytes(header) + os.urandom(8192) + banner)
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(
         bootimage.cpio.build([bootimage.cpio.Entry("init", 0o100755, b"#!/bin/sh\n")])
@@ -130,6 +131,17 @@ def test_fit_signs_the_configuration_and_every_image(
     listing = _run("mkimage", "-l", _fit(parts, tmp_path / "b.itb", boot_keys.fit)).stdout
     assert "Sign algo:    sha256,rsa2048:dev" in listing
     assert listing.count("Hash algo:    sha256") == 2
+
+
+def test_fit_records_its_release_and_its_kernels(
+    parts: tuple[Path, Path], tmp_path: Path, boot_keys: bootkeys.DevBootKeys
+) -> None:
+    """Root properties in the signed FIT: what `updater status` shows (also by `fdtget`)."""
+    fit = _fit(parts, tmp_path / "b.itb", boot_keys.fit, version="2.0.0")
+    kernel = _run("fdtget", fit, "/", "abupdate.kernel").stdout.strip()
+    assert kernel == "6.1.0-57-arm64"
+    info = bootfiles.boot_image_info(fit)
+    assert (info.version, info.kernel) == ("2.0.0", "6.1.0-57-arm64")
 
 
 def test_fit_is_reproducible(
@@ -240,7 +252,12 @@ def test_uki_is_signed_for_secure_boot_and_grub(
     cmdline = tmp_path / "cmdline.out"
     _run("objcopy", "-O", "binary", "--only-section=.cmdline", uki, cmdline)
     assert cmdline.read_bytes() == b"console=ttyS0 lockdown=integrity\0"
-    assert bootfiles.boot_image_version(uki) == "1.2.0"  # from .osrel, as `updater status`
+    # What `updater status` shows: the release from .osrel, the kernel's from .uname.
+    info = bootfiles.boot_image_info(uki)
+    assert (info.version, info.kernel) == ("1.2.0", "6.1.0-57-arm64")
+    uname = tmp_path / "uname.out"
+    _run("objcopy", "-O", "binary", "--only-section=.uname", uki, uname)
+    assert uname.read_bytes() == b"6.1.0-57-arm64"
 
 
 def test_boot_keys_are_private_and_labelled(boot_keys: bootkeys.DevBootKeys) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bundle_tool import bootkeys, keygen
-from bundle_tool.bootversion import VERSION_PROPERTY, boot_image_version
+from bundle_tool.bootversion import VERSION_PROPERTY, boot_image_info
 from bundle_tool.container import layout, parse_header
 from bundle_tool.manifest import parse_manifest
 from tests.bundle.bundles import write_image
@@ -139,7 +139,7 @@ def test_places_the_board_does_not_name_are_refused(tmp_path: Path, keys: Path, 
 
 def test_the_fit_records_its_version(fit: Path) -> None:
     data = fit.read_bytes()
-    assert boot_image_version(lambda at, n: data[at : at + n]) == "2.1.0"
+    assert boot_image_info(lambda at, n: data[at : at + n]).version == "2.1.0"
     listing = subprocess.run(["fdtget", fit, "/", VERSION_PROPERTY], capture_output=True, text=True)
     assert listing.stdout.strip() == "2.1.0", listing.stderr
-    assert boot_image_version(lambda at, n: bytes(64)[at : at + n]) is None
+    assert boot_image_info(lambda at, n: bytes(64)[at : at + n]).version is None
