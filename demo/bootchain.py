@@ -23,7 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
-from quickstart import REPO, rootfs, run, step, tool
+from quickstart import REPO, device_on_files, rootfs, run, step, tool
 
 from bundle_tool import cpio
 
@@ -157,36 +157,7 @@ def main() -> None:
     step("chain 6. a device on files installs both into slot B's group")
     dev = OUT / "device"
     (dev / "boot" / "slot-A").mkdir(parents=True)
-    slot_a = dev / "slot-A.img"
-    shutil.copy(OUT / "rootfs-1.0.0.img", slot_a)
-    out = run("veritysetup", "format", f"--hash-offset={IMAGE_SIZE}", slot_a, slot_a)
-    root = next(line.split()[-1] for line in out.splitlines() if line.startswith("Root hash"))
-    salt = next(line.split()[-1] for line in out.splitlines() if line.startswith("Salt"))
-    (dev / "slot-B.img").write_bytes(b"")
-    shutil.copy(keys / "ca.pem", dev / "keyring.pem")
-    (dev / "cmdline").write_text("console=ttyAMA0 abupdate.slot=A\n")
-    (dev / "fw_env.config").write_text(f"{(dev / 'uboot.env').resolve()} 0x0000 0x4000\n")
-    (dev / "device.toml").write_text(
-        f'board = "{FIT_BOARD}"\nkeyring = "keyring.pem"\nstate_dir = "state"\n'
-        'cmdline = "cmdline"\nboot_mount = "boot"\n'
-        '[slots.A]\ndevice = "slot-A.img"\n[slots.B]\ndevice = "slot-B.img"\n'
-        '[env]\nfw_env_config = ["uboot.env 0x0000 0x4000"]\n'
-    )
-    abctl: list[str | Path] = [
-        tool("abctl"),
-        "--board",
-        FIT_BOARD,
-        "--env-config",
-        dev / "fw_env.config",
-    ]
-    run(
-        *abctl,
-        "--cmdline",
-        dev / "cmdline",
-        "init",
-        "--verity",
-        f"A={root}:{salt}:{IMAGE_SIZE // 4096}",
-    )
+    device_on_files(dev, FIT_BOARD, OUT / "rootfs-1.0.0.img", keys / "ca.pem")
     run(tool("updater"), "install", bundle, "--config", dev / "device.toml")
     run(tool("updater"), "status", "--config", dev / "device.toml")
     run("ls", "-l", dev / "boot" / "slot-B")

@@ -65,6 +65,32 @@ def rootfs(version: str, path: Path) -> None:
         run("mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-U", "clear", "-d", tmp, path)
 
 
+def device_on_files(dev: Path, board: Path, rootfs_a: Path, ca: Path) -> list[str | Path]:
+    """A device on plain files in `dev`, slot A holding `rootfs_a` (its dm-verity tree made
+    with veritysetup), slot B empty, booted from A; its environment made by `abctl init`.
+    Returns the abctl command line for it."""
+    dev.mkdir(parents=True, exist_ok=True)
+    slot_a = dev / "slot-A.img"
+    shutil.copy(rootfs_a, slot_a)
+    out = run("veritysetup", "format", f"--hash-offset={IMAGE_SIZE}", slot_a, slot_a)
+    root = next(line.split()[-1] for line in out.splitlines() if line.startswith("Root hash"))
+    salt = next(line.split()[-1] for line in out.splitlines() if line.startswith("Salt"))
+    (dev / "slot-B.img").write_bytes(b"")
+    shutil.copy(ca, dev / "keyring.pem")
+    (dev / "cmdline").write_text("console=ttyAMA0 abupdate.slot=A\n")
+    (dev / "fw_env.config").write_text(f"{(dev / 'uboot.env').resolve()} 0x0000 0x4000\n")
+    (dev / "device.toml").write_text(
+        f'board = "{board}"\nkeyring = "keyring.pem"\nstate_dir = "state"\n'
+        'cmdline = "cmdline"\nboot_mount = "boot"\n'
+        '[slots.A]\ndevice = "slot-A.img"\n[slots.B]\ndevice = "slot-B.img"\n'
+        '[env]\nfw_env_config = ["uboot.env 0x0000 0x4000"]\n'
+    )
+    abctl: list[str | Path] = [tool("abctl"), "--board", board]
+    abctl += ["--env-config", dev / "fw_env.config", "--cmdline", dev / "cmdline"]
+    run(*abctl, "init", "--verity", f"A={root}:{salt}:{IMAGE_SIZE // 4096}")
+    return abctl
+
+
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
@@ -103,31 +129,8 @@ def main() -> None:
 
     step("4. a device on plain files, booted from slot A with 1.0.0")
     dev = OUT / "device"
-    dev.mkdir()
+    abctl = device_on_files(dev, BOARD, OUT / "rootfs-1.0.0.img", OUT / "keys/ca.pem")
     slot_a = dev / "slot-A.img"
-    shutil.copy(OUT / "rootfs-1.0.0.img", slot_a)
-    out = run("veritysetup", "format", f"--hash-offset={IMAGE_SIZE}", slot_a, slot_a)
-    root = next(line.split()[-1] for line in out.splitlines() if line.startswith("Root hash"))
-    salt = next(line.split()[-1] for line in out.splitlines() if line.startswith("Salt"))
-    (dev / "slot-B.img").write_bytes(b"")
-    shutil.copy(OUT / "keys/ca.pem", dev / "keyring.pem")
-    (dev / "cmdline").write_text("console=ttyAMA0 abupdate.slot=A\n")
-    (dev / "fw_env.config").write_text(f"{(dev / 'uboot.env').resolve()} 0x0000 0x4000\n")
-    (dev / "device.toml").write_text(
-        f'board = "{BOARD}"\nkeyring = "keyring.pem"\nstate_dir = "state"\ncmdline = "cmdline"\n'
-        '[slots.A]\ndevice = "slot-A.img"\n[slots.B]\ndevice = "slot-B.img"\n'
-        '[env]\nfw_env_config = ["uboot.env 0x0000 0x4000"]\n'
-    )
-    abctl: list[str | Path] = [
-        tool("abctl"),
-        "--board",
-        BOARD,
-        "--env-config",
-        dev / "fw_env.config",
-        "--cmdline",
-        dev / "cmdline",
-    ]
-    run(*abctl, "init", "--verity", f"A={root}:{salt}:{IMAGE_SIZE // 4096}")
     run(*abctl, "mark-bad", "B")
     run("fw_printenv", "-c", dev / "fw_env.config")
 

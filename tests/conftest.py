@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bundle_tool import bootkeys, keygen
+from tests.helpers.goosebit import goosebit_venv
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +26,9 @@ def boot_keys(tmp_path_factory: pytest.TempPathFactory) -> bootkeys.DevBootKeys:
 def other_boot_keys(tmp_path_factory: pytest.TempPathFactory) -> bootkeys.DevBootKeys:
     """A second, unrelated set: what an attacker or another vendor signs with."""
     return bootkeys.make_dev_boot_keys(tmp_path_factory.mktemp("other") / "keys")
+
+
+@pytest.fixture(scope="session")
+def gb_venv() -> Path:
+    """goosebit's own virtual environment, made (or checked) once a session."""
+    return goosebit_venv()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bootctl.board import load_board
-from tests.helpers.goosebit import GoosebitServer, goosebit_venv
+from tests.helpers.goosebit import GoosebitServer
 from tests.helpers.nginx import NginxServer
 from tests.helpers.tlsca import TlsFiles
 from tests.qemu.conftest import UPDATE_SERVER, Bundles
@@ -34,11 +34,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 INSTALL_TIMEOUT = 600
 TOKEN = "qemu-device-token"
 POLL = "updater fleet poll --once --json --config {config}"
-
-
-@pytest.fixture(scope="session")
-def gb_venv() -> Path:
-    return goosebit_venv()
 
 
 @pytest.fixture

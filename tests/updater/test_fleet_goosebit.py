@@ -19,7 +19,7 @@ import pytest
 from bootctl.state import select_boot
 from bundle_tool import keygen
 from tests.helpers.dropproxy import DropProxy
-from tests.helpers.goosebit import GoosebitServer, goosebit_venv
+from tests.helpers.goosebit import GoosebitServer
 from tests.helpers.nginx import NginxServer
 from tests.updater.device import COMPATIBLE, Device, image_bytes, make_device
 from updater.errors import ServerRefused
@@ -34,11 +34,6 @@ pytestmark = pytest.mark.slow
 TOKEN = "device-token-1"
 CONTROLLER = "fleet-dev-1"
 BLOCKS = 700
-
-
-@pytest.fixture(scope="session")
-def gb_venv() -> Path:
-    return goosebit_venv()
 
 
 @pytest.fixture
