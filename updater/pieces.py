@@ -7,6 +7,7 @@ into the ranges it reads, fetches or copies.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 
 from bundle_tool.errors import BundleError
@@ -16,8 +17,16 @@ class ExactReader:
     """Takes exact-size pieces from a stream of chunks of any size, copying each byte once."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
         self._it = iter(chunks)
         self._head = memoryview(b"")  # unread part of the current chunk
+
+    def close(self) -> None:
+        """Stop the stream of chunks where it is (a generator is closed)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            with contextlib.suppress(ValueError):  # running in a reader thread: it ends there
+                close()
 
     def take(self, n: int) -> bytes:
         while n and not self._head:  # start on the next chunk: it may be taken whole

@@ -1,9 +1,9 @@
 """Reading a written slot back from the medium and checking it again (install step 5).
 
 A medium can accept a write and store something else (failing flash, a bad
-cable, a lying cache). So once a slot is written and flushed, its page cache is
-dropped and every block is read again and compared with what was put there
-before the slot may boot.
+cable, a lying cache). So once a slot is written and flushed, every block is
+read again from the medium (with direct I/O, or else after its page cache was
+dropped) and compared with what was put there before the slot may boot.
 
 Trust was settled before the write (each block was checked against the signed
 tree), so this compares a fast digest of each extent as read back with the one
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import mmap
 import os
 from collections.abc import Callable, Iterator
 
@@ -33,6 +32,7 @@ from bundle_tool.errors import BundleError, BundleIOError
 from bundle_tool.manifest import VerityInfo
 
 from . import writelog
+from .directio import AlignedReader
 from .errors import DeviceError
 from .slotdev import SlotDevice
 from .writelog import Extent, WriteLog
@@ -75,21 +75,17 @@ def _bad_block(fd: int, checker: verity.TreeChecker, hash_offset: int, extent: E
     return f"blocks {extent.first} to {extent.end - 1}"  # changed since, yet as signed
 
 
-def _mapped_digest(fd: int, extent: Extent) -> bytes:
-    """The read-back digest of an extent, taken where the page cache holds it.
-
-    A mapping starts on an allocation granule (up to 64 KiB on some kernels), so
-    it may begin a little before the extent.
-    """
-    start = extent.first * BLOCK
-    lead = start % mmap.ALLOCATIONGRANULARITY
-    length = extent.count * BLOCK
-    with mmap.mmap(fd, lead + length, offset=start - lead, access=mmap.ACCESS_READ) as m:
-        view = memoryview(m)
-        try:
-            return writelog.digest(view[lead : lead + length])
-        finally:
-            view.release()
+def _read_digest(reader: AlignedReader, extent: Extent) -> bytes:
+    """The read-back digest of an extent as the medium returns it (not the page cache)."""
+    try:
+        return writelog.digest_pieces(reader.chunks(extent.first * BLOCK, extent.count * BLOCK))
+    except EOFError as e:
+        raise BundleIOError(f"{reader.path} ends before block {extent.end}") from e
+    except OSError as e:
+        raise BundleIOError(
+            f"reading {reader.path} in blocks {extent.first} to {extent.end - 1} "
+            f"failed: {e.strerror}"
+        ) from e
 
 
 def _check_region(
@@ -97,20 +93,21 @@ def _check_region(
 ) -> bytes:
     """In the child: read extents back and compare them; b"" if they match, else why not.
 
-    A read the medium fails kills this child with SIGBUS (the extents are read
-    where they are mapped), and the parent reports it.
+    The extents are read with direct I/O where the file system allows it, so
+    from the medium whatever the page cache holds; elsewhere through the page
+    cache, which the parent dropped after the flush.
     """
     extents = list(writelog.decode_extents(request))
     if not extents:
         return b""
     end = max(e.end for e in extents)
-    with open(path, "rb", buffering=0) as f:
-        fd = f.fileno()
-        if os.lseek(fd, 0, os.SEEK_END) < end * BLOCK:
+    with AlignedReader(path) as reader:
+        if os.lseek(reader.fd, 0, os.SEEK_END) < end * BLOCK:
             raise BundleIOError(f"{path} ends before block {end}")
         for extent in extents:
-            if _mapped_digest(fd, extent) != extent.digest:
-                return _bad_block(fd, checker, hash_offset, extent).encode()
+            if _read_digest(reader, extent) != extent.digest:
+                with open(path, "rb", buffering=0) as f:
+                    return _bad_block(f.fileno(), checker, hash_offset, extent).encode()
     return b""
 
 

@@ -6,6 +6,7 @@ import os
 import stat
 from abc import ABC, abstractmethod
 
+from .directio import DirectWriter, is_aligned, open_direct
 from .errors import DeviceError
 
 
@@ -51,6 +52,10 @@ class SlotDevice(ABC):
 class FileSlot(SlotDevice):
     """A slot on a block device or in a plain file.
 
+    Writes of whole 4 KiB blocks bypass the page cache (`directio`) where the
+    file system allows it; reads, and any other write, go through it. Linux
+    keeps the two coherent: a direct write drops the cached pages it covers.
+
     Args:
         path: the block device or file; a missing file is created, unless read-only.
         writable: False opens it for reading only (the running slot, read for delta).
@@ -68,6 +73,16 @@ class FileSlot(SlotDevice):
         if not (self._block or stat.S_ISREG(mode)):
             os.close(self._fd)
             raise DeviceError(f"slot {path} is neither a block device nor a regular file")
+        self._direct: DirectWriter | None = None
+        self._refused: DirectWriter | None = None  # closed with the slot (a write may be in flight)
+        if writable:
+            try:
+                direct = open_direct(path, os.O_WRONLY)
+            except OSError as e:
+                os.close(self._fd)
+                raise DeviceError(f"cannot open slot {path}: {e.strerror}") from e
+            if direct is not None:
+                self._direct = DirectWriter(direct)
 
     def _fail(self, what: str, e: OSError) -> DeviceError:
         return DeviceError(f"slot {self.path}: {what} failed: {e.strerror}")
@@ -76,6 +91,11 @@ class FileSlot(SlotDevice):
         view = memoryview(data)
         done = 0
         try:
+            if self._direct is not None:
+                if self._direct.pwrite(offset, view):
+                    return
+                if is_aligned(offset, len(view)):  # refused aligned: the page cache from now on
+                    self._refused, self._direct = self._direct, None
             while done < len(view):
                 done += os.pwrite(self._fd, view[done:], offset + done)
         except OSError as e:
@@ -108,6 +128,10 @@ class FileSlot(SlotDevice):
             raise self._fail("cache drop", e) from e
 
     def close(self) -> None:
+        for writer in (self._direct, self._refused):
+            if writer is not None:
+                writer.close()
+        self._direct = self._refused = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

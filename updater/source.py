@@ -18,6 +18,9 @@ class SequentialReader(Protocol):
     def take_into(self, view: memoryview) -> None:
         """Fill `view` with the next `len(view)` bytes of the range."""
 
+    def close(self) -> None:
+        """Release what reading the range holds (a descriptor, a buffer, a request)."""
+
 
 class BundleSource(ABC):
     """Bytes of one bundle, read by ranges.

@@ -66,6 +66,11 @@ class StreamWriter(ImageWriter):
             raise ValueError("write the hash area first")
         _Ring(self.session, self._data, back, self.part.image.size).run()
 
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+
 
 class _Ring:
     """The state of one pass of the data through the hashing ring."""

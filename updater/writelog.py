@@ -36,6 +36,14 @@ def digest(data: bytes | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
+def digest_pieces(pieces: Iterable[bytes | memoryview]) -> bytes:
+    """`digest` of the pieces joined, taken piece by piece."""
+    state = xxhash.xxh3_128()
+    for piece in pieces:
+        state.update(piece)
+    return state.digest()
+
+
 @dataclass(frozen=True)
 class Extent:
     """Blocks [first, first + count) as put in place, and the digest of their bytes."""

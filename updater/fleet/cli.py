@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bootctl import exitstatus
 from bootctl.cliboundary import add_command
 
 from ..config import DEFAULT_CONFIG, load_config
-from .agent import CycleResult, FleetAgent
+
+if TYPE_CHECKING:
+    from .agent import CycleResult
 
 EXIT_NOTHING_PENDING = exitstatus.NOTHING_PENDING
 
@@ -71,6 +73,8 @@ def _line(result: CycleResult) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the `fleet` command named in `args`; its result for `updater.cli` to print."""
+    from .agent import FleetAgent  # noqa: PLC0415 - the HTTP client loads only for fleet commands
+
     config = load_config(args.config)
     agent = FleetAgent(config)
     if args.fleet_command == "status":

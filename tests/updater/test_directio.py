@@ -1,0 +1,198 @@
+"""Direct I/O: slot writes, read-back and bundle reads that bypass the page cache.
+
+`fincore` (util-linux) reports how many of a file's pages the page cache holds:
+it tells whether bytes went around the cache or through it. Where O_DIRECT is
+refused, the same calls go through the page cache and give the same bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from updater import directio, readback
+from updater.errors import DeviceError
+from updater.filesource import FileSource
+from updater.slotdev import FileSlot
+
+BLOCK = 4096
+
+
+def cached_pages(path: Path) -> int:
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "PAGES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.split()[0])
+
+
+def direct_supported(path: Path) -> bool:
+    fd = directio.open_direct(str(path), os.O_RDWR | os.O_CREAT)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+@pytest.fixture
+def slot_path(tmp_path: Path) -> Path:
+    path = tmp_path / "slot.img"
+    if not direct_supported(path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    return path
+
+
+def pattern(n: int, seed: int = 1) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(n))
+
+
+def test_aligned_writes_go_around_the_page_cache(slot_path: Path) -> None:
+    buffer = directio.aligned_buffer(16 * BLOCK)
+    buffer[:] = pattern(16 * BLOCK)
+    with FileSlot(str(slot_path)) as slot:
+        slot.pwrite(0, memoryview(buffer))  # aligned memory: written as it is
+        slot.pwrite(16 * BLOCK, pattern(8 * BLOCK, 2))  # bytes: through the aligned buffer
+        slot.flush()
+    assert cached_pages(slot_path) == 0
+    assert slot_path.read_bytes() == pattern(16 * BLOCK) + pattern(8 * BLOCK, 2)
+
+
+def test_unaligned_writes_go_through_the_page_cache(slot_path: Path) -> None:
+    with FileSlot(str(slot_path)) as slot:
+        slot.pwrite(100, b"x" * 5000)
+        slot.flush()
+        assert cached_pages(slot_path) > 0
+        assert slot.pread(100, 5000) == b"x" * 5000
+
+
+def test_a_file_system_that_refuses_direct_writes_is_written_through_the_cache(
+    slot_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused: list[int] = []
+    real = os.pwrite
+
+    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if fd_is_direct(fd):
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(directio.os, "pwrite", pwrite)
+    with FileSlot(str(slot_path)) as slot:
+        slot.pwrite(0, pattern(4 * BLOCK))
+        slot.pwrite(4 * BLOCK, pattern(4 * BLOCK, 3))
+        slot.flush()
+    # The first write was refused twice (as it is, then bounced); none was tried after.
+    assert refused == [0, 0]
+    assert slot_path.read_bytes() == pattern(4 * BLOCK) + pattern(4 * BLOCK, 3)
+
+
+def fd_is_direct(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+def test_no_direct_io_at_all_is_the_page_cache(
+    slot_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("updater.slotdev.open_direct", lambda path, flags: None)
+    with FileSlot(str(slot_path)) as slot:
+        slot.pwrite(0, pattern(4 * BLOCK))
+        slot.flush()
+    assert cached_pages(slot_path) > 0
+    assert slot_path.read_bytes() == pattern(4 * BLOCK)
+
+
+def test_a_failing_direct_write_is_a_device_error(
+    slot_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.pwrite
+
+    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if fd_is_direct(fd):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(directio.os, "pwrite", pwrite)
+    with FileSlot(str(slot_path)) as slot, pytest.raises(DeviceError, match="write failed: Input"):
+        slot.pwrite(0, pattern(BLOCK))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    offset=st.integers(0, 5 * BLOCK),
+    length=st.integers(0, 6 * BLOCK),
+    chunk_blocks=st.integers(1, 3),
+    direct=st.booleans(),
+)
+def test_aligned_reader_gives_the_bytes_of_any_range(
+    tmp_path_factory: pytest.TempPathFactory,
+    offset: int,
+    length: int,
+    chunk_blocks: int,
+    direct: bool,
+) -> None:
+    path = tmp_path_factory.mktemp("reader") / "file"
+    data = pattern(8 * BLOCK + 123)
+    path.write_bytes(data)
+    with directio.AlignedReader(str(path), chunk=chunk_blocks * BLOCK) as reader:
+        if not direct and reader.direct:
+            reader._go_buffered()
+        want = data[offset : offset + length]
+        if offset + length > len(data):
+            with pytest.raises(EOFError):
+                b"".join(bytes(p) for p in reader.chunks(offset, length))
+        else:
+            pieces = [bytes(p) for p in reader.chunks(offset, length)]
+            assert all(0 < len(p) <= chunk_blocks * BLOCK for p in pieces)
+            assert b"".join(pieces) == want
+
+
+def test_bundle_data_is_read_around_the_page_cache(slot_path: Path) -> None:
+    path = slot_path.with_name("bundle")
+    data = os.urandom(64 * BLOCK)
+    path.write_bytes(data)
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    assert cached_pages(path) == 0
+    with FileSource(path) as source:
+        part = source.open_range(1000, 60 * BLOCK)  # data need not start on a block
+        out = mmap.mmap(-1, 60 * BLOCK)
+        view = memoryview(out)
+        for at in range(0, 60 * BLOCK, 7 * BLOCK):
+            part.take_into(view[at : min(at + 7 * BLOCK, 60 * BLOCK)])
+        part.close()
+        assert source.bytes_fetched == 60 * BLOCK
+        assert bytes(view) == data[1000 : 1000 + 60 * BLOCK]
+        view.release()
+    assert cached_pages(path) == 0
+
+
+def test_a_read_error_in_the_read_back_names_the_blocks(
+    slot_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundle_tool import verity
+
+    slot_path.write_bytes(pattern(8 * BLOCK))
+
+    def failing_read(self: directio.AlignedReader, view: memoryview, offset: int) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(directio.AlignedReader, "_read", failing_read)
+    checker = verity.TreeChecker(b"\0" * 32, b"salt", 8)
+    request = readback.writelog.encode_extents(
+        [readback.Extent(2, 3, readback.writelog.digest(pattern(8 * BLOCK)[2 * BLOCK : 5 * BLOCK]))]
+    )
+    with pytest.raises(readback.BundleIOError, match=r"in blocks 2 to 4 failed: Input/output"):
+        readback._check_region(str(slot_path), checker, 8 * BLOCK, request)
