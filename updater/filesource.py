@@ -98,6 +98,11 @@ class _FileRange:
             self._source.bytes_fetched += len(view)
         self._pos += len(view)
 
+    def skip(self, length: int) -> None:
+        if self._pos + length > self._end:
+            raise ValueError(f"the range ends at byte {self._end}")
+        self._pos += length
+
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()

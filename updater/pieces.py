@@ -71,6 +71,18 @@ class ExactReader:
             self._head = self._head[n:]
             pos += n
 
+    def skip(self, n: int) -> None:
+        """Pass over the next `n` bytes (read and dropped)."""
+        while n:
+            if not self._head:
+                chunk = next(self._it, None)
+                if chunk is None:
+                    raise BundleError("bundle ends early")
+                self._head = memoryview(chunk)
+            k = min(n, len(self._head))
+            self._head = self._head[k:]
+            n -= k
+
     def finish(self) -> None:
         """Read the stream to its end and refuse bytes beyond those taken.
 

@@ -18,6 +18,9 @@ class SequentialReader(Protocol):
     def take_into(self, view: memoryview) -> None:
         """Fill `view` with the next `len(view)` bytes of the range."""
 
+    def skip(self, length: int) -> None:
+        """Pass over the next `length` bytes of the range (a stream reads and drops them)."""
+
     def close(self) -> None:
         """Release what reading the range holds (a descriptor, a buffer, a request)."""
 

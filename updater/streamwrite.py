@@ -2,10 +2,16 @@
 
 It reads the bundle once, in order, so it serves standard input, and a fresh
 install from a file (faster there than looking for blocks to reuse).
+
+A span whose signed leaf digests are all the zero block's (free space in a
+filesystem image, `zeroblocks`) is not read from the bundle nor hashed: its
+blocks are zeros, and zeros are written (a stream reads and drops its bytes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -13,12 +19,15 @@ from bundle_tool import verity
 from bundle_tool.container import ImageLayout
 from bundle_tool.errors import BundleError
 
-from . import readback
+from . import directio, readback
 from .pieces import ExactReader
 from .session import ImageWriter, WriteSession, refuse_mismatch
 from .source import BundleSource, SequentialReader
+from .zeroblocks import ZeroBlocks
 
 BLOCK = verity.BLOCK_SIZE
+#: The ring slot of a span of zero blocks: none (it is written from a buffer of zeros).
+ZERO_SPAN = -1
 
 
 class StreamWriter(ImageWriter):
@@ -60,7 +69,7 @@ class StreamWriter(ImageWriter):
         signed leaves, written from the same slot (in another thread), and the
         slot is free again. So a span is read, another hashed and others written
         while this thread compares. Writes stay in order, and a flush waits for
-        every write before it.
+        every write before it. A span of zero blocks takes no slot.
         """
         if self._data is None:
             raise ValueError("write the hash area first")
@@ -90,10 +99,13 @@ class _Ring:
         self.span_blocks = session.tuning.span_blocks
         self.flush_every = session.tuning.flush_every
         self.free = deque(range(session.hasher.slots))
-        self.reads: deque[tuple[int, int, int, Future[None]]] = deque()  # first, count, slot
-        self.hashed: deque[tuple[int, int, int]] = deque()  # submitted to the child, in order
+        #: Spans being read: first block, count, ring slot (or ZERO_SPAN), signed digests.
+        self.reads: deque[tuple[int, int, int, bytes, Future[None]]] = deque()
+        self.hashed: deque[tuple[int, int, int, bytes]] = deque()  # with the child, in order
         self.writes: deque[tuple[int, Future[None]]] = deque()  # slot, write
         self.next_block = 0
+        self.zero_digest = ZeroBlocks.for_salt(session.vinfo.salt).digest
+        self._zeros: mmap.mmap | None = None
 
     def leaf(self, j: int) -> bytes:
         return self.s.dev.pread(self.s.leaf_offset(j), BLOCK)
@@ -104,28 +116,53 @@ class _Ring:
         while writes and (wait > 0 or writes[0][1].done()):
             slot, write = writes.popleft()
             write.result()
-            self.free.append(slot)
+            if slot != ZERO_SPAN:
+                self.free.append(slot)
             wait -= 1
 
+    def expected(self, first: int, count: int) -> bytes:
+        """The signed digests of blocks [first, first + count)."""
+        try:
+            return self.s.checker.leaf_digests(first, count, self.leaf)
+        except BundleError as e:  # the leaf block was checked before it was written
+            raise readback.medium_failed(self.s.dev, f"hash tree: {e}") from e
+
+    def zeros(self, count: int) -> memoryview:
+        """`count` zero blocks, in aligned memory (written directly where the slot allows)."""
+        if self._zeros is None:
+            self._zeros = directio.aligned_buffer(self.span_blocks * BLOCK)
+        return memoryview(self._zeros)[: count * BLOCK]
+
     def read_ahead(self, reader: ThreadPoolExecutor) -> None:
-        self.reclaim(0 if self.free or self.reads or self.hashed else 1)  # else wait for a write
-        while self.free and self.next_block < self.blocks:
+        self.reclaim(0)
+        ahead = 2 * self.s.hasher.slots  # spans of zeros take no slot: bound them too
+        while self.next_block < self.blocks and len(self.reads) < ahead:
             first = self.next_block
             count = min(self.span_blocks, self.blocks - first)
-            slot = self.free.popleft()
-            view = self.s.hasher.view(slot, count * BLOCK)
-            self.reads.append((first, count, slot, reader.submit(self.data.take_into, view)))
+            expected = self.expected(first, count)
+            if expected == self.zero_digest * count:
+                skip = reader.submit(self.data.skip, count * BLOCK)
+                self.reads.append((first, count, ZERO_SPAN, expected, skip))
+            else:
+                if not self.free:
+                    if self.reads or self.hashed:
+                        break  # a slot comes free as they are written
+                    while not self.free:  # every slot is being written: wait for one
+                        self.reclaim(1)
+                slot = self.free.popleft()
+                view = self.s.hasher.view(slot, count * BLOCK)
+                read = reader.submit(self.data.take_into, view)
+                self.reads.append((first, count, slot, expected, read))
             self.next_block += count
 
     def check_and_write(self, writer: ThreadPoolExecutor) -> None:
         s = self.s
-        first, count, slot = self.hashed.popleft()
-        try:
-            expected = s.checker.leaf_digests(first, count, self.leaf)
-        except BundleError as e:  # the leaf block was checked before it was written
-            raise readback.medium_failed(s.dev, f"hash tree: {e}") from e
-        refuse_mismatch(first, s.hasher.collect(), expected)
-        view = s.hasher.view(slot, count * BLOCK)
+        first, count, slot, expected = self.hashed.popleft()
+        if slot == ZERO_SPAN:
+            view = self.zeros(count)  # the signed digests say these blocks are zeros
+        else:
+            refuse_mismatch(first, s.hasher.collect(), expected)
+            view = s.hasher.view(slot, count * BLOCK)
         s.written.note(first, view)  # the slot's bytes stay as they are until written
         self.writes.append((slot, writer.submit(s.dev.pwrite, first * BLOCK, view)))
         s.unflushed += count * BLOCK
@@ -143,10 +180,11 @@ class _Ring:
             self.read_ahead(reader)
             while reads or hashed:
                 if reads:
-                    first, count, slot, pending = reads.popleft()
+                    first, count, slot, expected, pending = reads.popleft()
                     pending.result()
-                    hasher.submit(slot, count * BLOCK)
-                    hashed.append((first, count, slot))
+                    if slot != ZERO_SPAN:
+                        hasher.submit(slot, count * BLOCK)
+                    hashed.append((first, count, slot, expected))
                 # One span stays with the child while this thread checks the one before.
                 if len(hashed) > 1 or not reads:
                     self.check_and_write(writer)
@@ -155,3 +193,6 @@ class _Ring:
         finally:
             reader.shutdown(wait=False, cancel_futures=True)
             writer.shutdown(wait=True, cancel_futures=True)
+            if self._zeros is not None:
+                with contextlib.suppress(BufferError):  # a view still held: it goes with it
+                    self._zeros.close()
