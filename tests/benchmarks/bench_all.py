@@ -29,7 +29,9 @@ GiB, and peak RSS, with the minimum over --repeat runs (default 1):
             whose slot A holds the image. The updater's CPU, nginx's CPU apart
             (utime + stime of its processes over the install), bytes nginx served
             and their share of the image; for the fresh install beside the share of
-            the image's non-zero blocks.
+            the image's non-zero blocks. `curl` of the bundle to /dev/null gives the
+            CPU of receiving it over TLS with nothing else; the local install's CPU
+            plus curl's is what an HTTPS install costs at the least.
 
 Ratios against the references follow each section; ours and `veritysetup format`
 run alternately, and the median of the pairs' wall-time ratios is printed too
@@ -562,6 +564,27 @@ def bench_image(
         f" (non-zero blocks: {1 - zeros:.2%})",
     )
     table.ratio("ours: HTTPS, fresh install", "ours: updater install (file)")
+
+    def curl() -> Run:
+        drop_cache(bundle)
+        nginx.reset_log()
+        before = tree_cpu(nginx_pid(nginx))
+        cmd = ["curl", "-sS", "--noproxy", "*", "--cacert", str(ctx["ca_file"]), "-o", "/dev/null"]
+        run = common.timed([*cmd, nginx.url(bundle.name)])
+        nginx_cpu.append(tree_cpu(nginx_pid(nginx)) - before)
+        served.append(nginx.body_bytes_served())
+        return run
+
+    receive = "curl, the bundle to /dev/null (TLS receive)"
+    https_row(receive, curl)
+    local = table.rows["ours: updater install (file)"]
+    fresh = table.rows["ours: HTTPS, fresh install"]
+    floor = local.cpu_seconds + table.rows[receive].cpu_seconds
+    print(
+        f"    local install + curl (receiving the bundle with nothing else): CPU {floor:.2f} s = "
+        f"{floor / local.cpu_seconds:.2f}x the local install; ours over HTTPS "
+        f"{fresh.cpu_seconds / local.cpu_seconds:.2f}x"
+    )
     delta_dev = make_device(workdir / f"dev-delta-{name}", pki, image.read_bytes())
     with delta_dev.config_path.open("a") as f:
         f.write(f'[http]\nca_file = "{ctx["ca_file"]}"\n')
