@@ -30,7 +30,7 @@ from bundle_tool.container import ImageLayout
 from bundle_tool.errors import BundleError, BundleIOError
 from bundle_tool.manifest import VerityInfo
 
-from . import blockindex, leaffetch, readback
+from . import blockindex, directio, leaffetch, readback
 from .errors import DeviceError
 from .movedblocks import copy_moved
 from .pieces import ExactReader, paired_runs, runs
@@ -490,7 +490,7 @@ class DeltaWriter(ImageWriter):
         """Write the zero blocks, a span at a time (their signed digests say they are zeros)."""
         s = self.s
         span = self.tuning.span_blocks
-        with memoryview(bytes(span * BLOCK)) as zeros:
+        with directio.aligned_buffer(span * BLOCK) as buffer, memoryview(buffer) as zeros:
             for b0, n in runs(blocks):
                 for first in range(b0, b0 + n, span):
                     count = min(span, b0 + n - first)

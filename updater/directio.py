@@ -11,24 +11,25 @@ own pages in memory, where a buffered install of a large image evicts them.
 Direct I/O wants offsets, lengths and memory aligned to the device's logical
 block; `ALIGN` (4096) suits every device, and every slot offset the installer
 uses is a multiple of it. Memory from `aligned_buffer` is page-aligned; other
-bytes go through such a buffer. A file system that refuses `O_DIRECT` (some
-FUSE file systems; tmpfs before Linux 6.6) is read and written through the page
-cache as before: `open_direct` returns None there, and `DirectWriter.pwrite`
-says so when a write is refused.
+bytes (small writes: the hash area, a boot file's blocks) go through the page
+cache, where the installer reads the hash area again. A file system that refuses
+`O_DIRECT` (some FUSE file systems; tmpfs before Linux 6.6) is read and written
+through the page cache as before: `open_direct` returns None there, and
+`DirectWriter` notes when a write is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
-import threading
 from collections.abc import Iterator
 
 ALIGN = 4096
-#: The size of the buffer that unaligned memory and reads are copied through.
-BOUNCE = 1 << 20
+#: The largest piece an `AlignedReader` reads at a time.
+CHUNK = 1 << 20
 
 
 def aligned_buffer(size: int) -> mmap.mmap:
@@ -54,71 +55,62 @@ def is_aligned(offset: int, length: int) -> bool:
     return offset % ALIGN == 0 and length % ALIGN == 0
 
 
-class DirectWriter:
-    """Writes through a descriptor opened with `O_DIRECT`.
+def address(view: memoryview) -> int | None:
+    """Where a writable buffer's bytes start in memory; None for a read-only one."""
+    try:
+        probe = ctypes.c_char.from_buffer(view)
+    except (TypeError, ValueError):  # read-only (a bytes object), or empty
+        return None
+    try:
+        return ctypes.addressof(probe)
+    finally:
+        del probe  # the export of the buffer ends here
 
-    Memory that is not aligned (a `bytes` object, say) is copied through an
-    aligned buffer first; one lock keeps that buffer to one writer at a time.
+
+class DirectWriter:
+    """Writes through a descriptor opened with `O_DIRECT`, where the request allows it.
+
+    A request is direct when its offset, its length and its memory are aligned
+    (a span of the hashing ring, a buffer of zeros); any other (a `bytes`
+    object, such as a block of the hash area) is left to the page cache.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._bounce: mmap.mmap | None = None
-        self._lock = threading.Lock()
+        #: Set once the file system refused an aligned direct write: use the page cache.
+        self.refused = False
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> bool:
-        """Write `data` at `offset` directly; False if direct I/O cannot write it.
+        """Write `data` at `offset` directly; False where this request is not for direct I/O.
 
-        False for an offset or length that is not aligned (nothing written), or
-        when the file system refuses an aligned direct write: the caller writes
-        the same bytes through the page cache (rewriting any part written here).
+        False leaves the bytes to the caller to write through the page cache
+        (rewriting any part written here): the request is not aligned, or the
+        file system refused it (`refused` is set then).
 
         Raises:
             OSError: the write failed (no space, a failing medium).
         """
         view = memoryview(data).cast("B")
-        if not is_aligned(offset, len(view)):
+        if not is_aligned(offset, len(view)) or not view:
+            return False
+        start = address(view)
+        if start is None or start % ALIGN:
             return False
         done = 0
         try:
             while done < len(view):
                 done += os.pwrite(self.fd, view[done:], offset + done)
-            return True
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-        return self._bounced(offset + done, view[done:])
-
-    def _bounced(self, offset: int, view: memoryview) -> bool:
-        """Write `view` through the aligned buffer; False if even that is refused."""
-        with self._lock:
-            if self._bounce is None:
-                self._bounce = aligned_buffer(BOUNCE)
-            bounce = memoryview(self._bounce)
-            try:
-                for start in range(0, len(view), BOUNCE):
-                    piece = view[start : start + BOUNCE]
-                    bounce[: len(piece)] = piece
-                    written = 0
-                    while written < len(piece):
-                        written += os.pwrite(
-                            self.fd, bounce[written : len(piece)], offset + start + written
-                        )
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                return False
-            finally:
-                bounce.release()
+            self.refused = True
+            return False
         return True
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self._bounce is not None:
-            self._bounce.close()
-            self._bounce = None
 
 
 class AlignedReader:
@@ -132,7 +124,7 @@ class AlignedReader:
         OSError: the file cannot be opened.
     """
 
-    def __init__(self, path: str, chunk: int = BOUNCE) -> None:
+    def __init__(self, path: str, chunk: int = CHUNK) -> None:
         self.path = path
         self.chunk = chunk
         fd = open_direct(path, os.O_RDONLY)

@@ -91,9 +91,22 @@ class WriteSession:
         self.dev.pwrite(first * BLOCK, data)
 
     def write_checked(self, first: int, data: bytes, expected: bytes) -> None:
-        """Check blocks [first, first + len(data)/4096) against `expected`, then write them."""
-        refuse_mismatch(first, self.digests(data), expected)
-        self.write(first, data)
+        """Check blocks [first, first + len(data)/4096) against `expected`, then write them.
+
+        Data of one span at most is written from the hashing ring's first slot,
+        where it was checked (aligned memory: written around the page cache).
+        """
+        hasher = self.hasher
+        if len(data) > hasher.span_bytes:
+            refuse_mismatch(first, self.digests(data), expected)
+            self.write(first, data)
+            return
+        with hasher.view(0, len(data)) as slot:
+            slot[:] = data
+        hasher.submit(0, len(data))
+        refuse_mismatch(first, hasher.collect(), expected)
+        with hasher.view(0, len(data)) as slot:
+            self.write(first, slot)
 
     def flush(self, back: RegionReadBack, upto_block: int) -> None:
         """Make every write so far durable; the data below `upto_block` is read back."""

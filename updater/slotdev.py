@@ -6,7 +6,7 @@ import os
 import stat
 from abc import ABC, abstractmethod
 
-from .directio import DirectWriter, is_aligned, open_direct
+from .directio import DirectWriter, open_direct
 from .errors import DeviceError
 
 
@@ -52,8 +52,9 @@ class SlotDevice(ABC):
 class FileSlot(SlotDevice):
     """A slot on a block device or in a plain file.
 
-    Writes of whole 4 KiB blocks bypass the page cache (`directio`) where the
-    file system allows it; reads, and any other write, go through it. Linux
+    Writes of whole 4 KiB blocks from aligned memory bypass the page cache
+    (`directio`) where the file system allows it; reads, and any other write,
+    go through it. Linux
     keeps the two coherent: a direct write drops the cached pages it covers.
 
     Args:
@@ -94,7 +95,7 @@ class FileSlot(SlotDevice):
             if self._direct is not None:
                 if self._direct.pwrite(offset, view):
                     return
-                if is_aligned(offset, len(view)):  # refused aligned: the page cache from now on
+                if self._direct.refused:  # the page cache from now on
                     self._refused, self._direct = self._direct, None
             while done < len(view):
                 done += os.pwrite(self._fd, view[done:], offset + done)
