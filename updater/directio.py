@@ -131,7 +131,11 @@ class AlignedReader:
         #: Whether reads bypass the page cache.
         self.direct = fd is not None
         self.fd = fd if fd is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._buffer = aligned_buffer(chunk + 2 * ALIGN)
+        try:
+            self._buffer = aligned_buffer(chunk + 2 * ALIGN)
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def chunks(self, offset: int, length: int) -> Iterator[memoryview]:
         """The bytes [offset, offset + length) in pieces of at most `chunk` bytes.

@@ -7,6 +7,7 @@ standard input, which can only go forward: skipped bytes are read and dropped.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import BinaryIO, Self
 
@@ -65,8 +66,14 @@ class _FileRange:
         self._end = end
         self._reader: AlignedReader | None = None
         self._tried = False
+        # A read may still run in a reader thread when the range is closed: the
+        # last of the two to let go of the lock closes the reader.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def _direct(self) -> AlignedReader | None:
+        if self._closed:
+            raise ValueError("read from a closed range")
         if not self._tried:
             self._tried = True
             try:
@@ -80,6 +87,14 @@ class _FileRange:
         return self._reader
 
     def take_into(self, view: memoryview) -> None:
+        with self._lock:
+            try:
+                self._take_into(view)
+            finally:
+                if self._closed:
+                    self._release()
+
+    def _take_into(self, view: memoryview) -> None:
         if self._pos + len(view) > self._end:
             raise ValueError(f"the range ends at byte {self._end}")
         reader = self._direct()
@@ -104,6 +119,14 @@ class _FileRange:
         self._pos += length
 
     def close(self) -> None:
+        self._closed = True
+        if self._lock.acquire(blocking=False):  # else the read in flight closes it
+            try:
+                self._release()
+            finally:
+                self._lock.release()
+
+    def _release(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from abc import ABC, abstractmethod
@@ -77,13 +78,11 @@ class FileSlot(SlotDevice):
         self._direct: DirectWriter | None = None
         self._refused: DirectWriter | None = None  # closed with the slot (a write may be in flight)
         if writable:
-            try:
-                direct = open_direct(path, os.O_WRONLY)
-            except OSError as e:
-                os.close(self._fd)
-                raise DeviceError(f"cannot open slot {path}: {e.strerror}") from e
-            if direct is not None:
-                self._direct = DirectWriter(direct)
+            # The same file as self._fd, even if `path` was re-pointed in between.
+            with contextlib.suppress(OSError):  # no /proc: the page cache, as before
+                direct = open_direct(f"/proc/self/fd/{self._fd}", os.O_WRONLY)
+                if direct is not None:
+                    self._direct = DirectWriter(direct)
 
     def _fail(self, what: str, e: OSError) -> DeviceError:
         return DeviceError(f"slot {self.path}: {what} failed: {e.strerror}")

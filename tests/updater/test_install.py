@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -231,6 +232,32 @@ def test_an_interrupted_install_from_a_file_resumes_when_run_again(
     assert again["bytes_fetched"] <= (BLOCKS - 448 + 16) * 4096, again
     assert_installed(device)
     assert device.slot("B").read_bytes()[: len(new)] == new
+
+
+class FailingOnZeros(FileSlot):
+    """A medium that fails the write of the zero blocks from block 512."""
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        if offset == 512 * 4096:
+            raise self._fail("write", OSError(errno.EIO, "Input/output error"))
+        super().pwrite(offset, data)
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_a_failed_write_of_zero_blocks_is_a_device_error_on_record(
+    device: Device, *, delta: bool
+) -> None:
+    new = bytearray(image_bytes(BLOCKS, seed=15))
+    new[512 * 4096 : 640 * 4096] = bytes(128 * 4096)  # a span of zeros, written from a buffer
+    bundle = device.bundle(bytes(new))
+
+    inst = Installer(device.config(), open_slot=FailingOnZeros, tuning=SMALL_REGIONS)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match="Input/output error"):
+        inst.install(src, delta=delta)
+    last = StateDir(device.root / "state").last_result()
+    assert last is not None and last["kind"] == "DeviceError", last
+    env = fw_printenv(device)
+    assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0"
 
 
 def plan_paths(device: Device, bundle: Path, **kw: object) -> list[tuple[str, str | None, str]]:
