@@ -12,6 +12,7 @@ import fcntl
 import mmap
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,57 @@ def test_a_read_error_in_the_read_back_names_the_blocks(
     )
     with pytest.raises(readback.BundleIOError, match=r"in blocks 2 to 4 failed: Input/output"):
         readback._check_region(str(slot_path), checker, 8 * BLOCK, request)
+
+
+def test_the_direct_descriptor_is_the_slot_s_own_file(
+    slot_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The slot is named through a link (as /dev/disk/by-partlabel/... are), re-pointed
+    # by someone else just as the slot is opened: both descriptors still name one file.
+    link, other = slot_path.with_name("by-label"), slot_path.with_name("other.img")
+    other.write_bytes(b"")
+    link.symlink_to(slot_path)
+    real = directio.open_direct
+
+    def re_pointed(path: str, flags: int) -> int | None:
+        link.unlink()
+        link.symlink_to(other)
+        return real(path, flags)
+
+    monkeypatch.setattr("updater.slotdev.open_direct", re_pointed)
+    with FileSlot(str(link)) as slot:
+        slot.pwrite(0, aligned(pattern(4 * BLOCK)))
+        slot.flush()
+    assert slot_path.read_bytes() == pattern(4 * BLOCK)
+    assert other.read_bytes() == b""
+
+
+def test_closing_a_range_while_a_read_runs_leaves_the_closing_to_that_read(
+    slot_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = slot_path.with_name("bundle")
+    path.write_bytes(pattern(16 * BLOCK))
+    reading, go_on = threading.Event(), threading.Event()
+    real = directio.AlignedReader.chunks
+
+    def slow(self: directio.AlignedReader, offset: int, length: int):  # type: ignore[no-untyped-def]
+        reading.set()
+        go_on.wait(10)
+        yield from real(self, offset, length)
+
+    monkeypatch.setattr(directio.AlignedReader, "chunks", slow)
+    with FileSource(path) as source:
+        part = source.open_range(0, 16 * BLOCK)
+        out = memoryview(bytearray(8 * BLOCK))
+        reader = threading.Thread(target=part.take_into, args=(out,))
+        reader.start()
+        assert reading.wait(10)
+        part.close()  # the read holds the reader: it is not closed under it
+        held = part._reader
+        assert held is not None and held.fd >= 0
+        go_on.set()
+        reader.join(10)
+        assert bytes(out) == pattern(16 * BLOCK)[: 8 * BLOCK]
+        assert part._reader is None and held.fd == -1  # closed once the read was done
+        with pytest.raises(ValueError, match="closed range"):
+            part.take_into(memoryview(bytearray(BLOCK)))
