@@ -55,8 +55,8 @@ class FileSlot(SlotDevice):
 
     Writes of whole 4 KiB blocks from aligned memory bypass the page cache
     (`directio`) where the file system allows it; reads, and any other write,
-    go through it. Linux
-    keeps the two coherent: a direct write drops the cached pages it covers.
+    go through it. Linux keeps the two coherent: a direct write drops the
+    cached pages it covers.
 
     Args:
         path: the block device or file; a missing file is created, unless read-only.
