@@ -10,7 +10,6 @@ carries that out. Needs a random-access source.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 from collections import deque
 from collections.abc import (
@@ -269,7 +268,7 @@ class DeltaWriter(ImageWriter):
         self.tuning = session.tuning
         self.active = open_active(active_device) if active_device is not None else None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="abupdate-fetch")
-        self._zeros: mmap.mmap | None = None  # zero blocks, written from aligned memory
+        self.zeros = directio.Zeros(self.tuning.span_blocks * BLOCK)
         self.cold = 0  # see probes()
         self.moved: blockindex.BlockIndex | None = None  # see index_active
         self.leaf_fetcher = leaffetch.LeafFetcher(
@@ -492,13 +491,10 @@ class DeltaWriter(ImageWriter):
         """Write the zero blocks, a span at a time (their signed digests say they are zeros)."""
         s = self.s
         span = self.tuning.span_blocks
-        if blocks and self._zeros is None:
-            self._zeros = directio.aligned_buffer(span * BLOCK)  # aligned: written directly
-        zeros = memoryview(self._zeros) if self._zeros is not None else memoryview(b"")
         for b0, n in runs(blocks):
             for first in range(b0, b0 + n, span):
                 count = min(span, b0 + n - first)
-                s.write(first, zeros[: count * BLOCK])
+                s.write(first, self.zeros.take(count * BLOCK))
             s.unflushed += n * BLOCK
 
     def copy_guesses(
@@ -526,7 +522,4 @@ class DeltaWriter(ImageWriter):
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.active is not None:
             self.active.close()
-        if self._zeros is not None:
-            # A failed write's traceback may still hold a view of it: it goes with them.
-            with contextlib.suppress(BufferError):
-                self._zeros.close()
+        self.zeros.close()

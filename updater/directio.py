@@ -4,8 +4,8 @@ A buffered write copies each byte into the page cache, and the kernel then
 spends as much again flushing those pages, and dropping them before the
 read-back; a buffered read of a cold bundle fills the cache the same way. On
 the 2-core machine of docs/benchmarks.md, writing 1 GiB with an fsync every
-64 MiB cost 0.7-1.1 s of system CPU buffered and 0.04 s with `O_DIRECT`;
-reading it back 0.4-0.7 s against 0.04 s. It also leaves the running system's
+64 MiB cost 0.7-2.1 s of system CPU buffered and 0.04-0.05 s with `O_DIRECT`;
+reading it back 0.4-0.7 s against 0.03-0.04 s. It also leaves the running system's
 own pages in memory, where a buffered install of a large image evicts them.
 
 Direct I/O wants offsets, lengths and memory aligned to the device's logical
@@ -35,6 +35,33 @@ CHUNK = 1 << 20
 def aligned_buffer(size: int) -> mmap.mmap:
     """`size` bytes of anonymous memory, page-aligned (so fit for direct I/O)."""
     return mmap.mmap(-1, max(size, ALIGN))
+
+
+class Zeros:
+    """Zero blocks in aligned memory (so written directly), made on first use.
+
+    Args:
+        size: the most bytes of zeros asked for at a time.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buffer: mmap.mmap | None = None
+
+    def take(self, length: int) -> memoryview:
+        """`length` (at most `size`) bytes of zeros."""
+        if not 0 <= length <= self.size:
+            raise ValueError(f"at most {self.size} bytes of zeros, not {length}")
+        if self._buffer is None:
+            self._buffer = aligned_buffer(self.size)
+        return memoryview(self._buffer)[:length]
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            # A failed write's traceback may still hold a view of it: it goes with them.
+            with contextlib.suppress(BufferError):
+                self._buffer.close()
+            self._buffer = None
 
 
 def open_direct(path: str, flags: int) -> int | None:

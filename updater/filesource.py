@@ -51,8 +51,8 @@ class _FileRange:
     """A range of a file, taken in order, with direct I/O where the file allows it.
 
     An image's data is read once, so it need not pass through the page cache:
-    reading a cold 1 GiB bundle through it cost 0.3-2.0 s of system CPU on the
-    machine of docs/benchmarks.md, against 0.05 s direct, and it evicts the
+    reading a cold 1 GiB bundle through it cost 0.14-2.14 s of system CPU on the
+    machine of docs/benchmarks.md, against 0.04-0.05 s direct, and it evicts the
     running system's pages. The file is opened again through `/proc/self/fd`
     (the same file, even if its path has changed since) with `O_DIRECT`, and
     each span is copied out of an aligned buffer, since the data need not start

@@ -28,12 +28,15 @@ class ExactReader:
             with contextlib.suppress(ValueError):  # running in a reader thread: it ends there
                 close()
 
+    def _next_chunk(self) -> memoryview:
+        chunk = next(self._it, None)
+        if chunk is None:
+            raise BundleError("bundle ends early")
+        return memoryview(chunk)
+
     def take(self, n: int) -> bytes:
         while n and not self._head:  # start on the next chunk: it may be taken whole
-            chunk = next(self._it, None)
-            if chunk is None:
-                raise BundleError("bundle ends early")
-            self._head = memoryview(chunk)
+            self._head = self._next_chunk()
         if len(self._head) >= n:
             if (
                 n == len(self._head)
@@ -48,10 +51,7 @@ class ExactReader:
         parts = [self._head]
         have = len(self._head)
         while have < n:
-            chunk = next(self._it, None)
-            if chunk is None:
-                raise BundleError("bundle ends early")
-            view = memoryview(chunk)
+            view = self._next_chunk()
             parts.append(view[: n - have])
             self._head = view[n - have :]
             have += len(parts[-1])
@@ -62,10 +62,7 @@ class ExactReader:
         pos = 0
         while pos < len(view):
             if not self._head:
-                chunk = next(self._it, None)
-                if chunk is None:
-                    raise BundleError("bundle ends early")
-                self._head = memoryview(chunk)
+                self._head = self._next_chunk()
             n = min(len(view) - pos, len(self._head))
             view[pos : pos + n] = self._head[:n]
             self._head = self._head[n:]
@@ -75,10 +72,7 @@ class ExactReader:
         """Pass over the next `n` bytes (read and dropped)."""
         while n:
             if not self._head:
-                chunk = next(self._it, None)
-                if chunk is None:
-                    raise BundleError("bundle ends early")
-                self._head = memoryview(chunk)
+                self._head = self._next_chunk()
             k = min(n, len(self._head))
             self._head = self._head[k:]
             n -= k

@@ -23,6 +23,7 @@ from .tuning import InstallTuning
 from .writelog import WriteLog
 
 BLOCK = verity.BLOCK_SIZE
+DIGEST = verity.DIGEST_SIZE
 
 
 def refuse_mismatch(first: int, got: bytes, expected: bytes) -> None:
@@ -93,20 +94,22 @@ class WriteSession:
     def write_checked(self, first: int, data: bytes, expected: bytes) -> None:
         """Check blocks [first, first + len(data)/4096) against `expected`, then write them.
 
-        Data of one span at most is written from the hashing ring's first slot,
-        where it was checked (aligned memory: written around the page cache).
+        Each span is written from the hashing ring's first slot, where it was
+        checked (aligned memory: written around the page cache).
         """
         hasher = self.hasher
-        if len(data) > hasher.span_bytes:
-            refuse_mismatch(first, self.digests(data), expected)
-            self.write(first, data)
-            return
-        with hasher.view(0, len(data)) as slot:
-            slot[:] = data
-        hasher.submit(0, len(data))
-        refuse_mismatch(first, hasher.collect(), expected)
-        with hasher.view(0, len(data)) as slot:
-            self.write(first, slot)
+        span = hasher.span_bytes
+        with memoryview(data) as whole:
+            for start in range(0, len(whole), span):
+                piece = whole[start : start + span]
+                at = first + start // BLOCK
+                with hasher.view(0, len(piece)) as slot:
+                    slot[:] = piece
+                hasher.submit(0, len(piece))
+                digests = expected[start // BLOCK * DIGEST : (start + len(piece)) // BLOCK * DIGEST]
+                refuse_mismatch(at, hasher.collect(), digests)
+                with hasher.view(0, len(piece)) as slot:
+                    self.write(at, slot)
 
     def flush(self, back: RegionReadBack, upto_block: int) -> None:
         """Make every write so far durable; the data below `upto_block` is read back."""

@@ -10,8 +10,6 @@ blocks are zeros, and zeros are written (a stream reads and drops its bytes).
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -105,7 +103,7 @@ class _Ring:
         self.writes: deque[tuple[int, Future[None]]] = deque()  # slot, write
         self.next_block = 0
         self.zero_digest = ZeroBlocks.for_salt(session.vinfo.salt).digest
-        self._zeros: mmap.mmap | None = None
+        self.zeros = directio.Zeros(self.span_blocks * BLOCK)
 
     def leaf(self, j: int) -> bytes:
         return self.s.dev.pread(self.s.leaf_offset(j), BLOCK)
@@ -126,12 +124,6 @@ class _Ring:
             return self.s.checker.leaf_digests(first, count, self.leaf)
         except BundleError as e:  # the leaf block was checked before it was written
             raise readback.medium_failed(self.s.dev, f"hash tree: {e}") from e
-
-    def zeros(self, count: int) -> memoryview:
-        """`count` zero blocks, in aligned memory (written directly where the slot allows)."""
-        if self._zeros is None:
-            self._zeros = directio.aligned_buffer(self.span_blocks * BLOCK)
-        return memoryview(self._zeros)[: count * BLOCK]
 
     def read_ahead(self, reader: ThreadPoolExecutor) -> None:
         self.reclaim(0)
@@ -159,7 +151,7 @@ class _Ring:
         s = self.s
         first, count, slot, expected = self.hashed.popleft()
         if slot == ZERO_SPAN:
-            view = self.zeros(count)  # the signed digests say these blocks are zeros
+            view = self.zeros.take(count * BLOCK)  # the signed digests say they are zeros
         else:
             refuse_mismatch(first, s.hasher.collect(), expected)
             view = s.hasher.view(slot, count * BLOCK)
@@ -193,6 +185,4 @@ class _Ring:
         finally:
             reader.shutdown(wait=False, cancel_futures=True)
             writer.shutdown(wait=True, cancel_futures=True)
-            if self._zeros is not None:
-                with contextlib.suppress(BufferError):  # a view still held: it goes with it
-                    self._zeros.close()
+            self.zeros.close()
