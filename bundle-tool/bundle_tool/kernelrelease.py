@@ -22,12 +22,14 @@ MAX_UNPACKED = 128 << 20
 
 _RELEASE = re.compile(rb"[0-9][0-9A-Za-z.+_~-]{0,%d}" % (MAX_RELEASE - 1))
 _BANNER = b"Linux version "
+#: Where a bzImage's setup header holds its `kernel_version` field.
+_VERSION_POINTER = 0x20E
 
 
 def kernel_release(image: bytes) -> str | None:
     """The release of the kernel in `image`, or None when it cannot be told."""
-    if image[0x202:0x206] == b"HdrS":
-        (pointer,) = struct.unpack_from("<H", image, 0x20E)
+    if image[0x202:0x206] == b"HdrS" and len(image) >= _VERSION_POINTER + 2:
+        (pointer,) = struct.unpack_from("<H", image, _VERSION_POINTER)
         if pointer:
             found = _RELEASE.match(image, 0x200 + pointer)
             if found:

@@ -33,7 +33,15 @@ def test_an_image_carries_its_banner_also_compressed() -> None:
 
 
 @pytest.mark.parametrize(
-    "image", [b"", b"\0" * 8192, b"Linux version \xff\xfe", bzimage(b"\0"), b"\x1f\x8bgarbage"]
+    "image",
+    [
+        b"",
+        b"\0" * 8192,
+        b"Linux version \xff\xfe",
+        bzimage(b"\0"),
+        bzimage(b"6.1.0")[:0x20F],  # a setup header cut short of its version pointer
+        b"\x1f\x8bgarbage",
+    ],
 )
 def test_an_image_that_does_not_tell_gives_none(image: bytes) -> None:
     assert kernel_release(image) is None
