@@ -98,8 +98,10 @@ class BundleSource(ABC):
 
         Called once the installer has read all it needs. A source whose size is
         known had it compared with the signed total when the head was read
-        (`bundle_tool.reader.read_head`), and refuses a change of size while it
-        is read: nothing is left to check. A stream reads on to its end.
+        (`bundle_tool.reader.read_head`); a file is measured again (spans of
+        zero blocks are not read, so a cut there would go unseen), and an HTTP
+        answer for another size or version of the file is refused as it comes.
+        A stream reads on to its end.
 
         Raises:
             BundleError: the bundle ends elsewhere.

@@ -46,21 +46,28 @@ class FileReader:
         except OSError as e:
             raise UsageError(f"cannot open bundle {self.path}: {e.strerror}") from e
         try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISREG(mode):
-                self._size = os.fstat(fd).st_size
-            elif stat.S_ISBLK(mode):
-                self._size = os.lseek(fd, 0, os.SEEK_END)
-            else:
-                raise UsageError(f"not a regular file or block device: {self.path}")
+            self._size = self._measure(fd)
         except BaseException:
             os.close(fd)
             raise
         self._fd: int | None = fd
 
+    def _measure(self, fd: int) -> int:
+        """The size of the open file or block device now."""
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return os.fstat(fd).st_size
+        if stat.S_ISBLK(mode):
+            return os.lseek(fd, 0, os.SEEK_END)
+        raise UsageError(f"not a regular file or block device: {self.path}")
+
     def size(self) -> int:
         """Size of the file or block device in bytes, as it was when opened."""
         return self._size
+
+    def size_now(self) -> int:
+        """Size of the file or block device in bytes now (it may have changed since)."""
+        return self._measure(self._open_fd())
 
     def read(self, offset: int, length: int) -> Iterator[bytes]:
         """Yield exactly `length` bytes from `offset`, in chunks of at most `CHUNK` bytes.

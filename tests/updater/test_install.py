@@ -156,7 +156,41 @@ def test_stream_install_writes_spans_of_zero_blocks_without_reading_or_hashing_t
     assert device.slot("B").read_bytes()[: BLOCKS * 4096] == bytes(new)
     # Every span but the five of zeros went through the hashing child.
     assert len(hashed) == -(-BLOCKS // 64) - 5, hashed
-    assert device.slot("B").read_bytes()[: len(new)] == new
+
+
+@pytest.mark.parametrize("change", ["cut", "grown"])
+def test_a_bundle_file_changed_in_size_while_read_is_refused_though_its_zeros_are_not_read(
+    device: Device, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Its last spans hold zero blocks only, so the stream path reads none of their
+    bytes: the file is measured again before the switch."""
+    from updater import readback
+
+    new = bytearray(image_bytes(BLOCKS, seed=41))
+    new[500 * 4096 :] = bytes((BLOCKS - 500) * 4096)  # free space at the image's end
+    bundle = device.bundle(bytes(new))
+    size = bundle.stat().st_size
+    data_offset = layout(device, bundle)[1]
+    assert size == data_offset + BLOCKS * 4096  # the data ends the file
+    flushed = readback.RegionReadBack.flushed
+
+    def change_file(self: readback.RegionReadBack, upto_block: int) -> None:
+        if upto_block <= 64:  # after the first flush, the data still being read
+            if change == "cut":
+                os.truncate(bundle, data_offset + 600 * 4096)  # in the zero spans
+            else:
+                with bundle.open("ab") as f:
+                    f.write(b"appended")
+        flushed(self, upto_block)
+
+    monkeypatch.setattr(readback.RegionReadBack, "flushed", change_file)
+    before = device.snapshot()
+    tuning = InstallTuning(span_blocks=64, flush_every=64 * 4096)
+    message = "ends early" if change == "cut" else "changed while it was read"
+    with FileSource(bundle) as src, pytest.raises(BundleError, match=message):
+        Installer(device.config(), tuning=tuning).install(src, delta=False)
+    assert device.snapshot() == before
+    assert bundle.stat().st_size != size
 
 
 def test_good_install_from_file(device: Device) -> None:

@@ -228,6 +228,20 @@ def test_a_file_has_its_end_checked_with_the_head(tmp_path: Path) -> None:
         assert source.bytes_fetched == 0
 
 
+def test_a_file_cut_or_grown_since_it_was_opened_is_refused_at_its_end(tmp_path: Path) -> None:
+    """The installer does not read every byte (zero spans), so the size is taken again."""
+    path = tmp_path / "b.bundle"
+    path.write_bytes(payload(1000))
+    with FileSource(path) as source:
+        os.truncate(path, 999)
+        with pytest.raises(BundleError, match=r"ends early: .* has 999 bytes, 1000 needed"):
+            source.check_end(1000)
+        os.truncate(path, 1001)
+        with pytest.raises(BundleError, match=r"changed while it was read: .* has 1001 bytes"):
+            source.check_end(1000)
+        assert source.bytes_fetched == 0
+
+
 # -- choosing a source -----------------------------------------------------------
 
 
