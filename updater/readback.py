@@ -75,27 +75,27 @@ def _bad_block(fd: int, checker: verity.TreeChecker, hash_offset: int, extent: E
     return f"blocks {extent.first} to {extent.end - 1}"  # changed since, yet as signed
 
 
-def _read_digest(reader: AlignedReader, extent: Extent) -> bytes:
+def _read_digest(reader: AlignedReader, name: str, extent: Extent) -> bytes:
     """The read-back digest of an extent as the medium returns it (not the page cache)."""
     try:
         return writelog.digest_pieces(reader.chunks(extent.first * BLOCK, extent.count * BLOCK))
     except EOFError as e:
-        raise BundleIOError(f"{reader.path} ends before block {extent.end}") from e
+        raise BundleIOError(f"{name} ends before block {extent.end}") from e
     except OSError as e:
         raise BundleIOError(
-            f"reading {reader.path} in blocks {extent.first} to {extent.end - 1} "
-            f"failed: {e.strerror}"
+            f"reading {name} in blocks {extent.first} to {extent.end - 1} failed: {e.strerror}"
         ) from e
 
 
 def _check_region(
-    path: str, checker: verity.TreeChecker, hash_offset: int, request: bytes
+    name: str, path: str, checker: verity.TreeChecker, hash_offset: int, request: bytes
 ) -> bytes:
     """In the child: read extents back and compare them; b"" if they match, else why not.
 
-    The extents are read with direct I/O where the file system allows it, so
-    from the medium whatever the page cache holds; elsewhere through the page
-    cache, which the parent dropped after the flush.
+    `path` opens the very file the parent wrote (`SlotDevice.reopen_path`);
+    `name` is the slot's name in messages. The extents are read with direct I/O
+    where the file system allows it, so from the medium whatever the page cache
+    holds; elsewhere through the page cache, which the parent dropped after the flush.
     """
     extents = list(writelog.decode_extents(request))
     if not extents:
@@ -103,10 +103,10 @@ def _check_region(
     end = max(e.end for e in extents)
     with AlignedReader(path) as reader:
         if os.lseek(reader.fd, 0, os.SEEK_END) < end * BLOCK:
-            raise BundleIOError(f"{path} ends before block {end}")
+            raise BundleIOError(f"{name} ends before block {end}")
         for extent in extents:
-            if _read_digest(reader, extent) != extent.digest:
-                with open(path, "rb", buffering=0) as f:
+            if _read_digest(reader, name, extent) != extent.digest:
+                with open(path, "rb", buffering=0) as f:  # buffered reads: any alignment
                     return _bad_block(f.fileno(), checker, hash_offset, extent).encode()
     return b""
 
@@ -147,7 +147,9 @@ class RegionReadBack:
         self.log = log
         self.hash_offset = vinfo.data_blocks * BLOCK
         self._workers: list[forked.Worker] = []
-        check = functools.partial(_check_region, dev.path, checker, self.hash_offset)
+        check = functools.partial(
+            _check_region, dev.path, dev.reopen_path, checker, self.hash_offset
+        )
         try:
             for _ in range(self.CHILDREN):
                 self._workers.append(forked.Worker(check, nice=self.NICE))

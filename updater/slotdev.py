@@ -18,8 +18,18 @@ class SlotDevice(ABC):
     written since the last flush (the installer is built for that).
     """
 
-    #: A path other processes can read the slot through (for parallel read-back checks).
+    #: The slot's name, as configured (in messages).
     path: str
+
+    @property
+    def reopen_path(self) -> str:
+        """A path that opens the file this slot has open, in this process and in its
+        forked children (the read-back reads the slot through it).
+
+        The default is `path`; a slot holding a descriptor names that, so a name
+        re-pointed after the slot was opened does not change what is read back.
+        """
+        return self.path
 
     @abstractmethod
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
@@ -83,6 +93,12 @@ class FileSlot(SlotDevice):
                 direct = open_direct(f"/proc/self/fd/{self._fd}", os.O_WRONLY)
                 if direct is not None:
                     self._direct = DirectWriter(direct)
+
+    @property
+    def reopen_path(self) -> str:
+        if os.path.isdir("/proc/self/fd"):
+            return f"/proc/self/fd/{self._fd}"  # inherited by a forked child, same number
+        return self.path  # no /proc: the name, as opened
 
     def _fail(self, what: str, e: OSError) -> DeviceError:
         return DeviceError(f"slot {self.path}: {what} failed: {e.strerror}")

@@ -874,6 +874,38 @@ def test_read_back_catches_a_failing_medium(
     assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
 
 
+class RenamedUnderUs(LyingMedium):
+    """A lying medium whose name is re-pointed, at each flush, at a copy holding what
+    was meant to be written: the slot file itself keeps the wrong bit."""
+
+    def flush(self) -> None:
+        super().flush()
+        fd = self._fd  # the slot file, which the name no longer points at after the first
+        good = bytearray(os.pread(fd, os.fstat(fd).st_size, 0))
+        if len(good) > self.bad_offset:
+            good[self.bad_offset] ^= 0x10  # the copy as the install meant it
+        Path(self.path + ".good").write_bytes(good)
+        os.replace(self.path + ".good", self.path)  # the open file is now unnamed
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_read_back_reads_the_file_written_not_what_its_name_points_at(
+    device: Device, delta: bool
+) -> None:
+    """The read-back children read through the slot's open descriptor: a name
+    re-pointed after the slot was opened does not change what is checked."""
+    bundle = device.bundle(image_bytes(BLOCKS, seed=17))
+    inst = Installer(device.config(), open_slot=RenamedUnderUs)
+    with FileSource(bundle) as src, pytest.raises(DeviceError, match="does not read back") as e:
+        inst.install(src, delta=delta)
+    assert re.search(r"\(block 100\)", str(e.value)), e.value
+    # What the name points at now is the image as signed: read by name, it would pass.
+    data = Path(device.slot("B")).read_bytes()[: BLOCKS * 4096]
+    assert data == image_bytes(BLOCKS, seed=17)
+    env = fw_printenv(device)
+    assert env["BOOT_ORDER"] == "A B" and env["BOOT_B_LEFT"] == "0" and not env["BOOT_B_VERITY"]
+
+
 class ShrinkingMedium(FileSlot):
     """A slot that loses all but its first 50 blocks once flushed (a medium swapped under us)."""
 
