@@ -6,10 +6,12 @@ The exit statuses are the rule the three tools share (`bootctl.exitstatus`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from bootctl.control import SlotControl, SlotStatus
 from bootctl.errors import (
     BootctlError,
     BootedSlotError,
+    BusyError,
     ConfigError,
     EnvError,
     OutputError,
@@ -29,7 +32,7 @@ from bootctl.errors import (
     StorageError,
     UnsetVariableError,
 )
-from bootctl.state import SlotVerity, verity_var
+from bootctl.state import SlotVerity
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -38,6 +41,7 @@ DEFAULT_BOARD = "/etc/abupdate/board.toml"
 #: Each class's exit status (docs/exit-status.md), first match wins.
 EXIT_CODES: ExitCodes = (
     (ConfigError, exitstatus.USAGE),
+    (BusyError, exitstatus.BUSY),
     (UnsetVariableError, exitstatus.USAGE),
     (SlotRefusedError, exitstatus.REFUSED),
     (BootedSlotError, exitstatus.DEVICE),
@@ -60,10 +64,32 @@ exit status:
   7  device: the environment has no valid copy, does not match its size, or the
      variables do not fit; its file or device cannot be read, written or
      flushed; the booted slot cannot be told
-  8  mark-good handed over to the updater: another install or mark-good runs
+  8  busy: an install or mark-good of the updater runs (a verb that changes
+     the environment, where the device runs the updater); nothing was done
 The same kind of fault has the same status in abctl, updater and bundle-tool
 (docs/exit-status.md).
 """
+
+
+_LOCKED = """\
+Where the device runs the updater (its device config exists), this holds the
+updater's install lock for its write: while an install or mark-good runs, it is
+refused (status 8) and changes nothing, since a change made between an install's
+first write and its switch could make a half-written slot bootable."""
+
+
+def _device_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device-config",
+        type=Path,
+        default=Path(handover.DEFAULT_DEVICE_CONFIG),
+        metavar="FILE",
+        help=f"the updater's device config (default {handover.DEFAULT_DEVICE_CONFIG})",
+    )
+
+
+def _locked(args: argparse.Namespace, what: str) -> contextlib.AbstractContextManager[None]:
+    return handover.install_lock(args.device_config, what)
 
 
 def _control(args: argparse.Namespace, board: BoardConfig) -> SlotControl:
@@ -117,7 +143,8 @@ def _cmd_mark_good(args: argparse.Namespace, board: BoardConfig) -> int | None:
             return subprocess.run(updater, check=False).returncode
         except OSError as e:
             raise ConfigError(f"cannot run {updater[0]}: {e.strerror}") from e
-    slot = _control(args, board).mark_good()
+    with _locked(args, "mark the booted slot good"):
+        slot = _control(args, board).mark_good()
     print(f"marked slot {slot} good ({board.tries} tries)")
     return None
 
@@ -129,7 +156,8 @@ def _cmd_mark_bad(args: argparse.Namespace, board: BoardConfig) -> None:
         slot = ctl.booted_slot()
         if slot is None:
             raise BootedSlotError("no SLOT given and the booted slot is unknown")
-    ctl.mark_bad(slot, force=args.force)
+    with _locked(args, f"mark slot {slot} bad"):
+        ctl.mark_bad(slot, force=args.force)
     print(f"marked slot {slot} bad")
 
 
@@ -138,23 +166,17 @@ def _parse_verity(text: str) -> SlotVerity:
 
 
 def _cmd_set_primary(args: argparse.Namespace, board: BoardConfig) -> None:
-    ctl = _control(args, board)
-    if args.verity is not None:
-        verity = _parse_verity(args.verity)
-    else:
-        if args.slot not in board.slot_names:
-            raise SlotError(f"unknown slot {args.slot!r}")
-        recorded = ctl.env().get(verity_var(args.slot), "")
-        if not recorded:
-            raise SlotError(f"slot {args.slot} has no verity value; pass --verity")
-        verity = _parse_verity(recorded)
-    ctl.set_primary(args.slot, verity, force=args.force)
+    verity = _parse_verity(args.verity) if args.verity is not None else None
+    with _locked(args, f"make slot {args.slot} primary"):
+        # Without --verity, the recorded value is read in the same locked write.
+        _control(args, board).set_primary(args.slot, verity, force=args.force)
     print(f"slot {args.slot} is primary ({board.tries} tries)")
 
 
 def _cmd_set_verity(args: argparse.Namespace, board: BoardConfig) -> None:
     verity = _parse_verity(args.value) if args.value else None
-    _control(args, board).set_verity(args.slot, verity, force=args.force)
+    with _locked(args, f"set the verity value of slot {args.slot}"):
+        _control(args, board).set_verity(args.slot, verity, force=args.force)
 
 
 def _cmd_print_env(args: argparse.Namespace, board: BoardConfig) -> None:
@@ -179,12 +201,14 @@ def _cmd_init(args: argparse.Namespace, board: BoardConfig) -> None:
             raise SlotError(f"--verity wants SLOT=HASH:SALT:BLOCKS, got {item!r}")
         verity[slot] = _parse_verity(value)
     ctl = _control(args, board)
-    ctl.init(verity)
+    with _locked(args, "initialise the environment"):
+        ctl.init(verity)
     print(f"initialised {ctl.store.describe()}")
 
 
 def _cmd_reset(args: argparse.Namespace, board: BoardConfig) -> None:
-    _control(args, board).reset()
+    with _locked(args, "reset the boot state"):
+        _control(args, board).reset()
 
 
 def _cmd_boot_script(args: argparse.Namespace, board: BoardConfig) -> None:
@@ -255,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
         return add_command(sub, name, help_, description, _EPILOG)
 
+    def add_change(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        """A verb that writes the environment: it waits for no install (see _LOCKED)."""
+        p = add(name, help_, textwrap.dedent(description) + "\n\n" + _LOCKED)
+        _device_config_option(p)
+        return p
+
     p = add(
         "status",
         "show boot order, tries left, verity values and the booted slot",
@@ -264,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cmd_status)
 
-    p = add(
+    p = add_change(
         "mark-good",
         "give the booted slot its full tries back (after boot-complete.target)",
         """\
@@ -277,16 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         which also stores the anti-rollback floor the slot brings; the device config
         then names the board and the environment, and the status is the updater's.""",
     )
-    p.add_argument(
-        "--device-config",
-        type=Path,
-        default=Path(handover.DEFAULT_DEVICE_CONFIG),
-        metavar="FILE",
-        help=f"the updater's device config (default {handover.DEFAULT_DEVICE_CONFIG})",
-    )
     p.set_defaults(func=_cmd_mark_good)
 
-    p = add(
+    p = add_change(
         "mark-bad",
         "set a slot's tries to 0 so the bootloader skips it",
         """\
@@ -297,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="allow marking the booted slot bad")
     p.set_defaults(func=_cmd_mark_bad)
 
-    p = add(
+    p = add_change(
         "set-primary",
         "boot SLOT next, with full tries",
         """\
@@ -314,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="allow the booted slot")
     p.set_defaults(func=_cmd_set_primary)
 
-    p = add(
+    p = add_change(
         "set-verity",
         "record (or clear) a slot's dm-verity parameters",
         """\
@@ -337,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.set_defaults(func=_cmd_print_env)
 
-    p = add(
+    p = add_change(
         "init",
         "create the environment (also over a corrupt one)",
         """\
@@ -354,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_init)
 
-    p = add(
+    p = add_change(
         "reset",
         "default boot order and full tries for every slot",
         """\

@@ -388,19 +388,31 @@ class SlotControl:
             lambda env: state.set_verity(state.mark_bad(env, slot, names), slot, None, names)
         )
 
-    def set_primary(self, slot: str, verity: SlotVerity, force: bool = False) -> None:
+    def set_primary(self, slot: str, verity: SlotVerity | None, force: bool = False) -> None:
         """Make a freshly installed slot the next one to boot, in one environment write.
 
-        Records `verity`, puts the slot first in `BOOT_ORDER` and gives it full tries.
+        Records `verity` (None: keeps the value recorded, read in the same locked
+        load and save), puts the slot first in `BOOT_ORDER` and gives it full tries.
 
         Raises:
-            SlotError: Unknown slot, or the booted slot without `force`.
+            SlotError: Unknown slot, the booted slot without `force`, or no verity
+                value given or recorded.
             EnvError, StorageError: The environment cannot be read or written.
         """
         self._check_slot(slot)
         self._refuse_booted(slot, "install into", force)
         names, tries = self.board.slot_names, self.board.tries
-        self._update(lambda env: state.set_primary(env, slot, verity, names, tries))
+
+        def change(env: dict[str, str]) -> dict[str, str]:
+            value = verity
+            if value is None:
+                recorded = env.get(state.verity_var(slot), "")
+                if not recorded:
+                    raise SlotError(f"slot {slot} has no verity value; pass --verity")
+                value = SlotVerity.from_env(recorded)
+            return state.set_primary(env, slot, value, names, tries)
+
+        self._update(change)
 
     def set_verity(self, slot: str, verity: SlotVerity | None, force: bool = False) -> None:
         """Record (or clear, with None) a slot's dm-verity parameters.

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BootctlError",
     "BootedSlotError",
+    "BusyError",
     "ConfigError",
     "EnvCorruptError",
     "EnvError",
@@ -68,3 +69,7 @@ class OutputError(BootctlError):
 
 class StorageError(BootctlError):
     """Reading, writing or flushing the environment's file or device failed."""
+
+
+class BusyError(BootctlError):
+    """Another install or mark-good holds the device's install lock: nothing was done."""

@@ -1,32 +1,23 @@
-"""One install (or mark-good) at a time: an exclusive lock on a file in the state directory.
+"""One install (or mark-good) at a time: the device's install lock, in the updater's words.
 
-The lock is the kernel's (`flock`): it goes with the process that holds it, so a
-lock left by a process that died is free for the next one at once. The holder
-writes its pid into the file, only for the message of a run refused meanwhile.
+The lock is `bootctl.installlock`'s (abctl's verbs that change the boot state
+take it too); here its refusals become the updater's errors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bootctl.atomicfile import make_dirs
+from bootctl import errors as bootctl_errors
+from bootctl import installlock
+from bootctl.installlock import LOCK_FILE
 
 from .errors import BusyError, DeviceError
 
-LOCK_FILE = "install.lock"
-
-
-def _holder(fd: int) -> str:
-    """The pid written by the holder, or "unknown" (it may not have written it yet)."""
-    with contextlib.suppress(OSError, ValueError):
-        text = os.pread(fd, 32, 0).decode("ascii").strip()
-        if text.isdigit():
-            return text
-    return "unknown"
+__all__ = ["LOCK_FILE", "held"]
 
 
 @contextlib.contextmanager
@@ -41,25 +32,13 @@ def held(state_dir: Path, what: str) -> Iterator[None]:
         BusyError: another process holds the lock (its pid is in the message).
         DeviceError: the lock file cannot be created or locked.
     """
-    path = state_dir / LOCK_FILE
     try:
-        make_dirs(state_dir)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise DeviceError(f"cannot open the lock file {path}: {e.strerror}") from e
+        fd = installlock.acquire(state_dir, what)
+    except bootctl_errors.BusyError as e:
+        raise BusyError(str(e)) from None
+    except bootctl_errors.StorageError as e:
+        raise DeviceError(str(e)) from e
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BusyError(
-                f"cannot {what}: another install or mark-good (pid {_holder(fd)}) is running "
-                f"on this device (it holds {path}); wait for it to end"
-            ) from None
-        except OSError as e:
-            raise DeviceError(f"cannot lock {path}: {e.strerror}") from e
-        with contextlib.suppress(OSError):  # only for the message of a refused run
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock (forked helpers that inherited it have ended)

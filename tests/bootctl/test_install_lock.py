@@ -1,0 +1,123 @@
+"""abctl's verbs that write the environment keep out of a running install.
+
+Between an install's first write (it invalidates the target slot) and its
+switch, a `set-primary` or `reset` would make the half-written slot bootable:
+where the device runs the updater, those verbs hold its install lock.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bootctl import handover, installlock
+from bootctl.board import load_board
+from bootctl.cli import main
+from bootctl.control import SlotControl
+from tests.bootctl.paths import BOARD_DIR
+
+ARM = str(BOARD_DIR / "qemu-arm64-uboot.toml")
+VERITY = "ab" * 32 + ":" + "cd" * 32 + ":100"
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> tuple[list[str], Path, Path]:
+    """Global options of a U-Boot board booted from A (B installed), its device
+    config (naming the state directory) and the environment file."""
+    cfg = tmp_path / "fw_env.config"
+    cfg.write_text(f"{tmp_path / 'uboot.env'} 0x0 0x4000\n")
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyAMA0 abupdate.slot=A\n")
+    options = ["--board", ARM, "--env-config", str(cfg), "--cmdline", str(cmdline)]
+    assert main([*options, "init", "--verity", f"A={VERITY}", "--verity", f"B={VERITY}"]) == 0
+    device_config = tmp_path / "device.toml"
+    device_config.write_text('board = "board.toml"\nkeyring = "k.pem"\nstate_dir = "state"\n')
+    return options, device_config, tmp_path / "uboot.env"
+
+
+CHANGES = [
+    ["set-primary", "B"],
+    ["set-primary", "B", "--verity", VERITY],
+    ["set-verity", "B", ""],
+    ["mark-bad", "B"],
+    ["reset"],
+    ["init"],
+    ["mark-good"],  # where the updater command is missing (else it hands over to it)
+]
+
+
+@pytest.mark.parametrize("verb", CHANGES, ids=" ".join)
+def test_a_change_while_an_install_holds_the_lock_is_refused_and_changes_nothing(
+    device: tuple[list[str], Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    verb: list[str],
+) -> None:
+    options, device_config, env_file = device
+    monkeypatch.setattr(handover, "_updater", lambda: None)
+    before = env_file.read_bytes()
+    args = [*options, *verb, "--device-config", str(device_config)]
+    with installlock.held(device_config.parent / "state", "install"):
+        capsys.readouterr()
+        assert main(args) == 8
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another install or mark-good" in err, err
+    assert str(os.getpid()) in err  # the holder is named
+    assert env_file.read_bytes() == before
+    # Once the lock is free, the same change is made.
+    assert main(args) == 0
+    assert (device_config.parent / "state" / installlock.LOCK_FILE).exists()
+
+
+def test_without_a_device_config_no_lock_is_taken(
+    device: tuple[list[str], Path, Path], tmp_path: Path
+) -> None:
+    options = device[0]
+    with installlock.held(tmp_path / "state", "install"):
+        assert main([*options, "reset", "--device-config", str(tmp_path / "none.toml")]) == 0
+
+
+def test_an_unreadable_device_config_is_a_usage_error(
+    device: tuple[list[str], Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    options, device_config, _ = device
+    device_config.write_text("state_dir = [\n")
+    assert main([*options, "reset", "--device-config", str(device_config)]) == 2
+    assert "device config" in capsys.readouterr().err
+
+
+def test_set_primary_reads_the_recorded_value_in_its_locked_write(
+    device: tuple[list[str], Path, Path],
+) -> None:
+    """An install clears B's value while `abctl set-primary B` waits for the
+    environment's lock: abctl must see the cleared value, not write back the old one."""
+    options = device[0]
+    board = load_board(Path(ARM))
+    fw_config = Path(options[3]).read_text().splitlines()
+    ctl = SlotControl.open(board, env_override=fw_config, cmdline_path=Path(options[5]))
+    script = (
+        f"from bootctl.cli import main; raise SystemExit(main({[*options, 'set-primary', 'B']!r}))"
+    )
+    with ctl.store.locked():
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # abctl has started and waits for the lock (or reads after it)
+        env = ctl.store.load()
+        env["BOOT_B_VERITY"] = ""
+        env["BOOT_B_LEFT"] = "0"
+        ctl.store.save(env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)
+    assert "slot B has no verity value" in err
+    after = ctl.env()
+    assert after["BOOT_B_VERITY"] == "" and after["BOOT_B_LEFT"] == "0"
+    assert after["BOOT_ORDER"] == "A B"
