@@ -17,6 +17,7 @@ from cryptography import x509
 from . import leafsummary, verity
 from .container import HEADER_SIZE, ImageLayout, VerifiedHead, parse_header, verify_head
 from .errors import BundleError
+from .filereader import FileReader
 from .keyring import Keyring
 from .progress import Progress, ProgressCallback
 
@@ -58,17 +59,22 @@ def read_head(
 
     Only the fixed-size header is parsed before the signature check; its sizes
     are bounded, so at most about 2 MiB is read here whatever the input.
+
+    A source of known size must be exactly the bundle's size, except a block
+    device (`FileReader.block_device`), which only has to hold it: a device is a
+    whole number of sectors, and its bytes after the bundle's end are ignored.
     """
     first = b"".join(source.read(0, HEADER_SIZE))
     header = parse_header(first)
     rest = b"".join(source.read(HEADER_SIZE, header.head_size - HEADER_SIZE))
     head = verify_head(first + rest, keyring, at=at, threshold=threshold)
     size = source.size()
-    if size is not None and size != head.total_size:
-        if size < head.total_size:
-            raise BundleError(
-                f"bundle is truncated: {size} bytes, the manifest accounts for {head.total_size}"
-            )
+    if size is not None and size < head.total_size:
+        raise BundleError(
+            f"bundle is truncated: {size} bytes, the manifest accounts for {head.total_size}"
+        )
+    block_device = isinstance(source, FileReader) and source.block_device
+    if size is not None and size > head.total_size and not block_device:
         raise BundleError(
             f"bundle has {size - head.total_size} bytes the manifest does not account for"
         )
