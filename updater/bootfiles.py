@@ -180,8 +180,9 @@ def write_image_file(source: BundleSource, part: ImageLayout, folder: BootDir, n
     """Install a file image (e.g. the boot image) as `name` in `folder`, in the order above.
 
     Raises:
-        BundleError: a tree or data block does not match the signed manifest (no block
-            after it is written, the temporary file is removed, `name` is untouched).
+        BundleError: a tree or data block does not match the signed manifest, or the
+            image's padding after its file size is not zeros (`CheckedImage.data`: no
+            block after it is written, the temporary file is removed, `name` is untouched).
         DeviceError: writing, flushing or reading back failed.
     """
     checked = CheckedImage(source, part)

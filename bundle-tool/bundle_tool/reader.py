@@ -111,7 +111,12 @@ class CheckedImage:
         """The image data in spans, each yielded once every block of it is checked.
 
         The whole-image sha256 is checked after the last span: use the data only
-        once the iterator is exhausted.
+        once the iterator is exhausted. A file image's padding (its bytes after
+        `file_size`) must be zeros, as the format says, or its span is not yielded.
+
+        Raises:
+            BundleError: a block does not match the tree, the padding is not zeros,
+                or the whole-image sha256 does not match.
         """
         part = self.part
         # Bundles made with --image-sha256 (and older ones) carry it; the tree binds every
@@ -127,6 +132,7 @@ class CheckedImage:
                 raise BundleError(
                     f"image data block {bad} (bundle offset {offset}) does not match the hash tree"
                 )
+            _check_padding(part, block * verity.BLOCK_SIZE, span)
             if sha is not None:
                 sha.update(span)
             block += len(span) // verity.BLOCK_SIZE
@@ -135,6 +141,16 @@ class CheckedImage:
             yield span
         if sha is not None and sha.digest() != part.image.sha256:
             raise BundleError("image sha256 does not match the manifest")
+
+
+def _check_padding(part: ImageLayout, start: int, span: bytes) -> None:
+    """The bytes of `span` (from image byte `start`) after a file image's length must be zeros."""
+    pad = max(0, part.image.length - start)
+    if pad < len(span) and span.count(0, pad) != len(span) - pad:
+        raise BundleError(
+            f"{part.image.slot_class} image: its bytes after file_size {part.image.length} "
+            "are not zeros (the padding of a file image)"
+        )
 
 
 def check_image(

@@ -13,12 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from bundle_tool import bootkeys, keygen
+from bundle_tool import bootkeys, keygen, reader
 from bundle_tool.container import layout, parse_header
 from bundle_tool.errors import BundleError
+from bundle_tool.filereader import FileReader
+from bundle_tool.keyring import read_keyring
 from bundle_tool.manifest import parse_manifest
+from tests.bundle.bundles import now, resign
 from tests.helpers.boards import signed_fit
-from tests.updater.device import OLD_FIT, Device, fit_device, group_bundle, veritysetup_verify
+from tests.updater.device import (
+    OLD_FIT,
+    Device,
+    fit_device,
+    group_bundle,
+    image_bytes,
+    veritysetup_verify,
+)
 from updater.bootfiles import BootDir, temporary_name
 from updater.errors import DeviceError, RefusedError
 from updater.filesource import FileSource
@@ -97,6 +107,39 @@ def test_a_corrupt_boot_image_is_refused_before_the_rename(
     assert st.order[0] == "A" and st.slot("B").tries == 0
     r = subprocess.run(["mkimage", "-l", fit], capture_output=True, text=True)
     assert r.returncode == 0  # the FIT itself was fine: the bundle was changed
+
+
+def verify(device: Device, bundle: Path) -> None:
+    """What `bundle-tool verify` checks: the head, then every payload byte."""
+    at = now()
+    with FileReader(bundle) as src:
+        head = reader.read_head(src, read_keyring(device.pki.ca_cert, at=at), at=at)
+        reader.check_payload(src, head)
+
+
+def test_a_boot_image_whose_padding_is_not_zeros_is_refused_by_both_readers(
+    tmp_path: Path, pki: keygen.DevPki
+) -> None:
+    """A signed manifest whose file_size leaves non-zero bytes in the padding: not a bundle."""
+    device = fit_device(tmp_path / "dev", pki)
+    fit = tmp_path / "boot.itb"
+    fit.write_bytes(image_bytes(5, seed=9))  # whole blocks: its last 100 bytes are not zeros
+
+    def shorten(manifest: dict) -> None:
+        (boot,) = (i for i in manifest["images"] if i["slot_class"] == "boot")
+        boot["file_size"] = boot["size"] - 100
+
+    bundle = group_bundle(device, fit)
+    bundle.write_bytes(resign(bundle.read_bytes(), device.signer(), shorten))
+    padding = r"boot image: its bytes after file_size 20380 are not zeros"
+    with pytest.raises(BundleError, match=padding):
+        verify(device, bundle)
+    r = device.cli("install", str(bundle))
+    assert r.returncode == 3, r.stderr
+    assert "are not zeros" in r.stderr and "medium" not in r.stderr
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
+    assert not (device.boot_dir("B") / temporary_name("boot.itb")).exists()
+    assert device.control().boot_state().order[0] == "A"
 
 
 def test_an_artifact_the_board_places_nowhere_is_refused_before_writing(
