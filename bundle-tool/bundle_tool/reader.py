@@ -85,9 +85,10 @@ class CheckedImage:
     """One image whose hash area was read and checked; its data is then checked span by span.
 
     Leaf-level tree blocks are kept in memory (size / 128): this serves the host-side
-    check and the installer's file images (boot images, small). The leaf summary
-    must be the one the leaf level gives. The installer streams block images the
-    same way but keeps their leaves on the slot.
+    check and the installer's file images (boot images, small). The leaf summary,
+    only a hint, is not read here: `check_summary` (what `bundle-tool verify` does)
+    checks it against the leaf level. The installer streams block images the same
+    way but keeps their leaves on the slot.
     """
 
     def __init__(self, source: RangeReader, part: ImageLayout) -> None:
@@ -99,7 +100,18 @@ class CheckedImage:
         first = self.checker.first_leaf
         leaves = {i - first: block for i, block in self.checker.check_area(area) if i >= first}
         self._leaves = [leaves[j] for j in sorted(leaves)]
-        _check_summary(source, part, self._leaves)
+
+    def check_summary(self) -> None:
+        """Refuse a leaf summary that is not the one the (checked) leaf level gives.
+
+        Read it before `data` (a stream only goes forward).
+        """
+        size = self.part.image.leaf_summary_size
+        if not size:
+            return
+        got = b"".join(self.source.read(self.part.summary_offset, size))
+        if got != b"".join(leafsummary.summarize(self._leaves)):
+            raise BundleError("the leaf summary does not match the hash tree")
 
     def bad_block(self, block: int, span: bytes | memoryview) -> int | None:
         """The first data block of `span` (from data block `block` on) the tree refuses, or None."""
@@ -159,18 +171,10 @@ def check_image(
     progress: ProgressCallback | None = None,
 ) -> None:
     """Stream one image's hash area, leaf summary and data and check every block."""
-    for _ in CheckedImage(source, part).data(progress):
+    checked = CheckedImage(source, part)
+    checked.check_summary()
+    for _ in checked.data(progress):
         pass
-
-
-def _check_summary(source: RangeReader, part: ImageLayout, leaves: list[bytes]) -> None:
-    """The leaf summary must be the one the (checked) leaf level gives."""
-    size = part.image.leaf_summary_size
-    if not size:
-        return
-    got = b"".join(source.read(part.summary_offset, size))
-    if got != b"".join(leafsummary.summarize(leaves)):
-        raise BundleError("the leaf summary does not match the hash tree")
 
 
 def check_payload(

@@ -142,6 +142,34 @@ def test_a_boot_image_whose_padding_is_not_zeros_is_refused_by_both_readers(
     assert device.control().boot_state().order[0] == "A"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_wrong_leaf_summary_of_the_boot_image_is_only_a_wrong_hint(
+    tmp_path: Path, pki: keygen.DevPki, stream: bool
+) -> None:
+    """The installer reads a boot image's whole tree; `bundle-tool verify` refuses the summary."""
+    device = fit_device(tmp_path / "dev", pki)
+    fit = tmp_path / "boot.itb"
+    fit.write_bytes(image_bytes(20, seed=9)[:-100])  # 20 blocks: a leaf level and its summary
+    bundle = group_bundle(device, fit)
+    data = bytearray(bundle.read_bytes())
+    header = parse_header(bytes(data[:64]))
+    images, _ = layout(header, parse_manifest(bytes(data[64 : 64 + header.manifest_size])))
+    (boot,) = (p for p in images if p.image.slot_class == "boot")
+    assert boot.image.leaf_summary_size
+    data[boot.summary_offset] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="the leaf summary does not match the hash tree"):
+        verify(device, bundle)
+    if stream:
+        with bundle.open("rb") as stdin:
+            r = device.cli("install", "-", stdin=stdin)
+        assert r.returncode == 0, r.stderr
+    else:
+        install(device, bundle)
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes()
+    assert device.control().boot_state().order[0] == "B"
+
+
 def test_an_artifact_the_board_places_nowhere_is_refused_before_writing(
     tmp_path: Path, pki: keygen.DevPki, fit: Path
 ) -> None:
