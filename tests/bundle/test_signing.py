@@ -595,15 +595,15 @@ def rsa_ca(bits: int) -> x509.Certificate:
     ],
 )
 def test_keyring_garbage_is_refused(pem: bytes, message: str) -> None:
-    with pytest.raises(TrustError, match=message):
+    with pytest.raises(UsageError, match=message):
         load_keyring(pem)
 
 
 def test_keyring_refuses_non_ca_and_unsupported_algorithms() -> None:
     leaf = signer("ed25519").certificate
-    with pytest.raises(TrustError, match=r"keyring file: certificate 2: .* is not a CA"):
+    with pytest.raises(UsageError, match=r"keyring file: certificate 2: .* is not a CA"):
         load_keyring(keygen.cert_pem(ca("ed25519")[1], leaf))
-    with pytest.raises(TrustError, match="key algorithm RSA-1024 is too weak"):
+    with pytest.raises(UsageError, match="key algorithm RSA-1024 is too weak"):
         load_keyring(keygen.cert_pem(rsa_ca(1024)))
 
 
