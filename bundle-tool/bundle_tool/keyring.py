@@ -89,7 +89,12 @@ def when(moment: datetime.datetime) -> str:
 
 
 def ca_problem(cert: x509.Certificate) -> str | None:
-    """Say why a certificate may not issue certificates, if it may not."""
+    """Say why a certificate may not issue certificates, if it may not.
+
+    A CA needs basicConstraints CA=true and a key usage with keyCertSign
+    (docs/bundle-format.md). RFC 5280 lets a CA leave key usage out; this format
+    does not, so that a CA states what its key may do.
+    """
     exts = cert.extensions
     try:
         if not exts.get_extension_for_class(x509.BasicConstraints).value.ca:
@@ -100,7 +105,7 @@ def ca_problem(cert: x509.Certificate) -> str | None:
         if not exts.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
             return f"{label(cert)} may not sign certificates (key usage lacks keyCertSign)"
     except x509.ExtensionNotFound:
-        pass
+        return f"{label(cert)} may not sign certificates (no key usage; a CA needs keyCertSign)"
     return None
 
 
