@@ -179,9 +179,14 @@ def temporary_name(name: str) -> str:
 def write_image_file(source: BundleSource, part: ImageLayout, folder: BootDir, name: str) -> None:
     """Install a file image (e.g. the boot image) as `name` in `folder`, in the order above.
 
+    Its whole hash area is read and checked, so its leaf summary (an unsigned hint
+    for fetching less of a tree) is neither read nor needed: a wrong one changes
+    nothing.
+
     Raises:
-        BundleError: a tree or data block does not match the signed manifest (no block
-            after it is written, the temporary file is removed, `name` is untouched).
+        BundleError: a tree or data block does not match the signed manifest, or the
+            image's padding after its file size is not zeros (`CheckedImage.data`: no
+            block after it is written, the temporary file is removed, `name` is untouched).
         DeviceError: writing, flushing or reading back failed.
     """
     checked = CheckedImage(source, part)

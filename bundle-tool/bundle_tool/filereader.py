@@ -24,6 +24,11 @@ def check_range(offset: int, length: int) -> None:
 class FileReader:
     """A bundle in a regular file or on a block device.
 
+    A regular file is the bundle, exactly. A block device is a whole number of
+    sectors, so it may hold bytes after the bundle's end: `size()` is then the
+    room the device has, and `block_device` is True (the readers ignore the bytes
+    after the end the header gives; docs/bundle-format.md).
+
     Args:
         path: The file or block device holding the bundle.
 
@@ -39,6 +44,8 @@ class FileReader:
         self.path = os.fspath(path)
         #: Bytes read from the file so far.
         self.bytes_fetched = 0
+        #: The bundle is on a block device: `size()` is at least the bundle's size.
+        self.block_device = False
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as e:
@@ -53,16 +60,17 @@ class FileReader:
         self._fd: int | None = fd
 
     def _measure(self, fd: int) -> int:
-        """The size of the open file or block device now."""
+        """The size of the open file, or the capacity of the block device, now."""
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
             return os.fstat(fd).st_size
         if stat.S_ISBLK(mode):
+            self.block_device = True
             return os.lseek(fd, 0, os.SEEK_END)
         raise UsageError(f"not a regular file or block device: {self.path}")
 
     def size(self) -> int:
-        """Size of the file or block device in bytes, as it was when opened."""
+        """Size of the file (or capacity of the block device) in bytes, as it was when opened."""
         return self._size
 
     def size_now(self) -> int:

@@ -10,6 +10,12 @@ the keyring is loaded: it must be signed by that CA and current. One issued by a
 intermediate CA (which the keyring does not hold: bundles carry their intermediates) is
 checked when a bundle's path meets that CA. Every problem names the file.
 
+A keyring that cannot be used as one (not PEM certificates and CRLs, a private key, no
+certificate, a certificate that is not a CA, a CRL that is stale or not its CA's) is the
+device's or caller's configuration at fault, not the bundle's: a `UsageError` (exit
+status 2, docs/exit-status.md), never a `TrustError`, so that a misconfigured device is
+told apart from an untrusted bundle.
+
 `parse_keyring` is pure; `read_keyring` reads a file or folder and calls it.
 """
 
@@ -24,7 +30,7 @@ from pathlib import Path
 from cryptography import x509
 
 from . import algorithms
-from .errors import TrustError, UsageError
+from .errors import UsageError
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 # What cryptography raises for certificates and CRLs it cannot decode.
@@ -83,7 +89,12 @@ def when(moment: datetime.datetime) -> str:
 
 
 def ca_problem(cert: x509.Certificate) -> str | None:
-    """Say why a certificate may not issue certificates, if it may not."""
+    """Say why a certificate may not issue certificates, if it may not.
+
+    A CA needs basicConstraints CA=true and a key usage with keyCertSign
+    (docs/bundle-format.md). RFC 5280 lets a CA leave key usage out; this format
+    does not, so that a CA states what its key may do.
+    """
     exts = cert.extensions
     try:
         if not exts.get_extension_for_class(x509.BasicConstraints).value.ca:
@@ -94,7 +105,7 @@ def ca_problem(cert: x509.Certificate) -> str | None:
         if not exts.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
             return f"{label(cert)} may not sign certificates (key usage lacks keyCertSign)"
     except x509.ExtensionNotFound:
-        pass
+        return f"{label(cert)} may not sign certificates (no key usage; a CA needs keyCertSign)"
     return None
 
 
@@ -159,7 +170,7 @@ def _blocks(
         try:
             crls.append(x509.load_der_x509_crl(data))
         except MALFORMED as exc:
-            raise TrustError(
+            raise UsageError(
                 f"keyring {name} is not a file of PEM CA certificates and CRLs, nor a DER CRL"
             ) from exc
         return certs, crls
@@ -173,14 +184,14 @@ def _blocks(
             elif kind == b"X509 CRL":
                 crls.append(x509.load_pem_x509_crl(match.group(0)))
             else:
-                raise TrustError(
+                raise UsageError(
                     f"keyring {name}: PEM block {number} is a {kind.decode()}; a keyring holds "
                     "only CERTIFICATE and X509 CRL blocks"
                 )
         except MALFORMED as exc:
-            raise TrustError(f"keyring {name}: PEM block {number} is malformed") from exc
+            raise UsageError(f"keyring {name}: PEM block {number} is malformed") from exc
     if not certs and not crls:
-        raise TrustError(f"keyring {name} is not a file of PEM CA certificates and CRLs")
+        raise UsageError(f"keyring {name} is not a file of PEM CA certificates and CRLs")
     return certs, crls
 
 
@@ -198,7 +209,7 @@ def parse_keyring(
         The keyring.
 
     Raises:
-        TrustError: A file cannot be parsed, holds a certificate that is not a CA of a
+        UsageError: A file cannot be parsed, holds a certificate that is not a CA of a
             supported algorithm, or a CRL that is expired, not yet valid, not signed by
             its keyring CA or of an unsupported form; or there is no certificate at all.
             The message names the file.
@@ -213,11 +224,11 @@ def parse_keyring(
                 problem = f"{label(cert)} has {problem}"
             problem = problem or ca_problem(cert)
             if problem is not None:
-                raise TrustError(f"keyring {name}: certificate {number}: {problem}")
+                raise UsageError(f"keyring {name}: certificate {number}: {problem}")
             anchors.append(cert)
         pending.extend((name, crl) for crl in crls)
     if not anchors:
-        raise TrustError("the keyring holds no certificate")
+        raise UsageError("the keyring holds no certificate")
     checked: list[KeyringCrl] = []
     for name, crl in pending:
         issuer = crl.issuer.rfc4514_string()
@@ -225,11 +236,11 @@ def parse_keyring(
         if problem is None and at is not None:
             problem = crl_time_problem(crl, at.astimezone(datetime.UTC))
         if problem is not None:
-            raise TrustError(f"keyring {name}: the CRL of '{issuer}' {problem}")
+            raise UsageError(f"keyring {name}: the CRL of '{issuer}' {problem}")
         named = [a for a in anchors if a.subject == crl.issuer]
         signer = next((a for a in named if crl_signed_by(crl, a)), None)
         if named and signer is None:
-            raise TrustError(
+            raise UsageError(
                 f"keyring {name}: the CRL of '{issuer}' is not signed by that keyring CA "
                 "(forged, or made with another key)"
             )
@@ -246,9 +257,9 @@ def read_keyring(path: Path, *, at: datetime.datetime | None = None) -> Keyring:
     """Read a keyring file or folder and parse it (see `parse_keyring`).
 
     Raises:
-        UsageError: The file or folder is missing or cannot be read (a configuration
-            fault: the path named is wrong, docs/exit-status.md).
-        TrustError: See `parse_keyring`.
+        UsageError: The file or folder is missing, cannot be read, is an empty folder, or
+            is not a usable keyring (see `parse_keyring`): a configuration fault,
+            docs/exit-status.md.
     """
     try:
         if path.is_dir():
@@ -259,7 +270,7 @@ def read_keyring(path: Path, *, at: datetime.datetime | None = None) -> Keyring:
     except OSError as exc:
         raise UsageError(f"cannot read keyring {exc.filename or path}: {exc.strerror}") from exc
     if not files:
-        raise TrustError(f"keyring {path} is an empty folder")
+        raise UsageError(f"keyring {path} is an empty folder")
     return parse_keyring(files, at=at)
 
 

@@ -17,6 +17,7 @@ from cryptography import x509
 from . import leafsummary, verity
 from .container import HEADER_SIZE, ImageLayout, VerifiedHead, parse_header, verify_head
 from .errors import BundleError
+from .filereader import FileReader
 from .keyring import Keyring
 from .progress import Progress, ProgressCallback
 
@@ -58,17 +59,22 @@ def read_head(
 
     Only the fixed-size header is parsed before the signature check; its sizes
     are bounded, so at most about 2 MiB is read here whatever the input.
+
+    A source of known size must be exactly the bundle's size, except a block
+    device (`FileReader.block_device`), which only has to hold it: a device is a
+    whole number of sectors, and its bytes after the bundle's end are ignored.
     """
     first = b"".join(source.read(0, HEADER_SIZE))
     header = parse_header(first)
     rest = b"".join(source.read(HEADER_SIZE, header.head_size - HEADER_SIZE))
     head = verify_head(first + rest, keyring, at=at, threshold=threshold)
     size = source.size()
-    if size is not None and size != head.total_size:
-        if size < head.total_size:
-            raise BundleError(
-                f"bundle is truncated: {size} bytes, the manifest accounts for {head.total_size}"
-            )
+    if size is not None and size < head.total_size:
+        raise BundleError(
+            f"bundle is truncated: {size} bytes, the manifest accounts for {head.total_size}"
+        )
+    block_device = isinstance(source, FileReader) and source.block_device
+    if size is not None and size > head.total_size and not block_device:
         raise BundleError(
             f"bundle has {size - head.total_size} bytes the manifest does not account for"
         )
@@ -79,9 +85,10 @@ class CheckedImage:
     """One image whose hash area was read and checked; its data is then checked span by span.
 
     Leaf-level tree blocks are kept in memory (size / 128): this serves the host-side
-    check and the installer's file images (boot images, small). The leaf summary
-    must be the one the leaf level gives. The installer streams block images the
-    same way but keeps their leaves on the slot.
+    check and the installer's file images (boot images, small). The leaf summary,
+    only a hint, is not read here: `check_summary` (what `bundle-tool verify` does)
+    checks it against the leaf level. The installer streams block images the same
+    way but keeps their leaves on the slot.
     """
 
     def __init__(self, source: RangeReader, part: ImageLayout) -> None:
@@ -93,7 +100,18 @@ class CheckedImage:
         first = self.checker.first_leaf
         leaves = {i - first: block for i, block in self.checker.check_area(area) if i >= first}
         self._leaves = [leaves[j] for j in sorted(leaves)]
-        _check_summary(source, part, self._leaves)
+
+    def check_summary(self) -> None:
+        """Refuse a leaf summary that is not the one the (checked) leaf level gives.
+
+        Read it before `data` (a stream only goes forward).
+        """
+        size = self.part.image.leaf_summary_size
+        if not size:
+            return
+        got = b"".join(self.source.read(self.part.summary_offset, size))
+        if got != b"".join(leafsummary.summarize(self._leaves)):
+            raise BundleError("the leaf summary does not match the hash tree")
 
     def bad_block(self, block: int, span: bytes | memoryview) -> int | None:
         """The first data block of `span` (from data block `block` on) the tree refuses, or None."""
@@ -105,7 +123,12 @@ class CheckedImage:
         """The image data in spans, each yielded once every block of it is checked.
 
         The whole-image sha256 is checked after the last span: use the data only
-        once the iterator is exhausted.
+        once the iterator is exhausted. A file image's padding (its bytes after
+        `file_size`) must be zeros, as the format says, or its span is not yielded.
+
+        Raises:
+            BundleError: a block does not match the tree, the padding is not zeros,
+                or the whole-image sha256 does not match.
         """
         part = self.part
         # Bundles made with --image-sha256 (and older ones) carry it; the tree binds every
@@ -121,6 +144,7 @@ class CheckedImage:
                 raise BundleError(
                     f"image data block {bad} (bundle offset {offset}) does not match the hash tree"
                 )
+            _check_padding(part, block * verity.BLOCK_SIZE, span)
             if sha is not None:
                 sha.update(span)
             block += len(span) // verity.BLOCK_SIZE
@@ -131,24 +155,26 @@ class CheckedImage:
             raise BundleError("image sha256 does not match the manifest")
 
 
+def _check_padding(part: ImageLayout, start: int, span: bytes) -> None:
+    """The bytes of `span` (from image byte `start`) after a file image's length must be zeros."""
+    pad = max(0, part.image.length - start)
+    if pad < len(span) and span.count(0, pad) != len(span) - pad:
+        raise BundleError(
+            f"{part.image.slot_class} image: its bytes after file_size {part.image.length} "
+            "are not zeros (the padding of a file image)"
+        )
+
+
 def check_image(
     source: RangeReader,
     part: ImageLayout,
     progress: ProgressCallback | None = None,
 ) -> None:
     """Stream one image's hash area, leaf summary and data and check every block."""
-    for _ in CheckedImage(source, part).data(progress):
+    checked = CheckedImage(source, part)
+    checked.check_summary()
+    for _ in checked.data(progress):
         pass
-
-
-def _check_summary(source: RangeReader, part: ImageLayout, leaves: list[bytes]) -> None:
-    """The leaf summary must be the one the (checked) leaf level gives."""
-    size = part.image.leaf_summary_size
-    if not size:
-        return
-    got = b"".join(source.read(part.summary_offset, size))
-    if got != b"".join(leafsummary.summarize(leaves)):
-        raise BundleError("the leaf summary does not match the hash tree")
 
 
 def check_payload(

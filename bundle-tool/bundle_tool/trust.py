@@ -268,10 +268,8 @@ def _require_ca(_policy: Policy, _cert: x509.Certificate, value: x509.BasicConst
         raise ValueError("basicConstraints CA is false")
 
 
-def _require_key_cert_sign(
-    _policy: Policy, _cert: x509.Certificate, value: x509.KeyUsage | None
-) -> None:
-    if value is not None and not value.key_cert_sign:
+def _require_key_cert_sign(_policy: Policy, _cert: x509.Certificate, value: x509.KeyUsage) -> None:
+    if not value.key_cert_sign:
         raise ValueError("key usage lacks keyCertSign")
 
 
@@ -297,11 +295,11 @@ def library_problem(
 ) -> str | None:
     """Ask cryptography's path validation (paths without Ed25519) and return its objection."""
     # The Web PKI default policies demand serverAuth/clientAuth purposes and names; ours
-    # demand a CA flag on issuers and digitalSignature + codeSigning on the signer.
+    # demand a CA flag and keyCertSign on issuers, digitalSignature + codeSigning on the signer.
     ca_policy = (
         ExtensionPolicy.permit_all()
         .require_present(x509.BasicConstraints, Criticality.AGNOSTIC, _require_ca)
-        .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _require_key_cert_sign)
+        .require_present(x509.KeyUsage, Criticality.AGNOSTIC, _require_key_cert_sign)
     )
     ee_policy = (
         ExtensionPolicy.permit_all()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bundle_tool import container, signing
 from bundle_tool.errors import BundleError
 
 BUILD_TIME = 1_700_000_000
@@ -34,6 +36,17 @@ class BytesReader:
             raise BundleError("bundle ends early")
         for pos in range(offset, offset + length, 1 << 16):
             yield self.data[pos : min(pos + (1 << 16), offset + length)]
+
+
+def resign(data: bytes, signer: signing.Signer, edit: Callable[[dict], None]) -> bytes:
+    """Change the manifest JSON and sign it again, as a malicious or buggy builder might."""
+    h = container.parse_header(data)
+    obj = json.loads(data[64 : 64 + h.manifest_size])
+    edit(obj)
+    raw = json.dumps(obj).encode()
+    sigs = container.build_signature_block([signing.sign(raw, signer)])
+    header = container.Header(len(raw), len(sigs), h.payload_size)
+    return header.to_bytes() + raw + sigs + data[h.head_size :]
 
 
 def write_image(path: Path, blocks: int, seed: int = 0) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from bundle_tool.keyring import load_keyring
 from bundle_tool.manifest import parse_manifest
 from bundle_tool.policy import check_policy
 from bundle_tool.writer import CreateOptions, create_bundle
-from tests.bundle.bundles import BUILD_TIME, BytesReader, now, write_image
+from tests.bundle.bundles import BUILD_TIME, BytesReader, now, resign, write_image
 
 
 def verify(data: bytes, keyring: tuple[object, ...]) -> container.VerifiedHead:
@@ -184,17 +183,6 @@ def test_image_size_not_multiple_of_4096_is_refused(tmp_path: Path, signer: sign
     with pytest.raises(UsageError, match="not a positive multiple of 4096"):
         create_bundle(CreateOptions(image, "1.0.0", "b", [signer], BUILD_TIME), tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def resign(data: bytes, signer: signing.Signer, edit: Callable[[dict], None]) -> bytes:
-    """Change the manifest JSON and sign it again, as a malicious or buggy builder might."""
-    h = container.parse_header(data)
-    obj = json.loads(data[64 : 64 + h.manifest_size])
-    edit(obj)
-    raw = json.dumps(obj).encode()
-    sigs = container.build_signature_block([signing.sign(raw, signer)])
-    header = container.Header(len(raw), len(sigs), h.payload_size)
-    return header.to_bytes() + raw + sigs + data[h.head_size :]
 
 
 @pytest.mark.parametrize(

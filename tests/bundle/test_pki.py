@@ -133,7 +133,7 @@ def test_rsa_1024_is_refused_everywhere(chains: functools.partial[Chain], tmp_pa
     weak = chains("rsa1024", "rsa1024", "rsa1024")
     with pytest.raises(UsageError, match="RSA-1024 is too weak: RSA keys need at least 2048"):
         weak.load()
-    with pytest.raises(TrustError, match="RSA-1024 is too weak"):
+    with pytest.raises(UsageError, match="RSA-1024 is too weak"):
         read_keyring(weak.root.cert)
     good = chains("rsa2048", "rsa2048", "rsa2048")
     weak_inter = good.pki.issue(good.root, "Weak Intermediate", "rsa1024", profile="intermediate")
@@ -205,7 +205,7 @@ def test_stale_crl_is_a_keyring_error_naming_the_file(fresh: Chain, tmp_path: Pa
     crl = fresh.pki.crl(fresh.root, out=tmp_path / "root.crl")
     folder = ring_folder(tmp_path, fresh.root.cert, crl)
     later = now() + dt.timedelta(days=31)
-    with pytest.raises(TrustError, match=r"keyring .*root\.crl: the CRL of 'CN=Root,O=Example "
+    with pytest.raises(UsageError, match=r"keyring .*root\.crl: the CRL of 'CN=Root,O=Example "
                        r"Corp' expired on .*: install a fresh CRL"):  # fmt: skip
         read_keyring(folder, at=later)
     # An intermediate's stale CRL is met on the path: the signer does not count.
@@ -219,7 +219,7 @@ def test_forged_crl_is_a_keyring_error_naming_the_file(fresh: Chain, tmp_path: P
     impostor_pki = OpensslPki(tmp_path / "impostor")
     impostor = impostor_pki.root("Root", "p384")  # same name as the real root, another key
     forged = impostor_pki.crl(impostor, out=tmp_path / "forged.crl")
-    with pytest.raises(TrustError, match=r"forged\.crl: the CRL of 'CN=Root,O=Example Corp' is "
+    with pytest.raises(UsageError, match=r"forged\.crl: the CRL of 'CN=Root,O=Example Corp' is "
                        r"not signed by that keyring CA \(forged"):  # fmt: skip
         read_keyring(ring_folder(tmp_path, fresh.root.cert, forged), at=now())
 
@@ -239,9 +239,9 @@ def test_keyring_file_errors_name_the_file(tmp_path: Path, fresh: Chain) -> None
     bad.mkdir()
     (bad / "root.pem").write_bytes(fresh.root.cert.read_bytes())
     (bad / "junk.crl").write_bytes(b"not a crl")
-    with pytest.raises(TrustError, match=r"keyring .*junk\.crl is not a file of PEM"):
+    with pytest.raises(UsageError, match=r"keyring .*junk\.crl is not a file of PEM"):
         read_keyring(bad)
     (bad / "junk.crl").unlink()
     (bad / "key.pem").write_bytes(fresh.root.key.read_bytes())
-    with pytest.raises(TrustError, match=r"key\.pem: PEM block 1 is a PRIVATE KEY"):
+    with pytest.raises(UsageError, match=r"key\.pem: PEM block 1 is a PRIVATE KEY"):
         read_keyring(bad)

@@ -512,6 +512,50 @@ def test_signer_cannot_act_as_a_ca(algorithm: str) -> None:
     assert "is not a CA" in untrusted_reason(entry, keyring(algorithm))
 
 
+def without_key_usage(cert: x509.Certificate, issuer_key: PrivateKey) -> x509.Certificate:
+    """`cert` issued again by `issuer_key` with all its extensions but key usage."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(START)
+        .not_valid_after(END)
+    )
+    for ext in cert.extensions:
+        if not isinstance(ext.value, x509.KeyUsage):
+            builder = builder.add_extension(ext.value, critical=ext.critical)
+    hash_algorithm = None if isinstance(issuer_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(issuer_key, hash_algorithm)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_ca_without_key_usage_may_not_issue(algorithm: str) -> None:
+    """A CA must say keyCertSign (docs/bundle-format.md), though RFC 5280 lets it say nothing."""
+    root_key, root = make_ca(
+        common_name="KU Root", algorithm=algorithm, not_before=START, not_after=END
+    )
+    inter_key, inter = make_ca(
+        common_name="Intermediate without key usage",
+        algorithm=algorithm,
+        not_before=START,
+        not_after=END,
+        issuer_key=root_key,
+        issuer_cert=root,
+    )
+    bare = without_key_usage(inter, root_key)
+    s = signer(algorithm, issuer=(inter_key, bare), chain=(bare,))
+    reason = untrusted_reason(sign(PAYLOAD, s), (root,))
+    assert "'CN=Intermediate without key usage" in reason
+    assert "may not sign certificates (no key usage; a CA needs keyCertSign)" in reason
+    if algorithm != "ed25519":  # the library's path validation refuses it too
+        problem = trust.library_problem(s.certificate, (bare,), Keyring((root,)), NOW)
+        assert problem is not None and "X.509 path validation failed" in problem
+    with pytest.raises(UsageError, match="no key usage; a CA needs keyCertSign"):
+        load_keyring(keygen.cert_pem(without_key_usage(root, root_key)))
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_cross_signed_loop_without_anchor_ends(algorithm: str) -> None:
     key_a, key_b = keygen.generate_key(algorithm), keygen.generate_key(algorithm)
@@ -595,15 +639,15 @@ def rsa_ca(bits: int) -> x509.Certificate:
     ],
 )
 def test_keyring_garbage_is_refused(pem: bytes, message: str) -> None:
-    with pytest.raises(TrustError, match=message):
+    with pytest.raises(UsageError, match=message):
         load_keyring(pem)
 
 
 def test_keyring_refuses_non_ca_and_unsupported_algorithms() -> None:
     leaf = signer("ed25519").certificate
-    with pytest.raises(TrustError, match=r"keyring file: certificate 2: .* is not a CA"):
+    with pytest.raises(UsageError, match=r"keyring file: certificate 2: .* is not a CA"):
         load_keyring(keygen.cert_pem(ca("ed25519")[1], leaf))
-    with pytest.raises(TrustError, match="key algorithm RSA-1024 is too weak"):
+    with pytest.raises(UsageError, match="key algorithm RSA-1024 is too weak"):
         load_keyring(keygen.cert_pem(rsa_ca(1024)))
 
 

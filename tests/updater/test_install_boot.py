@@ -13,12 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from bundle_tool import bootkeys, keygen
+from bundle_tool import bootkeys, keygen, reader
 from bundle_tool.container import layout, parse_header
 from bundle_tool.errors import BundleError
+from bundle_tool.filereader import FileReader
+from bundle_tool.keyring import read_keyring
 from bundle_tool.manifest import parse_manifest
+from tests.bundle.bundles import now, resign
 from tests.helpers.boards import signed_fit
-from tests.updater.device import OLD_FIT, Device, fit_device, group_bundle, veritysetup_verify
+from tests.updater.device import (
+    OLD_FIT,
+    Device,
+    fit_device,
+    group_bundle,
+    image_bytes,
+    veritysetup_verify,
+)
 from updater.bootfiles import BootDir, temporary_name
 from updater.errors import DeviceError, RefusedError
 from updater.filesource import FileSource
@@ -97,6 +107,67 @@ def test_a_corrupt_boot_image_is_refused_before_the_rename(
     assert st.order[0] == "A" and st.slot("B").tries == 0
     r = subprocess.run(["mkimage", "-l", fit], capture_output=True, text=True)
     assert r.returncode == 0  # the FIT itself was fine: the bundle was changed
+
+
+def verify(device: Device, bundle: Path) -> None:
+    """What `bundle-tool verify` checks: the head, then every payload byte."""
+    at = now()
+    with FileReader(bundle) as src:
+        head = reader.read_head(src, read_keyring(device.pki.ca_cert, at=at), at=at)
+        reader.check_payload(src, head)
+
+
+def test_a_boot_image_whose_padding_is_not_zeros_is_refused_by_both_readers(
+    tmp_path: Path, pki: keygen.DevPki
+) -> None:
+    """A signed manifest whose file_size leaves non-zero bytes in the padding: not a bundle."""
+    device = fit_device(tmp_path / "dev", pki)
+    fit = tmp_path / "boot.itb"
+    fit.write_bytes(image_bytes(5, seed=9))  # whole blocks: its last 100 bytes are not zeros
+
+    def shorten(manifest: dict) -> None:
+        (boot,) = (i for i in manifest["images"] if i["slot_class"] == "boot")
+        boot["file_size"] = boot["size"] - 100
+
+    bundle = group_bundle(device, fit)
+    bundle.write_bytes(resign(bundle.read_bytes(), device.signer(), shorten))
+    padding = r"boot image: its bytes after file_size 20380 are not zeros"
+    with pytest.raises(BundleError, match=padding):
+        verify(device, bundle)
+    r = device.cli("install", str(bundle))
+    assert r.returncode == 3, r.stderr
+    assert "are not zeros" in r.stderr and "medium" not in r.stderr
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
+    assert not (device.boot_dir("B") / temporary_name("boot.itb")).exists()
+    assert device.control().boot_state().order[0] == "A"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_wrong_leaf_summary_of_the_boot_image_is_only_a_wrong_hint(
+    tmp_path: Path, pki: keygen.DevPki, stream: bool
+) -> None:
+    """The installer reads a boot image's whole tree; `bundle-tool verify` refuses the summary."""
+    device = fit_device(tmp_path / "dev", pki)
+    fit = tmp_path / "boot.itb"
+    fit.write_bytes(image_bytes(20, seed=9)[:-100])  # 20 blocks: a leaf level and its summary
+    bundle = group_bundle(device, fit)
+    data = bytearray(bundle.read_bytes())
+    header = parse_header(bytes(data[:64]))
+    images, _ = layout(header, parse_manifest(bytes(data[64 : 64 + header.manifest_size])))
+    (boot,) = (p for p in images if p.image.slot_class == "boot")
+    assert boot.image.leaf_summary_size
+    data[boot.summary_offset] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="the leaf summary does not match the hash tree"):
+        verify(device, bundle)
+    if stream:
+        with bundle.open("rb") as stdin:
+            r = device.cli("install", "-", stdin=stdin)
+        assert r.returncode == 0, r.stderr
+    else:
+        install(device, bundle)
+    assert (device.boot_dir("B") / "boot.itb").read_bytes() == fit.read_bytes()
+    assert device.control().boot_state().order[0] == "B"
 
 
 def test_an_artifact_the_board_places_nowhere_is_refused_before_writing(
