@@ -505,8 +505,16 @@ class HttpSource(BundleSource):
         """Refuse error answers, naming what the server said."""
         if resp.status_code == 416:
             m = _UNSATISFIED_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
-            size = f"has {m.group(1)} bytes" if m else "is shorter"
-            raise BundleError(f"bundle ends early: {self._where} {size}, {end} needed")
+            total = int(m.group(1)) if m else None
+            if end is not None and total is not None and total >= end:
+                # The range lies within the size the server names: its fault, not the bundle's.
+                raise TransportError(
+                    f"{self._where} answered 416 Range Not Satisfiable to a request for "
+                    f"bytes {pos}-{end - 1} of its {total} bytes"
+                )
+            if end is not None:
+                size = f"has {total} bytes" if m else "is shorter"
+                raise BundleError(f"bundle ends early: {self._where} {size}, {end} needed")
         said = f"{resp.request.method} {self._where} answered {resp.status_code} {resp.reason}"
         if 400 <= resp.status_code < 500:
             raise ServerRefused(said, resp.status_code)

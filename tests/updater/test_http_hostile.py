@@ -1,0 +1,177 @@
+"""HTTPS servers that answer in ways a plain fault cannot: 416 for a range they hold.
+
+Each server here is a small HTTP/1.1 server on 127.0.0.1 whose every answer is
+written by a function of the test (`ScriptedServer`); the bytes it serves and
+the requests it saw are at hand for the checks.
+"""
+
+from __future__ import annotations
+
+import http.server
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from bundle_tool.errors import BundleError
+from tests.helpers.tlsca import TlsFiles
+from updater.errors import TransportError
+from updater.httpsettings import HttpSettings
+from updater.httpsource import HttpSource
+
+DATA = bytes(range(256)) * 64  # 16 KiB
+
+
+@dataclass
+class Seen:
+    """One request as the scripted server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+Answer = Callable[["_Handler"], None]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        self.request.settimeout(10)
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.seen.append(Seen(self.command, self.path, dict(self.headers)))
+        self.server.answer(self)
+
+    do_HEAD = do_GET
+
+    def send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        """Answer with `status`, `headers`, a Content-Length and `body`."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_range(self) -> None:
+        """A correct 206 answer from DATA for the single range asked for."""
+        first, last = (int(x) for x in self.headers["Range"].removeprefix("bytes=").split("-"))
+        self.send(
+            206, {"Content-Range": f"bytes {first}-{last}/{len(DATA)}"}, DATA[first : last + 1]
+        )
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, answer: Answer, context: ssl.SSLContext | None) -> None:
+        self.answer = answer
+        self.context = context
+        self.seen: list[Seen] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        if self.context is None:
+            return sock, addr
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-answer is what these tests are about
+
+
+class ScriptedServer:
+    """Serves HTTPS (plain HTTP when `tls` is None) with `answer(handler)` writing each answer."""
+
+    def __init__(self, answer: Answer, tls: TlsFiles | None) -> None:
+        context = None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.server_cert, tls.server_key)
+        self._server = _Server(answer, context)
+        self.scheme = "http" if tls is None else "https"
+        self.port: int = self._server.server_address[1]
+        self.seen = self._server.seen
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def url(self, path: str = "/bundle") -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def serve(tls_files: TlsFiles) -> Iterator[Callable[..., ScriptedServer]]:
+    """Start scripted servers: `serve(answer)` for HTTPS, `serve(answer, tls=False)` for HTTP."""
+    started: list[ScriptedServer] = []
+
+    def start(answer: Answer, *, tls: bool = True) -> ScriptedServer:
+        server = ScriptedServer(answer, tls_files if tls else None)
+        server.__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__()
+
+
+def settings(tls_files: TlsFiles, **overrides: float) -> HttpSettings:
+    fields: dict[str, Any] = {
+        "ca_file": str(tls_files.ca_file),
+        "connect_timeout": 2.0,
+        "read_timeout": 2.0,
+        "deadline": 30.0,
+        "retries": 0,
+    }
+    fields.update(overrides)
+    return HttpSettings(**fields)
+
+
+def read(source: HttpSource, offset: int, length: int) -> bytes:
+    return b"".join(source.read(offset, length))
+
+
+# -- 416 ---------------------------------------------------------------------------
+
+
+def unsatisfiable(size: int) -> Answer:
+    return lambda h: h.send(416, {"Content-Range": f"bytes */{size}"})
+
+
+def test_416_for_a_range_within_the_size_the_server_names_is_the_servers_fault(
+    serve: Callable[..., ScriptedServer], tls_files: TlsFiles
+) -> None:
+    server = serve(unsatisfiable(5_000_000))
+    src = HttpSource(server.url(), settings(tls_files))
+    with src, pytest.raises(TransportError, match=r"416 .* bytes 0-63 of its 5000000 bytes"):
+        read(src, 0, 64)
+
+
+def test_416_for_a_range_past_the_size_the_server_names_is_a_short_bundle(
+    serve: Callable[..., ScriptedServer], tls_files: TlsFiles
+) -> None:
+    server = serve(unsatisfiable(5_000_000))
+    src = HttpSource(server.url(), settings(tls_files))
+    with src, pytest.raises(BundleError, match="has 5000000 bytes, 5000001 needed"):
+        read(src, 5_000_000, 1)
