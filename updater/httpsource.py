@@ -8,13 +8,17 @@ is verified against a configured CA file or the system store, an optional
 client certificate identifies the device, and the usual proxy variables
 (`HTTPS_PROXY`, `NO_PROXY`) are honoured through `requests`.
 
+A read timeout bounds each socket read, not their sum, so a timer shuts the
+source's connections down when the deadline passes: a request waiting for its
+header lines or reading a body ends then. Making a connection (TCP and TLS
+handshakes) is bounded by the connect timeout, cut to the time left.
+
 A single-range answer is taken a whole chunk (1 MiB) per call until an
 answer breaks off: about a quarter less CPU to receive than a call per socket
-read. Such a call runs many socket reads, so a timer shuts the connection down
-should the deadline pass inside it, and the bytes of a chunk cut short are
-received again. After the first failure, answers are taken one socket read at
-a time: every byte received counts, and a server that stalls again and again
-still makes progress. Multipart answers are always read that way.
+read. The bytes of a chunk the deadline cuts short are received again. After
+the first failure, answers are taken one socket read at a time: every byte
+received counts, and a server that stalls again and again still makes
+progress. Multipart answers are always read that way.
 """
 
 from __future__ import annotations
@@ -29,14 +33,19 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 import urllib3.exceptions
+import urllib3.poolmanager
+from urllib3.util.ssltransport import SSLTransport
 
 from bundle_tool.errors import BundleError
 
@@ -64,39 +73,128 @@ class _NotAsked(Exception):
 
 
 class _DeadlineCut:
-    """Shuts the connection being read down when the overall deadline passes.
+    """Shuts every connection of a source down when the overall deadline passes.
 
-    A call that reads a whole chunk runs many socket reads: the read timeout
-    bounds each of them, not their sum. Shutting the connection down ends such
-    a call. One timer thread serves every answer of a source.
+    A read timeout bounds each socket read, not their sum: a server that sends
+    its header lines or a whole chunk's body a byte at a time could hold one
+    request for ever. Each connection of the source tells this object which
+    socket it holds (`_Watched`); when the deadline passes, those
+    sockets are shut down, which ends any read or write on them, and so is
+    every socket a connection takes after that. One timer thread serves a source.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
-        self._timer.start()
+        self._held: weakref.WeakKeyDictionary[object, Any] = weakref.WeakKeyDictionary()
+        self._passed = False
+        self._timer: threading.Timer | None = None
 
-    @contextlib.contextmanager
-    def watching(self, sock: socket.socket) -> Iterator[None]:
-        """While in the block, the deadline shuts `sock` down."""
+    def start(self, seconds: float) -> None:
+        """Shut the connections down `seconds` from now (once: later calls do nothing)."""
         with self._lock:
-            self._sock = sock
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._sock = None
+            if self._timer is None:
+                self._timer = threading.Timer(seconds, self._cut)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def hold(self, owner: object, sock: Any) -> None:
+        """Note that connection `owner` now holds `sock` (None: no socket)."""
+        with self._lock:
+            if sock is None:
+                self._held.pop(owner, None)
+                return
+            self._held[owner] = sock
+            if self._passed:
+                _shut_down(sock)
+
+    @property
+    def passed(self) -> bool:
+        """Whether the deadline passed (and the connections were shut down)."""
+        return self._passed
 
     def _cut(self) -> None:
         with self._lock:
-            if self._sock is not None:
-                with contextlib.suppress(OSError):  # already closed: nothing left to wake
-                    self._sock.shutdown(socket.SHUT_RDWR)
+            self._passed = True
+            for sock in self._held.values():
+                _shut_down(sock)
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+
+def _shut_down(sock: Any) -> None:
+    """End every read and write on `sock` (a TLS socket or TLS-in-TLS transport)."""
+    if isinstance(sock, SSLTransport):
+        sock = sock.socket
+    # Closed, or detached by a TLS handshake in progress (which its own timeout,
+    # no longer than the time left, bounds): nothing left to wake.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched(urllib3.connection.HTTPConnection):
+    """A connection that shows each socket it takes to the source's `_DeadlineCut`."""
+
+    _held: Any = None
+
+    def __init__(self, *args: Any, deadline_cut: _DeadlineCut, **kwargs: Any) -> None:
+        self._deadline_cut = deadline_cut
+        super().__init__(*args, **kwargs)
+
+    @property
+    def sock(self) -> Any:
+        return self._held
+
+    @sock.setter
+    def sock(self, value: Any) -> None:
+        self._held = value
+        self._deadline_cut.hold(self, value)
+
+
+class _WatchedHTTPConnection(_Watched):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """Connections, direct or through an HTTP proxy, that `deadline_cut` can shut down."""
+
+    def __init__(self, deadline_cut: _DeadlineCut) -> None:
+        self._deadline_cut = deadline_cut
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self._watch(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        self._watch(manager)
+        return manager
+
+    def _watch(self, manager: urllib3.PoolManager) -> None:
+        if manager.pool_classes_by_scheme != urllib3.poolmanager.pool_classes_by_scheme:
+            return  # already watched, or another kind (SOCKS) that keeps its own pools
+        # Pools are made as pool_cls(host, port, **context); keyword arguments a
+        # pool does not know go to its connections.
+        cut = self._deadline_cut
+        manager.pool_classes_by_scheme = {
+            "http": functools.partial(_WatchedHTTPPool, deadline_cut=cut),  # type: ignore[dict-item]
+            "https": functools.partial(_WatchedHTTPSPool, deadline_cut=cut),  # type: ignore[dict-item]
+        }
 
 
 def _reason(exc: BaseException) -> str:
@@ -200,7 +298,10 @@ class HttpSource(BundleSource):
         self._clock = clock
         self._sleep = sleep
         self._deadline_at = clock() + self.settings.deadline
+        self._cut = _DeadlineCut()
         self._session = requests.Session()
+        for prefix in ("https://", "http://"):
+            self._session.mount(prefix, _WatchedAdapter(self._cut))
         # Ranges address the stored bytes; a compressed answer would not.
         self._session.headers["Accept-Encoding"] = "identity"
         self._session.headers.update(headers or {})
@@ -212,7 +313,6 @@ class HttpSource(BundleSource):
         # True until an answer broke off; from then on answers are read one socket
         # read at a time (see the module docstring).
         self._whole_chunks = True
-        self._cut: _DeadlineCut | None = None  # started with the first whole-chunk read
         self.retry_count = 0
         """Retries made so far (after drops, timeouts or busy answers)."""
         self.request_count = 0
@@ -289,18 +389,16 @@ class HttpSource(BundleSource):
                 self._back_off(failures, str(e), pos)
                 continue
             reusable = False
-            sock = getattr(resp.raw.connection, "sock", None)
-            if not (self._whole_chunks and isinstance(sock, socket.socket)):
-                sock = None  # read a socket read per call
+            # Whole chunks only from a connection the deadline can shut down.
+            whole = self._whole_chunks and isinstance(resp.raw.connection, _Watched)
             try:
                 self._check_range_answer(resp, pos, end)
                 reusable = resp.headers.get("Content-Length") == str(end - pos)
-                recv = functools.partial(self._recv, resp.raw, whole=sock is not None)
-                with self._deadline_cut(sock, pos):
-                    for chunk in self._body(recv, pos, end):
-                        pos += len(chunk)
-                        failures = 0
-                        yield chunk
+                recv = functools.partial(self._recv, resp.raw, whole=whole)
+                for chunk in self._body(recv, pos, end):
+                    pos += len(chunk)
+                    failures = 0
+                    yield chunk
             except _Retry as e:
                 reusable = False
                 self._whole_chunks = False
@@ -409,8 +507,7 @@ class HttpSource(BundleSource):
 
     def close(self) -> None:
         """Close the session and its kept-alive connections."""
-        if self._cut is not None:
-            self._cut.cancel()
+        self._cut.cancel()
         self._session.close()
 
     @property
@@ -428,30 +525,26 @@ class HttpSource(BundleSource):
 
     def _time_left(self, pos: int) -> float:
         left = self._deadline_at - self._clock()
-        if left <= 0:
-            raise TransportError(
-                f"download deadline of {self.settings.deadline:g} s passed at byte {pos} "
-                f"of {self._where}"
-            )
+        if left <= 0 or self._cut.passed:
+            raise self._deadline_passed(pos)
         return left
 
-    def _deadline_cut(self, sock: socket.socket | None, pos: int) -> AbstractContextManager[None]:
-        """A block in which the deadline shuts `sock` down (None: nothing to watch)."""
-        if sock is None:
-            return contextlib.nullcontext()
-        if self._cut is None:
-            self._cut = _DeadlineCut(self._time_left(pos))
-        return self._cut.watching(sock)
+    def _deadline_passed(self, pos: int) -> TransportError:
+        return TransportError(
+            f"download deadline of {self.settings.deadline:g} s passed at byte {pos} "
+            f"of {self._where}"
+        )
 
     def _back_off(self, failures: int, reason: str, pos: int) -> None:
         """Wait before retry number `failures` in a row, or give up."""
+        left = self._time_left(pos)  # a failure the deadline caused is told as such
         if failures > self.settings.retries:
             raise TransportError(
                 f"giving up on {self._where} after {self.settings.retries} retries: {reason}"
             )
         s = self.settings
         delay = min(s.backoff_max, s.backoff_initial * 2 ** (failures - 1))
-        if self._time_left(pos) <= delay:
+        if left <= delay:
             raise TransportError(
                 f"download deadline of {s.deadline:g} s would pass before the next retry "
                 f"at byte {pos} of {self._where}: {reason}"
@@ -462,6 +555,7 @@ class HttpSource(BundleSource):
     def _send(self, method: str, headers: dict[str, str], pos: int) -> requests.Response:
         """Send one request; return the response with its body unread."""
         left = self._time_left(pos)
+        self._cut.start(left)
         timeout = (min(self.settings.connect_timeout, left), min(self.settings.read_timeout, left))
         self.request_count += 1
         try:
@@ -493,6 +587,9 @@ class HttpSource(BundleSource):
             raise _Retry(f"connection failed: {_reason(e)}") from e
         except (requests.exceptions.RequestException, OSError) as e:
             raise TransportError(f"{method} {self._where} failed: {_reason(e)}") from e
+        if self._cut.passed:  # and shut the connection down: the answer may be cut short
+            resp.close()
+            raise self._deadline_passed(pos)
         if urlsplit(resp.url).scheme != "https" and not self._allow_http:
             resp.close()
             raise TransportError(f"{self._where} redirected to a non-HTTPS URL; refused")

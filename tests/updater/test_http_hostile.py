@@ -1,4 +1,4 @@
-"""HTTPS servers that answer in ways a plain fault cannot: 416 for a range they hold.
+"""HTTPS servers that answer in ways a plain fault cannot: slow header lines, 416.
 
 Each server here is a small HTTP/1.1 server on 127.0.0.1 whose every answer is
 written by a function of the test (`ScriptedServer`); the bytes it serves and
@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.seen.append(Seen(self.command, self.path, dict(self.headers)))
         self.server.answer(self)
 
-    do_HEAD = do_GET
+    do_HEAD = do_CONNECT = do_GET
 
     def send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
         """Answer with `status`, `headers`, a Content-Length and `body`."""
@@ -150,6 +151,44 @@ def settings(tls_files: TlsFiles, **overrides: float) -> HttpSettings:
 
 def read(source: HttpSource, offset: int, length: int) -> bytes:
     return b"".join(source.read(offset, length))
+
+
+# -- the deadline ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["server", "proxy"])
+def test_the_deadline_bounds_header_lines_that_trickle(
+    serve: Callable[..., ScriptedServer],
+    tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+    via: str,
+) -> None:
+    """A header byte every 0.1 s never lets the read timeout pass; the deadline still
+    does, in the server's answer or in a proxy's answer to CONNECT."""
+    finished = threading.Event()
+    status = b"HTTP/1.1 200 Connection established" if via == "proxy" else b"HTTP/1.1 206 OK"
+
+    def trickle(h: _Handler) -> None:
+        h.wfile.write(status + b"\r\nX-Slow: ")
+        for _ in range(300):  # 30 s, unless the client hangs up
+            h.wfile.write(b"a")
+            time.sleep(0.1)
+        h.wfile.write(b"\r\nContent-Range: bytes 0-0/1\r\nContent-Length: 1\r\n\r\nx")
+        finished.set()
+
+    server = serve(trickle, tls=via == "server")
+    url = server.url()
+    if via == "proxy":
+        url = "https://127.0.0.1:9/bundle"  # the proxy is asked to connect there
+        for name in ("https_proxy", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{server.port}")
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+    src = HttpSource(url, settings(tls_files, read_timeout=1.0, deadline=1.5))
+    with src, pytest.raises(TransportError, match=r"download deadline of 1\.5 s passed at byte 0"):
+        read(src, 0, 1)
+    assert not finished.is_set()  # the client hung up before the header lines ended
+    assert [s.method for s in server.seen] == ["CONNECT" if via == "proxy" else "GET"]
 
 
 # -- 416 ---------------------------------------------------------------------------
