@@ -12,6 +12,8 @@ A read timeout bounds each socket read, not their sum, so a timer shuts the
 source's connections down when the deadline passes: a request waiting for its
 header lines or reading a body ends then. Making a connection (TCP and TLS
 handshakes) is bounded by the connect timeout, cut to the time left.
+Redirects are followed by hand, so that a target other than HTTPS is refused
+before anything is sent to it.
 
 A single-range answer is taken a whole chunk (1 MiB) per call until an
 answer breaks off: about a quarter less CPU to receive than a call per socket
@@ -37,7 +39,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Self
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.adapters
@@ -45,6 +47,7 @@ import urllib3
 import urllib3.connection
 import urllib3.exceptions
 import urllib3.poolmanager
+from requests.utils import requote_uri
 from urllib3.util.ssltransport import SSLTransport
 
 from bundle_tool.errors import BundleError
@@ -58,6 +61,9 @@ from .source import BundleSource
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 MAX_RANGES = 64  # byte ranges asked for in one request (a Range header of about 2 KiB)
+MAX_REDIRECTS = 10  # redirects followed for one request
+# A redirect's body up to this size is read (and not used), so that its connection is kept.
+_SHORT_BODY = 64 << 10
 # Most bytes one socket read is asked for. A read returns one TLS record (16 KiB)
 # at most, but its buffer is allocated at the size asked: in a plain receive loop,
 # 1 MiB buffers made 1 GiB cost 2.5 s of CPU instead of 0.8 s.
@@ -222,6 +228,15 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _discard(resp: requests.Response) -> None:
+    """Close an answer whose body is not wanted; a short body is read so its connection is kept."""
+    length = byteranges.header_number(resp.headers.get("Content-Length"))
+    if length is not None and length <= _SHORT_BODY:
+        with contextlib.suppress(requests.exceptions.RequestException, OSError):
+            _ = resp.content  # once read, closing it keeps the connection
+    resp.close()
+
+
 def system_ca_store() -> str | bool:
     """The operating system's CA certificates, as OpenSSL finds them.
 
@@ -280,11 +295,10 @@ class HttpSource(BundleSource):
             valid = parts.hostname is not None and (parts.port is None or parts.port > 0)
         except ValueError:
             valid = False
-        schemes = ("https", "http") if allow_insecure_http else ("https",)
-        if not valid or parts.scheme not in schemes:
+        self._schemes = ("https", "http") if allow_insecure_http else ("https",)
+        if not valid or parts.scheme not in self._schemes:
             raise UsageError(f"bundle URL must start with https:// and name a host: {url}")
         self.url = url
-        self._allow_http = allow_insecure_http
         # Messages name the server and path, never credentials or query tokens.
         self._where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         for name in ("ca_file", "client_cert", "client_key"):
@@ -553,7 +567,43 @@ class HttpSource(BundleSource):
         self._sleep(delay)
 
     def _send(self, method: str, headers: dict[str, str], pos: int) -> requests.Response:
-        """Send one request; return the response with its body unread."""
+        """Send one request; return the answer with its body unread.
+
+        Redirects are followed here, each target checked before anything is
+        sent to it: an https:// URL (or http:// when insecure HTTP is allowed),
+        at most MAX_REDIRECTS in a row. As `requests` would, an Authorization
+        header is not sent on to another host.
+        """
+        url = self.url
+        sent: dict[str, str | None] = dict(headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._send_to(url, method, sent, pos)
+            location = self._session.get_redirect_target(resp)
+            if location is None:
+                return resp
+            _discard(resp)
+            target = self._redirect_target(url, location)
+            if self._session.should_strip_auth(url, target):  # type: ignore[no-untyped-call]
+                sent["Authorization"] = None  # a None header is left out of the request
+            url = target
+        raise TransportError(f"{self._where} redirected more than {MAX_REDIRECTS} times; refused")
+
+    def _redirect_target(self, url: str, location: str) -> str:
+        """The URL a redirect from `url` names, if it may be followed."""
+        target = requote_uri(urljoin(url, location))
+        try:
+            parts = urlsplit(target)
+            valid = parts.hostname is not None and (parts.port is None or parts.port > 0)
+        except ValueError:
+            valid = False
+        if not valid or parts.scheme not in self._schemes:
+            raise TransportError(f"{self._where} redirected to a non-HTTPS URL; refused")
+        return target
+
+    def _send_to(
+        self, url: str, method: str, headers: dict[str, str | None], pos: int
+    ) -> requests.Response:
+        """Send one request to `url`, following no redirect."""
         left = self._time_left(pos)
         self._cut.start(left)
         timeout = (min(self.settings.connect_timeout, left), min(self.settings.read_timeout, left))
@@ -561,13 +611,13 @@ class HttpSource(BundleSource):
         try:
             resp = self._session.request(
                 method,
-                self.url,
+                url,
                 headers=headers,
                 stream=method != "HEAD",  # a HEAD answer is read at once; keeps the connection
                 timeout=timeout,
                 verify=self._verify,
                 cert=self._cert,
-                allow_redirects=True,
+                allow_redirects=False,
             )
         except requests.exceptions.SSLError as e:
             reason = _reason(e)
@@ -590,9 +640,6 @@ class HttpSource(BundleSource):
         if self._cut.passed:  # and shut the connection down: the answer may be cut short
             resp.close()
             raise self._deadline_passed(pos)
-        if urlsplit(resp.url).scheme != "https" and not self._allow_http:
-            resp.close()
-            raise TransportError(f"{self._where} redirected to a non-HTTPS URL; refused")
         if resp.status_code in _RETRY_STATUSES:
             resp.close()
             raise _Retry(f"server answered {resp.status_code} {resp.reason}")

@@ -1,4 +1,4 @@
-"""HTTPS servers that answer in ways a plain fault cannot: slow header lines, 416.
+"""HTTPS servers that answer in ways a plain fault cannot: slow header lines, redirects, 416.
 
 Each server here is a small HTTP/1.1 server on 127.0.0.1 whose every answer is
 written by a function of the test (`ScriptedServer`); the bytes it serves and
@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 from bundle_tool.errors import BundleError
+from tests.helpers.silentserver import SilentServer
 from tests.helpers.tlsca import TlsFiles
 from updater.errors import TransportError
 from updater.httpsettings import HttpSettings
-from updater.httpsource import HttpSource
+from updater.httpsource import MAX_REDIRECTS, HttpSource
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 
@@ -189,6 +190,74 @@ def test_the_deadline_bounds_header_lines_that_trickle(
         read(src, 0, 1)
     assert not finished.is_set()  # the client hung up before the header lines ended
     assert [s.method for s in server.seen] == ["CONNECT" if via == "proxy" else "GET"]
+
+
+# -- redirects ---------------------------------------------------------------------
+
+
+def redirect_to(url: str, status: int = 302) -> Answer:
+    return lambda h: h.send(status, {"Location": url})
+
+
+@pytest.mark.parametrize("method", ["read", "size"])
+def test_a_redirect_to_plain_http_is_refused_before_anything_is_sent(
+    serve: Callable[..., ScriptedServer], tls_files: TlsFiles, method: str
+) -> None:
+    """Nothing reaches the plain-HTTP target: not its path and query, the Range or the headers."""
+    with SilentServer() as plain:
+        target = f"http://127.0.0.1:{plain.port}/secret/update.bundle?token=abc"
+        server = serve(redirect_to(target))
+        src = HttpSource(server.url(), settings(tls_files), headers={"X-Device-Secret": "s3cr3t"})
+        with src, pytest.raises(TransportError, match="redirected to a non-HTTPS URL; refused"):
+            read(src, 0, 1) if method == "read" else src.size()
+        assert plain.accepted == 0
+        assert src.request_count == 1
+
+
+def test_redirects_to_http_are_followed_when_insecure_http_is_allowed(
+    serve: Callable[..., ScriptedServer], tls_files: TlsFiles
+) -> None:
+    plain = serve(lambda h: h.send_range(), tls=False)
+    server = serve(redirect_to(plain.url("/moved")))
+    src = HttpSource(server.url(), settings(tls_files), allow_insecure_http=True)
+    with src:
+        assert read(src, 100, 50) == DATA[100:150]
+    assert [(s.path, s.headers["Range"]) for s in plain.seen] == [("/moved", "bytes=100-149")]
+
+
+def test_an_https_redirect_is_followed_without_the_authorization_for_another_host(
+    serve: Callable[..., ScriptedServer], tls_files: TlsFiles
+) -> None:
+    """A relative redirect stays on the server and keeps every header; one to another
+    server (here another port) keeps the others, not Authorization."""
+    other = serve(lambda h: h.send_range())
+
+    def first(h: _Handler) -> None:
+        if h.path == "/bundle":
+            h.send(307, {"Location": "/here"})
+        else:
+            h.send(301, {"Location": other.url("/there")})
+
+    server = serve(first)
+    headers = {"Authorization": "TargetToken t0k", "X-Device": "d1"}
+    with HttpSource(server.url(), settings(tls_files), headers=headers) as src:
+        assert read(src, 0, 10) == DATA[:10]
+        assert src.size() == len(DATA)  # known from the answer's Content-Range
+    assert [s.path for s in server.seen] == ["/bundle", "/here"]
+    assert all(s.headers.get("Authorization") == "TargetToken t0k" for s in server.seen)
+    (there,) = other.seen
+    assert there.path == "/there" and there.headers["Range"] == "bytes=0-9"
+    assert there.headers["X-Device"] == "d1" and "Authorization" not in there.headers
+
+
+def test_a_redirect_loop_is_refused(
+    serve: Callable[..., ScriptedServer], tls_files: TlsFiles
+) -> None:
+    server = serve(lambda h: h.send(302, {"Location": h.path}))
+    src = HttpSource(server.url(), settings(tls_files))
+    with src, pytest.raises(TransportError, match=f"redirected more than {MAX_REDIRECTS} times"):
+        read(src, 0, 1)
+    assert len(server.seen) == MAX_REDIRECTS + 1
 
 
 # -- 416 ---------------------------------------------------------------------------
