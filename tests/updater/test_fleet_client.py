@@ -110,3 +110,11 @@ def test_header_numbers_that_are_numbers() -> None:
     assert byteranges.header_number(" 4096 ") == 4096
     assert byteranges.content_range("bytes 0-4095/1082205383") == (0, 4095, 1082205383)
     assert retry_after("120", 0.0) == 120.0
+
+
+def test_a_link_from_the_server_is_one_line_in_messages() -> None:
+    """urlsplit drops line feeds; other control characters are escaped."""
+    fleet = parse_fleet({"server": "https://fleet.example", "controller_id": "dev-1"})
+    with pytest.raises(TransportError) as e:
+        DdiClient(fleet, HttpSettings()).get_json("http://elsewhere.example/a\x85b\x1b[2K")
+    assert str(e.value) == "refusing the non-HTTPS URL http://elsewhere.example/a\\x85b\\x1b[2K"

@@ -18,6 +18,7 @@ from .. import byteranges
 from ..errors import ServerRefused, TransportError, UsageError
 from ..httpsettings import HttpSettings
 from ..httpsource import _reason, system_ca_store
+from .ddi import printable
 from .settings import FleetSettings
 
 _BUSY = frozenset({409, 429, 503})
@@ -59,7 +60,7 @@ def same_origin(a: str, b: str) -> bool:
 
 def _where(url: str) -> str:
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return printable(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}")
 
 
 class DdiClient:
@@ -137,7 +138,7 @@ class DdiClient:
         status = resp.status_code
         if 200 <= status < 300:
             return resp
-        said = f"{method} {where} answered {status} {resp.reason}"
+        said = f"{method} {where} answered {status} {printable(resp.reason or '')}"
         if status in _BUSY:
             raise ServerBusy(said, retry_after(resp.headers.get("Retry-After"), self._clock()))
         if status in (401, 403):

@@ -4,7 +4,9 @@ Eclipse hawkBit's Direct Device Integration API (docs/fleet.md links it): the
 device polls its base resource, which links to at most one deployment or cancel
 action and asks for configData; the device answers with feedback. Parsing is
 pure: it takes decoded JSON and raises `TransportError` naming what is wrong
-(the server is at fault, not the device).
+(the server is at fault, not the device). A string from the server is quoted
+in a message (`repr`, or `printable`): a line break in it cannot start a line
+of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ _ISO = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)
 
 class DdiError(TransportError):
     """The server's answer is not what the DDI API says it is."""
+
+
+def printable(text: str) -> str:
+    """`text` with each character that is not printable escaped (`\\n`, `\\x1b`): one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def base_url(server: str, tenant: str, controller_id: str) -> str:
@@ -179,14 +186,14 @@ def _artifact(raw: object) -> Artifact:
     filename = _str(obj, "filename", "an artifact")
     size = obj.get("size")
     if type(size) is not int or size < 0:
-        raise DdiError(f"server answer: artifact {filename} has no size")
-    hashes = _obj(obj.get("hashes", {}), f"hashes of {filename}")
+        raise DdiError(f"server answer: artifact {filename!r} has no size")
+    hashes = _obj(obj.get("hashes", {}), f"hashes of {filename!r}")
     known = {k: v.lower() for k, v in hashes.items() if k in HASH_NAMES and isinstance(v, str)}
-    links = _obj(obj.get("_links", {}), f"links of {filename}")
+    links = _obj(obj.get("_links", {}), f"links of {filename!r}")
     # The https link first; `download-http` is the plain-HTTP one.
     href = _href(links, "download") or _href(links, "download-http")
     if href is None:
-        raise DdiError(f"server answer: artifact {filename} has no download link")
+        raise DdiError(f"server answer: artifact {filename!r} has no download link")
     return Artifact(filename, size, known, href)
 
 
@@ -297,9 +304,9 @@ def pick_artifact(artifacts: Sequence[Artifact], pattern: str) -> Artifact:
     found = [a for a in artifacts if fnmatchcase(a.filename, pattern)]
     if len(found) == 1:
         return found[0]
-    names = ", ".join(a.filename for a in artifacts) or "none"
+    names = ", ".join(repr(a.filename) for a in artifacts) or "none"
     if not found:
         raise DdiError(f"no artifact matches {pattern!r} (offered: {names})")
     raise DdiError(
-        f"{len(found)} artifacts match {pattern!r}: {', '.join(a.filename for a in found)}"
+        f"{len(found)} artifacts match {pattern!r}: {', '.join(repr(a.filename) for a in found)}"
     )
