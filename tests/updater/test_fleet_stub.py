@@ -200,16 +200,20 @@ def serve_bundle(
     stub: DdiStub,
     nginx: NginxServer,
     signer: signing.Signer | None = None,
+    size_error: int = 0,
     **handling: str,
 ) -> None:
-    """Version 2.0.0 on nginx, assigned by the stub as action 3; the device trusts nginx."""
+    """Version 2.0.0 on nginx, assigned by the stub as action 3; the device trusts nginx.
+
+    `size_error`: bytes the deployment's artifact size is off by.
+    """
     bundle = device.bundle(image_bytes(700, seed=2), "fw.bundle", version="2.0.0", signer=signer)
     shutil.copy(bundle, nginx.root / "fw.bundle")
     text = device.config_path.read_text()
     device.config_path.write_text(text + f'[http]\nca_file = "{nginx.ca_file}"\n')
     data = bundle.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    art = artifact_body("fw.bundle", len(data), digest, nginx.url("fw.bundle"))
+    art = artifact_body("fw.bundle", len(data) + size_error, digest, nginx.url("fw.bundle"))
     stub.deployment = deployment_body("3", [art], **handling)
 
 
@@ -266,6 +270,25 @@ def test_a_download_over_max_download_bytes_fails_the_action(
     assert last["status"]["result"]["finished"] == "failure"
     assert device.control().boot_state().primary == "A"
     assert not device.control().boot_state().slot("B").bootable
+
+
+def test_an_artifact_of_another_size_than_announced_fails_the_action(
+    device: Device, stub: DdiStub, nginx_server: NginxServer
+) -> None:
+    """The server contradicts itself: asking again would not help, the action ends."""
+    serve_bundle(device, stub, nginx_server, size_error=1)
+    agent = agent_for(device, stub)
+    result = agent.poll_once()
+    assert result.kind == "failed" and isinstance(result.error, ddi.DdiError), result.detail
+    assert "bytes on the server" in result.detail
+    _, last = stub.feedback[-1]
+    assert (last["status"]["execution"], last["status"]["result"]["finished"]) == (
+        "closed",
+        "failure",
+    )
+    assert last["status"]["details"][0].startswith("install failed: artifact 'fw.bundle' has ")
+    assert agent.state.pending() is None
+    assert device.control().boot_state().primary == "A"
 
 
 def test_gone_feedback_is_dropped_other_errors_keep_it(device: Device, stub: DdiStub) -> None:

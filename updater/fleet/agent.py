@@ -454,12 +454,14 @@ class FleetAgent:
                 holder.append(source)
                 size = source.size()
                 if size is not None and size != artifact.size:
-                    raise TransportError(
-                        f"artifact {artifact.filename} has {size} bytes on the server, "
+                    raise ddi.DdiError(
+                        f"artifact {artifact.filename!r} has {size} bytes on the server, "
                         f"{artifact.size} announced"
                     )
                 result = installer.install(source, switch=ahead is None)
         except ServerRefused as e:  # a 4xx: asking again would not help
+            return self._install_failed(dep, action, e)
+        except ddi.DdiError as e:  # the deployment contradicts its file: nor would it here
             return self._install_failed(dep, action, e)
         except ContentChanged:  # the next attempt starts from the new file, after a back-off
             self.state.set_pending(action.moved_to("downloading", etag=None))
