@@ -108,9 +108,18 @@ class _HttpsPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _HttpsConnection
 
 
-def _watched(manager: urllib3.PoolManager) -> urllib3.PoolManager:
-    manager.pool_classes_by_scheme = {"http": _HttpPool, "https": _HttpsPool}
-    return manager
+_WATCHED: dict[type[urllib3.HTTPConnectionPool], type[urllib3.HTTPConnectionPool]] = {
+    urllib3.HTTPConnectionPool: _HttpPool,
+    urllib3.HTTPSConnectionPool: _HttpsPool,
+}
+
+
+def _watched(manager: urllib3.PoolManager) -> None:
+    """Make `manager` open our connections. A SOCKS proxy's own pools are kept: a request
+    through them is not cut short, though one answered past the deadline still fails."""
+    manager.pool_classes_by_scheme = {
+        scheme: _WATCHED.get(cls, cls) for scheme, cls in manager.pool_classes_by_scheme.items()
+    }
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
