@@ -124,6 +124,25 @@ def test_a_file_name_from_the_server_is_quoted_in_messages() -> None:
     assert ddi.printable("a\nb\x1b\u2028c") == "a\\nb\\x1b\\u2028c"
 
 
+def test_ids_and_versions_from_the_server_are_printable() -> None:
+    """An id is named in messages and used in paths: refused if not printable. A version
+    is shown only: escaped."""
+    dep = ddi.parse_deployment(
+        {**deployment([artifact()]), "id": 7} | {"deployment": {"chunks": [{"version": FORGED}]}}
+    )
+    assert dep.action_id == "7" and dep.chunks[0].version == ddi.printable(FORGED)
+    assert dep.chunks[0].version.isprintable()
+    with pytest.raises(
+        ddi.DdiError, match=r"^server answer: the deployment's id '7\\n.*printable$"
+    ):
+        ddi.parse_deployment({**deployment([]), "id": "7\nupdater: forged"})
+    assert ddi.parse_cancel({"id": 9, "cancelAction": {"stopId": "5"}}) == ("9", "5")
+    for cancel in ({"id": 9, "cancelAction": {"stopId": "5\n"}}, {"cancelAction": {"stopId": 5}}):
+        with pytest.raises(ddi.DdiError) as e:
+            ddi.parse_cancel(cancel)
+        assert str(e.value).isprintable()
+
+
 @pytest.mark.parametrize(
     ("dep", "plan"),
     [

@@ -197,14 +197,25 @@ def _artifact(raw: object) -> Artifact:
     return Artifact(filename, size, known, href)
 
 
+def _action_id(value: object, what: str) -> str:
+    """An action id: a number or a printable string (it is named in messages)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise DdiError(f"server answer: {what} is missing")
+    if not value.isprintable():
+        raise DdiError(f"server answer: {what} {value!r} is not printable")
+    return value
+
+
 def parse_deployment(body: object) -> Deployment:
-    """A `deploymentBase` answer."""
+    """A `deploymentBase` answer.
+
+    A chunk's version is shown only (in messages, feedback, `fleet status`): its
+    characters that are not printable are escaped (`printable`).
+    """
     obj = _obj(body, "the deployment")
-    action = obj.get("id")
-    if isinstance(action, int) and not isinstance(action, bool):
-        action = str(action)
-    if not isinstance(action, str) or not action:
-        raise DdiError("server answer: the deployment has no id")
+    action = _action_id(obj.get("id"), "the deployment's id")
     dep = _obj(obj.get("deployment"), "deployment")
     handling: list[Handling] = []
     for key in ("download", "update"):
@@ -228,7 +239,7 @@ def parse_deployment(body: object) -> Deployment:
             Chunk(
                 part=str(c.get("part", "")),
                 name=str(c.get("name", "")),
-                version=_str(c, "version", "a chunk"),
+                version=printable(_str(c, "version", "a chunk")),
                 artifacts=tuple(_artifact(a) for a in arts),
             )
         )
@@ -238,15 +249,11 @@ def parse_deployment(body: object) -> Deployment:
 def parse_cancel(body: object) -> tuple[str, str]:
     """A `cancelAction` answer: (its own id, the id of the action to stop)."""
     obj = _obj(body, "the cancel action")
-    action = obj.get("id")
     stop = _obj(obj.get("cancelAction"), "cancelAction").get("stopId")
-    if isinstance(action, int):
-        action = str(action)
-    if isinstance(stop, int):
-        stop = str(stop)
-    if not isinstance(action, str) or not isinstance(stop, str):
-        raise DdiError("server answer: the cancel action has no id or stopId")
-    return action, stop
+    return (
+        _action_id(obj.get("id"), "the cancel action's id"),
+        _action_id(stop, "the cancel action's stopId"),
+    )
 
 
 @dataclass(frozen=True)
