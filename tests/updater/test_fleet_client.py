@@ -5,16 +5,20 @@ Real HTTP servers on 127.0.0.1 (a second port is another origin, as another host
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
+import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.helpers.faultserver import FaultServer
 from updater import byteranges
 from updater.errors import TransportError
-from updater.fleet.client import DdiClient, retry_after, same_origin
+from updater.fleet.client import MAX_ANSWER, DdiClient, retry_after, same_origin
 from updater.fleet.settings import parse_fleet
 from updater.httpsettings import HttpSettings
 
@@ -56,9 +60,12 @@ def servers() -> Iterator[tuple[Recorder, Recorder]]:
     other.close()
 
 
+def fleet_table(server: str, **more: Any) -> dict[str, Any]:
+    return {"server": server, "allow_http": True, "controller_id": "dev-1", **more}
+
+
 def client_of(server: str, **more: Any) -> DdiClient:
-    table = {"server": server, "allow_http": True, "controller_id": "dev-1", **more}
-    return DdiClient(parse_fleet(table), HttpSettings())
+    return DdiClient(parse_fleet(fleet_table(server, **more)), HttpSettings())
 
 
 def test_the_token_goes_to_the_configured_server_only(servers: tuple[Recorder, Recorder]) -> None:
@@ -110,3 +117,95 @@ def test_header_numbers_that_are_numbers() -> None:
     assert byteranges.header_number(" 4096 ") == 4096
     assert byteranges.content_range("bytes 0-4095/1082205383") == (0, 4095, 1082205383)
     assert retry_after("120", 0.0) == 120.0
+
+
+class Trickler:
+    """Answers each request with `answer`: its first `at_once` bytes at once, then the
+    rest one byte every 0.25 s (under any read timeout), then it closes the connection."""
+
+    def __init__(self, answer: bytes, at_once: int) -> None:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.recv(65536)
+                try:
+                    self.request.sendall(answer[:at_once])
+                    for i in range(at_once, len(answer)):
+                        time.sleep(0.25)
+                        self.request.sendall(answer[i : i + 1])
+                except OSError:  # the client gave up
+                    pass
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SHORT = HttpSettings(connect_timeout=1, read_timeout=1)  # each request ends within 2 s
+SLOW_BODY = b"{" + b" " * 18 + b"}"  # 20 bytes: 5 s when trickled
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_an_answer_trickled_under_the_read_timeout_ends_at_the_deadline(part: str) -> None:
+    """Every byte comes within the read timeout; the answer would take 5 s, or 7 s."""
+    status = b"HTTP/1.1 200 OK\r\n"
+    head = status + f"Content-Length: {len(SLOW_BODY)}\r\nX-Slow: abcdef\r\n\r\n".encode()
+    server = Trickler(head + SLOW_BODY, len(status) if part == "headers" else len(head))
+    try:
+        with (
+            DdiClient(parse_fleet(fleet_table(server.url)), SHORT) as client,
+            pytest.raises(
+                TransportError, match=r"^GET http://\S+/x: no complete answer within 2 s$"
+            ),
+        ):
+            client.get_json(f"{server.url}/x")
+    finally:
+        server.close()
+
+
+def test_a_trickled_answer_over_tls_ends_at_the_deadline(fault_server: FaultServer) -> None:
+    fault_server.data = SLOW_BODY
+    fault_server.mode = "trickle"
+    fault_server.trickle_interval = 0.25
+    table = {"server": fault_server.url(""), "controller_id": "dev-1"}
+    http = dataclasses.replace(SHORT, ca_file=fault_server.ca_file)
+    with (
+        DdiClient(parse_fleet(table), http) as client,
+        pytest.raises(TransportError, match="no complete answer within 2 s"),
+    ):
+        client.get_json(fault_server.url("x"))
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "until-close"])
+def test_an_answer_larger_than_the_bound_is_refused(declared: bool) -> None:
+    """Whether the answer says its length or not, at most MAX_ANSWER bytes are taken."""
+    body = b" " * MAX_ANSWER + b"{}"
+    length = f"Content-Length: {len(body)}" if declared else "Connection: close"
+    answer = f"HTTP/1.1 200 OK\r\n{length}\r\n\r\n".encode() + body
+    server = Trickler(answer, len(answer))
+    try:
+        with pytest.raises(TransportError, match=f"answered more than {MAX_ANSWER} bytes"):
+            client_of(server.url).get_json(f"{server.url}/x")
+    finally:
+        server.close()
+
+
+def test_an_answer_of_the_bound_is_taken() -> None:
+    body = b"{}" + b" " * (MAX_ANSWER - 2)
+    server = Trickler(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body, 1 << 30)
+    try:
+        assert client_of(server.url).get_json(f"{server.url}/x") == {}
+    finally:
+        server.close()
+
+
+def test_a_link_from_the_server_is_one_line_in_messages() -> None:
+    """urlsplit drops line feeds; other control characters are escaped."""
+    fleet = parse_fleet({"server": "https://fleet.example", "controller_id": "dev-1"})
+    with pytest.raises(TransportError) as e:
+        DdiClient(fleet, HttpSettings()).get_json("http://elsewhere.example/a\x85b\x1b[2K")
+    assert str(e.value) == "refusing the non-HTTPS URL http://elsewhere.example/a\\x85b\\x1b[2K"

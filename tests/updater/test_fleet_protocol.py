@@ -77,7 +77,7 @@ def test_deployment_parsed_strictly() -> None:
     assert dep.version_of(a) == "2.0.0"
     with pytest.raises(ddi.DdiError, match=r"deployment\.update is 'later'"):
         ddi.parse_deployment(deployment([], update="later"))
-    with pytest.raises(ddi.DdiError, match=r"artifact fw\.bundle has no size"):
+    with pytest.raises(ddi.DdiError, match=r"artifact 'fw\.bundle' has no size"):
         ddi.parse_deployment(deployment([{**artifact(), "size": -1}]))
 
 
@@ -86,15 +86,61 @@ def test_plan_picks_one_bundle_or_fails_naming_them() -> None:
     assert cycle.plan_deployment(one, SETTINGS).artifact == one.artifacts[0]
     none = ddi.parse_deployment(deployment([artifact("notes.txt")]))
     assert cycle.plan_deployment(none, SETTINGS) == cycle.DeploymentPlan(
-        "fail", reason="no artifact matches '*.bundle' (offered: notes.txt)"
+        "fail", reason="no artifact matches '*.bundle' (offered: 'notes.txt')"
     )
     two = ddi.parse_deployment(deployment([artifact("a.bundle"), artifact("b.bundle")]))
     assert (
-        "2 artifacts match '*.bundle': a.bundle, b.bundle"
+        "2 artifacts match '*.bundle': 'a.bundle', 'b.bundle'"
         in cycle.plan_deployment(two, SETTINGS).reason
     )
     unhashed = ddi.parse_deployment(deployment([artifact(md4="00")]))
     assert cycle.plan_deployment(unhashed, SETTINGS).plan == "fail"
+
+
+FORGED = "fw.bundle\nupdater: installed 9.9.9 into slot B; it boots next\x1b[2K"
+
+
+def test_a_file_name_from_the_server_is_quoted_in_messages() -> None:
+    """A line break in it cannot forge a line of its own (on stderr, in the journal)."""
+    said: list[str] = []
+    broken = ({"size": None}, {"hashes": []}, {"_links": []}, {"_links": {}})
+    for change in broken:
+        with pytest.raises(ddi.DdiError) as e:
+            ddi.parse_deployment(deployment([{**artifact(FORGED), **change}]))
+        said.append(str(e.value))
+    ours = FORGED + ".bundle"
+    limited = parse_fleet({"server": "https://s", "controller_id": "d", "max_download_bytes": 10})
+    for arts, settings in (
+        ([artifact(FORGED)], SETTINGS),
+        ([artifact(ours)] * 2, SETTINGS),
+        ([{**artifact(ours), "hashes": {}}], SETTINGS),
+        ([artifact(ours)], limited),
+    ):
+        plan = cycle.plan_deployment(ddi.parse_deployment(deployment(arts)), settings)
+        said.append(plan.reason)
+    assert said[0] == f"server answer: artifact {FORGED!r} has no size"
+    for message in said:
+        assert message.isprintable(), message
+    assert ddi.printable("a\nb\x1b\u2028c") == "a\\nb\\x1b\\u2028c"
+
+
+def test_ids_and_versions_from_the_server_are_printable() -> None:
+    """An id is named in messages and used in paths: refused if not printable. A version
+    is shown only: escaped."""
+    dep = ddi.parse_deployment(
+        {**deployment([artifact()]), "id": 7} | {"deployment": {"chunks": [{"version": FORGED}]}}
+    )
+    assert dep.action_id == "7" and dep.chunks[0].version == ddi.printable(FORGED)
+    assert dep.chunks[0].version.isprintable()
+    with pytest.raises(
+        ddi.DdiError, match=r"^server answer: the deployment's id '7\\n.*printable$"
+    ):
+        ddi.parse_deployment({**deployment([]), "id": "7\nupdater: forged"})
+    assert ddi.parse_cancel({"id": 9, "cancelAction": {"stopId": "5"}}) == ("9", "5")
+    for cancel in ({"id": 9, "cancelAction": {"stopId": "5\n"}}, {"cancelAction": {"stopId": 5}}):
+        with pytest.raises(ddi.DdiError) as e:
+            ddi.parse_cancel(cancel)
+        assert str(e.value).isprintable()
 
 
 @pytest.mark.parametrize(

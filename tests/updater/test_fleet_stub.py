@@ -11,7 +11,9 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,10 +23,11 @@ from bundle_tool.errors import TrustError
 from tests.helpers.ddistub import DdiStub, artifact_body, deployment_body
 from tests.helpers.nginx import NginxServer
 from tests.updater.device import COMPATIBLE, Device, image_bytes
+from updater import installlock
 from updater.errors import TransportError
 from updater.fleet import ddi
 from updater.fleet.agent import FleetAgent
-from updater.fleet.client import ServerBusy
+from updater.fleet.client import DdiClient, ServerBusy
 from updater.fleet.state import PendingAction, Phase
 
 CONTROLLER = "stub-dev"
@@ -124,6 +127,81 @@ def test_cancel_after_the_switch_is_rejected(device: Device, stub: DdiStub) -> N
     assert device.control().boot_state().primary == "B"
 
 
+def test_a_cancel_waits_while_another_install_holds_the_lock(device: Device, stub: DdiStub) -> None:
+    """The cancel's invalidate writes the boot environment: it takes the install lock."""
+    agent = agent_for(device, stub)
+    written_ahead = PendingAction("5", "2.0.0", "sha256:00", "downloaded", "B", "A")
+    agent.state.set_pending(written_ahead)
+    stub.cancel = {"id": "9", "cancelAction": {"stopId": "5"}}
+    env = device.env_file.read_bytes()
+    with installlock.held(device.config().state_dir, "install"):  # as an install does
+        result = agent.poll_once()
+    assert result.kind == "none" and "the cancel waits for the next poll" in result.detail
+    assert device.env_file.read_bytes() == env  # nothing written
+    assert agent.state.pending() == written_ahead
+    assert not any("/cancelAction/9/feedback" in p for p, _ in stub.feedback)
+    result = agent.poll_once()  # the lock is free: the cancel asked again is done
+    assert result.kind == "action" and "canceled" in result.detail
+    assert agent.state.pending() is None
+    assert stub.feedback[-1][0].endswith("/cancelAction/9/feedback")
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["free", "busy"])
+def test_the_floor_is_stored_after_success_only_under_the_install_lock(
+    device: Device, stub: DdiStub, busy: bool
+) -> None:
+    """The success is reported either way; the floor is stored only with the lock held."""
+    bundle = device.bundle(image_bytes(700, seed=3), "fw.bundle", security_version=4)
+    done = device.cli("install", str(bundle))
+    assert done.returncode == 0, done.stderr
+    device.boot("B")
+    device.control().mark_good()  # as a board's own mark-good does: no floor stored
+    agent = agent_for(device, stub)
+    agent.state.set_pending(PendingAction("5", "2.0.0", "sha256:00", "installed", "B", "A"))
+    floor = device.config().state_dir / "security-floor.json"
+    with installlock.held(device.config().state_dir, "install") if busy else nullcontext():
+        result = agent.poll_once()
+    assert result.kind == "action" and "marked good" in result.detail, result.detail
+    assert stub.feedback[-1][1]["status"]["result"]["finished"] == "success"
+    assert floor.exists() is not busy
+    if not busy:
+        assert json.loads(floor.read_text()) == {"security_floor": 4}
+
+
+class InstallsDuringTheCancel(DdiClient):
+    """The DDI client, with another install run (its own process) while the cancel is fetched:
+    after the cycle looked at the boot state, before it acts on the cancel."""
+
+    def __init__(self, device: Device, bundle: Path) -> None:
+        config = device.config()
+        assert config.fleet is not None
+        super().__init__(config.fleet, config.http)
+        self.device, self.bundle = device, bundle
+
+    def get_json(self, url: str) -> Any:
+        if "/cancelAction/" in url:
+            done = self.device.cli("install", str(self.bundle))
+            assert done.returncode == 0, done.stderr
+        return super().get_json(url)
+
+
+def test_a_cancel_leaves_alone_a_slot_another_install_switched_to(
+    device: Device, stub: DdiStub
+) -> None:
+    bundle = device.bundle(image_bytes(700, seed=3), "usb.bundle", version="3.0.0")
+    agent_for(device, stub)
+    agent = FleetAgent(device.config(), client=InstallsDuringTheCancel(device, bundle))
+    agent.state.set_pending(PendingAction("5", "2.0.0", "sha256:00", "downloaded", "B", "A"))
+    stub.cancel = {"id": "9", "cancelAction": {"stopId": "5"}}
+    result = agent.poll_once()
+    assert result.kind == "action" and "canceled" in result.detail
+    state = device.control().boot_state()
+    assert state.primary == "B" and state.slot("B").bootable  # the other install's switch
+    assert state.slot("B").tries == device.config().board.tries
+    assert agent.state.pending() is None
+    assert stub.feedback[-1][0].endswith("/cancelAction/9/feedback")
+
+
 def test_a_skipped_download_waits_and_fetches_nothing(device: Device, stub: DdiStub) -> None:
     agent = agent_for(device, stub)
     art = artifact_body("fw.bundle", 10, "00" * 32, f"{stub.url}/fw.bundle")
@@ -200,16 +278,20 @@ def serve_bundle(
     stub: DdiStub,
     nginx: NginxServer,
     signer: signing.Signer | None = None,
+    size_error: int = 0,
     **handling: str,
 ) -> None:
-    """Version 2.0.0 on nginx, assigned by the stub as action 3; the device trusts nginx."""
+    """Version 2.0.0 on nginx, assigned by the stub as action 3; the device trusts nginx.
+
+    `size_error`: bytes the deployment's artifact size is off by.
+    """
     bundle = device.bundle(image_bytes(700, seed=2), "fw.bundle", version="2.0.0", signer=signer)
     shutil.copy(bundle, nginx.root / "fw.bundle")
     text = device.config_path.read_text()
     device.config_path.write_text(text + f'[http]\nca_file = "{nginx.ca_file}"\n')
     data = bundle.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    art = artifact_body("fw.bundle", len(data), digest, nginx.url("fw.bundle"))
+    art = artifact_body("fw.bundle", len(data) + size_error, digest, nginx.url("fw.bundle"))
     stub.deployment = deployment_body("3", [art], **handling)
 
 
@@ -266,6 +348,25 @@ def test_a_download_over_max_download_bytes_fails_the_action(
     assert last["status"]["result"]["finished"] == "failure"
     assert device.control().boot_state().primary == "A"
     assert not device.control().boot_state().slot("B").bootable
+
+
+def test_an_artifact_of_another_size_than_announced_fails_the_action(
+    device: Device, stub: DdiStub, nginx_server: NginxServer
+) -> None:
+    """The server contradicts itself: asking again would not help, the action ends."""
+    serve_bundle(device, stub, nginx_server, size_error=1)
+    agent = agent_for(device, stub)
+    result = agent.poll_once()
+    assert result.kind == "failed" and isinstance(result.error, ddi.DdiError), result.detail
+    assert "bytes on the server" in result.detail
+    _, last = stub.feedback[-1]
+    assert (last["status"]["execution"], last["status"]["result"]["finished"]) == (
+        "closed",
+        "failure",
+    )
+    assert last["status"]["details"][0].startswith("install failed: artifact 'fw.bundle' has ")
+    assert agent.state.pending() is None
+    assert device.control().boot_state().primary == "A"
 
 
 def test_gone_feedback_is_dropped_other_errors_keep_it(device: Device, stub: DdiStub) -> None:

@@ -15,6 +15,7 @@ The order of a cycle:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import os
@@ -29,9 +30,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from bootctl.errors import BootctlError, SlotError
 from bundle_tool.errors import BundleError, PolicyError, TrustError
 
-from .. import installplan
+from .. import installlock, installplan
 from ..config import DeviceConfig
 from ..errors import (
+    BusyError,
     ContentChanged,
     DeviceError,
     ServerRefused,
@@ -300,7 +302,13 @@ class FleetAgent:
         self.state.set_pending(pending.moved_to("reported"))
         self._report(item)
         self.state.set_pending(None)
-        installer.refresh_floor()
+        # With the lock, as an install or mark-good stores it. Busy: the floor in force is
+        # derived from the slots again when an install checks a bundle and stored by it.
+        with (
+            contextlib.suppress(BusyError),
+            installlock.held(self.config.state_dir, "store the security floor"),
+        ):
+            installer.refresh_floor()
         self.send_config_data(installer)
         detail = item.details[0] if item.details else outcome
         if outcome == "success":
@@ -334,7 +342,15 @@ class FleetAgent:
                 self._wait(poll, active=True),
             )
         if pending is not None and pending.action_id == stop_id and pending.target is not None:
-            installer.control.invalidate(pending.target)  # a half-written target never boots
+            try:
+                with installlock.held(self.config.state_dir, f"cancel action {stop_id} now"):
+                    self._invalidate_canceled(stop_id, installer)
+            except BusyError as e:  # nothing done: the server asks again at the next poll
+                return CycleResult(
+                    "none",
+                    f"{e} (the cancel waits for the next poll)",
+                    self._wait(poll, active=True),
+                )
         self.state.set_pending(None)
         self._report(
             ddi.Feedback(
@@ -342,6 +358,22 @@ class FleetAgent:
             )
         )
         return CycleResult("action", f"action {stop_id} canceled", self._wait(poll, active=False))
+
+    def _invalidate_canceled(self, stop_id: str, installer: Installer) -> None:
+        """Make the canceled action's target unbootable; the install lock is held.
+
+        A half-written target never boots. The pending action and the boot state are
+        read again under the lock: another install (a USB stick, a person) may have
+        written the same slot and switched to it since the cycle looked. A slot that
+        runs or boots next is that install's and is left alone.
+        """
+        pending = self.state.pending()
+        if pending is None or pending.action_id != stop_id or pending.target is None:
+            return
+        booted = self._booted(installer)
+        state = installer.control.boot_state()
+        if cycle.boot_outcome(pending, booted, state, self.config.board.tries) == "interrupted":
+            installer.control.invalidate(pending.target)
 
     def _deploy(
         self, poll: ddi.Poll, pending: PendingAction | None, installer: Installer
@@ -454,12 +486,14 @@ class FleetAgent:
                 holder.append(source)
                 size = source.size()
                 if size is not None and size != artifact.size:
-                    raise TransportError(
-                        f"artifact {artifact.filename} has {size} bytes on the server, "
+                    raise ddi.DdiError(
+                        f"artifact {artifact.filename!r} has {size} bytes on the server, "
                         f"{artifact.size} announced"
                     )
                 result = installer.install(source, switch=ahead is None)
         except ServerRefused as e:  # a 4xx: asking again would not help
+            return self._install_failed(dep, action, e)
+        except ddi.DdiError as e:  # the deployment contradicts its file: nor would it here
             return self._install_failed(dep, action, e)
         except ContentChanged:  # the next attempt starts from the new file, after a back-off
             self.state.set_pending(action.moved_to("downloading", etag=None))

@@ -3,24 +3,137 @@
 Every request carries the configured token in its `Authorization` header; no
 message, log line or exception text ever holds it (they name the server and the
 path only).
+
+The server's answers are bounded: a body of at most `MAX_ANSWER` bytes (a DDI
+answer is a few KiB: a deployment with its links), and each request, answer
+headers and body included, ends within `connect_timeout + read_timeout`
+seconds. The read timeout alone bounds each wait for the next bytes, not their
+sum: a server sending a byte now and then would hold a request for as long as
+it liked. When the time is up, a timer shuts the request's connection down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import json
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
+import urllib3.exceptions
 
 from .. import byteranges
 from ..errors import ServerRefused, TransportError, UsageError
 from ..httpsettings import HttpSettings
 from ..httpsource import _reason, system_ca_store
+from .ddi import printable
 from .settings import FleetSettings
 
 _BUSY = frozenset({409, 429, 503})
+MAX_ANSWER = 1 << 20  # bytes of one answer's body (after Content-Encoding is undone)
+_CHUNK = 64 << 10
+
+
+class _Cut:
+    """Ends one request when its time is up: shuts its connection down, headers or body.
+
+    The connection is named once the request is sent (`watch`); a time that
+    passed before that shuts it down then.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = False
+        self._lock = threading.Lock()
+        self._sock: Any = None
+        self._timer = threading.Timer(seconds, self._pass)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: Any) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.passed:
+                self._shut()
+
+    def _pass(self) -> None:
+        with self._lock:
+            self.passed = True
+            self._shut()
+
+    def _shut(self) -> None:
+        shutdown = getattr(self._sock, "shutdown", None)
+        if shutdown is not None:
+            with contextlib.suppress(OSError):  # closed already: nothing left to wake
+                shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+_CUT: ContextVar[_Cut | None] = ContextVar("ddi_request_cut", default=None)
+
+
+def _watch(sock: Any) -> None:
+    cut = _CUT.get()
+    if cut is not None:
+        cut.watch(sock)
+
+
+class _HttpConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3
+        _watch(self.sock)
+        return super().getresponse()
+
+
+class _HttpsConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3
+        _watch(self.sock)
+        return super().getresponse()
+
+
+class _HttpPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HttpConnection
+
+
+class _HttpsPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HttpsConnection
+
+
+_WATCHED: dict[type[urllib3.HTTPConnectionPool], type[urllib3.HTTPConnectionPool]] = {
+    urllib3.HTTPConnectionPool: _HttpPool,
+    urllib3.HTTPSConnectionPool: _HttpsPool,
+}
+
+
+def _watched(manager: urllib3.PoolManager) -> None:
+    """Make `manager` open our connections. A SOCKS proxy's own pools are kept: a request
+    through them is not cut short, though one answered past the deadline still fails."""
+    manager.pool_classes_by_scheme = {
+        scheme: _WATCHED.get(cls, cls) for scheme, cls in manager.pool_classes_by_scheme.items()
+    }
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, whose connections tell the request's `_Cut` their socket."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _watched(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.PoolManager):
+            _watched(manager)
+        return manager
 
 
 class ServerBusy(TransportError):
@@ -59,7 +172,7 @@ def same_origin(a: str, b: str) -> bool:
 
 def _where(url: str) -> str:
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return printable(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}")
 
 
 class DdiClient:
@@ -76,6 +189,8 @@ class DdiClient:
         self.http = http
         self._clock = clock
         self._session = requests.Session()
+        for prefix in ("https://", "http://"):
+            self._session.mount(prefix, _Adapter())
         self._session.headers["Accept"] = "application/hal+json, application/json"
         for name in ("ca_file", "client_cert", "client_key"):
             path = getattr(http, name)
@@ -106,17 +221,47 @@ class DdiClient:
         if scheme != "https" and not (scheme == "http" and self.fleet.allow_http):
             raise TransportError(f"refusing the non-HTTPS URL {_where(url)}")
 
-    def request(self, method: str, url: str, body: Any = None) -> requests.Response:
-        """One request; the answer if it is a success (2xx).
+    @property
+    def deadline(self) -> float:
+        """Seconds one request may take, answer included: connect plus read timeout."""
+        return self.http.connect_timeout + self.http.read_timeout
+
+    def request(self, method: str, url: str, body: Any = None) -> bytes:
+        """One request; the answer's body if it is a success (2xx).
 
         Raises:
             ServerBusy: 409, 429, 503 (with the Retry-After asked for).
             ServerRefused: another 4xx; 401 and 403 say to check the credentials.
-            TransportError: A network or TLS failure, or a 5xx.
+            TransportError: A network or TLS failure, a 5xx, an answer larger than
+                `MAX_ANSWER` bytes, or no complete answer within `deadline` seconds.
         """
         self._check_scheme(url)
-        where = _where(url)
         self.request_count += 1
+        cut = _Cut(self.deadline)
+        token = _CUT.set(cut)
+        try:
+            with self._exchange(method, url, body) as resp:
+                answer = self._answer(method, url, resp)
+        except (TransportError, requests.exceptions.RequestException, OSError) as e:
+            if cut.passed:
+                raise self._late(method, url) from e
+            raise
+        finally:
+            _CUT.reset(token)
+            cut.cancel()
+        if cut.passed:  # an answer cut short may look complete (no Content-Length)
+            raise self._late(method, url)
+        return answer
+
+    def _late(self, method: str, url: str) -> TransportError:
+        return TransportError(
+            f"{method} {_where(url)}: no complete answer within {self.deadline:g} s"
+        )
+
+    @contextlib.contextmanager
+    def _exchange(self, method: str, url: str, body: Any) -> Iterator[requests.Response]:
+        """Send the request; the answer, its body unread, closed at the end of the block."""
+        where = _where(url)
         try:
             resp = self._session.request(
                 method,
@@ -127,6 +272,7 @@ class DdiClient:
                 verify=self._verify,
                 cert=self._cert,
                 allow_redirects=False,
+                stream=True,
             )
         except requests.exceptions.SSLError as e:
             raise TransportError(
@@ -134,10 +280,17 @@ class DdiClient:
             ) from e
         except requests.exceptions.RequestException as e:
             raise TransportError(f"{method} {where} failed: {_reason(e)}") from e
+        try:
+            yield resp
+        finally:
+            resp.close()
+
+    def _answer(self, method: str, url: str, resp: requests.Response) -> bytes:
+        """The body of a success, read up to `MAX_ANSWER` bytes; an error status raised."""
         status = resp.status_code
+        said = f"{method} {_where(url)} answered {status} {printable(resp.reason or '')}"
         if 200 <= status < 300:
-            return resp
-        said = f"{method} {where} answered {status} {resp.reason}"
+            return self._body(method, url, resp)
         if status in _BUSY:
             raise ServerBusy(said, retry_after(resp.headers.get("Retry-After"), self._clock()))
         if status in (401, 403):
@@ -153,10 +306,35 @@ class DdiClient:
             raise ServerRefused(said, status)
         raise TransportError(said)
 
-    def get_json(self, url: str) -> Any:
-        resp = self.request("GET", url)
+    def _body(self, method: str, url: str, resp: requests.Response) -> bytes:
+        too_large = TransportError(
+            f"{method} {_where(url)} answered more than {MAX_ANSWER} bytes; "
+            "a DDI answer is a few KiB"
+        )
+        declared = byteranges.header_number(resp.headers.get("Content-Length", ""))
+        if declared is not None and declared > MAX_ANSWER:
+            raise too_large
+        parts: list[bytes] = []
+        size = 0
         try:
-            return resp.json()
+            for data in resp.iter_content(_CHUNK):
+                size += len(data)
+                if size > MAX_ANSWER:
+                    raise too_large
+                parts.append(data)
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise TransportError(f"{method} {_where(url)} failed: {_reason(e)}") from e
+        return b"".join(parts)
+
+    def get_json(self, url: str) -> Any:
+        """GET `url`; its JSON answer, decoded.
+
+        Raises:
+            TransportError: as `request`, or the answer is no JSON.
+        """
+        body = self.request("GET", url)
+        try:
+            return json.loads(body)
         except ValueError as e:
             raise TransportError(f"GET {_where(url)} answered no JSON") from e
         except RecursionError as e:  # nested deeper than the parser goes

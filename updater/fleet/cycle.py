@@ -87,11 +87,11 @@ def plan_deployment(
     except DdiError as e:
         return DeploymentPlan("fail", reason=str(e))
     if artifact.strongest_hash is None:
-        return DeploymentPlan("fail", reason=f"artifact {artifact.filename} comes without a hash")
+        return DeploymentPlan("fail", reason=f"artifact {artifact.filename!r} comes without a hash")
     if settings.max_download_bytes is not None and artifact.size > settings.max_download_bytes:
         return DeploymentPlan(
             "fail",
-            reason=f"artifact {artifact.filename} has {artifact.size} bytes, more than "
+            reason=f"artifact {artifact.filename!r} has {artifact.size} bytes, more than "
             f"max_download_bytes = {settings.max_download_bytes}",
         )
     if dep.download == "skip":

@@ -4,7 +4,9 @@ Eclipse hawkBit's Direct Device Integration API (docs/fleet.md links it): the
 device polls its base resource, which links to at most one deployment or cancel
 action and asks for configData; the device answers with feedback. Parsing is
 pure: it takes decoded JSON and raises `TransportError` naming what is wrong
-(the server is at fault, not the device).
+(the server is at fault, not the device). A string from the server is quoted
+in a message (`repr`, or `printable`): a line break in it cannot start a line
+of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ _ISO = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)
 
 class DdiError(TransportError):
     """The server's answer is not what the DDI API says it is."""
+
+
+def printable(text: str) -> str:
+    """`text` with each character that is not printable escaped (`\\n`, `\\x1b`): one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def base_url(server: str, tenant: str, controller_id: str) -> str:
@@ -179,25 +186,36 @@ def _artifact(raw: object) -> Artifact:
     filename = _str(obj, "filename", "an artifact")
     size = obj.get("size")
     if type(size) is not int or size < 0:
-        raise DdiError(f"server answer: artifact {filename} has no size")
-    hashes = _obj(obj.get("hashes", {}), f"hashes of {filename}")
+        raise DdiError(f"server answer: artifact {filename!r} has no size")
+    hashes = _obj(obj.get("hashes", {}), f"hashes of {filename!r}")
     known = {k: v.lower() for k, v in hashes.items() if k in HASH_NAMES and isinstance(v, str)}
-    links = _obj(obj.get("_links", {}), f"links of {filename}")
+    links = _obj(obj.get("_links", {}), f"links of {filename!r}")
     # The https link first; `download-http` is the plain-HTTP one.
     href = _href(links, "download") or _href(links, "download-http")
     if href is None:
-        raise DdiError(f"server answer: artifact {filename} has no download link")
+        raise DdiError(f"server answer: artifact {filename!r} has no download link")
     return Artifact(filename, size, known, href)
 
 
+def _action_id(value: object, what: str) -> str:
+    """An action id: a number or a printable string (it is named in messages)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise DdiError(f"server answer: {what} is missing")
+    if not value.isprintable():
+        raise DdiError(f"server answer: {what} {value!r} is not printable")
+    return value
+
+
 def parse_deployment(body: object) -> Deployment:
-    """A `deploymentBase` answer."""
+    """A `deploymentBase` answer.
+
+    A chunk's version is shown only (in messages, feedback, `fleet status`): its
+    characters that are not printable are escaped (`printable`).
+    """
     obj = _obj(body, "the deployment")
-    action = obj.get("id")
-    if isinstance(action, int) and not isinstance(action, bool):
-        action = str(action)
-    if not isinstance(action, str) or not action:
-        raise DdiError("server answer: the deployment has no id")
+    action = _action_id(obj.get("id"), "the deployment's id")
     dep = _obj(obj.get("deployment"), "deployment")
     handling: list[Handling] = []
     for key in ("download", "update"):
@@ -221,7 +239,7 @@ def parse_deployment(body: object) -> Deployment:
             Chunk(
                 part=str(c.get("part", "")),
                 name=str(c.get("name", "")),
-                version=_str(c, "version", "a chunk"),
+                version=printable(_str(c, "version", "a chunk")),
                 artifacts=tuple(_artifact(a) for a in arts),
             )
         )
@@ -231,15 +249,11 @@ def parse_deployment(body: object) -> Deployment:
 def parse_cancel(body: object) -> tuple[str, str]:
     """A `cancelAction` answer: (its own id, the id of the action to stop)."""
     obj = _obj(body, "the cancel action")
-    action = obj.get("id")
     stop = _obj(obj.get("cancelAction"), "cancelAction").get("stopId")
-    if isinstance(action, int):
-        action = str(action)
-    if isinstance(stop, int):
-        stop = str(stop)
-    if not isinstance(action, str) or not isinstance(stop, str):
-        raise DdiError("server answer: the cancel action has no id or stopId")
-    return action, stop
+    return (
+        _action_id(obj.get("id"), "the cancel action's id"),
+        _action_id(stop, "the cancel action's stopId"),
+    )
 
 
 @dataclass(frozen=True)
@@ -297,9 +311,9 @@ def pick_artifact(artifacts: Sequence[Artifact], pattern: str) -> Artifact:
     found = [a for a in artifacts if fnmatchcase(a.filename, pattern)]
     if len(found) == 1:
         return found[0]
-    names = ", ".join(a.filename for a in artifacts) or "none"
+    names = ", ".join(repr(a.filename) for a in artifacts) or "none"
     if not found:
         raise DdiError(f"no artifact matches {pattern!r} (offered: {names})")
     raise DdiError(
-        f"{len(found)} artifacts match {pattern!r}: {', '.join(a.filename for a in found)}"
+        f"{len(found)} artifacts match {pattern!r}: {', '.join(repr(a.filename) for a in found)}"
     )
