@@ -4,26 +4,74 @@
 one line on standard error and an exit status (see `bootctl.exitstatus`): the
 one place of each tool that does so. The parser helpers give the three tools the
 same `--version` and manual layout, and a rejected subcommand line the
-subcommand's own usage.
+subcommand's own usage. `signals_raised` turns SIGINT and SIGTERM into an exception,
+so a command stopped by either cleans up and ends like any other failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
+import signal
 import sys
 import textwrap
 import unicodedata
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 from bootctl import exitstatus
 
 #: Exception classes and their exit statuses, first match wins.
 ExitCodes = Sequence[tuple[type[BaseException], int]]
+
+
+#: The signals that end a command through an exception (`signals_raised`).
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: A Python signal handler.
+SignalHandler = Callable[[int, FrameType | None], None]
+
+
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM) ended the command.
+
+    Like `KeyboardInterrupt`, it is not an `Exception`: the handler raises it wherever
+    the main thread happens to be, and code that turns any `Exception` into its own
+    error must not make it look like one.
+
+    Attributes:
+        signum: the signal's number.
+        exit_status: 128 + `signum`, as a shell reports a command the signal ended
+            (130 for SIGINT, 143 for SIGTERM; see `exit_status`).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_status = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def _interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_raised(handler: SignalHandler = _interrupted) -> Iterator[None]:
+    """While the body runs, SIGINT and SIGTERM go to `handler` (in the main thread).
+
+    The default handler raises `Interrupted`; list it in the tool's exit codes.
+    """
+    old = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, previous in old.items():
+            signal.signal(s, previous)
 
 
 def package_version() -> str:

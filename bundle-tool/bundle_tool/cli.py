@@ -21,7 +21,14 @@ from cryptography import x509
 
 from bootctl import exitstatus, validators
 from bootctl.board import ARCHITECTURES, BoardConfig, load_board
-from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
+from bootctl.cliboundary import (
+    ExitCodes,
+    Interrupted,
+    add_command,
+    make_parser,
+    run_cli,
+    signals_raised,
+)
 from bootctl.errors import BootctlError
 from bootctl.state import SlotVerity
 
@@ -42,6 +49,7 @@ EXIT_CODES: ExitCodes = (
     (PolicyError, exitstatus.REFUSED),
     (BundleIOError, exitstatus.TRANSPORT),
     (BundleToolError, exitstatus.TRANSPORT),
+    (Interrupted, exitstatus.INTERRUPTED),
 )
 
 EPILOG = """\
@@ -56,6 +64,8 @@ exit status:
   5  bundle refused by policy (wrong compatible or architecture, expired, below
      --security-floor)
   6  a file could not be read (once opened) or written
+  130  interrupted by SIGINT (Ctrl-C)
+  143  stopped by SIGTERM (either: the output not yet complete is removed)
 The same kind of fault has the same status in bundle-tool, updater and abctl
 (docs/exit-status.md).
 
@@ -722,7 +732,9 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line; exits with the documented status."""
-    sys.exit(run_cli(build_parser(), _run, EXIT_CODES, argv))
+    with signals_raised():
+        status = run_cli(build_parser(), _run, EXIT_CODES, argv)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
