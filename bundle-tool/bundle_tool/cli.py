@@ -119,6 +119,11 @@ def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
     from . import bootkeys  # noqa: PLC0415 - slow to load; only keygen needs it
 
     if args.boot:
+        if args.algorithm is not None:
+            raise UsageError(
+                "--algorithm picks the type of the bundle signing keys; --boot makes boot"
+                " keys of the fixed types U-Boot, UEFI and GRUB take: give one of the two"
+            )
         keys = bootkeys.make_dev_boot_keys(Path(args.output))
         return {
             "fit_key": str(keys.fit.directory / f"{keys.fit.name}.key"),
@@ -128,7 +133,7 @@ def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
             "gpg_public": str(keys.gpg_public),
             "warning": "development keys only - not for production",
         }
-    pki = keygen.make_dev_pki(Path(args.output), algorithm=args.algorithm)
+    pki = keygen.make_dev_pki(Path(args.output), algorithm=args.algorithm or "ed25519")
     return {
         "ca": str(pki.ca_cert),
         "signer_key": str(pki.signer_key),
@@ -512,16 +517,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--algorithm",
         choices=(*keygen.ALGORITHMS, *keygen.ALIASES),
-        default="ed25519",
         metavar="ALG",
-        help=f"key algorithm of both keys: {', '.join(keygen.ALGORITHMS)} (default ed25519)",
+        help=f"key algorithm of both keys: {', '.join(keygen.ALGORITHMS)} (default ed25519;"
+        " not with --boot)",
     )
     k.add_argument(
         "--boot",
         action="store_true",
         help="make development boot keys instead: fit/dev.key + dev.crt (RSA-2048, signs "
         "FIT images), uefi/PK, KEK, db (.key + .crt, UEFI Secure Boot) and gpg/ (GRUB's "
-        "signing key; gpg/boot.gpg is its public key)",
+        "signing key; gpg/boot.gpg is its public key). Their types are fixed: --algorithm "
+        "with --boot is refused (exit status 2)",
     )
 
     b = command(
