@@ -32,6 +32,16 @@ class SlotRecord:
     installed_at: int
 
 
+#: What to do about each state file when it is damaged.
+_REPAIR = {
+    FLOOR_FILE: "restore it from a copy, or write the device's floor into it as"
+    ' {"security_floor": N} (a floor is never guessed)',
+    SLOTS_FILE: "remove it to forget what each slot holds; the next install into a slot"
+    " records it again",
+    LAST_FILE: "remove it to forget the last install's result",
+}
+
+
 def _is_record(value: Any) -> bool:
     """Whether `value` (parsed JSON) is a `SlotRecord`: its fields, each of its type."""
     wanted = get_type_hints(SlotRecord)
@@ -49,12 +59,20 @@ class StateDir:
         self.path = path
 
     def _load(self, name: str, default: Any) -> Any:
+        path = self.path / name
         try:
-            return json.loads((self.path / name).read_text())
+            return json.loads(path.read_bytes())
         except FileNotFoundError:
             return default
-        except (OSError, ValueError) as e:
-            raise DeviceError(f"state file {self.path / name} is unreadable: {e}") from e
+        except OSError as e:
+            raise DeviceError(f"cannot read state file {path}: {e.strerror or e}") from e
+        except ValueError as e:  # torn or empty (a power cut on a file system without journal)
+            raise self._damaged(name, f"is not JSON ({e})") from e
+
+    def _damaged(self, name: str, what: str) -> DeviceError:
+        """The error for a state file that holds what it should not, and what to do."""
+        repair = _REPAIR.get(name, "restore it from a copy, or remove it")
+        return DeviceError(f"state file {self.path / name} {what}: {repair}")
 
     def _save(self, name: str, value: Any) -> None:
         try:
@@ -74,11 +92,7 @@ class StateDir:
         raw = self._load(FLOOR_FILE, {"security_floor": 0})
         value = raw.get("security_floor") if isinstance(raw, dict) else None
         if type(value) is not int or value < 0:
-            raise DeviceError(
-                f"state file {self.path / FLOOR_FILE} holds no anti-rollback floor"
-                ' (a JSON object {"security_floor": N}, N >= 0): restore it from a copy,'
-                " or write the device's floor into it"
-            )
+            raise self._damaged(FLOOR_FILE, "holds no anti-rollback floor")
         return value
 
     def raise_floor(self, value: int) -> bool:
@@ -98,11 +112,7 @@ class StateDir:
         raw = self._load(SLOTS_FILE, {})
         if isinstance(raw, dict) and all(_is_record(rec) for rec in raw.values()):
             return {name: SlotRecord(**rec) for name, rec in raw.items()}
-        raise DeviceError(
-            f"state file {self.path / SLOTS_FILE} holds no slot records (a JSON object of"
-            " slot names and records): remove it to forget the records; the next install"
-            " into a slot records it again"
-        )
+        raise self._damaged(SLOTS_FILE, "holds no slot records")
 
     def record_slot(self, name: str, record: SlotRecord | None) -> None:
         """Remember what a slot holds (None: the slot is being rewritten)."""

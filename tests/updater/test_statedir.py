@@ -40,7 +40,7 @@ def test_a_floor_file_without_a_floor_is_a_device_error(device: Device, content:
     state = device.config().state_dir
     state.mkdir(parents=True, exist_ok=True)
     (state / FLOOR_FILE).write_bytes(content)
-    with pytest.raises(DeviceError, match=f"state file .*{FLOOR_FILE}"):
+    with pytest.raises(DeviceError, match=f"state file .*{FLOOR_FILE} .*: restore it from a copy"):
         StateDir(state).security_floor()
     r = device.cli("status", "--json")
     assert r.returncode == 7, r.stderr
@@ -59,7 +59,7 @@ def test_damaged_slot_records_are_a_device_error(device: Device, content: bytes)
     state = device.config().state_dir
     state.mkdir(parents=True, exist_ok=True)
     (state / SLOTS_FILE).write_bytes(content)
-    with pytest.raises(DeviceError, match=f"state file .*{SLOTS_FILE}"):
+    with pytest.raises(DeviceError, match=f"state file .*{SLOTS_FILE} .*: remove it to forget"):
         StateDir(state).slot_records()
     r = device.cli("status", "--json")
     assert r.returncode == 7, r.stderr
