@@ -6,11 +6,17 @@ contents. Works on FAT too (the rename replaces the old directory entry).
 A directory entry (a new file's name, a rename, a new directory) is durable only once
 its directory was fsynced: `atomic_write` fsyncs the file's directory after the rename,
 and `make_dirs` the parent of each directory it creates.
+
+Each write has a temporary file of its own, `.NAME.PID.RANDOM.tmp` beside the file,
+so two processes replacing the same file at once each rename a complete copy. One
+left behind by a crash (its process is gone) is removed by the next write of that file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +30,7 @@ STEPS = ("create", "write", "fsync", "rename", "fsync-dir")
 FaultHook = Callable[[str], None]
 
 _CHUNK = 512
+_TOKEN = 4  # random bytes in a temporary file's name
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -64,8 +71,47 @@ def make_dirs(path: Path) -> None:
         _fsync_dir(directory.parent)
 
 
+def _temporary(path: Path) -> Path:
+    """A name for this write's temporary file, unlike any other write's."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(_TOKEN)}.tmp")
+
+
+def _writer_gone(path: Path, name: str) -> bool:
+    """Whether `name` is a temporary file of `path` whose writer's process is gone.
+
+    The name of an earlier release, `.NAME.tmp`, has no process: it is gone too.
+    """
+    prefix = f".{path.name}."
+    if not name.startswith(prefix) or not name.endswith(".tmp"):
+        return False
+    parts = name[len(prefix) : -len(".tmp")].split(".")
+    if parts == [""]:  # `.NAME.tmp`
+        return True
+    if len(parts) != 2 or not parts[0].isdigit() or len(parts[1]) != _TOKEN * 2:
+        return False
+    try:
+        os.kill(int(parts[0]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # there, but another user's
+        return False
+    return False
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporary files of `path` that crashed writes left (best effort)."""
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            if _writer_gone(path, entry.name):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
 def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> None:
     """Replace `path` with `data` crash-safely.
+
+    Other processes may replace the same file at the same time: each write has its own
+    temporary file, and the file then holds one of the writes, whole.
 
     Args:
         path: The file to replace (it need not exist; its directory must).
@@ -73,26 +119,32 @@ def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> 
         fault: Test seam, see `FaultHook`.
 
     Raises:
-        OSError: Any step failed; `path` still holds its old contents (a temporary file
-            may be left behind next to it, and is overwritten by the next call).
+        OSError: Any step failed; `path` still holds its old contents (the temporary
+            file is removed; one a crash leaves is removed by a later write).
     """
 
     def step(name: str) -> None:
         if fault is not None:
             fault(name)
 
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     step("create")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        for start in range(0, len(data), _CHUNK):
-            step("write")
-            _write_all(fd, data[start : start + _CHUNK])
-        step("fsync")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    step("rename")
-    os.replace(tmp, path)
+        try:
+            for start in range(0, len(data), _CHUNK):
+                step("write")
+                _write_all(fd, data[start : start + _CHUNK])
+            step("fsync")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        step("rename")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     step("fsync-dir")
     _fsync_dir(path.parent)
+    _remove_leftovers(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -58,6 +59,20 @@ def test_a_bug_is_one_line_and_status_1_without_a_traceback(
     assert json.loads(captured.out)["exit_status"] == exitstatus.INTERNAL
 
 
+def test_a_reason_is_one_line_whatever_its_text_holds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reason can carry a server's text: its newlines and escapes do not make more lines."""
+
+    def run(args: argparse.Namespace) -> None:
+        raise Refused("the server said:\r\nnot today\x1b[2J\u2028bye")
+
+    assert call(run, "--json") == exitstatus.REFUSED
+    captured = capsys.readouterr()
+    assert captured.err == "tool: error: the server said: not today [2J bye\n"
+    assert json.loads(captured.out)["error"] == "the server said: not today [2J bye"
+
+
 def test_a_broken_pipe_other_than_the_output_is_a_failure(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -89,6 +104,49 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
     r = closed_pipe_run("bootctl.cli", "--board", str(board), "--env-config", str(env), "print-env")
     assert r.returncode == 0
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
+
+
+def test_an_error_line_is_written_when_the_reader_closed_the_output(tmp_path: Path) -> None:
+    """`... --json 2>err | head -0`: the JSON error cannot be written; standard error still
+    gets the error's line, and the status is the error's."""
+    missing = str(tmp_path / "missing")
+    r = closed_pipe_run("bundle_tool.cli", "info", missing, "--json")
+    assert r.returncode == exitstatus.USAGE
+    assert r.stderr.startswith("bundle-tool: error: ") and r.stderr.count("\n") == 1
+    r = closed_pipe_run("updater.cli", "status", "--config", missing, "--json")
+    assert r.returncode == exitstatus.USAGE
+    assert r.stderr.startswith("updater: error: ") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "usage"),
+    [
+        ("updater.cli", ["install", "x", "--config", "C", "--bogus"], "usage: updater install "),
+        ("updater.cli", ["fleet", "poll", "--once", "--bogus"], "usage: updater fleet poll "),
+        ("bootctl.cli", ["status", "--json", "--bogus"], "usage: abctl status "),
+        ("bundle_tool.cli", ["info", "x", "--bogus"], "usage: bundle-tool info "),
+    ],
+)
+def test_an_unknown_argument_shows_its_commands_usage(
+    module: str, argv: list[str], usage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_parser = importlib.import_module(module).build_parser
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == exitstatus.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert err.endswith("error: unrecognized arguments: --bogus\n")
+
+
+def test_an_unknown_argument_before_the_command_shows_the_tools_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from updater.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--bogus", "status"])
+    assert capsys.readouterr().err.startswith("usage: updater [-h] [--version] COMMAND")
 
 
 def test_a_library_warning_does_not_break_the_one_line_reason() -> None:

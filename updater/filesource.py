@@ -7,6 +7,7 @@ standard input, which can only go forward: skipped bytes are read and dropped.
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Iterator
 from typing import BinaryIO, Self
@@ -160,7 +161,8 @@ class StdinSource(BundleSource):
     Reads must come in increasing order of offset; bytes between the end of one
     read and the start of the next are read and dropped. `check_end` reads on to
     the bundle's signed end and refuses trailing bytes (`at_eof` tells whether
-    the stream has ended).
+    the stream has ended). A non-blocking stream (O_NONBLOCK set by whoever made
+    the pipe) is waited on until it has bytes, as a blocking one would be.
 
     Args:
         stream: A binary stream (`sys.stdin.buffer`, an opened FIFO).
@@ -189,13 +191,30 @@ class StdinSource(BundleSource):
         """A stream's size is unknown: always None."""
         return None
 
+    def _read_stream(self, want: int) -> bytes:
+        """Up to `want` bytes of the stream, at least one; b"" only at its end.
+
+        Raises:
+            OSError: Reading or waiting failed.
+        """
+        while True:
+            try:
+                chunk = self._stream.read(want)
+            except BlockingIOError:  # a non-blocking stream with nothing yet
+                chunk = None
+            if chunk is not None:
+                return chunk
+            poller = select.poll()
+            poller.register(self._stream.fileno(), select.POLLIN)
+            poller.poll()  # bytes, the end or an error: the next read tells which
+
     def _pull(self, want: int) -> bytes:
         """Return up to `want` bytes (fewer only at end of stream) and advance."""
         if self._pending:
             chunk, self._pending = self._pending[:want], self._pending[want:]
         else:
             try:
-                chunk = self._stream.read(want)
+                chunk = self._read_stream(want)
             except OSError as e:
                 raise TransportError(
                     f"reading {self._name} at byte {self._pos} failed: {e.strerror}"
@@ -250,7 +269,7 @@ class StdinSource(BundleSource):
         if self._pending:
             return False
         try:
-            self._pending = self._stream.read(1)
+            self._pending = self._read_stream(1)
         except OSError as e:
             raise TransportError(f"reading {self._name} failed: {e.strerror}") from e
         self.bytes_fetched += len(self._pending)

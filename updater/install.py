@@ -180,7 +180,8 @@ class Installer:
         """Give the booted slot its full tries back and store the floor that raises; its name.
 
         Runs with the install lock held (not during an install), and with signals
-        held: the floor is stored with the tries.
+        held: the floor is stored with the tries. The state files are read first, so
+        one that is unreadable or malformed fails it before the tries change.
 
         Raises:
             BusyError: an install or mark-good runs.
@@ -189,8 +190,13 @@ class Installer:
         """
         with installlock.held(self.config.state_dir, "mark the booted slot good"):
             with interrupts.held(), boot_errors():
+                stored = self.state.security_floor()
+                records = self.state.slot_records()
                 slot = self.control.mark_good()
-                self.refresh_floor()
+                st = self.control.boot_state()
+                self.state.raise_floor(
+                    floor.floor_in_force(stored, records, st, slot, self.board.tries)
+                )
             return slot
 
     def check(self, source: BundleSource) -> VerifiedHead:

@@ -13,9 +13,11 @@ import signal
 from collections.abc import Iterator
 from types import FrameType
 
+from bootctl.cliboundary import SIGNALS, signals_raised
+
 from .errors import Interrupted
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+__all__ = ["SIGNALS", "held", "raised"]
 
 #: Sections being held (nested `held`), and the first signal that came meanwhile.
 _holding = 0
@@ -30,15 +32,9 @@ def _raise(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-@contextlib.contextmanager
-def raised() -> Iterator[None]:
+def raised() -> contextlib.AbstractContextManager[None]:
     """While the body runs, SIGINT and SIGTERM raise `Interrupted` (in the main thread)."""
-    old = {s: signal.signal(s, _raise) for s in SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+    return signals_raised(_raise)
 
 
 @contextlib.contextmanager

@@ -42,10 +42,16 @@ def open_source(spec: str, http: HttpSettings | None = None) -> BundleSource:
         A source; close it (or use it as a context manager) when done.
 
     Raises:
-        UsageError: The URL is not HTTPS, or the path does not name a bundle.
+        UsageError: The URL is not HTTPS, the path does not name a bundle, or `spec`
+            is `-` and standard input is closed.
     """
     if spec == "-":
-        return StdinSource(sys.stdin.buffer)
+        stdin = getattr(sys.stdin, "buffer", None)  # sys.stdin is None when fd 0 was closed
+        if stdin is None:
+            raise UsageError(
+                "standard input is closed: give the bundle on it (SOURCE -), or name its file"
+            )
+        return StdinSource(stdin)
     scheme = spec.partition("://")[0].lower() if "://" in spec else ""
     if scheme:
         if scheme != "https":

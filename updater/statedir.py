@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from bootctl.atomicfile import atomic_write, make_dirs
 
@@ -32,6 +32,26 @@ class SlotRecord:
     installed_at: int
 
 
+#: What to do about each state file when it is damaged.
+_REPAIR = {
+    FLOOR_FILE: "restore it from a copy, or write the device's floor into it as"
+    ' {"security_floor": N} (a floor is never guessed)',
+    SLOTS_FILE: "remove it to forget what each slot holds; the next install into a slot"
+    " records it again",
+    LAST_FILE: "remove it to forget the last install's result",
+}
+
+
+def _is_record(value: Any) -> bool:
+    """Whether `value` (parsed JSON) is a `SlotRecord`: its fields, each of its type."""
+    wanted = get_type_hints(SlotRecord)
+    return (
+        isinstance(value, dict)
+        and value.keys() == wanted.keys()
+        and all(type(value[name]) is kind for name, kind in wanted.items())
+    )
+
+
 class StateDir:
     """The updater's state directory."""
 
@@ -39,12 +59,20 @@ class StateDir:
         self.path = path
 
     def _load(self, name: str, default: Any) -> Any:
+        path = self.path / name
         try:
-            return json.loads((self.path / name).read_text())
+            return json.loads(path.read_bytes())
         except FileNotFoundError:
             return default
-        except (OSError, ValueError) as e:
-            raise DeviceError(f"state file {self.path / name} is unreadable: {e}") from e
+        except OSError as e:
+            raise DeviceError(f"cannot read state file {path}: {e.strerror or e}") from e
+        except ValueError as e:  # torn or empty (a power cut on a file system without journal)
+            raise self._damaged(name, f"is not JSON ({e})") from e
+
+    def _damaged(self, name: str, what: str) -> DeviceError:
+        """The error for a state file that holds what it should not, and what to do."""
+        repair = _REPAIR.get(name, "restore it from a copy, or remove it")
+        return DeviceError(f"state file {self.path / name} {what}: {repair}")
 
     def _save(self, name: str, value: Any) -> None:
         try:
@@ -54,10 +82,17 @@ class StateDir:
             raise DeviceError(f"cannot write state file {self.path / name}: {e.strerror}") from e
 
     def security_floor(self) -> int:
-        """The lowest security version this device accepts."""
-        value = self._load(FLOOR_FILE, {"security_floor": 0}).get("security_floor", 0)
+        """The lowest security version this device accepts (0 while no floor was stored).
+
+        Raises:
+            DeviceError: the floor file is there but unreadable, or holds no floor (a
+                JSON object whose `security_floor` is an integer of 0 or more): a floor
+                is never guessed, not even as 0.
+        """
+        raw = self._load(FLOOR_FILE, {"security_floor": 0})
+        value = raw.get("security_floor") if isinstance(raw, dict) else None
         if type(value) is not int or value < 0:
-            raise DeviceError(f"state file {self.path / FLOOR_FILE} holds a bad floor")
+            raise self._damaged(FLOOR_FILE, "holds no anti-rollback floor")
         return value
 
     def raise_floor(self, value: int) -> bool:
@@ -68,11 +103,16 @@ class StateDir:
         return True
 
     def slot_records(self) -> dict[str, SlotRecord]:
+        """What was installed into each slot, by slot name (empty while nothing was).
+
+        Raises:
+            DeviceError: the records file is there but unreadable, or is not a JSON
+                object of records with exactly `SlotRecord`'s fields and types.
+        """
         raw = self._load(SLOTS_FILE, {})
-        try:
+        if isinstance(raw, dict) and all(_is_record(rec) for rec in raw.values()):
             return {name: SlotRecord(**rec) for name, rec in raw.items()}
-        except (TypeError, AttributeError) as e:
-            raise DeviceError(f"state file {self.path / SLOTS_FILE} is malformed") from e
+        raise self._damaged(SLOTS_FILE, "holds no slot records")
 
     def record_slot(self, name: str, record: SlotRecord | None) -> None:
         """Remember what a slot holds (None: the slot is being rewritten)."""

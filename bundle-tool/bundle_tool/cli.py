@@ -21,7 +21,14 @@ from cryptography import x509
 
 from bootctl import exitstatus, validators
 from bootctl.board import ARCHITECTURES, BoardConfig, load_board
-from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
+from bootctl.cliboundary import (
+    ExitCodes,
+    Interrupted,
+    add_command,
+    make_parser,
+    run_cli,
+    signals_raised,
+)
 from bootctl.errors import BootctlError
 from bootctl.state import SlotVerity
 
@@ -42,6 +49,7 @@ EXIT_CODES: ExitCodes = (
     (PolicyError, exitstatus.REFUSED),
     (BundleIOError, exitstatus.TRANSPORT),
     (BundleToolError, exitstatus.TRANSPORT),
+    (Interrupted, exitstatus.INTERRUPTED),
 )
 
 EPILOG = """\
@@ -56,6 +64,8 @@ exit status:
   5  bundle refused by policy (wrong compatible or architecture, expired, below
      --security-floor)
   6  a file could not be read (once opened) or written
+  130  interrupted by SIGINT (Ctrl-C)
+  143  stopped by SIGTERM (either: the output not yet complete is removed)
 The same kind of fault has the same status in bundle-tool, updater and abctl
 (docs/exit-status.md).
 
@@ -109,6 +119,11 @@ def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
     from . import bootkeys  # noqa: PLC0415 - slow to load; only keygen needs it
 
     if args.boot:
+        if args.algorithm is not None:
+            raise UsageError(
+                "--algorithm picks the type of the bundle signing keys; --boot makes boot"
+                " keys of the fixed types U-Boot, UEFI and GRUB take: give one of the two"
+            )
         keys = bootkeys.make_dev_boot_keys(Path(args.output))
         return {
             "fit_key": str(keys.fit.directory / f"{keys.fit.name}.key"),
@@ -118,7 +133,7 @@ def _cmd_keygen(args: argparse.Namespace) -> dict[str, Any]:
             "gpg_public": str(keys.gpg_public),
             "warning": "development keys only - not for production",
         }
-    pki = keygen.make_dev_pki(Path(args.output), algorithm=args.algorithm)
+    pki = keygen.make_dev_pki(Path(args.output), algorithm=args.algorithm or "ed25519")
     return {
         "ca": str(pki.ca_cert),
         "signer_key": str(pki.signer_key),
@@ -502,16 +517,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--algorithm",
         choices=(*keygen.ALGORITHMS, *keygen.ALIASES),
-        default="ed25519",
         metavar="ALG",
-        help=f"key algorithm of both keys: {', '.join(keygen.ALGORITHMS)} (default ed25519)",
+        help=f"key algorithm of both keys: {', '.join(keygen.ALGORITHMS)} (default ed25519;"
+        " not with --boot)",
     )
     k.add_argument(
         "--boot",
         action="store_true",
         help="make development boot keys instead: fit/dev.key + dev.crt (RSA-2048, signs "
         "FIT images), uefi/PK, KEK, db (.key + .crt, UEFI Secure Boot) and gpg/ (GRUB's "
-        "signing key; gpg/boot.gpg is its public key)",
+        "signing key; gpg/boot.gpg is its public key). Their types are fixed: --algorithm "
+        "with --boot is refused (exit status 2)",
     )
 
     b = command(
@@ -722,7 +738,9 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line; exits with the documented status."""
-    sys.exit(run_cli(build_parser(), _run, EXIT_CODES, argv))
+    with signals_raised():
+        status = run_cli(build_parser(), _run, EXIT_CODES, argv)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bootctl.board import load_board
 from bootctl.bootscript import uboot_bootcmd
@@ -75,6 +77,25 @@ def test_keygen_boot_refuses_a_folder_with_keys(keys: Path) -> None:
     r = run("keygen", "--boot", "-o", keys)
     assert r.returncode == 2
     assert "already exists" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_keygen_boot_refuses_an_algorithm(tmp_path: Path) -> None:
+    """The boot keys' types are the firmware's; an --algorithm asked for is not ignored."""
+    for alg in ("p384", "ed25519"):
+        r = run("keygen", "--boot", "--algorithm", alg, "-o", tmp_path / "bk")
+        assert r.returncode == 2
+        assert r.stderr == (
+            "bundle-tool: error: --algorithm picks the type of the bundle signing keys;"
+            " --boot makes boot keys of the fixed types U-Boot, UEFI and GRUB take: give one"
+            " of the two\n"
+        )
+        assert not (tmp_path / "bk").exists()
+    r = run("keygen", "-o", tmp_path / "signing")
+    assert r.returncode == 0, r.stderr
+    key = serialization.load_pem_private_key(
+        (tmp_path / "signing" / "signer.key").read_bytes(), None
+    )
+    assert isinstance(key, ed25519.Ed25519PrivateKey)  # the default without --algorithm
 
 
 def test_boot_image_for_a_u_boot_board_is_a_signed_fit(

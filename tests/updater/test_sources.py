@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import shutil
 import subprocess
+import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +23,7 @@ from tests.helpers.faultserver import FaultServer
 from tests.helpers.nginx import NginxServer, free_port
 from tests.helpers.silentserver import SilentServer
 from tests.helpers.tlsca import CertificateAuthority
-from tests.updater.device import image_bytes, make_device
+from tests.updater.device import REPO, Device, image_bytes, make_device
 from updater.errors import TransportError, UsageError
 from updater.filesource import FileSource, StdinSource
 from updater.httpsettings import HttpSettings
@@ -219,6 +222,38 @@ def test_a_stream_that_does_not_end_at_its_signed_end_is_refused(
         stdin_source.check_end(end)
 
 
+def test_a_non_blocking_stream_is_waited_on(tmp_path: Path) -> None:
+    """A pipe made O_NONBLOCK by its maker reads as a blocking one: the source waits.
+
+    The feeder writes each piece only once the pipe is empty, so the reader finds it
+    empty (no bytes yet, not the end) between pieces.
+    """
+    data = payload(200_000)
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+
+    def queued() -> int:
+        buf = bytearray(4)
+        fcntl.ioctl(wfd, termios.FIONREAD, buf)
+        return int.from_bytes(buf, sys.byteorder)
+
+    def feed() -> None:
+        for start in range(0, len(data), 30_000):
+            while queued():
+                time.sleep(0.001)
+            os.write(wfd, data[start : start + 30_000])
+        os.close(wfd)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    with open(rfd, "rb") as stream, StdinSource(stream) as source:
+        assert read_all(source, 0, len(data) - 1) == data[:-1]
+        assert not source.at_eof()
+        assert read_all(source, len(data) - 1, 1) == data[-1:]
+        assert source.at_eof()
+    thread.join(timeout=5)
+
+
 def test_a_file_has_its_end_checked_with_the_head(tmp_path: Path) -> None:
     """read_head compares a file's size with the signed total: nothing is left to read."""
     path = tmp_path / "b.bundle"
@@ -281,6 +316,24 @@ def test_open_source_reads_a_fifo_as_a_stream(tmp_path: Path) -> None:
         assert read_all(s, 10, 99_990) == data[10:]
         assert s.at_eof()
     thread.join(timeout=5)
+
+
+def test_install_from_a_closed_standard_input_is_a_usage_error(device: Device) -> None:
+    """`updater install - <&-`: nothing to read a bundle from; said, as a usage error."""
+    closed = ["sh", "-c", 'exec "$@" <&-', "sh"]  # runs the command with fd 0 closed
+    install = [sys.executable, "-m", "updater.cli", "install", "-"]
+    r = subprocess.run(
+        [*closed, *install, "--config", str(device.config_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == (
+        "updater: error: standard input is closed: give the bundle on it (SOURCE -),"
+        " or name its file\n"
+    )
 
 
 def test_http_urls_are_refused_unless_allowed_for_tests() -> None:
