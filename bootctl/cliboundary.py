@@ -50,10 +50,10 @@ class Interrupted(BaseException):
             (130 for SIGINT, 143 for SIGTERM; see `exit_status`).
     """
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, message: str | None = None) -> None:
         self.signum = signum
         self.exit_status = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
 
 
 def _interrupted(signum: int, _frame: FrameType | None) -> None:

@@ -5,8 +5,7 @@ Errors about the bundle itself (corrupt, untrusted, refused by policy) and the o
 command-line front end maps both hierarchies to exit statuses.
 """
 
-import signal
-
+from bootctl.cliboundary import Interrupted  # a signal ended the command (one class for all tools)
 from bundle_tool.errors import PolicyError, UsageError
 
 __all__ = [
@@ -53,26 +52,6 @@ class DeviceError(UpdaterError):
 
 class BusyError(UpdaterError):
     """Another install or mark-good holds the device's lock: nothing was done."""
-
-
-class Interrupted(BaseException):
-    """A signal (SIGINT, SIGTERM) ended the command.
-
-    Like `KeyboardInterrupt`, it is not an `Exception`: the signal handler raises it
-    wherever the main thread happens to be, and library code that turns any
-    `Exception` into its own error (construct does, while it parses) must not
-    make an interrupted install look like a corrupt bundle or a bug.
-
-    Attributes:
-        signum: the signal's number.
-        exit_status: 128 + `signum`, as a shell reports a command the signal ended
-            (130 for SIGINT, 143 for SIGTERM; see `bootctl.cliboundary.exit_status`).
-    """
-
-    def __init__(self, signum: int, message: str | None = None) -> None:
-        self.signum = signum
-        self.exit_status = 128 + signum
-        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
 
 
 class RefusedError(UpdaterError):
