@@ -10,7 +10,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -302,8 +302,7 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
         head_size = len(_head(_manifest(opts, planned, artifacts), opts.signers))
         places, _ = _places(head_size, planned)
         # The output file first: an unwritable output fails before the image is hashed.
-        fd, tmp = _temporary_output(output)
-        try:
+        with _temporary_output(output) as (fd, tmp):
             with os.fdopen(fd, "wb", buffering=0) as out:
                 store = functools.partial(_store, output, out.fileno())
                 images: list[Image] = []
@@ -347,9 +346,6 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
                 os.replace(tmp, output)
             except OSError as e:
                 raise _cannot_write(output, e) from e
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     return manifest
 
 
@@ -475,22 +471,18 @@ def resign_bundle(
         raise UsageError(f"{len(entries)} signatures; at most {MAX_SIGNATURES} fit in a bundle")
     sigs = build_signature_block(entries)
     header = Header(head.header.manifest_size, len(sigs), head.header.payload_size)
-    fd, tmp = _temporary_output(output)
     try:
-        with os.fdopen(fd, "wb") as out, bundle.open("rb") as src:
-            out.write(header.to_bytes() + head.manifest_raw + sigs)
-            out.flush()
-            copy_range(src.fileno(), out.fileno(), head.header.head_size, header.payload_size)
-        if os.path.getsize(tmp) != header.total_size:
-            raise BundleIOError(f"{bundle} changed size while it was re-signed")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
+        with _temporary_output(output) as (fd, tmp):
+            with os.fdopen(fd, "wb") as out, bundle.open("rb") as src:
+                out.write(header.to_bytes() + head.manifest_raw + sigs)
+                out.flush()
+                copy_range(src.fileno(), out.fileno(), head.header.head_size, header.payload_size)
+            if os.path.getsize(tmp) != header.total_size:
+                raise BundleIOError(f"{bundle} changed size while it was re-signed")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, output)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise _cannot_write(output, e) from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return entries
 
 
@@ -509,11 +501,38 @@ def _cannot_write(output: Path, error: OSError) -> BundleIOError:
     return BundleIOError(f"cannot write bundle {output}: {error.strerror or error}")
 
 
-def _temporary_output(output: Path) -> tuple[int, str]:
-    """A new file next to `output` (renamed over it once complete)."""
+@contextlib.contextmanager
+def _temporary_output(output: Path) -> Iterator[tuple[int, str]]:
+    """A new file next to `output`, for the body to rename over it once complete.
+
+    Removed if the body raises, or a signal (SIGINT, SIGTERM) comes at any point:
+    its name is chosen before it is created, inside the cleanup's reach (with
+    `mkstemp`, a signal between its creating the file and the caller's cleanup
+    left the partial bundle behind).
+    """
     if output.is_dir():
         raise _cannot_write(output, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    tmp = ""
     try:
-        return tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    except OSError as e:
-        raise _cannot_write(output, e) from e
+        for _ in range(_NAME_TRIES):
+            tmp = str(output.parent / f".{output.name}.{secrets.token_hex(6)}")
+            try:
+                fd = os.open(tmp, flags, 0o600)
+                break
+            except FileExistsError:
+                tmp = ""  # another writer's: never removed here
+            except OSError as e:
+                tmp = ""  # not created
+                raise _cannot_write(output, e) from e
+        else:
+            raise _cannot_write(output, FileExistsError(errno.EEXIST, "no free temporary name"))
+        yield fd, tmp
+    except BaseException:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+#: Random temporary names tried before giving up (a clash is one in 2**48 per try).
+_NAME_TRIES = 16
