@@ -57,8 +57,9 @@ exit status:
   0  success
   1  internal error (a bug: please report it)
   2  usage or configuration: bad arguments (an unknown slot, a malformed verity
-     value, a variable that is not set), or the board config or fw_env.config
-     missing or invalid
+     value, a variable that is not set, set-primary without a verity value given
+     or recorded), or the board config or fw_env.config missing or invalid, or
+     naming a device that does not exist (init)
   5  refused: the booted slot without --force
   6  boot-script: the script cannot be compiled (mkimage) or written
   7  device: the environment has no valid copy, does not match its size, or the
@@ -66,6 +67,7 @@ exit status:
      flushed; the booted slot cannot be told
   8  busy: an install or mark-good of the updater runs (a verb that changes
      the environment, where the device runs the updater); nothing was done
+  130  interrupted by SIGINT (Ctrl-C)
 The same kind of fault has the same status in abctl, updater and bundle-tool
 (docs/exit-status.md).
 """
@@ -177,6 +179,10 @@ def _cmd_set_verity(args: argparse.Namespace, board: BoardConfig) -> None:
     verity = _parse_verity(args.value) if args.value else None
     with _locked(args, f"set the verity value of slot {args.slot}"):
         _control(args, board).set_verity(args.slot, verity, force=args.force)
+    if verity is None:
+        print(f"cleared the verity value of slot {args.slot}")
+    else:
+        print(f"recorded the verity value of slot {args.slot}")
 
 
 def _cmd_print_env(args: argparse.Namespace, board: BoardConfig) -> None:

@@ -334,10 +334,11 @@ class SlotControl:
                 f"{', '.join(self.board.slot_names)})"
             )
 
-    def _refuse_booted(self, slot: str, action: str, force: bool) -> None:
+    def _refuse_booted(self, slot: str, action: str, force: bool, then: str = "") -> None:
+        """Refuse to `action` the booted slot (`then`: the words after the slot) unless forced."""
         if not force and slot == self.booted_slot():
             raise SlotRefusedError(
-                f"refusing to {action} the booted slot {slot} (--force overrides)"
+                f"refusing to {action} the booted slot {slot}{then} (--force overrides)"
             )
 
     def mark_good(self) -> str:
@@ -400,7 +401,7 @@ class SlotControl:
             EnvError, StorageError: The environment cannot be read or written.
         """
         self._check_slot(slot)
-        self._refuse_booted(slot, "install into", force)
+        self._refuse_booted(slot, "make", force, then=" primary")
         names, tries = self.board.slot_names, self.board.tries
 
         def change(env: dict[str, str]) -> dict[str, str]:

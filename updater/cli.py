@@ -142,7 +142,8 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(
             f"installed {result['version']} into slot {result['slot']} "
             f"({result['image_size']} bytes: {result['bytes_fetched']} fetched, "
-            f"{result['bytes_reused']} reused) in {result['seconds']} s; "
+            f"{result['bytes_reused']} reused, {result['bytes_zero']} zero-filled) "
+            f"in {result['seconds']} s; "
             "it boots next"
         )
     elif command == "mark-good":
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         EPILOG,
     )
 
-    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, description: str, prints: str) -> argparse.ArgumentParser:
+        """A command with --config and --json; `prints`: what --json makes it print."""
         c = add_command(sub, name, help, description, EPILOG)
         c.add_argument(
             "--config",
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(
             "--json",
             action="store_true",
-            help="JSON output (install: one JSON object per line, progress then result)",
+            help=f"JSON output: {prints}",
         )
         return c
 
@@ -212,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         true in the device configuration, neither are those the running slot holds
         elsewhere. An interrupted install resumes when run again, from a URL or a
         file alike.""",
+        "one JSON object per line, the progress lines then the result (or an error)",
     )
     i.add_argument(
         "source", metavar="SOURCE", help="bundle file, folder with one *.bundle, - or https:// URL"
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "show slots, versions and the last install",
         "Show the boot order, tries left, installed versions and the last install result.",
+        "the status as one JSON object on one line (or an error)",
     )
     command(
         "mark-good",
@@ -243,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
             Restore the booted slot's tries and raise the anti-rollback floor to its
             security version. Run it once the system is healthy: the shipped
             abctl-mark-good.service runs it where the updater is installed.""",
+        "the slot marked good and the floor in force as one JSON object (or an error)",
     )
     fleet_cli.add_parser(sub)
     return p

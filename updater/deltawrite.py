@@ -300,12 +300,19 @@ class DeltaWriter(ImageWriter):
             self.moved = None
 
     def write_tree(self) -> None:
-        """Fetch, check and write the superblock and the tree levels above the leaves."""
+        """Fetch, check and write the superblock and the tree levels above the leaves.
+
+        Reported as the "tree" phase over those blocks: the leaf blocks come with
+        the data, batch by batch.
+        """
         s = self.s
         first_leaf = s.checker.first_leaf
-        blocks = ExactReader(self.source.read(self.part.area_offset, first_leaf * BLOCK))
+        upper = first_leaf * BLOCK
+        s.report("tree", 0, upper)
+        blocks = ExactReader(self.source.read(self.part.area_offset, upper))
         for index, block in s.checker.check_upper(blocks.take(BLOCK) for _ in range(first_leaf)):
             s.dev.pwrite(s.hash_offset + index * BLOCK, block)
+        s.report("tree", upper, upper)
 
     def write_data(self, back: readback.RegionReadBack) -> None:
         """Keep, copy or fetch every data block (and its leaf block), batch after batch."""
@@ -496,6 +503,7 @@ class DeltaWriter(ImageWriter):
                 count = min(span, b0 + n - first)
                 s.write(first, self.zeros.take(count * BLOCK))
             s.unflushed += n * BLOCK
+            s.zero += n * BLOCK
 
     def copy_guesses(
         self, guesses: list[tuple[int, int]], expected: Callable[[int, int], bytes]

@@ -83,6 +83,8 @@ class InstallResult:
     image_size: int
     bytes_fetched: int
     bytes_reused: int
+    #: Image bytes written as zeros without a fetch (their signed digests say so).
+    bytes_zero: int
     seconds: float
     signers: tuple[str, ...]
     #: The files written into the target slot's boot folder (boot image, artifacts).
@@ -395,7 +397,6 @@ class Installer:
                 WriteSession(dev, vinfo, source, self.tuning, self._report) as s,
                 self._writer(image, source, s) as writer,
             ):
-                s.report("tree", 0, vinfo.tree_size)
                 writer.write_tree()
                 # The tree above the leaves is verified now: the read-back children
                 # inherit it and check each flushed region while the rest is written.
@@ -407,7 +408,10 @@ class Installer:
         return image, s
 
     def _write_files(self, files: list[FilePlan], source: BundleSource) -> None:
-        """Step 5: each boot file written, flushed, checked and renamed (see bootfiles)."""
+        """Step 5: each boot file written, flushed, checked and renamed (see bootfiles).
+
+        Reported as the "boot-files" phase: before each file, and once all are written.
+        """
         for n, f in enumerate(files):
             self._report(Progress("boot-files", n, len(files), source.bytes_fetched, 0))
             folder = self.open_boot_dir(f.folder)
@@ -418,6 +422,8 @@ class Installer:
                     bootfiles.write_artifact(source, f.artifact, folder, f.name)
             finally:
                 folder.close()
+        if files:
+            self._report(Progress("boot-files", len(files), len(files), source.bytes_fetched, 0))
 
     def _check_room(self, image: ImagePlan, dev: SlotDevice) -> None:
         capacity = dev.capacity()
@@ -478,6 +484,7 @@ class Installer:
             image_size=image.image.size,
             bytes_fetched=session.source.bytes_fetched,
             bytes_reused=session.reused,
+            bytes_zero=session.zero,
             seconds=round(self.clock() - started, 3),
             signers=tuple(s.subject for s in decided.head.signers),
             boot_files=tuple(str(f.folder / f.name) for f in decided.files),

@@ -68,6 +68,8 @@ class WriteSession:
         self.hash_offset = vinfo.data_blocks * BLOCK
         #: Image bytes kept on the target or copied from the running slot so far.
         self.reused = 0
+        #: Image bytes written as zeros, their signed digests the zero block's, not fetched.
+        self.zero = 0
         #: Bytes written since the last flush.
         self.unflushed = 0
         self.hasher = hashing.SpanDigests(vinfo.salt, tuning.span_blocks * BLOCK, tuning.ring_slots)

@@ -51,6 +51,7 @@ class StreamWriter(ImageWriter):
         """
         s = self.session
         tree_size = s.vinfo.tree_size
+        s.report("tree", 0, tree_size)
         tree = ExactReader(self.source.read(self.part.area_offset, tree_size))
         area = (tree.take(BLOCK) for _ in range(tree_size // BLOCK))
         for index, hash_block in s.checker.check_area(area):
@@ -152,6 +153,7 @@ class _Ring:
         first, count, slot, expected = self.hashed.popleft()
         if slot == ZERO_SPAN:
             view = self.zeros.take(count * BLOCK)  # the signed digests say they are zeros
+            s.zero += count * BLOCK
         else:
             refuse_mismatch(first, s.hasher.collect(), expected)
             view = s.hasher.view(slot, count * BLOCK)

@@ -354,11 +354,31 @@ def _cmd_info(args: argparse.Namespace) -> dict[str, Any]:
             container.HEADER_SIZE, header.head_size - container.HEADER_SIZE
         )
         manifest, entries = container.inspect_head(head)
+        size = src.size()
     out = manifest_json(manifest)
     out["signatures"] = [_describe_entry(e) for e in entries]
     out["bundle_size"] = header.total_size
     out["note"] = "signatures not checked; run `bundle-tool verify`"
+    warning = _size_warning(args.bundle, size, header.total_size)
+    if warning is not None:
+        out["warning"] = warning
+        print(f"bundle-tool: warning: {warning}", file=sys.stderr)
     return out
+
+
+def _size_warning(path: str, size: int, total: int) -> str | None:
+    """What `info` says of a file whose size is not the one its header states (None: it is)."""
+    if size < total:
+        return (
+            f"{path} is {size} bytes, shorter than the {total} its header accounts for: "
+            "truncated (verify and extract refuse it)"
+        )
+    if size > total:
+        return (
+            f"{path} is {size} bytes, {size - total} more than its header accounts for "
+            "(verify and extract refuse it)"
+        )
+    return None
 
 
 def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:

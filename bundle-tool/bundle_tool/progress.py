@@ -49,17 +49,29 @@ def _mib(n: float) -> str:
     return f"{n / MiB:.1f}"
 
 
+#: Phases not counted in bytes: what their `done` and `total` count (None: one step).
+COUNTED_IN = {"boot-files": "files", "switch": None}
+
+
 def render_bar(p: Progress, width: int, rate: float | None = None) -> str:
     """The bar for `p` in at most `width - 1` columns (the last column would wrap).
 
     The parts, from the first to go when the line is narrow: the bar itself,
     the rate, what was reused, what was fetched, the sizes; phase and percentage stay.
     For example: `data  73% |#####   | 2.0/2.7 MiB  1.1 MiB/s  fetched 2.0 MiB  reused 0.0 MiB`.
+    A phase counted in files shows `1/2 files` and no rate; one of a single step
+    (the updater's "switch") shows its name alone, with no percentage, bar or sizes.
     """
     percent = p.done * 100 // p.total if p.total else 100
-    head = f"{p.phase} {percent:3d}%"
-    sizes = f"{_mib(p.done)}/{_mib(p.total)} MiB"
-    rate_part = f"{_mib(rate)} MiB/s" if rate is not None else None
+    step = p.phase in COUNTED_IN and COUNTED_IN[p.phase] is None
+    head = p.phase if step else f"{p.phase} {percent:3d}%"
+    if p.phase not in COUNTED_IN:
+        sizes: str | None = f"{_mib(p.done)}/{_mib(p.total)} MiB"
+        rate_part = f"{_mib(rate)} MiB/s" if rate is not None else None
+    else:
+        unit = COUNTED_IN[p.phase]
+        sizes = f"{p.done}/{p.total} {unit}" if unit else None
+        rate_part = None
     fetched = f"fetched {_mib(p.fetched)} MiB" if p.fetched is not None else None
     reused = f"reused {_mib(p.reused)} MiB" if p.reused is not None else None
     tail = [part for part in (sizes, rate_part, fetched, reused) if part]
@@ -71,7 +83,7 @@ def render_bar(p: Progress, width: int, rate: float | None = None) -> str:
             tail.remove(part)
     line = f"{head} {'  '.join(tail)}".rstrip()
     bar_width = room - len(line) - 4  # " |" and "| "
-    if bar_width >= 10:
+    if bar_width >= 10 and not step:
         filled = bar_width * percent // 100
         bar = "#" * filled + " " * (bar_width - filled)
         line = f"{head} |{bar}| {'  '.join(tail)}".rstrip()

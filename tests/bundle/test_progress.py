@@ -93,3 +93,12 @@ def test_a_terminal_without_a_size_gets_80_columns() -> None:
     drawn = stream.getvalue().split("\r")[1].removesuffix("\x1b[K")
     assert drawn == render_bar(REPORT, 80)
     assert stream.getvalue().endswith("\r\x1b[K")  # cleared at the end
+
+
+def test_phases_not_counted_in_bytes_show_their_own_unit() -> None:
+    files = render_bar(Progress("boot-files", 1, 2, fetched=2 * MiB, reused=0), 100, rate=5.0)
+    assert files.startswith("boot-files  50% |") and files.endswith(
+        "| 1/2 files  fetched 2.0 MiB  reused 0.0 MiB"
+    )
+    switch = render_bar(Progress("switch", 0, 1, fetched=2 * MiB, reused=0), 100)
+    assert switch == "switch fetched 2.0 MiB  reused 0.0 MiB"

@@ -420,8 +420,8 @@ def test_status_after_install(device: Device, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # no progress bar when stderr is not a terminal
     assert re.fullmatch(
-        rf"installed 2\.1\.0 into slot B \({IMAGE_SIZE} bytes: \d+ fetched, 0 reused\) "
-        r"in [\d.]+ s; it boots next\n",
+        rf"installed 2\.1\.0 into slot B \({IMAGE_SIZE} bytes: \d+ fetched, 0 reused, "
+        r"\d+ zero-filled\) in [\d.]+ s; it boots next\n",
         r.stdout,
     )
 

@@ -24,9 +24,14 @@ EXIT_NOTHING_PENDING = exitstatus.NOTHING_PENDING
 EPILOG = """\
 exit status of `fleet poll --once`:
   0  an action was worked on (installed, reported, canceled)
-  9  no action was pending
+  1  internal error (a bug: please report it)
   2-7  as for `updater install`: the cycle failed (a failed install is reported
      to the server first, as closed/failure)
+  8  another install or mark-good is running on this device (nothing was done)
+  9  no action was pending
+  130  interrupted by SIGINT (Ctrl-C)
+  143  stopped by SIGTERM (an install under way records it, as for `updater
+     install`)
 `fleet run` exits only on bad usage (2); `fleet status` exits 0, or 2 or 7.
 """
 
