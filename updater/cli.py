@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any, NoReturn
 
 from bootctl import exitstatus
-from bootctl.cliboundary import ExitCodes, add_command, make_parser, run_cli
+from bootctl.cliboundary import ExitCodes, add_command, make_parser, one_line, run_cli
 from bundle_tool.errors import BundleError, TrustError
 from bundle_tool.progress import ProgressDisplay
 
@@ -271,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
         _print_text(args.command, result)
         sys.stdout.flush()
     for warning in result.get("warnings", ()):
-        print(f"updater: warning: {warning}", file=sys.stderr)
+        print(f"updater: warning: {one_line(warning)}", file=sys.stderr)
     if result.get("rebooting"):  # printed first: a reboot may end this process at once
         reboot(result)
     status: int = result.get("exit_status", exitstatus.OK)

@@ -45,7 +45,8 @@ class BundleSource(ABC):
       buffers; by default from the chunks of one `read`, straight into the
       buffers where the medium allows it (a file).
     * `check_end(total_size)`, called once everything the installer needs was
-      read, refuses a bundle that does not end at its signed total size.
+      read, refuses a bundle that does not end at its signed total size (on a
+      block device, one that is shorter: the device's bytes after it are not the bundle's).
     * `bytes_fetched` counts the bytes actually transferred from the medium or
       network, so the installer can report how much a delta install saved.
     """

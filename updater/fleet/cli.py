@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from bootctl import exitstatus
-from bootctl.cliboundary import add_command
+from bootctl.cliboundary import add_command, one_line
 
 from ..config import DEFAULT_CONFIG, load_config
 
@@ -106,16 +106,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if result.error is not None:
             raise result.error
         out = _line(result)
-        out["text"] = f"{result.kind}: {result.detail}"
+        out["text"] = f"{result.kind}: {one_line(result.detail)}"
         if result.kind == "none":
             out["exit_status"] = EXIT_NOTHING_PENDING
         return out
 
     def show(result: CycleResult) -> None:
         line = _line(result)
-        print(json.dumps(line) if args.json else f"{result.kind}: {result.detail}", flush=True)
+        text = f"{result.kind}: {one_line(result.detail)}"
+        print(json.dumps(line) if args.json else text, flush=True)
         if result.error is not None:
-            print(f"updater: fleet: {result.error}", file=sys.stderr, flush=True)
+            print(f"updater: fleet: {one_line(str(result.error))}", file=sys.stderr, flush=True)
 
     agent.run(on_cycle=show)
     return {"text": "stopped"}  # pragma: no cover - run() returns only in tests
