@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["STEPS", "FaultHook", "atomic_write", "make_dirs"]
+__all__ = ["STEPS", "FaultHook", "NotFlushedError", "atomic_write", "make_dirs"]
 
 #: Steps of `atomic_write`, in order; a fault hook is called with each name before the step.
 STEPS = ("create", "write", "fsync", "rename", "fsync-dir")
@@ -107,6 +107,13 @@ def _remove_leftovers(path: Path) -> None:
                     os.unlink(entry.path)
 
 
+class NotFlushedError(OSError):
+    """`atomic_write` replaced the file, but its directory could not be flushed.
+
+    Readers see the new contents; whether they survive a power cut is not known.
+    """
+
+
 def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> None:
     """Replace `path` with `data` crash-safely.
 
@@ -119,8 +126,10 @@ def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> 
         fault: Test seam, see `FaultHook`.
 
     Raises:
-        OSError: Any step failed; `path` still holds its old contents (the temporary
-            file is removed; one a crash leaves is removed by a later write).
+        NotFlushedError: The new contents are in place, but flushing the directory
+            failed: a power cut before the next sync may bring the old ones back.
+        OSError: Any step before failed; `path` still holds its old contents (the
+            temporary file is removed; one a crash leaves is removed by a later write).
     """
 
     def step(name: str) -> None:
@@ -146,5 +155,8 @@ def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> 
             os.unlink(tmp)
         raise
     step("fsync-dir")
-    _fsync_dir(path.parent)
+    try:
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise NotFlushedError(e.errno, e.strerror, str(path.parent)) from e
     _remove_leftovers(path)

@@ -19,8 +19,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bootctl import grubenv, ubootenv
-from bootctl.atomicfile import FaultHook, atomic_write
-from bootctl.errors import ConfigError, EnvCorruptError, EnvSizeError, StorageError
+from bootctl.atomicfile import FaultHook, NotFlushedError, atomic_write
+from bootctl.errors import (
+    ConfigError,
+    EnvCorruptError,
+    EnvNotFlushedError,
+    EnvSizeError,
+    StorageError,
+)
 from bootctl.ubootenv import EnvCopy, EnvLocation
 
 __all__ = ["EnvStore", "GrubEnvStore", "UBootEnvStore"]
@@ -130,12 +136,19 @@ class EnvStore(ABC):
             EnvCorruptError: No valid environment exists and `init` is False.
             EnvError: The variables cannot be encoded (e.g. they do not fit).
             EnvSizeError: The storage does not match the configured size.
+            EnvNotFlushedError: The new environment is in place (a file replaced by
+                rename), but flushing its directory failed.
             StorageError: Writing or flushing failed.
         """
         if init:
             self.check_creatable()
         try:
             self._save(dict(env), init)
+        except NotFlushedError as e:
+            raise EnvNotFlushedError(
+                f"{self.describe()} is written, but flushing it failed: {e.strerror or e}"
+                " (a power cut before the next sync may bring the old environment back)"
+            ) from e
         except OSError as e:
             raise StorageError(f"cannot write {self.describe()}: {e.strerror or e}") from e
 

@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "EnvCorruptError",
     "EnvError",
+    "EnvNotFlushedError",
     "EnvOverflowError",
     "EnvSizeError",
     "OutputError",
@@ -69,6 +70,14 @@ class OutputError(BootctlError):
 
 class StorageError(BootctlError):
     """Reading, writing or flushing the environment's file or device failed."""
+
+
+class EnvNotFlushedError(StorageError):
+    """The new environment is in place, but could not be flushed to the medium.
+
+    The change is seen at once (the bootloader reads it at the next boot) unless a
+    power cut comes before the medium is synced; then the old one is back.
+    """
 
 
 class BusyError(BootctlError):

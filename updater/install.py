@@ -45,7 +45,7 @@ from typing import Any
 
 from bootctl import state as slotstate
 from bootctl.control import SlotControl
-from bootctl.errors import BootctlError, SlotError
+from bootctl.errors import BootctlError, EnvNotFlushedError, SlotError
 from bootctl.state import SlotVerity
 from bundle_tool.container import ImageLayout, VerifiedHead
 from bundle_tool.errors import BundleIOError, BundleToolError
@@ -467,9 +467,15 @@ class Installer:
         """Step 6, then: one env write records the root hash and makes the target primary."""
         vinfo = image.image.verity
         session.report("switch", 0, 1)
-        self.control.set_primary(
-            image.target, SlotVerity(vinfo.root_hash.hex(), vinfo.salt.hex(), vinfo.data_blocks)
-        )
+        try:
+            self.control.set_primary(
+                image.target,
+                SlotVerity(vinfo.root_hash.hex(), vinfo.salt.hex(), vinfo.data_blocks),
+            )
+        except EnvNotFlushedError as e:
+            # The switch is made (the next boot takes the target) unless a power cut
+            # undoes it, and then the old slot boots: either way a verified slot.
+            self.warnings.append(f"the switch stands, but it may not survive a power cut: {e}")
 
     def _result(
         self, decided: InstallPlan, image: ImagePlan, session: WriteSession, started: float

@@ -79,3 +79,22 @@ def test_a_crashed_writers_temporary_file_is_removed_by_the_next_write(tmp_path:
     atomic_write(path, b"new")
     assert path.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, *kept])
+
+
+def test_a_failed_directory_flush_after_the_rename_says_the_file_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bootctl import atomicfile
+
+    path = tmp_path / "env"
+    path.write_bytes(b"old")
+
+    def eio(directory: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(atomicfile, "_fsync_dir", eio)
+    with pytest.raises(atomicfile.NotFlushedError) as e:
+        atomic_write(path, b"new")
+    assert e.value.strerror == "Input/output error" and e.value.filename == str(tmp_path)
+    assert path.read_bytes() == b"new"  # readers see the new contents
+    assert [p.name for p in tmp_path.iterdir()] == ["env"]  # no temporary left

@@ -1147,3 +1147,36 @@ def test_blocks_are_hashed_by_a_child_and_its_death_costs_nothing(
     assert seen[0] and not seen[-1]  # the child hashed, then this process took over
     assert len(made) == 1 and made[0][0].pid is None  # stopped with the install
     assert_installed(device)
+
+
+def test_a_switch_written_but_not_flushed_is_an_install_with_a_warning(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment file is replaced, then its directory's fsync fails: the switch
+    stands (the next boot takes B) and the install says so, rather than failing."""
+    from bootctl import atomicfile
+    from bootctl.control import SlotControl
+
+    real_set_primary, real_fsync_dir = SlotControl.set_primary, atomicfile._fsync_dir
+
+    def eio(directory: Path) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def set_primary(self: SlotControl, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(atomicfile, "_fsync_dir", eio)
+        try:
+            real_set_primary(self, *args, **kwargs)
+        finally:
+            monkeypatch.setattr(atomicfile, "_fsync_dir", real_fsync_dir)
+
+    monkeypatch.setattr(SlotControl, "set_primary", set_primary)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=19))
+    inst = Installer(device.config())
+    with FileSource(bundle) as src:
+        result = inst.install(src)
+    assert result.slot == "B"
+    assert len(inst.warnings) == 1, inst.warnings
+    assert "may not survive a power cut" in inst.warnings[0]
+    assert "Input/output error" in inst.warnings[0]
+    assert_installed(device, bundle=bundle)
+    assert StateDir(device.root / "state").last_result()["status"] == "installed"  # type: ignore[index]
