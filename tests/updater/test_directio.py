@@ -213,7 +213,7 @@ def test_a_read_error_in_the_read_back_names_the_blocks(
         [readback.Extent(2, 3, readback.writelog.digest(pattern(8 * BLOCK)[2 * BLOCK : 5 * BLOCK]))]
     )
     with pytest.raises(readback.BundleIOError, match=r"in blocks 2 to 4 failed: Input/output"):
-        readback._check_region(str(slot_path), checker, 8 * BLOCK, request)
+        readback._check_region(str(slot_path), str(slot_path), checker, 8 * BLOCK, request)
 
 
 def test_the_direct_descriptor_is_the_slot_s_own_file(
