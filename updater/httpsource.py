@@ -31,11 +31,8 @@ import http.client
 import itertools
 import os
 import re
-import socket
 import ssl
-import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Self
@@ -48,13 +45,13 @@ import urllib3.connection
 import urllib3.exceptions
 import urllib3.poolmanager
 from requests.utils import requote_uri
-from urllib3.util.ssltransport import SSLTransport
 
 from bundle_tool.errors import BundleError
 
 from . import byteranges
 from .errors import ContentChanged, ServerRefused, TransportError, UsageError
 from .httpsettings import HttpSettings
+from .sockcut import SocketCut, WatchedConnection
 from .source import BundleSource
 
 # Statuses worth asking again: the server or a gateway is busy or restarting.
@@ -78,85 +75,15 @@ class _NotAsked(Exception):
     """A multi-range answer that is not the parts asked for, in order."""
 
 
-class _DeadlineCut:
-    """Shuts every connection of a source down when the overall deadline passes.
+class _Watched(WatchedConnection):
+    """A connection that shows each socket it takes to the source's deadline cut."""
 
-    A read timeout bounds each socket read, not their sum: a server that sends
-    its header lines or a whole chunk's body a byte at a time could hold one
-    request for ever. Each connection of the source tells this object which
-    socket it holds (`_Watched`); when the deadline passes, those
-    sockets are shut down, which ends any read or write on them, and so is
-    every socket a connection takes after that. One timer thread serves a source.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held: weakref.WeakKeyDictionary[object, Any] = weakref.WeakKeyDictionary()
-        self._passed = False
-        self._timer: threading.Timer | None = None
-
-    def start(self, seconds: float) -> None:
-        """Shut the connections down `seconds` from now (once: later calls do nothing)."""
-        with self._lock:
-            if self._timer is None:
-                self._timer = threading.Timer(seconds, self._cut)
-                self._timer.daemon = True
-                self._timer.start()
-
-    def hold(self, owner: object, sock: Any) -> None:
-        """Note that connection `owner` now holds `sock` (None: no socket)."""
-        with self._lock:
-            if sock is None:
-                self._held.pop(owner, None)
-                return
-            self._held[owner] = sock
-            if self._passed:
-                _shut_down(sock)
-
-    @property
-    def passed(self) -> bool:
-        """Whether the deadline passed (and the connections were shut down)."""
-        return self._passed
-
-    def _cut(self) -> None:
-        with self._lock:
-            self._passed = True
-            for sock in self._held.values():
-                _shut_down(sock)
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-
-
-def _shut_down(sock: Any) -> None:
-    """End every read and write on `sock` (a TLS socket or TLS-in-TLS transport)."""
-    if isinstance(sock, SSLTransport):
-        sock = sock.socket
-    # Closed, or detached by a TLS handshake in progress (which its own timeout,
-    # no longer than the time left, bounds): nothing left to wake.
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Watched(urllib3.connection.HTTPConnection):
-    """A connection that shows each socket it takes to the source's `_DeadlineCut`."""
-
-    _held: Any = None
-
-    def __init__(self, *args: Any, deadline_cut: _DeadlineCut, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadline_cut: SocketCut, **kwargs: Any) -> None:
         self._deadline_cut = deadline_cut
         super().__init__(*args, **kwargs)
 
-    @property
-    def sock(self) -> Any:
-        return self._held
-
-    @sock.setter
-    def sock(self, value: Any) -> None:
-        self._held = value
-        self._deadline_cut.hold(self, value)
+    def socket_cut(self) -> SocketCut:
+        return self._deadline_cut
 
 
 class _WatchedHTTPConnection(_Watched):
@@ -178,7 +105,7 @@ class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
 class _WatchedAdapter(requests.adapters.HTTPAdapter):
     """Connections, direct or through an HTTP proxy, that `deadline_cut` can shut down."""
 
-    def __init__(self, deadline_cut: _DeadlineCut) -> None:
+    def __init__(self, deadline_cut: SocketCut) -> None:
         self._deadline_cut = deadline_cut
         super().__init__()
 
@@ -312,7 +239,7 @@ class HttpSource(BundleSource):
         self._clock = clock
         self._sleep = sleep
         self._deadline_at = clock() + self.settings.deadline
-        self._cut = _DeadlineCut()
+        self._cut = SocketCut()  # shuts the connections down when the deadline passes
         self._session = requests.Session()
         for prefix in ("https://", "http://"):
             self._session.mount(prefix, _WatchedAdapter(self._cut))
@@ -760,7 +687,7 @@ class HttpSource(BundleSource):
         By default what one socket read delivered (read1), so a trickling server
         cannot hold us past the deadline inside one call. With `whole`, all n
         bytes unless the answer ends first; the caller watches the deadline
-        (`_deadline_cut`), and the bytes of a call that fails are lost.
+        (the source's `SocketCut`), and the bytes of a call that fails are lost.
         """
         try:
             data: bytes = (

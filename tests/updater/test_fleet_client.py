@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.connectproxy import ConnectProxy
 from tests.helpers.faultserver import FaultServer
+from tests.helpers.tlsca import TlsFiles
 from updater import byteranges
 from updater.errors import TransportError
 from updater.fleet.client import MAX_ANSWER, DdiClient, retry_after, same_origin
@@ -178,6 +181,61 @@ def test_a_trickled_answer_over_tls_ends_at_the_deadline(fault_server: FaultServ
         pytest.raises(TransportError, match="no complete answer within 2 s"),
     ):
         client.get_json(fault_server.url("x"))
+
+
+def _through_proxy(monkeypatch: pytest.MonkeyPatch, proxy: str) -> None:
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "")
+
+
+def _settled(records: list[Any]) -> list[Any]:
+    """`records` once a server thread has added one (it does so when its client has left)."""
+    for _ in range(100):
+        if records:
+            break
+        time.sleep(0.05)
+    return records
+
+
+def test_a_proxy_trickling_its_answer_to_connect_ends_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proxy's answer, a byte every 0.1 s, would take 9 s: the request ends before it."""
+    fleet = parse_fleet({"server": "https://fleet.example", "controller_id": "dev-1"})
+    with ConnectProxy(trickle=0.1) as proxy:
+        _through_proxy(monkeypatch, proxy.url)
+        with (
+            DdiClient(fleet, SHORT) as client,
+            pytest.raises(
+                TransportError, match=r"^GET https://fleet.example/x: no complete answer within 2 s"
+            ),
+        ):
+            client.get_json("https://fleet.example/x")
+        assert _settled(proxy.answered)[0] < len(proxy.answer)
+
+
+def test_a_trickled_answer_through_an_https_proxy_ends_at_the_deadline(
+    fault_server: FaultServer, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS inside TLS: the connection urllib3 holds has no shutdown of its own."""
+    fault_server.data = b"{" + b" " * 38 + b"}"  # 40 bytes: 10 s when trickled
+    fault_server.mode = "trickle"
+    fault_server.trickle_interval = 0.25
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    table = {"server": fault_server.url(""), "controller_id": "dev-1"}
+    http = dataclasses.replace(SHORT, ca_file=fault_server.ca_file)
+    with ConnectProxy(tls=tls) as proxy:
+        _through_proxy(monkeypatch, proxy.url)
+        with (
+            DdiClient(parse_fleet(table), http) as client,
+            pytest.raises(TransportError, match="no complete answer within 2 s"),
+        ):
+            client.get_json(fault_server.url("x"))
+    assert proxy.answered == [len(proxy.answer)]  # the request did go through the proxy
+    assert _settled(fault_server.served)[0].body_bytes_sent < len(fault_server.data)
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "until-close"])

@@ -5,11 +5,12 @@ message, log line or exception text ever holds it (they name the server and the
 path only).
 
 The server's answers are bounded: a body of at most `MAX_ANSWER` bytes (a DDI
-answer is a few KiB: a deployment with its links), and each request, answer
-headers and body included, ends within `connect_timeout + read_timeout`
-seconds. The read timeout alone bounds each wait for the next bytes, not their
-sum: a server sending a byte now and then would hold a request for as long as
-it liked. When the time is up, a timer shuts the request's connection down.
+answer is a few KiB: a deployment with its links), and each request, a proxy's
+answer to `CONNECT`, answer headers and body included, ends within
+`connect_timeout + read_timeout` seconds. The read timeout alone bounds each
+wait for the next bytes, not their sum: a server or proxy sending a byte now and
+then would hold a request for as long as it liked. When the time is up, a timer
+shuts the request's connection down (`updater.sockcut`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -35,6 +34,7 @@ from .. import byteranges
 from ..errors import ServerRefused, TransportError, UsageError
 from ..httpsettings import HttpSettings
 from ..httpsource import _reason, system_ca_store
+from ..sockcut import SocketCut, WatchedConnection
 from .ddi import printable
 from .settings import FleetSettings
 
@@ -43,61 +43,33 @@ MAX_ANSWER = 1 << 20  # bytes of one answer's body (after Content-Encoding is un
 _CHUNK = 64 << 10
 
 
-class _Cut:
-    """Ends one request when its time is up: shuts its connection down, headers or body.
+_CUT: ContextVar[SocketCut | None] = ContextVar("ddi_request_cut", default=None)
 
-    The connection is named once the request is sent (`watch`); a time that
-    passed before that shuts it down then.
+
+class _Connection(WatchedConnection):
+    """A connection that shows its sockets to the cut of the request it serves.
+
+    A new socket is shown as soon as it exists (a proxy's answer to `CONNECT`
+    and the TLS handshake are cut short too); a kept-alive one when the next
+    request is sent on it.
     """
 
-    def __init__(self, seconds: float) -> None:
-        self.passed = False
-        self._lock = threading.Lock()
-        self._sock: Any = None
-        self._timer = threading.Timer(seconds, self._pass)
-        self._timer.daemon = True
-        self._timer.start()
+    def socket_cut(self) -> SocketCut | None:
+        return _CUT.get()
 
-    def watch(self, sock: Any) -> None:
-        with self._lock:
-            self._sock = sock
-            if self.passed:
-                self._shut()
-
-    def _pass(self) -> None:
-        with self._lock:
-            self.passed = True
-            self._shut()
-
-    def _shut(self) -> None:
-        shutdown = getattr(self._sock, "shutdown", None)
-        if shutdown is not None:
-            with contextlib.suppress(OSError):  # closed already: nothing left to wake
-                shutdown(socket.SHUT_RDWR)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        cut = _CUT.get()
+        if cut is not None:
+            cut.hold(self, self.sock)
+        super().request(*args, **kwargs)
 
 
-_CUT: ContextVar[_Cut | None] = ContextVar("ddi_request_cut", default=None)
+class _HttpConnection(_Connection):
+    pass
 
 
-def _watch(sock: Any) -> None:
-    cut = _CUT.get()
-    if cut is not None:
-        cut.watch(sock)
-
-
-class _HttpConnection(urllib3.connection.HTTPConnection):
-    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3
-        _watch(self.sock)
-        return super().getresponse()
-
-
-class _HttpsConnection(urllib3.connection.HTTPSConnection):
-    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3
-        _watch(self.sock)
-        return super().getresponse()
+class _HttpsConnection(_Connection, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _HttpPool(urllib3.HTTPConnectionPool):
@@ -123,7 +95,7 @@ def _watched(manager: urllib3.PoolManager) -> None:
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, whose connections tell the request's `_Cut` their socket."""
+    """requests' adapter, whose connections tell the request's `SocketCut` their sockets."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -237,7 +209,8 @@ class DdiClient:
         """
         self._check_scheme(url)
         self.request_count += 1
-        cut = _Cut(self.deadline)
+        cut = SocketCut()
+        cut.start(self.deadline)
         token = _CUT.set(cut)
         try:
             with self._exchange(method, url, body) as resp:
