@@ -24,7 +24,7 @@ from tests.helpers.ddistub import DdiStub, artifact_body, deployment_body
 from tests.helpers.nginx import NginxServer
 from tests.updater.device import COMPATIBLE, Device, image_bytes
 from updater import installlock
-from updater.errors import TransportError
+from updater.errors import BusyError, TransportError
 from updater.fleet import ddi
 from updater.fleet.agent import FleetAgent
 from updater.fleet.client import DdiClient, ServerBusy
@@ -136,7 +136,8 @@ def test_a_cancel_waits_while_another_install_holds_the_lock(device: Device, stu
     env = device.env_file.read_bytes()
     with installlock.held(device.config().state_dir, "install"):  # as an install does
         result = agent.poll_once()
-    assert result.kind == "none" and "the cancel waits for the next poll" in result.detail
+    assert result.kind == "failed" and "the cancel waits for the next poll" in result.detail
+    assert isinstance(result.error, BusyError)  # exit 8, as a busy install
     assert device.env_file.read_bytes() == env  # nothing written
     assert agent.state.pending() == written_ahead
     assert not any("/cancelAction/9/feedback" in p for p, _ in stub.feedback)

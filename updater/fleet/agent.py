@@ -346,11 +346,8 @@ class FleetAgent:
                 with installlock.held(self.config.state_dir, f"cancel action {stop_id} now"):
                     self._invalidate_canceled(stop_id, installer)
             except BusyError as e:  # nothing done: the server asks again at the next poll
-                return CycleResult(
-                    "none",
-                    f"{e} (the cancel waits for the next poll)",
-                    self._wait(poll, active=True),
-                )
+                said = f"{e} (the cancel waits for the next poll)"
+                return CycleResult("failed", said, self._wait(poll, active=True), BusyError(said))
         self.state.set_pending(None)
         self._report(
             ddi.Feedback(

@@ -27,7 +27,8 @@ exit status of `fleet poll --once`:
   1  internal error (a bug: please report it)
   2-7  as for `updater install`: the cycle failed (a failed install is reported
      to the server first, as closed/failure)
-  8  another install or mark-good is running on this device (nothing was done)
+  8  another install or mark-good is running on this device (nothing was done:
+     an install or a cancel waits for a later poll)
   9  no action was pending
   130  interrupted by SIGINT (Ctrl-C)
   143  stopped by SIGTERM (an install under way records it, as for `updater
