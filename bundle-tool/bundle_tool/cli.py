@@ -26,6 +26,7 @@ from bootctl.cliboundary import (
     Interrupted,
     add_command,
     make_parser,
+    one_line,
     run_cli,
     signals_raised,
 )
@@ -355,26 +356,31 @@ def _cmd_info(args: argparse.Namespace) -> dict[str, Any]:
         )
         manifest, entries = container.inspect_head(head)
         size = src.size()
+        block_device = src.block_device
     out = manifest_json(manifest)
     out["signatures"] = [_describe_entry(e) for e in entries]
     out["bundle_size"] = header.total_size
     out["note"] = "signatures not checked; run `bundle-tool verify`"
-    warning = _size_warning(args.bundle, size, header.total_size)
+    warning = _size_warning(args.bundle, size, header.total_size, block_device=block_device)
     if warning is not None:
         out["warning"] = warning
         print(f"bundle-tool: warning: {warning}", file=sys.stderr)
     return out
 
 
-def _size_warning(path: str, size: int, total: int) -> str | None:
-    """What `info` says of a file whose size is not the one its header states (None: it is)."""
+def _size_warning(path: str, size: int, total: int, *, block_device: bool) -> str | None:
+    """What `info` says of a file whose size is not the one its header states (None: it is).
+
+    A block device only has to hold the bundle (docs/bundle-format.md): its bytes
+    after the bundle's end are ignored. The warning is one line, whatever the path holds.
+    """
     if size < total:
-        return (
+        return one_line(
             f"{path} is {size} bytes, shorter than the {total} its header accounts for: "
             "truncated (verify and extract refuse it)"
         )
-    if size > total:
-        return (
+    if size > total and not block_device:
+        return one_line(
             f"{path} is {size} bytes, {size - total} more than its header accounts for "
             "(verify and extract refuse it)"
         )

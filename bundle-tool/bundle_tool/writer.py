@@ -31,6 +31,7 @@ from .container import (
 )
 from .elfcheck import check_machine, elf_machine
 from .errors import BundleError, BundleIOError, UsageError
+from .filereader import FileReader
 from .manifest import (
     MAX_IMAGES,
     MAX_SECURITY_VERSION,
@@ -414,21 +415,25 @@ def _hash(
 
 
 def read_head_file(path: Path) -> tuple[UncheckedHead, int]:
-    """Parse a bundle file's head without checking signatures; also return the file size.
+    """Parse a bundle's head without checking signatures; also return the file's size.
+
+    A regular file must be exactly the size its header announces. A block device
+    only has to hold that many bytes (its size is then the device's capacity):
+    the bytes after the bundle's end are ignored (docs/bundle-format.md).
 
     Raises:
-        BundleError: The head is malformed, or the file is not exactly the announced size.
+        UsageError: The path does not exist, cannot be opened, or is neither a
+            regular file nor a block device.
+        BundleError: The head is malformed, or the file is not the announced size.
         BundleIOError: The file cannot be read.
     """
-    try:
-        with path.open("rb") as f:
-            first = f.read(HEADER_SIZE)
-            header = parse_header(first)
-            head = parse_head(first + f.read(header.head_size - HEADER_SIZE))
-            size = os.fstat(f.fileno()).st_size
-    except OSError as e:
-        raise BundleIOError(f"cannot read bundle {path}: {e.strerror}") from e
-    if size != head.header.total_size:
+    with FileReader(path) as src:
+        first = src.read_exact(0, HEADER_SIZE)
+        header = parse_header(first)
+        head = parse_head(first + src.read_exact(HEADER_SIZE, header.head_size - HEADER_SIZE))
+        size = src.size()
+        holds = src.block_device and size >= head.header.total_size
+    if size != head.header.total_size and not holds:
         raise BundleError(
             f"bundle {path} is {size} bytes; its header and manifest account for "
             f"{head.header.total_size}"

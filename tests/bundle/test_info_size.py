@@ -42,6 +42,17 @@ def test_info_warns_of_a_file_shorter_or_longer_than_its_header_says(
     assert run("extract", odd, tmp_path / "x").returncode == 3  # as the warning says
 
 
+def test_the_warning_is_one_line_whatever_the_file_is_named(bundle: Path, tmp_path: Path) -> None:
+    """A line feed in the name cannot forge a second `bundle-tool: error:` line."""
+    odd = tmp_path / "evil\nbundle-tool: error: forged.bundle"
+    odd.write_bytes(bundle.read_bytes() + bytes(6))
+    r = run("info", odd, "--json")
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"bundle-tool: warning: {tmp_path}/evil bundle-tool: error: forged")
+    assert json.loads(r.stdout)["warning"] == line.removeprefix("bundle-tool: warning: ")
+
+
 def test_info_of_a_whole_bundle_warns_of_nothing(bundle: Path) -> None:
     r = run("info", bundle, "--json")
     assert (r.returncode, r.stderr) == (0, "")
