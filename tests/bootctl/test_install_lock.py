@@ -91,6 +91,25 @@ def test_an_unreadable_device_config_is_a_usage_error(
     assert "device config" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "value",
+    ['"st\\u0000ate"', '"st\\nate"', '"st\\u001bate"', '""', "1", '"' + "s" * 4097 + '"'],
+    ids=["nul", "newline", "escape", "empty", "number", "too-long"],
+)
+def test_a_state_dir_that_is_no_path_is_a_usage_error(
+    device: tuple[list[str], Path, Path], capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """As the updater refuses it: a NUL, a newline or another control character."""
+    options, device_config, env_file = device
+    before = env_file.read_bytes()
+    device_config.write_text(f"state_dir = {value}\n")
+    capsys.readouterr()
+    assert main([*options, "reset", "--device-config", str(device_config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'state_dir' must be a path of 1-4096 printable" in err, err
+    assert env_file.read_bytes() == before
+
+
 def test_set_primary_reads_the_recorded_value_in_its_locked_write(
     device: tuple[list[str], Path, Path],
 ) -> None:
