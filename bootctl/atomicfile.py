@@ -8,15 +8,24 @@ its directory was fsynced: `atomic_write` fsyncs the file's directory after the 
 and `make_dirs` the parent of each directory it creates.
 
 Each write has a temporary file of its own, `.NAME.PID.RANDOM.tmp` beside the file,
-so two processes replacing the same file at once each rename a complete copy. One
-left behind by a crash (its process is gone) is removed by the next write of that file.
+so two processes replacing the same file at once each rename a complete copy. The
+writer holds an exclusive `flock` on its temporary file from just after creating it
+until after the rename. One left behind by a crash is removed by a later write of that
+file: one nobody holds a lock on that is older than `_STALE_AFTER`. The lock, not the
+pid in the name, tells a live writer: a lock goes with the open file, is seen across
+pid namespaces (a container sharing the directory) and ends when its process dies,
+while a pid may be another namespace's or reused. The age covers the moment between a
+writer's creating its file and locking it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +40,9 @@ FaultHook = Callable[[str], None]
 
 _CHUNK = 512
 _TOKEN = 4  # random bytes in a temporary file's name
+#: Seconds since its last change (either way: a clock set back at boot) before an
+#: unlocked temporary file counts as left by a crash.
+_STALE_AFTER = 60.0
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -76,10 +88,10 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(_TOKEN)}.tmp")
 
 
-def _writer_gone(path: Path, name: str) -> bool:
-    """Whether `name` is a temporary file of `path` whose writer's process is gone.
+def _is_temporary(path: Path, name: str) -> bool:
+    """Whether `name` is a temporary file's name of `path` (or of an earlier release's).
 
-    The name of an earlier release, `.NAME.tmp`, has no process: it is gone too.
+    The name of an earlier release is `.NAME.tmp`.
     """
     prefix = f".{path.name}."
     if not name.startswith(prefix) or not name.endswith(".tmp"):
@@ -87,24 +99,38 @@ def _writer_gone(path: Path, name: str) -> bool:
     parts = name[len(prefix) : -len(".tmp")].split(".")
     if parts == [""]:  # `.NAME.tmp`
         return True
-    if len(parts) != 2 or not parts[0].isdigit() or len(parts[1]) != _TOKEN * 2:
-        return False
+    return len(parts) == 2 and parts[0].isdigit() and len(parts[1]) == _TOKEN * 2
+
+
+def _remove_if_abandoned(candidate: str) -> None:
+    """Remove `candidate` if no writer holds it and it is older than `_STALE_AFTER`.
+
+    Raises:
+        OSError: It could not be opened, locked, checked or removed.
+    """
+    fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        os.kill(int(parts[0]), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # there, but another user's
-        return False
-    return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live writer's
+        held = os.fstat(fd)
+        if not stat.S_ISREG(held.st_mode) or abs(time.time() - held.st_mtime) < _STALE_AFTER:
+            return
+        named = os.stat(candidate, follow_symlinks=False)
+        if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):  # not renamed since
+            os.unlink(candidate)
+    finally:
+        os.close(fd)
 
 
 def _remove_leftovers(path: Path) -> None:
     """Remove the temporary files of `path` that crashed writes left (best effort)."""
     with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
         for entry in entries:
-            if _writer_gone(path, entry.name):
+            if _is_temporary(path, entry.name):
                 with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+                    _remove_if_abandoned(entry.path)
 
 
 class NotFlushedError(OSError):
@@ -141,15 +167,17 @@ def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> 
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
+            # Held until after the rename: a later write's cleanup leaves a locked file.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             for start in range(0, len(data), _CHUNK):
                 step("write")
                 _write_all(fd, data[start : start + _CHUNK])
             step("fsync")
             os.fsync(fd)
+            step("rename")
+            os.replace(tmp, path)
         finally:
             os.close(fd)
-        step("rename")
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

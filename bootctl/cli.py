@@ -59,12 +59,14 @@ exit status:
   2  usage or configuration: bad arguments (an unknown slot, a malformed verity
      value, a variable that is not set, set-primary without a verity value given
      or recorded), or the board config or fw_env.config missing or invalid, or
-     naming a device that does not exist (init)
+     naming a device that does not exist (init), or a device config that cannot
+     be read or whose state_dir is no path ("'state_dir' must be a path ...")
   5  refused: the booted slot without --force
   6  boot-script: the script cannot be compiled (mkimage) or written
   7  device: the environment has no valid copy, does not match its size, or the
      variables do not fit; its file or device cannot be read, written or
-     flushed; the booted slot cannot be told
+     flushed; the booted slot cannot be told; the install lock's file cannot
+     be created or locked ("cannot open the lock file ...")
   8  busy: an install or mark-good of the updater runs (a verb that changes
      the environment, where the device runs the updater); nothing was done
   130  interrupted by SIGINT (Ctrl-C)

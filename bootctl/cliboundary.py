@@ -194,12 +194,13 @@ def _quiet_stdout() -> None:
 
 
 def run_cli(
-    parser: argparse.ArgumentParser,
+    parser: argparse.ArgumentParser | Callable[[], argparse.ArgumentParser],
     run: Callable[[argparse.Namespace], int | None],
     exit_codes: ExitCodes,
     argv: Sequence[str] | None = None,
     *,
     error_fields: Mapping[str, Any] | None = None,
+    prog: str | None = None,
 ) -> int:
     """Parse `argv`, call `run` with the arguments, and return the exit status.
 
@@ -213,14 +214,27 @@ def run_cli(
     output quietly: the command was carried out, and an error's line on standard
     error is still written. Another broken pipe (a helper's) is a failure, status 1.
 
+    A signal (`Interrupted`) while the parser is built or parses is one line too,
+    `PROG: error: interrupted by SIG...`, and its status (130, 143): no command ran.
+
     Args:
-        parser: the tool's argument parser (its `prog` starts each error line).
+        parser: the tool's argument parser (its `prog` starts each error line), or
+            the function that builds it (built here, where a signal is reported).
         run: the command, called with the parsed arguments.
         exit_codes: exception classes and their statuses, first match wins.
         argv: the arguments (default: the process's).
         error_fields: fields the JSON error object carries first (`{"event": "error"}`).
+        prog: the tool's name for a signal's line before the parser exists (default:
+            the name the program was started by).
     """
-    args = parser.parse_args(argv)
+    try:
+        if not isinstance(parser, argparse.ArgumentParser):
+            parser = parser()
+        args = parser.parse_args(argv)
+    except Interrupted as e:
+        name = prog or os.path.basename(sys.argv[0])
+        print(f"{name}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        return e.exit_status
     status = exitstatus.OK
     try:
         try:

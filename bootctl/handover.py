@@ -15,13 +15,14 @@ lands in the middle of an install.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import installlock
+from . import installlock, validators
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_DEVICE_CONFIG", "UPDATER", "install_lock", "updater_mark_good"]
@@ -30,6 +31,10 @@ __all__ = ["DEFAULT_DEVICE_CONFIG", "UPDATER", "install_lock", "updater_mark_goo
 DEFAULT_DEVICE_CONFIG = "/etc/abupdate/device.toml"
 #: The updater's command.
 UPDATER = "updater"
+#: A path in the device config, as the updater takes it: printable characters only (no
+#: NUL, no newline), at most Linux's PATH_MAX.
+_PATH = re.compile(r"[^\x00-\x1f\x7f]+")
+_MAX_PATH = 4096
 
 
 def _updater() -> str | None:
@@ -70,8 +75,11 @@ def state_dir(device_config: Path) -> Path | None:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read the device config {device_config}: {e}") from e
     value = data.get("state_dir")
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"device config {device_config}: 'state_dir' must be a path")
+    if not isinstance(value, str) or not validators.matches(_PATH, value, _MAX_PATH):
+        raise ConfigError(
+            f"device config {device_config}: 'state_dir' must be a path"
+            f" of 1-{_MAX_PATH} printable characters"
+        )
     return device_config.absolute().parent / value
 
 

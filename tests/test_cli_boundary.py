@@ -163,3 +163,33 @@ sys.exit(run_cli(argparse.ArgumentParser(prog="tool"), run, [(ValueError, 5)], [
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert (done.returncode, done.stderr) == (5, "tool: error: the reason\n")
+
+
+@pytest.mark.parametrize("where", ["building", "parsing"])
+def test_a_signal_before_the_command_runs_is_one_line_and_its_status(
+    capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """SIGTERM as a service is stopped while the tool starts: 143 and one line, not a
+    traceback (the parser is built inside the boundary)."""
+    import signal
+
+    from bootctl.cliboundary import Interrupted
+
+    class Stopped(argparse.Action):
+        def __call__(self, *args: object, **kwargs: object) -> None:
+            raise Interrupted(signal.SIGTERM)
+
+    def build() -> argparse.ArgumentParser:
+        if where == "building":
+            raise Interrupted(signal.SIGTERM)
+        p = parser()
+        p.add_argument("--go", action=Stopped, nargs=0)
+        return p
+
+    def run(args: argparse.Namespace) -> None:
+        raise AssertionError("no command runs")
+
+    assert run_cli(build, run, [(Refused, exitstatus.REFUSED)], ["--go"], prog="tool") == 143
+    captured = capsys.readouterr()
+    assert captured.err == "tool: error: interrupted by SIGTERM\n"
+    assert captured.out == ""

@@ -281,7 +281,9 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line; exits with the documented status."""
     with interrupts.raised():
-        status = run_cli(build_parser(), _run, EXIT_CODES, argv, error_fields={"event": "error"})
+        status = run_cli(
+            build_parser, _run, EXIT_CODES, argv, error_fields={"event": "error"}, prog="updater"
+        )
     sys.exit(status)
 
 

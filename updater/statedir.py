@@ -68,6 +68,8 @@ class StateDir:
             raise DeviceError(f"cannot read state file {path}: {e.strerror or e}") from e
         except ValueError as e:  # torn or empty (a power cut on a file system without journal)
             raise self._damaged(name, f"is not JSON ({e})") from e
+        except RecursionError as e:  # arrays or objects nested deeper than the parser goes
+            raise self._damaged(name, "is nested too deeply to be read") from e
 
     def _damaged(self, name: str, what: str) -> DeviceError:
         """The error for a state file that holds what it should not, and what to do."""

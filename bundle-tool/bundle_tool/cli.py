@@ -765,7 +765,7 @@ def _run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line; exits with the documented status."""
     with signals_raised():
-        status = run_cli(build_parser(), _run, EXIT_CODES, argv)
+        status = run_cli(build_parser, _run, EXIT_CODES, argv, prog="bundle-tool")
     sys.exit(status)
 
 

@@ -138,9 +138,10 @@ class ProgressDisplay:
         width = width or 80  # a terminal that does not say its size
         elapsed = time.monotonic() - self._phase_start
         rate = p.done / elapsed if elapsed > 0.05 and p.done else None
-        self.stream.write(f"\r{render_bar(p, width, rate)}\x1b[K")
+        line = render_bar(p, width, rate)
+        self._drawn = True  # first: a signal in the write leaves part of the bar to clear
+        self.stream.write(f"\r{line}\x1b[K")
         self.stream.flush()
-        self._drawn = True
 
     def close(self) -> None:
         """Clear the bar (the next output starts on a clean line)."""

@@ -9,6 +9,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -517,6 +518,13 @@ def _temporary_output(output: Path) -> Iterator[tuple[int, str]]:
     """
     if output.is_dir():
         raise _cannot_write(output, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(output.lstat().st_mode):
+            raise UsageError(
+                f"{output} exists and is not a regular file: the bundle is written beside it "
+                "and renamed over it, which would replace it (write the bundle to a file, "
+                "then copy it onto a device with dd)"
+            )
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     tmp = ""
     try:

@@ -8,6 +8,7 @@ where the device runs the updater, those verbs hold its install lock.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,11 +18,21 @@ import pytest
 
 from bootctl import handover, installlock
 from bootctl.board import load_board
-from bootctl.cli import main
+from bootctl.cli import build_parser, main
 from bootctl.control import SlotControl
 from tests.bootctl.paths import BOARD_DIR
 
 ARM = str(BOARD_DIR / "qemu-arm64-uboot.toml")
+
+
+def help_of(status: int) -> str:
+    """What `abctl --help` says of an exit status, on one line."""
+    epilog = build_parser().epilog or ""
+    found = re.search(rf"^  {status}  (.*?)(?=^  \d+  |^\S)", epilog, re.M | re.S)
+    assert found, epilog
+    return " ".join(found[1].split())
+
+
 VERITY = "ab" * 32 + ":" + "cd" * 32 + ":100"
 
 
@@ -89,6 +100,40 @@ def test_an_unreadable_device_config_is_a_usage_error(
     device_config.write_text("state_dir = [\n")
     assert main([*options, "reset", "--device-config", str(device_config)]) == 2
     assert "device config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['"st\\u0000ate"', '"st\\nate"', '"st\\u001bate"', '""', "1", '"' + "s" * 4097 + '"'],
+    ids=["nul", "newline", "escape", "empty", "number", "too-long"],
+)
+def test_a_state_dir_that_is_no_path_is_a_usage_error(
+    device: tuple[list[str], Path, Path], capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """As the updater refuses it: a NUL, a newline or another control character."""
+    options, device_config, env_file = device
+    before = env_file.read_bytes()
+    device_config.write_text(f"state_dir = {value}\n")
+    capsys.readouterr()
+    assert main([*options, "reset", "--device-config", str(device_config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'state_dir' must be a path of 1-4096 printable" in err, err
+    assert env_file.read_bytes() == before
+    assert "'state_dir' must be a path" in help_of(2)
+
+
+def test_a_lock_file_that_cannot_be_created_is_a_device_error(
+    device: tuple[list[str], Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    options, device_config, env_file = device
+    before = env_file.read_bytes()
+    device_config.write_text('state_dir = "device.toml/state"\n')  # under a file
+    capsys.readouterr()
+    assert main([*options, "reset", "--device-config", str(device_config)]) == 7
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot open the lock file" in err, err
+    assert env_file.read_bytes() == before
+    assert "cannot open the lock file" in help_of(7)
 
 
 def test_set_primary_reads_the_recorded_value_in_its_locked_write(

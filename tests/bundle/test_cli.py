@@ -377,3 +377,27 @@ def test_create_refuses_an_empty_or_spaced_salt(tmp_path: Path, keys: Path) -> N
         assert "salt" in r.stderr and r.stderr.count("\n") == 1
         assert not out.exists()
     assert create(keys, image, out, "--compatible", "b", "--salt", "0A").returncode == 0
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_not_replaced(
+    tmp_path: Path, keys: Path
+) -> None:
+    """`-o` naming a device node (or a link, a pipe) would have it renamed over: the
+    node became a regular file and the device was never written."""
+    import os
+    import stat
+
+    image = write_image(tmp_path / "rootfs.img", 16)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    node = tmp_path / "null"
+    os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere.bundle")
+    for out in (fifo, node, link):
+        r = create(keys, image, out, "--compatible", "b")
+        assert r.returncode == 2, (out, r.stderr)
+        assert "is not a regular file" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and stat.S_ISCHR(node.lstat().st_mode)
+    assert link.is_symlink() and not (tmp_path / "elsewhere.bundle").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link", "null", "rootfs.img"]

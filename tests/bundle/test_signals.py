@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import signal
 import struct
 import subprocess
@@ -62,7 +63,9 @@ def test_a_signal_during_create_removes_the_partial_bundle(
         stdout, _ = proc.communicate(timeout=60)
     name = signal.Signals(signum).name
     assert proc.returncode == STATUS[signum]
-    assert shown.decode().rsplit("\x1b[K", 1)[-1].strip() == (
+    # The last thing on the terminal, after the bar's last frame (cleared or ended).
+    frames = re.split(r"\x1b\[K|\r|\n", shown.decode())
+    assert [f.strip() for f in frames if f.strip()][-1] == (
         f"bundle-tool: error: interrupted by {name}"
     )
     assert stdout == ""

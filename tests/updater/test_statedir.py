@@ -25,10 +25,13 @@ RECORD = {
     "installed_at": 1700000000,
 }
 
-DAMAGED_FLOORS = [b"", b'{"security_fl', b"[1]", b"{}", b'{"floor": 3}', b'{"security_floor": -1}']
-DAMAGED_FLOORS += [b'{"security_floor": "3"}', b'{"security_floor": true}', b"null", b"\xff"]
+#: JSON nested deeper than the parser's recursion goes.
+DEEP = b"[" * 100_000 + b"]" * 100_000
 
-DAMAGED_RECORDS = [b"", b'{\n  "B": {\n    "compat', b"[]", b'{"B": 1}', b'{"B": {}}']
+DAMAGED_FLOORS = [b"", b'{"security_fl', b"[1]", b"{}", b'{"floor": 3}', b'{"security_floor": -1}']
+DAMAGED_FLOORS += [b'{"security_floor": "3"}', b'{"security_floor": true}', b"null", b"\xff", DEEP]
+
+DAMAGED_RECORDS = [b"", b'{\n  "B": {\n    "compat', b"[]", b'{"B": 1}', b'{"B": {}}', DEEP]
 DAMAGED_RECORDS += [
     json.dumps({"B": {**RECORD, "security_version": "2"}}).encode(),
     json.dumps({"B": {**RECORD, "extra": 1}}).encode(),
