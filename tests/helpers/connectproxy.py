@@ -19,10 +19,12 @@ import socket
 import ssl
 import threading
 
+from tests.helpers.loopback import LoopbackServer
+
 ANSWER = b"HTTP/1.1 200 Connection established\r\n"
 
 
-class ConnectProxy:
+class ConnectProxy(LoopbackServer):
     """Tunnels CONNECT requests; see the module docstring."""
 
     def __init__(self, *, tls: ssl.SSLContext | None = None, trickle: float | None = None) -> None:
@@ -32,30 +34,10 @@ class ConnectProxy:
         self.answer = ANSWER + padding + b"\r\n"
         self.answered: list[int] = []
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.scheme = "https" if tls else "http"
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ConnectProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
+    def serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
         try:
             if self.tls is not None:

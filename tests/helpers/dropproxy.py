@@ -12,8 +12,10 @@ import contextlib
 import socket
 import threading
 
+from tests.helpers.loopback import LoopbackServer
 
-class DropProxy:
+
+class DropProxy(LoopbackServer):
     """Forwards 127.0.0.1:`port` to 127.0.0.1:`target`, cutting one answer short when armed."""
 
     def __init__(self, target: int, drop_after: int = 256 * 1024) -> None:
@@ -22,30 +24,12 @@ class DropProxy:
         self.armed = False
         self.drops = 0
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True)
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> DropProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+    def serve(self, client: socket.socket) -> None:
+        server = socket.create_connection(("127.0.0.1", self.target))
+        threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+        self._pipe(server, client, True)
 
     def _pipe(self, src: socket.socket, dst: socket.socket, answer: bool) -> None:
         sent = 0
