@@ -39,11 +39,8 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 import requests
-import requests.adapters
 import urllib3
-import urllib3.connection
 import urllib3.exceptions
-import urllib3.poolmanager
 from requests.utils import requote_uri
 
 from bundle_tool.errors import BundleError
@@ -51,7 +48,7 @@ from bundle_tool.errors import BundleError
 from . import byteranges
 from .errors import ContentChanged, ServerRefused, TransportError, UsageError
 from .httpsettings import HttpSettings
-from .sockcut import SocketCut, WatchedConnection
+from .sockcut import SocketCut, WatchedAdapter, WatchedConnection
 from .source import BundleSource
 
 # Statuses worth asking again: the server or a gateway is busy or restarting.
@@ -73,61 +70,6 @@ class _Retry(Exception):
 
 class _NotAsked(Exception):
     """A multi-range answer that is not the parts asked for, in order."""
-
-
-class _Watched(WatchedConnection):
-    """A connection that shows each socket it takes to the source's deadline cut."""
-
-    def __init__(self, *args: Any, deadline_cut: SocketCut, **kwargs: Any) -> None:
-        self._deadline_cut = deadline_cut
-        super().__init__(*args, **kwargs)
-
-    def socket_cut(self) -> SocketCut:
-        return self._deadline_cut
-
-
-class _WatchedHTTPConnection(_Watched):
-    pass
-
-
-class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class _WatchedAdapter(requests.adapters.HTTPAdapter):
-    """Connections, direct or through an HTTP proxy, that `deadline_cut` can shut down."""
-
-    def __init__(self, deadline_cut: SocketCut) -> None:
-        self._deadline_cut = deadline_cut
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self._watch(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        self._watch(manager)
-        return manager
-
-    def _watch(self, manager: urllib3.PoolManager) -> None:
-        if manager.pool_classes_by_scheme != urllib3.poolmanager.pool_classes_by_scheme:
-            return  # already watched, or another kind (SOCKS) that keeps its own pools
-        # Pools are made as pool_cls(host, port, **context); keyword arguments a
-        # pool does not know go to its connections.
-        cut = self._deadline_cut
-        manager.pool_classes_by_scheme = {
-            "http": functools.partial(_WatchedHTTPPool, deadline_cut=cut),  # type: ignore[dict-item]
-            "https": functools.partial(_WatchedHTTPSPool, deadline_cut=cut),  # type: ignore[dict-item]
-        }
 
 
 def _reason(exc: BaseException) -> str:
@@ -239,10 +181,10 @@ class HttpSource(BundleSource):
         self._clock = clock
         self._sleep = sleep
         self._deadline_at = clock() + self.settings.deadline
-        self._cut = SocketCut()  # shuts the connections down when the deadline passes
+        cut = self._cut = SocketCut()  # shuts the connections down when the deadline passes
         self._session = requests.Session()
         for prefix in ("https://", "http://"):
-            self._session.mount(prefix, _WatchedAdapter(self._cut))
+            self._session.mount(prefix, WatchedAdapter(lambda: cut))
         # Ranges address the stored bytes; a compressed answer would not.
         self._session.headers["Accept-Encoding"] = "identity"
         self._session.headers.update(headers or {})
@@ -331,7 +273,7 @@ class HttpSource(BundleSource):
                 continue
             reusable = False
             # Whole chunks only from a connection the deadline can shut down.
-            whole = self._whole_chunks and isinstance(resp.raw.connection, _Watched)
+            whole = self._whole_chunks and isinstance(resp.raw.connection, WatchedConnection)
             try:
                 self._check_range_answer(resp, pos, end)
                 reusable = resp.headers.get("Content-Length") == str(end - pos)

@@ -25,16 +25,14 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import requests
-import requests.adapters
 import urllib3
-import urllib3.connection
 import urllib3.exceptions
 
 from .. import byteranges
 from ..errors import ServerRefused, TransportError, UsageError
 from ..httpsettings import HttpSettings
 from ..httpsource import _reason, system_ca_store
-from ..sockcut import SocketCut, WatchedConnection
+from ..sockcut import SocketCut, WatchedAdapter
 from .ddi import printable
 from .settings import FleetSettings
 
@@ -44,68 +42,6 @@ _CHUNK = 64 << 10
 
 
 _CUT: ContextVar[SocketCut | None] = ContextVar("ddi_request_cut", default=None)
-
-
-class _Connection(WatchedConnection):
-    """A connection that shows its sockets to the cut of the request it serves.
-
-    A new socket is shown as soon as it exists (a proxy's answer to `CONNECT`
-    and the TLS handshake are cut short too); a kept-alive one when the next
-    request is sent on it.
-    """
-
-    def socket_cut(self) -> SocketCut | None:
-        return _CUT.get()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        cut = _CUT.get()
-        if cut is not None:
-            cut.hold(self, self.sock)
-        super().request(*args, **kwargs)
-
-
-class _HttpConnection(_Connection):
-    pass
-
-
-class _HttpsConnection(_Connection, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _HttpPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HttpConnection
-
-
-class _HttpsPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HttpsConnection
-
-
-_WATCHED: dict[type[urllib3.HTTPConnectionPool], type[urllib3.HTTPConnectionPool]] = {
-    urllib3.HTTPConnectionPool: _HttpPool,
-    urllib3.HTTPSConnectionPool: _HttpsPool,
-}
-
-
-def _watched(manager: urllib3.PoolManager) -> None:
-    """Make `manager` open our connections. A SOCKS proxy's own pools are kept: a request
-    through them is not cut short, though one answered past the deadline still fails."""
-    manager.pool_classes_by_scheme = {
-        scheme: _WATCHED.get(cls, cls) for scheme, cls in manager.pool_classes_by_scheme.items()
-    }
-
-
-class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, whose connections tell the request's `SocketCut` their sockets."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        _watched(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if isinstance(manager, urllib3.PoolManager):
-            _watched(manager)
-        return manager
 
 
 class ServerBusy(TransportError):
@@ -162,7 +98,7 @@ class DdiClient:
         self._clock = clock
         self._session = requests.Session()
         for prefix in ("https://", "http://"):
-            self._session.mount(prefix, _Adapter())
+            self._session.mount(prefix, WatchedAdapter(_CUT.get))
         self._session.headers["Accept"] = "application/hal+json, application/json"
         for name in ("ca_file", "client_cert", "client_key"):
             path = getattr(http, name)
