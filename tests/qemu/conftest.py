@@ -31,7 +31,7 @@ import pytest
 
 from bootctl.board import BoardConfig, load_board
 from tests.helpers.tlsca import CertificateAuthority, TlsFiles
-from tests.qemu.device import Device, copy_disk
+from tests.qemu.device import Boot, Device, copy_disk, release_line, usb_stick
 from tests.qemu.qemulib import cache, settings, vm
 from tests.qemu.target import PowerCommand, QemuResource, QemuTarget, SerialTarget
 
@@ -251,18 +251,87 @@ def images(update_server_tls: TlsFiles) -> Images:
     return Images(update_server_tls)
 
 
+class InstalledDisks:
+    """The base image after its first update: 1.0.0 booted from slot A, the 2.0.0 bundle
+    installed into slot B from a USB stick, the power switched off before B's first boot.
+
+    Made once per architecture and session on QEMU (one boot and one install that every
+    flow starting from "B just installed" would repeat), then copied for each test. The
+    making is a flow of its own: its checks fail the test that first asks for the disk,
+    with the console log of the making attached.
+    """
+
+    def __init__(self, images: Images, bundles: Bundles, workdir: Path) -> None:
+        self.images = images
+        self.bundles = bundles
+        self.dir = workdir
+        #: The disk made, or why it could not be (then every test asking fails at once).
+        self._done: dict[str, Path | str] = {}
+
+    def get(self, arch: str) -> Path:
+        """The installed disk of `arch` (read-only: copy it with `copy_disk`)."""
+        if arch not in self._done:
+            try:
+                self._done[arch] = self._make(arch)
+            except (Exception, pytest.fail.Exception) as e:
+                self._done[arch] = f"{type(e).__name__}: {e}"
+        done = self._done[arch]
+        if isinstance(done, str):
+            pytest.fail(f"the {arch} disk with 2.0.0 installed in slot B was not made: {done}")
+        return done
+
+    def console_log(self, arch: str) -> Path:
+        return self.dir / f"console-{arch}-install.log"
+
+    def _make(self, arch: str) -> Path:
+        # Imported here: the flows' modules import this conftest.
+        from tests.qemu.test_flows import BUNDLE, install, mount_usb
+
+        work = self.dir / arch
+        work.mkdir()
+        disk = copy_disk(Path(str(self.images.base(arch)["disk"])), work / "disk.img")
+        board = load_board(settings.ARCHES[arch].board_path)
+        dev = Device(QemuTarget(QemuResource(arch, disk), board, self.console_log(arch)))
+        dev.usb = usb_stick({"update.bundle": self.bundles.get(arch, "2.0.0", 2)}, work / "usb.img")
+        try:
+            dev.power_on()
+            assert dev.wait_booted() == Boot("A", "1.0.0")
+            assert release_line("1.0.0") in dev.con.log
+            mount_usb(dev)
+            rc, result = install(dev, BUNDLE)
+            assert rc == 0, result
+            assert result["slot"] == "B" and result["version"] == "2.0.0", result
+            env = dev.env()
+            assert env["BOOT_ORDER"].split()[0] == "B", env
+            assert env["BOOT_B_VERITY"].count(":") == 2, env
+            dev.sh("sync")
+        finally:
+            dev.power_off()
+        return disk
+
+
+@pytest.fixture(scope="session")
+def installed_disks(
+    images: Images, bundles: Bundles, tmp_path_factory: pytest.TempPathFactory
+) -> InstalledDisks:
+    return InstalledDisks(images, bundles, tmp_path_factory.mktemp("installed"))
+
+
 def qemu_device(
     request: pytest.FixtureRequest,
     arch: str,
     images: Images,
     tmp_path: Path,
     open_console: vm.ConsoleOpener | None = None,
+    *,
+    source: Path | None = None,
 ) -> Iterator[Device]:
-    """A powered-off QEMU device with a private copy of the base image."""
+    """A powered-off QEMU device with a private copy of the base image (or of `source`)."""
     log = tmp_path / f"console-{arch}.log"
     request.node.console_logs = [log]
-    info = images.base(arch)
-    disk = copy_disk(Path(str(info["disk"])), tmp_path / "disk.img")
+    if source is None:
+        source = Path(str(images.base(arch)["disk"]))
+    disk = copy_disk(source, tmp_path / "disk.img")
     board = load_board(settings.ARCHES[arch].board_path)
     dev = Device(QemuTarget(QemuResource(arch, disk), board, log, open_console=open_console))
     try:
@@ -307,3 +376,28 @@ def qemu_only(device: Device) -> Device:
     if not device.is_qemu:
         pytest.skip("needs QEMU (disk image, USB stick or port forwarding)")
     return device
+
+
+@pytest.fixture
+def installed(
+    request: pytest.FixtureRequest,
+    arch: str,
+    images: Images,
+    installed_disks: InstalledDisks,
+    tmp_path: Path,
+) -> Iterator[Device]:
+    """A powered-off QEMU device whose slot B has just been updated to 2.0.0 from a USB
+    stick and not booted yet (`InstalledDisks`); its console log starts at the next boot."""
+    source = installed_source(request, arch, installed_disks)
+    yield from qemu_device(request, arch, images, tmp_path, source=source)
+
+
+def installed_source(
+    request: pytest.FixtureRequest, arch: str, installed_disks: InstalledDisks
+) -> Path:
+    """The installed disk of `arch` for a test (skipped but on QEMU); if the disk cannot
+    be made, the test fails with the console log of the making."""
+    if target_kind(request.config) != "qemu":
+        pytest.skip("needs QEMU (a disk image made on an emulated device)")
+    request.node.console_logs = [installed_disks.console_log(arch)]
+    return installed_disks.get(arch)

@@ -22,6 +22,8 @@ from tests.qemu.target import QemuTarget, Target
 BOOTED = r"abupdate: booted slot (\w+), version (\S+)\n"
 READY = r"abupdate: system ready\n"
 INITRAMFS_FAILED = r"abupdate-initramfs: FAILED: ([^\n]*)\n"
+#: What the initramfs of a verified board's boot image says of the root hash it uses.
+SIGNED_INITRAMFS = "(root hash from the signed initramfs)"
 #: UEFI firmware that refused or found every boot option: it then waits for ever.
 NO_BOOTABLE = r"No bootable option or device was found"
 
@@ -192,6 +194,11 @@ class Device:
         assert "type:        VERITY" in status, status
         assert "status:      verified" in status, status
         return status
+
+
+def release_line(version: str) -> str:
+    """What the initramfs of release `version`'s signed boot image prints as it starts."""
+    return f"abupdate-initramfs: boot image of release {version}\n"
 
 
 def copy_disk(src: Path, dst: Path) -> Path:

@@ -3,8 +3,9 @@
 Whoever can write the disk of a powered-off device (here: the test, through
 `bootpart.BootPartition`) writes the boot environment or a slot's boot files; the chain
 must still boot only what was signed, count every refusal as a failed try and fall back
-to the other slot. Each flow starts from the base image (1.0.0 in slot A) and installs
-the 2.0.0 bundle, whose signed boot image carries its own root hash and release.
+to the other slot. The flows start from the base image (1.0.0 in slot A) just after its
+first update (the `installed` fixture: the 2.0.0 bundle, whose signed boot image carries
+its own root hash and release, installed into B and not booted yet).
 Refusals run with one try for B (set in the environment), so each attack costs one
 refused boot.
 """
@@ -20,9 +21,14 @@ import pytest
 from bundle_tool import bootkeys
 from tests.qemu.bootattacks import signed_by, tampered_kernel, unsigned
 from tests.qemu.bootpart import BootPartition
-from tests.qemu.conftest import Bundles
-from tests.qemu.device import INITRAMFS_FAILED, Boot, Device, NoBootableOption
-from tests.qemu.test_flows import BUNDLE, attach_usb, install, mount_usb
+from tests.qemu.device import (
+    INITRAMFS_FAILED,
+    SIGNED_INITRAMFS,
+    Boot,
+    Device,
+    NoBootableOption,
+    release_line,
+)
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -32,30 +38,9 @@ PAYLOAD = {
     "u-boot": ("echo ${arch}-pwned", "arm-pwned"),
     "grub": ("echo ${grub_cpu}-pwned", "x86_64-pwned"),
 }
-SIGNED_INITRAMFS = "(root hash from the signed initramfs)"
 
 
-def release_line(version: str) -> str:
-    return f"abupdate-initramfs: boot image of release {version}\n"
-
-
-def installed_b(device: Device, bundles: Bundles, tmp_path: Path) -> BootPartition:
-    """Boot A, install the 2.0.0 bundle into B from a USB stick, power off."""
-    attach_usb(device, {"update.bundle": bundles.get(device.arch, "2.0.0", 2)}, tmp_path)
-    device.power_on()
-    assert device.wait_booted() == Boot("A", "1.0.0")
-    assert release_line("1.0.0") in device.con.log
-    mount_usb(device)
-    rc, result = install(device)
-    assert rc == 0, result
-    device.sh("sync")
-    device.power_off()
-    return BootPartition(device.disk, device.board)
-
-
-def test_environment_cannot_change_what_boots_and_the_new_kernel_runs(
-    qemu_only: Device, bundles: Bundles, tmp_path: Path
-) -> None:
+def test_environment_cannot_change_what_boots_and_the_new_kernel_runs(installed: Device) -> None:
     """Flows 1 and 6: B's first boot after the install, with an attacker's environment.
 
     The environment gets another root hash for B, the switch that turns the bootloader's
@@ -63,8 +48,8 @@ def test_environment_cannot_change_what_boots_and_the_new_kernel_runs(
     BOOT_ORDER. B still boots, with the root hash of its signed initramfs, the new
     release's boot image runs (its initramfs says so) and B is marked good.
     """
-    device = qemu_only
-    part = installed_b(device, bundles, tmp_path)
+    device = installed
+    part = BootPartition(device.disk, device.board)
     env = part.env()
     signed_hash = env["BOOT_B_VERITY"].split(":")[0]
     attacker = env["BOOT_A_VERITY"]  # a root filesystem the attacker can read: A's
@@ -106,15 +91,13 @@ def test_environment_cannot_change_what_boots_and_the_new_kernel_runs(
     assert re.search(r"slot A: .*boot image 1\.0\.0 \(kernel 6\.", status_text), status_text
 
 
-def test_refused_boot_images_cost_a_try_and_a_boots(
-    qemu_only: Device, bundles: Bundles, tmp_path: Path
-) -> None:
+def test_refused_boot_images_cost_a_try_and_a_boots(installed: Device, tmp_path: Path) -> None:
     """Flows 2, 3 and 4: B's boot image with one kernel byte changed, without signatures,
     signed with another key, and A's own (valid) boot image copied into B. Each is refused
     (by U-Boot / GRUB, or by dm-verity for A's image), costs B its one try, and A boots."""
-    device = qemu_only
+    device = installed
     board = device.board
-    part = installed_b(device, bundles, tmp_path)
+    part = BootPartition(device.disk, board)
     good = part.slot_files("B")
     other = bootkeys.DevBootKeys(tmp_path / "other-boot-keys")
     bootkeys.make_dev_boot_keys(other.root)
@@ -172,46 +155,3 @@ def test_unsigned_grub_is_refused_by_the_firmware(qemu_only: Device, tmp_path: P
         device.wait_booted()
     assert "Access Denied" in device.con.log
     assert "abupdate: booting" not in device.con.log
-
-
-def test_power_cuts_in_the_boot_file_write_and_the_counter_save(
-    qemu_only: Device, bundles: Bundles, tmp_path: Path
-) -> None:
-    """Flow 7: the power is cut while the installer writes B's boot image, and later while
-    the bootloader saves its counter; each time a verified slot boots, and the install
-    run again completes."""
-    device = qemu_only
-    board = device.board
-    attach_usb(device, {"update.bundle": bundles.get(device.arch, "2.0.0", 2)}, tmp_path)
-    device.power_on()
-    assert device.wait_booted() == Boot("A", "1.0.0")
-    mount_usb(device)
-    device.con.send(f"updater install --json {BUNDLE}\n")
-    device.expect(r'"phase": "boot-files"', 600)
-    device.power_cut()
-
-    part = BootPartition(device.disk, board)
-    env = part.env()
-    assert env["BOOT_B_LEFT"] == "0", env  # the installer took B's tries first
-    assert not part.exists(f"{board.slot('B').boot_dir}/{board.boot.image}")
-    device.power_on()
-    assert device.wait_booted() == Boot("A", "1.0.0")
-    assert SIGNED_INITRAMFS in device.con.log
-    mount_usb(device)
-    rc, result = install(device)
-    assert rc == 0, result
-    assert result["slot"] == "B", result
-
-    # B's first boot: the power goes as the bootloader saves the counted try.
-    device.reboot()
-    if board.bootloader == "u-boot":
-        device.expect(r"abupdate: loaded uboot\.env")
-    else:
-        device.expect(r"BdsDxe: starting Boot")
-    device.power_cut()
-    device.power_on()
-    boot = device.wait_booted()
-    assert boot in (Boot("A", "1.0.0"), Boot("B", "2.0.0")), boot
-    assert f"slot={boot.slot} root=" in device.con.log
-    assert SIGNED_INITRAMFS in device.con.log
-    device.verity_root()

@@ -90,7 +90,9 @@ def test_goosebit_update_then_fallback_reported(
     compatible = load_board(settings.ARCHES[arch].board_path).compatible
     controller = f"qemu-{arch}"
     good = bundles.get(arch, "2.0.0", 2)
-    bad = bundles.get(arch, "2.0.1", 2, health_fails=True)
+    # Validly signed, of a higher security version, but its health check fails before
+    # mark-good: it reboots every time, and raises no floor.
+    bad = bundles.get(arch, "2.0.1", 3, health_fails=True)
     goosebit.add_device(controller, TOKEN)
     (tmp_path / "www").mkdir()
     with NginxServer(
@@ -135,6 +137,10 @@ def test_goosebit_update_then_fallback_reported(
             assert m.groups() == ("A", "2.0.1")
             device.expect(r"abupdate: health check failed")
         assert device.wait_booted() == Boot("B", "2.0.0")
+        # A has no tries left: B is the slot that boots from now on (the order stays A B).
+        env = device.env()
+        assert env["BOOT_A_LEFT"] == "0" and env["BOOT_B_LEFT"] == "3", env
+        assert "security floor 2" in device.sh("updater status")
         rc, out = poll(device, config)
         assert rc == 7, out
         detail = "slot A (2.0.1) failed to boot; fell back to B"

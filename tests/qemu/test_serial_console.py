@@ -1,15 +1,15 @@
 """The flows as a board runs them, on QEMU: the serial path proven without a board.
 
-Two ways, each running the boot flow and the good update unchanged:
+Two ways, running the boot flow and the good update unchanged:
 
 - `qemu-pty`: QEMU's serial port is a pseudo-terminal (`-serial pty`) that
   pytest-embedded's serial service opens as it opens `/dev/ttyUSB0`; QEMU's own power
-  control and USB stick as in every flow.
+  control and USB stick as in every flow. Both flows run there; the good update from the
+  first boot of slot B (its install is the session's `installed` disk).
 - `serial-target`: the serial target itself, as `--target serial` makes it, on QEMU:
   the port `socket://127.0.0.1:PORT` and `--power-cmd` running `qemupower.py` (QEMU started
   detached on `on`, killed on `off`). Nothing here is QEMU's but the board behind the port,
-  so the good update, which needs a USB stick the harness attaches, is skipped there as on
-  a board.
+  so only the boot flow runs: the good update needs a disk image the harness made.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from bootctl.board import load_board
-from tests.qemu.conftest import Images, qemu_device, target_kind
+from tests.qemu.conftest import (
+    Images,
+    InstalledDisks,
+    installed_source,
+    qemu_device,
+    target_kind,
+)
 from tests.qemu.device import Device, copy_disk
 from tests.qemu.qemulib import settings, vm
 from tests.qemu.target import EmbeddedSerialConsole, PowerCommand, SerialTarget
@@ -35,7 +41,11 @@ POWER_SCRIPT = Path(__file__).with_name("qemupower.py")
 
 
 def pty_device(
-    request: pytest.FixtureRequest, arch: str, images: Images, tmp_path: Path
+    request: pytest.FixtureRequest,
+    arch: str,
+    images: Images,
+    tmp_path: Path,
+    source: Path | None = None,
 ) -> Iterator[Device]:
     """QEMU whose console is its pty, opened by pytest-embedded's serial service."""
     ports: list[str] = []
@@ -45,7 +55,7 @@ def pty_device(
         ports.append(console.serial.port)
         return console
 
-    yield from qemu_device(request, arch, images, tmp_path, open_pty)
+    yield from qemu_device(request, arch, images, tmp_path, open_pty, source=source)
     # Every power on went through the service, on one of QEMU's pseudo-terminals.
     assert ports, "the device was never powered on"
     assert all(p.startswith("/dev/pts/") for p in ports), ports
@@ -84,3 +94,17 @@ def device(
         pytest.skip("these run the serial path on QEMU")
     make = pty_device if request.param == "qemu-pty" else serial_target_device
     yield from make(request, arch, images, tmp_path)
+
+
+@pytest.fixture
+def installed(
+    request: pytest.FixtureRequest,
+    arch: str,
+    images: Images,
+    installed_disks: InstalledDisks,
+    tmp_path: Path,
+) -> Iterator[Device]:
+    """The disk just updated to 2.0.0 in slot B (conftest's `installed`), on QEMU whose
+    console is its pty."""
+    source = installed_source(request, arch, installed_disks)
+    yield from pty_device(request, arch, images, tmp_path, source)
