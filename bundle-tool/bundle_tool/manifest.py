@@ -308,6 +308,11 @@ def parse_manifest(raw: bytes) -> Manifest:
     classes = [i.slot_class for i in images]
     if len(set(classes)) != len(classes):
         raise BundleError("manifest: two images have the same slot_class")
+    names = [a.name for a in artifacts]
+    for n, name in enumerate(names):
+        if name in names[:n]:
+            # Each is installed under its name: the second would replace the first.
+            raise BundleError(f"manifest: two artifacts have the same name: {name}")
     if manifest.payload_size > MAX_SIZE:
         raise BundleError("manifest: payload is too large")
     return manifest
