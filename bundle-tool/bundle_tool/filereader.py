@@ -130,6 +130,10 @@ class FileReader:
             self.bytes_fetched += got
             done += got
 
+    def fileno(self) -> int:
+        """The open file's descriptor (read the bundle through it, not by its path again)."""
+        return self._open_fd()
+
     def _open_fd(self) -> int:
         if self._fd is None:
             raise ValueError(f"read from a closed {type(self).__name__}")

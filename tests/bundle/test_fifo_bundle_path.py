@@ -43,7 +43,14 @@ def fifo(tmp_path: Path) -> Path:
         lambda b, pki, out: ("verify", b, "--keyring", pki.ca_cert),
         lambda b, pki, out: ("extract", b, out),
         lambda b, pki, out: (
-            "resign", b, "--key", pki.signer_key, "--cert", pki.signer_cert, "-o", out
+            "resign",
+            b,
+            "--key",
+            pki.signer_key,
+            "--cert",
+            pki.signer_cert,
+            "-o",
+            out,
         ),
     ],
     ids=["info", "info-json", "verify", "extract", "resign"],

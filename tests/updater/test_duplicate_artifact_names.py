@@ -68,7 +68,7 @@ def test_the_manifest_reader_refuses_two_artifacts_of_one_name() -> None:
     }
     manifest.parse_manifest(json.dumps(obj).encode())
     obj["artifacts"] = [art, {**art, "size": 1}]
-    with pytest.raises(BundleError, match="manifest: two artifacts have the same name: a.bin"):
+    with pytest.raises(BundleError, match=r"manifest: two artifacts have the same name: a\.bin"):
         manifest.parse_manifest(json.dumps(obj).encode())
 
 
