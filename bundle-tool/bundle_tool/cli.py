@@ -361,11 +361,23 @@ def _cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     out["signatures"] = [_describe_entry(e) for e in entries]
     out["bundle_size"] = header.total_size
     out["note"] = "signatures not checked; run `bundle-tool verify`"
-    warning = _size_warning(args.bundle, size, header.total_size, block_device=block_device)
+    warning = _payload_warning(header, manifest) or _size_warning(
+        args.bundle, size, header.total_size, block_device=block_device
+    )
     if warning is not None:
         out["warning"] = warning
         print(f"bundle-tool: warning: {warning}", file=sys.stderr)
     return out
+
+
+def _payload_warning(header: container.Header, manifest: Manifest) -> str | None:
+    """What `info` says of a header whose payload size is not the manifest's (None: it is)."""
+    if header.payload_size == manifest.payload_size:
+        return None
+    return (
+        f"its header announces a {header.payload_size}-byte payload, the manifest accounts "
+        f"for {manifest.payload_size} (verify and extract refuse it)"
+    )
 
 
 def _size_warning(path: str, size: int, total: int, *, block_device: bool) -> str | None:
