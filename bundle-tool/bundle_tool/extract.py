@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .container import layout
+from .container import UncheckedHead, layout
 from .errors import BundleIOError, UsageError
-from .writer import copy_range, read_head_file
+from .writer import copy_range, open_head_file
 
 
 def extract_bundle(bundle: Path, out_dir: Path) -> list[Path]:
@@ -35,7 +35,11 @@ def extract_bundle(bundle: Path, out_dir: Path) -> list[Path]:
     """
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"{out_dir} exists and is not an empty folder")
-    head, _ = read_head_file(bundle)
+    with open_head_file(bundle) as (head, src):
+        return _extract(head, src.fileno(), out_dir)
+
+
+def _extract(head: UncheckedHead, src: int, out_dir: Path) -> list[Path]:
     images, artifacts = layout(head.header, head.manifest)
     small: list[tuple[Path, bytes]] = [(out_dir / "manifest.json", head.manifest_raw)]
     for number, entry in enumerate(head.entries, start=1):
@@ -67,12 +71,11 @@ def extract_bundle(bundle: Path, out_dir: Path) -> list[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             written.append(path)
-        with bundle.open("rb") as src:
-            for path, offset, length in ranges:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("wb") as out:
-                    copy_range(src.fileno(), out.fileno(), offset, length)
-                written.append(path)
+        for path, offset, length in ranges:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as out:
+                copy_range(src, out.fileno(), offset, length)
+            written.append(path)
     except OSError as e:
         raise BundleIOError(f"cannot extract to {e.filename or out_dir}: {e.strerror}") from e
     return written

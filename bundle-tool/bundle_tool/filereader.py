@@ -47,27 +47,36 @@ class FileReader:
         #: The bundle is on a block device: `size()` is at least the bundle's size.
         self.block_device = False
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # What the path names is looked at before it is opened: opening a FIFO waits
+            # for a writer (for ever), and opening some device nodes does something.
+            self._check_kind(os.stat(self.path).st_mode)
+            # O_NONBLOCK: a FIFO put in its place since does not block the open either
+            # (it is then refused by its kind); cleared once the file is known.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError as e:
             raise UsageError(f"bundle not found: {self.path}") from e
         except OSError as e:
             raise UsageError(f"cannot open bundle {self.path}: {e.strerror}") from e
         try:
             self._size = self._measure(fd)
+            os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise
         self._fd: int | None = fd
 
+    def _check_kind(self, mode: int) -> None:
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise UsageError(f"not a regular file or block device: {self.path}")
+
     def _measure(self, fd: int) -> int:
         """The size of the open file, or the capacity of the block device, now."""
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            return os.fstat(fd).st_size
-        if stat.S_ISBLK(mode):
+        info = os.fstat(fd)
+        self._check_kind(info.st_mode)
+        if stat.S_ISBLK(info.st_mode):
             self.block_device = True
             return os.lseek(fd, 0, os.SEEK_END)
-        raise UsageError(f"not a regular file or block device: {self.path}")
+        return info.st_size
 
     def size(self) -> int:
         """Size of the file (or capacity of the block device) in bytes, as it was when opened."""
@@ -120,6 +129,10 @@ class FileReader:
                 raise self._ends_early(offset + done, offset + len(view))
             self.bytes_fetched += got
             done += got
+
+    def fileno(self) -> int:
+        """The open file's descriptor (read the bundle through it, not by its path again)."""
+        return self._open_fd()
 
     def _open_fd(self) -> int:
         if self._fd is None:

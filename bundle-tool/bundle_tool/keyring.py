@@ -76,9 +76,22 @@ def as_keyring(keyring: Keyring | Sequence[x509.Certificate]) -> Keyring:
     return keyring if isinstance(keyring, Keyring) else Keyring(tuple(keyring))
 
 
+#: Characters of a certificate's name a message shows (a bundle's certificate is anyone's:
+#: its name can fill most of its 16384 bytes, and a bundle carries 16 of them).
+MAX_NAME_SHOWN = 200
+
+
+def shown_name(name: x509.Name) -> str:
+    """A distinguished name (RFC 4514) as messages show it: shortened past `MAX_NAME_SHOWN`."""
+    text = name.rfc4514_string()
+    if len(text) <= MAX_NAME_SHOWN:
+        return text
+    return f"{text[:MAX_NAME_SHOWN]}... ({len(text)} characters)"
+
+
 def label(cert: x509.Certificate) -> str:
     """How messages name a certificate."""
-    return f"certificate '{cert.subject.rfc4514_string()}'"
+    return f"certificate '{shown_name(cert.subject)}'"
 
 
 def when(moment: datetime.datetime) -> str:

@@ -23,6 +23,8 @@ MAX_IMAGES = 16
 MAX_ARTIFACTS = 64
 MAX_SIZE = (1 << 62) - 1  # every size is a signed 64-bit number; keep headroom for sums
 MAX_SECURITY_VERSION = (1 << 63) - 1
+#: Characters of an unknown or duplicate key a message shows.
+MAX_KEY_SHOWN = 64
 NAME_RULE = f"1-{validators.MAX_NAME_LENGTH} of A-Za-z0-9._+- (not starting with . _ + -)"
 VERSION_RULE = f"a semantic version of at most {validators.MAX_VERSION_LENGTH} characters"
 #: A string check: takes the text (already known to be a `str`), says whether it is valid.
@@ -203,14 +205,20 @@ class _Fields:
 
     def done(self) -> None:
         if self.obj:
-            raise BundleError(f"manifest: unknown key '{sorted(self.obj)[0]}' in {self.where}")
+            key = _key_shown(sorted(self.obj)[0])
+            raise BundleError(f"manifest: unknown key '{key}' in {self.where}")
+
+
+def _key_shown(key: str) -> str:
+    """A key as a message names it: an unknown one may be up to 1 MiB long."""
+    return key if len(key) <= MAX_KEY_SHOWN else f"{key[:MAX_KEY_SHOWN]}... ({len(key)} characters)"
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise BundleError(f"manifest: duplicate key '{k}'")
+            raise BundleError(f"manifest: duplicate key '{_key_shown(k)}'")
         out[k] = v
     return out
 
@@ -308,6 +316,11 @@ def parse_manifest(raw: bytes) -> Manifest:
     classes = [i.slot_class for i in images]
     if len(set(classes)) != len(classes):
         raise BundleError("manifest: two images have the same slot_class")
+    names = [a.name for a in artifacts]
+    for n, name in enumerate(names):
+        if name in names[:n]:
+            # Each is installed under its name: the second would replace the first.
+            raise BundleError(f"manifest: two artifacts have the same name: {name}")
     if manifest.payload_size > MAX_SIZE:
         raise BundleError("manifest: payload is too large")
     return manifest

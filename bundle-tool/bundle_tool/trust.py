@@ -24,7 +24,15 @@ from cryptography.x509.verification import (
 )
 
 from . import algorithms
-from .keyring import Keyring, ca_problem, crl_signed_by, crl_time_problem, label, when
+from .keyring import (
+    Keyring,
+    ca_problem,
+    crl_signed_by,
+    crl_time_problem,
+    label,
+    shown_name,
+    when,
+)
 
 # Extensions whose meaning we enforce or that carry no constraint. A certificate marking
 # any other extension critical is refused, as RFC 5280 section 4.2 requires.
@@ -233,7 +241,7 @@ def _build_path(
     if problems and _names_reach_keyring(leaf, chain, anchors):
         return problems[0]
     return (
-        f"certificate issued by '{leaf.issuer.rfc4514_string()}', which is not a keyring CA "
+        f"certificate issued by '{shown_name(leaf.issuer)}', which is not a keyring CA "
         "nor reached through the bundle's intermediates"
     )
 

@@ -415,8 +415,13 @@ def _hash(
         raise
 
 
-def read_head_file(path: Path) -> tuple[UncheckedHead, int]:
-    """Parse a bundle's head without checking signatures; also return the file's size.
+@contextlib.contextmanager
+def open_head_file(path: Path) -> Iterator[tuple[UncheckedHead, FileReader]]:
+    """A bundle file, open, and its head parsed without checking signatures.
+
+    Read its payload through the reader given (its `fileno()`), never by opening
+    the path again: that may name another file by then (a bundle replaced while it
+    is re-signed or extracted), whose payload would go out under this manifest.
 
     A regular file must be exactly the size its header announces. A block device
     only has to hold that many bytes (its size is then the device's capacity):
@@ -434,12 +439,12 @@ def read_head_file(path: Path) -> tuple[UncheckedHead, int]:
         head = parse_head(first + src.read_exact(HEADER_SIZE, header.head_size - HEADER_SIZE))
         size = src.size()
         holds = src.block_device and size >= head.header.total_size
-    if size != head.header.total_size and not holds:
-        raise BundleError(
-            f"bundle {path} is {size} bytes; its header and manifest account for "
-            f"{head.header.total_size}"
-        )
-    return head, size
+        if size != head.header.total_size and not holds:
+            raise BundleError(
+                f"bundle {path} is {size} bytes; its header and manifest account for "
+                f"{head.header.total_size}"
+            )
+        yield head, src
 
 
 def resign_bundle(
@@ -461,7 +466,19 @@ def resign_bundle(
     """
     if not signers:
         raise UsageError("at least one signing key and certificate are needed")
-    head, _ = read_head_file(bundle)
+    with open_head_file(bundle) as (head, src):
+        return _resign(bundle, head, src, signers, output, append=append)
+
+
+def _resign(
+    bundle: Path,
+    head: UncheckedHead,
+    src: FileReader,
+    signers: Sequence[Signer],
+    output: Path,
+    *,
+    append: bool,
+) -> tuple[SignatureEntry, ...]:
     new = [sign(head.manifest_raw, s) for s in signers]
     entries = (*head.entries, *new) if append else tuple(new)
     seen: dict[bytes, int] = {}
@@ -479,7 +496,7 @@ def resign_bundle(
     header = Header(head.header.manifest_size, len(sigs), head.header.payload_size)
     try:
         with _temporary_output(output) as (fd, tmp):
-            with os.fdopen(fd, "wb") as out, bundle.open("rb") as src:
+            with os.fdopen(fd, "wb") as out:
                 out.write(header.to_bytes() + head.manifest_raw + sigs)
                 out.flush()
                 copy_range(src.fileno(), out.fileno(), head.header.head_size, header.payload_size)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bundle_tool import container
 from tests.bundle.bundles import run_tool as run
 from tests.bundle.bundles import write_image
 
@@ -62,3 +63,24 @@ def test_info_of_a_whole_bundle_warns_of_nothing(bundle: Path) -> None:
 def test_help_lists_the_signal_statuses() -> None:
     out = run("info", "--help").stdout
     assert "  130  interrupted by SIGINT" in out and "  143  stopped by SIGTERM" in out
+
+
+def test_info_warns_of_a_header_whose_payload_size_is_not_the_manifests(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """The file is the size its header says, but the header and the manifest disagree: verify
+    and extract refused it (exit 3), and info said nothing of it."""
+    data = bundle.read_bytes()
+    h = container.parse_header(data)
+    short = container.Header(h.manifest_size, h.signatures_size, h.payload_size - 100)
+    odd = tmp_path / "odd.bundle"
+    odd.write_bytes(short.to_bytes() + data[64 : len(data) - 100])
+    shown = run("info", odd, "--json")
+    assert shown.returncode == 0, shown.stderr
+    said = (
+        f"its header announces a {h.payload_size - 100}-byte payload, the manifest accounts "
+        f"for {h.payload_size} (verify and extract refuse it)"
+    )
+    assert shown.stderr.splitlines() == [f"bundle-tool: warning: {said}"]
+    assert json.loads(shown.stdout)["warning"] == said
+    assert run("extract", odd, tmp_path / "x").returncode == 3  # as the warning says
