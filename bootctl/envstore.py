@@ -152,6 +152,29 @@ class EnvStore(ABC):
         except OSError as e:
             raise StorageError(f"cannot write {self.describe()}: {e.strerror or e}") from e
 
+    def flush(self) -> None:
+        """Make the stored environment durable as it reads now, without writing it.
+
+        A write killed between its rename and its directory's fsync (or between an
+        in-place write and its fsync) leaves an environment that reads as new but
+        that a power cut may undo. A caller that finds nothing to change relies on
+        what it read, so it flushes it: every file or device of the environment,
+        and the directory of each file (which holds its name).
+
+        Raises:
+            EnvNotFlushedError: A flush failed.
+        """
+        for path in self.paths():
+            try:
+                _fsync_path(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise EnvNotFlushedError(
+                    f"cannot flush {self.describe()}: {e.strerror or e}"
+                    " (a power cut before the next sync may bring an older environment back)"
+                ) from e
+
     def _refuse(self) -> EnvCorruptError:
         return EnvCorruptError(
             f"no valid environment in {self.describe()}; run 'abctl init' to create one"
@@ -185,6 +208,22 @@ def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None
     if len(blob) != size:
         raise EnvSizeError(f"{path}: read {len(blob)} of {size} bytes at offset {offset:#x}")
     return blob
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or device, and the directory of a regular file (its name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if regular:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
