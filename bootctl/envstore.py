@@ -227,8 +227,20 @@ def _fsync_path(path: Path) -> None:
 
 
 def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
-    flags = os.O_RDWR | (os.O_CREAT if create else 0)
-    fd = os.open(path, flags, 0o644)
+    """Write `blob` at `offset` in place and flush it.
+
+    With `create`, a missing file is created, and its directory flushed too: its name
+    would not survive a power cut otherwise.
+    """
+    made = False
+    if create:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            made = True
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR)
+    else:
+        fd = os.open(path, os.O_RDWR)
     try:
         view = memoryview(blob)
         pos = offset
@@ -239,6 +251,8 @@ def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    if made:
+        _fsync_path(Path(path))
 
 
 class UBootEnvStore(EnvStore):
