@@ -11,6 +11,7 @@ overwritten by accident.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -215,7 +216,12 @@ def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            # A special file that has no synchronization (EINVAL) holds nothing to flush.
+            if regular or e.errno != errno.EINVAL:
+                raise
     finally:
         os.close(fd)
     if regular:
