@@ -40,9 +40,8 @@ def _stores(root: Path) -> dict[str, UBootEnvStore | GrubEnvStore]:
 def test_an_environment_created_by_init_survives_a_power_cut(tmp_path: Path, kind: str) -> None:
     store = _stores(tmp_path)[kind]
     entries = DirectoryEntries(tmp_path)
-    with entries.watching():
-        with store.locked():
-            store.save(ENV, init=True)
+    with entries.watching(), store.locked():
+        store.save(ENV, init=True)
     entries.lose_unsynced()  # the power goes
     again = _stores(tmp_path)[kind]
     assert again.load() == ENV

@@ -70,5 +70,5 @@ def test_a_flush_that_fails_is_an_error(
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", failing)
-    with pytest.raises(EnvNotFlushedError, match="cannot flush .*Input/output error"):
+    with pytest.raises(EnvNotFlushedError, match=r"cannot flush .*Input/output error"):
         ctl.mark_good()

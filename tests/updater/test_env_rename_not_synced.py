@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bundle_tool import keygen
-from tests.updater.device import GRUB_BOARD, BOARD, Device, image_bytes, make_device
+from tests.updater.device import BOARD, GRUB_BOARD, Device, image_bytes, make_device
 from tests.updater.faults import Power, PowerCut
 from tests.updater.test_powercut import TUNING, bootable_slots_verify
 from updater.filesource import FileSource
