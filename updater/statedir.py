@@ -8,6 +8,7 @@ slot, so installing an old image cannot lower it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -97,9 +98,40 @@ class StateDir:
             raise self._damaged(FLOOR_FILE, "holds no anti-rollback floor")
         return value
 
+    def _flush(self, name: str) -> None:
+        """Make a state file durable as it reads now (the file, and its folder for its name).
+
+        A replacement killed between its rename and the folder's fsync reads as done
+        but may not survive a power cut; a caller that finds nothing to change relies
+        on what it read.
+        """
+        path = self.path / name
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # nothing stored: nothing to make durable
+        except OSError as e:
+            raise DeviceError(f"cannot flush state file {path}: {e.strerror}") from e
+        try:
+            os.fsync(fd)
+            folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as e:
+            raise DeviceError(f"cannot flush state file {path}: {e.strerror}") from e
+        finally:
+            os.close(fd)
+
     def raise_floor(self, value: int) -> bool:
-        """Raise the floor to `value` (never lowers it). Returns whether it changed."""
+        """Raise the floor to `value` (never lowers it). Returns whether it changed.
+
+        Unchanged, the floor is flushed as it reads: it may be a raise whose process
+        was killed before making it durable (see `_flush`).
+        """
         if value <= self.security_floor():
+            self._flush(FLOOR_FILE)
             return False
         self._save(FLOOR_FILE, {"security_floor": value})
         return True
