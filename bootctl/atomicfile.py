@@ -21,6 +21,7 @@ writer's creating its file and locking it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["STEPS", "FaultHook", "NotFlushedError", "atomic_write", "make_dirs"]
+__all__ = ["STEPS", "FaultHook", "NotFlushedError", "atomic_write", "make_dirs", "sync_file"]
 
 #: Steps of `atomic_write`, in order; a fault hook is called with each name before the step.
 STEPS = ("create", "write", "fsync", "rename", "fsync-dir")
@@ -57,6 +58,31 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_file(path: Path) -> None:
+    """Make a file or device durable as it reads now, and a regular file's name too.
+
+    For what an earlier write (perhaps of a process killed before its flush) left and
+    a caller relies on without writing it again: the file or device is fsynced, and
+    the directory of a regular file. A special file that has no synchronization
+    (EINVAL) holds nothing to flush.
+
+    Raises:
+        OSError: It could not be opened or flushed (FileNotFoundError: it is missing).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            if regular or e.errno != errno.EINVAL:
+                raise
+    finally:
+        os.close(fd)
+    if regular:
+        _fsync_dir(path.parent)
 
 
 def make_dirs(path: Path) -> None:

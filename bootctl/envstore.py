@@ -11,7 +11,6 @@ overwritten by accident.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import stat
@@ -20,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bootctl import grubenv, ubootenv
-from bootctl.atomicfile import FaultHook, NotFlushedError, atomic_write
+from bootctl.atomicfile import FaultHook, NotFlushedError, atomic_write, sync_file
 from bootctl.errors import (
     ConfigError,
     EnvCorruptError,
@@ -167,7 +166,7 @@ class EnvStore(ABC):
         """
         for path in self.paths():
             try:
-                _fsync_path(path)
+                sync_file(path)
             except FileNotFoundError:
                 continue
             except OSError as e:
@@ -211,27 +210,6 @@ def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None
     return blob
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or device, and the directory of a regular file (its name)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            # A special file that has no synchronization (EINVAL) holds nothing to flush.
-            if regular or e.errno != errno.EINVAL:
-                raise
-    finally:
-        os.close(fd)
-    if regular:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
     """Write `blob` at `offset` in place and flush it.
 
@@ -258,7 +236,7 @@ def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
     finally:
         os.close(fd)
     if made:
-        _fsync_path(Path(path))
+        sync_file(Path(path))
 
 
 class UBootEnvStore(EnvStore):

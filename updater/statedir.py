@@ -8,12 +8,11 @@ slot, so installing an old image cannot lower it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from bootctl.atomicfile import atomic_write, make_dirs
+from bootctl.atomicfile import atomic_write, make_dirs, sync_file
 
 from .errors import DeviceError
 
@@ -107,22 +106,11 @@ class StateDir:
         """
         path = self.path / name
         try:
-            fd = os.open(path, os.O_RDONLY)
+            sync_file(path)
         except FileNotFoundError:
             return  # nothing stored: nothing to make durable
         except OSError as e:
             raise DeviceError(f"cannot flush state file {path}: {e.strerror}") from e
-        try:
-            os.fsync(fd)
-            folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
-        except OSError as e:
-            raise DeviceError(f"cannot flush state file {path}: {e.strerror}") from e
-        finally:
-            os.close(fd)
 
     def raise_floor(self, value: int) -> bool:
         """Raise the floor to `value` (never lowers it). Returns whether it changed.
