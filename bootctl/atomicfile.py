@@ -5,7 +5,7 @@ contents. Works on FAT too (the rename replaces the old directory entry).
 
 A directory entry (a new file's name, a rename, a new directory) is durable only once
 its directory was fsynced: `atomic_write` fsyncs the file's directory after the rename,
-and `make_dirs` the parent of each directory it creates.
+and `make_dirs` the parent of each directory it creates (and of the one it finds).
 
 Each write has a temporary file of its own, `.NAME.PID.RANDOM.tmp` beside the file,
 so two processes replacing the same file at once each rename a complete copy. The
@@ -21,6 +21,7 @@ writer's creating its file and locking it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["STEPS", "FaultHook", "NotFlushedError", "atomic_write", "make_dirs"]
+__all__ = ["STEPS", "FaultHook", "NotFlushedError", "atomic_write", "make_dirs", "sync_file"]
 
 #: Steps of `atomic_write`, in order; a fault hook is called with each name before the step.
 STEPS = ("create", "write", "fsync", "rename", "fsync-dir")
@@ -59,10 +60,37 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def sync_file(path: Path) -> None:
+    """Make a file or device durable as it reads now, and a regular file's name too.
+
+    For what an earlier write (perhaps of a process killed before its flush) left and
+    a caller relies on without writing it again: the file or device is fsynced, and
+    the directory of a regular file. A special file that has no synchronization
+    (EINVAL) holds nothing to flush.
+
+    Raises:
+        OSError: It could not be opened or flushed (FileNotFoundError: it is missing).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            if regular or e.errno != errno.EINVAL:
+                raise
+    finally:
+        os.close(fd)
+    if regular:
+        _fsync_dir(path.parent)
+
+
 def make_dirs(path: Path) -> None:
     """Create `path` and its missing parents, each durably (its parent fsynced after it).
 
-    An existing `path` is left as it is; it is not fsynced again.
+    An existing `path` has its parent fsynced all the same: it may have been made
+    by a process killed before that fsync, and then a power cut could still take it
+    back with every file written into it since.
 
     Raises:
         OSError: A directory could not be created or its parent not fsynced.
@@ -74,6 +102,9 @@ def make_dirs(path: Path) -> None:
         if at.parent == at:
             break
         at = at.parent
+    if not missing:
+        _fsync_dir(path.parent)
+        return
     for directory in reversed(missing):
         try:
             os.mkdir(directory)

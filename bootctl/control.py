@@ -319,13 +319,18 @@ class SlotControl:
         """Load, apply a pure change, save: one atomic write, under the store's lock.
 
         A change that leaves a valid environment as it is writes nothing (flash wear:
-        mark-good runs on every boot).
+        mark-good runs on every boot), but flushes what it read: an earlier write
+        killed between its rename and its directory's fsync reads as done, and the
+        caller goes on as if it were (an install then writes a slot it made
+        unbootable only in the page cache).
         """
         with self.store.locked():
             env = self.store.load()
             new = change(env)
             if new != env or self.store.defaulted or init:
                 self.store.save(new, init=init)
+            else:
+                self.store.flush()
 
     def _check_slot(self, slot: str) -> None:
         if slot not in self.board.slot_names:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bootctl import grubenv, ubootenv
-from bootctl.atomicfile import FaultHook, NotFlushedError, atomic_write
+from bootctl.atomicfile import FaultHook, NotFlushedError, atomic_write, sync_file
 from bootctl.errors import (
     ConfigError,
     EnvCorruptError,
@@ -152,6 +152,29 @@ class EnvStore(ABC):
         except OSError as e:
             raise StorageError(f"cannot write {self.describe()}: {e.strerror or e}") from e
 
+    def flush(self) -> None:
+        """Make the stored environment durable as it reads now, without writing it.
+
+        A write killed between its rename and its directory's fsync (or between an
+        in-place write and its fsync) leaves an environment that reads as new but
+        that a power cut may undo. A caller that finds nothing to change relies on
+        what it read, so it flushes it: every file or device of the environment,
+        and the directory of each file (which holds its name).
+
+        Raises:
+            EnvNotFlushedError: A flush failed.
+        """
+        for path in self.paths():
+            try:
+                sync_file(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise EnvNotFlushedError(
+                    f"cannot flush {self.describe()}: {e.strerror or e}"
+                    " (a power cut before the next sync may bring an older environment back)"
+                ) from e
+
     def _refuse(self) -> EnvCorruptError:
         return EnvCorruptError(
             f"no valid environment in {self.describe()}; run 'abctl init' to create one"
@@ -188,8 +211,20 @@ def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None
 
 
 def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
-    flags = os.O_RDWR | (os.O_CREAT if create else 0)
-    fd = os.open(path, flags, 0o644)
+    """Write `blob` at `offset` in place and flush it.
+
+    With `create`, a missing file is created, and its directory flushed too: its name
+    would not survive a power cut otherwise.
+    """
+    made = False
+    if create:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            made = True
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR)
+    else:
+        fd = os.open(path, os.O_RDWR)
     try:
         view = memoryview(blob)
         pos = offset
@@ -200,6 +235,8 @@ def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    if made:
+        sync_file(Path(path))
 
 
 class UBootEnvStore(EnvStore):

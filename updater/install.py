@@ -105,7 +105,11 @@ class Installer:
         config: the device configuration.
         control: slot state access (default: from the config; tests inject one).
         open_slot: opens the target slot's device by path (tests inject a faulty one).
-        clock: seconds since the epoch (tests set the time).
+        clock: seconds since the epoch (tests set the time): the checks' time, and the
+            dates recorded.
+        timer: seconds on a clock that never jumps (the install's duration: the
+            wall clock may be set meanwhile, as NTP does on a device that booted
+            with no time).
         progress: called with Progress reports.
         tuning: how an install cuts up its work (tests pass smaller sizes).
         open_boot_dir: opens a folder of the boot partition for the boot files
@@ -119,6 +123,7 @@ class Installer:
         control: SlotControl | None = None,
         open_slot: Callable[[str], SlotDevice] = FileSlot,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
         progress: ProgressCallback | None = None,
         tuning: InstallTuning | None = None,
         open_boot_dir: Callable[[Path], BootDir] = BootDir,
@@ -129,6 +134,7 @@ class Installer:
         self.control = control or open_control(config)
         self.open_slot = open_slot
         self.clock = clock
+        self.timer = timer
         self.progress = progress
         self.tuning = tuning or InstallTuning()
         self.state = StateDir(config.state_dir)
@@ -138,6 +144,7 @@ class Installer:
         #: ("tree", "index", "data", "read-back"), "switch", then "done".
         self.phase = "check"
         self._target = ""
+        self._began = 0.0
 
     # --- state and checks before anything is written ----------------------------------------
 
@@ -310,6 +317,7 @@ class Installer:
     ) -> InstallResult:
         """`install`, with the device's install lock held."""
         started = self.clock()
+        self._began = self.timer()
         self.warnings = []
         self.phase = "check"
         try:
@@ -491,7 +499,7 @@ class Installer:
             bytes_fetched=session.source.bytes_fetched,
             bytes_reused=session.reused,
             bytes_zero=session.zero,
-            seconds=round(self.clock() - started, 3),
+            seconds=round(self.timer() - self._began, 3),
             signers=tuple(s.subject for s in decided.head.signers),
             boot_files=tuple(str(f.folder / f.name) for f in decided.files),
         )

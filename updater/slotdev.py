@@ -75,9 +75,8 @@ class FileSlot(SlotDevice):
 
     def __init__(self, path: str, *, writable: bool = True) -> None:
         self.path = path
-        flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
         try:
-            self._fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+            self._fd = self._open(path, writable)
             mode = os.fstat(self._fd).st_mode
         except OSError as e:
             raise DeviceError(f"cannot open slot {path}: {e.strerror}") from e
@@ -93,6 +92,31 @@ class FileSlot(SlotDevice):
                 direct = open_direct(f"/proc/self/fd/{self._fd}", os.O_WRONLY)
                 if direct is not None:
                     self._direct = DirectWriter(direct)
+
+    @staticmethod
+    def _open(path: str, writable: bool) -> int:
+        """The slot's descriptor; a missing file is created (writable), its name made durable.
+
+        A file's name survives a power cut only once its directory was fsynced:
+        without it, a cut after the switch could leave a boot environment that
+        names a slot whose file is gone.
+        """
+        if not writable:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     @property
     def reopen_path(self) -> str:

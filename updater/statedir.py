@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from bootctl.atomicfile import atomic_write, make_dirs
+from bootctl.atomicfile import atomic_write, make_dirs, sync_file
 
 from .errors import DeviceError
 
@@ -97,9 +97,29 @@ class StateDir:
             raise self._damaged(FLOOR_FILE, "holds no anti-rollback floor")
         return value
 
+    def _flush(self, name: str) -> None:
+        """Make a state file durable as it reads now (the file, and its folder for its name).
+
+        A replacement killed between its rename and the folder's fsync reads as done
+        but may not survive a power cut; a caller that finds nothing to change relies
+        on what it read.
+        """
+        path = self.path / name
+        try:
+            sync_file(path)
+        except FileNotFoundError:
+            return  # nothing stored: nothing to make durable
+        except OSError as e:
+            raise DeviceError(f"cannot flush state file {path}: {e.strerror}") from e
+
     def raise_floor(self, value: int) -> bool:
-        """Raise the floor to `value` (never lowers it). Returns whether it changed."""
+        """Raise the floor to `value` (never lowers it). Returns whether it changed.
+
+        Unchanged, the floor is flushed as it reads: it may be a raise whose process
+        was killed before making it durable (see `_flush`).
+        """
         if value <= self.security_floor():
+            self._flush(FLOOR_FILE)
             return False
         self._save(FLOOR_FILE, {"security_floor": value})
         return True

@@ -11,11 +11,12 @@ flush are undone, as a real medium would lose its volatile cache, also on a
 slot the installer has already closed, and every later event fails without
 effect. A budget of the total number of events cuts right after the last one.
 
-A filesystem keeps a new name (a created directory, a rename) only once its
-directory was fsynced. `Power.watch_entries` follows the directories made and
+A filesystem keeps a new name (a created directory or file, a rename) only once its
+directory was fsynced. `Power.watch_entries` follows the directories and files made and
 the renames done below a root while an install runs (the real calls, watched);
 a cut undoes each one whose directory was not fsynced since: a directory made
-disappears with what it holds, a renamed file is back to what it held before.
+disappears with what it holds, a file made disappears, a renamed file is back to
+what it held before.
 """
 
 from __future__ import annotations
@@ -135,7 +136,15 @@ class DirectoryEntries:
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
-        mkdir, replace, rename, fsync = os.mkdir, os.replace, os.rename, os.fsync
+        mkdir, replace, rename, fsync, open_ = os.mkdir, os.replace, os.rename, os.fsync, os.open
+
+        def opened(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+            p = self._below(path) if flags & os.O_CREAT else None
+            new = p is not None and not os.path.lexists(p)
+            fd = open_(path, flags, *args, **kw)
+            if new and p is not None:
+                self.unsynced.append(("file", p, None))  # a new name, gone unless synced
+            return fd
 
         def made(path: Any, *args: Any, **kw: Any) -> None:
             mkdir(path, *args, **kw)
@@ -159,10 +168,12 @@ class DirectoryEntries:
                 self.unsynced = [e for e in self.unsynced if e[1].parent != directory]
 
         os.mkdir, os.replace, os.rename, os.fsync = made, moved(replace), moved(rename), synced
+        os.open = opened
         try:
             yield
         finally:
             os.mkdir, os.replace, os.rename, os.fsync = mkdir, replace, rename, fsync
+            os.open = open_
 
     def lose_unsynced(self) -> None:
         """Undo, newest first, every entry whose directory was not fsynced."""

@@ -1,0 +1,48 @@
+"""`abctl init` that creates the environment's files makes their names durable.
+
+A file's name lasts a power cut only once its directory was fsynced. A single
+copy replaced by rename had that; a redundant U-Boot environment written in
+place (two files, or one device) created each missing file and fsynced its data
+but not the directory, so a power cut after `abctl init` could leave no
+environment at all: the boot script's defaults, with no root hash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bootctl.envstore import GrubEnvStore, UBootEnvStore
+from bootctl.ubootenv import parse_fw_env_config
+from tests.updater.faults import DirectoryEntries
+
+ENV = {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}
+
+
+def _stores(root: Path) -> dict[str, UBootEnvStore | GrubEnvStore]:
+    return {
+        "uboot-single": UBootEnvStore(parse_fw_env_config([f"{root}/uboot.env 0x0 0x4000"]), {}),
+        "uboot-single-at-offset": UBootEnvStore(
+            parse_fw_env_config([f"{root}/uboot.env 0x1000 0x4000"]), {}
+        ),
+        "uboot-redundant": UBootEnvStore(
+            parse_fw_env_config([f"{root}/env0 0x0 0x4000", f"{root}/env1 0x0 0x4000"]), {}
+        ),
+        "uboot-redundant-one-file": UBootEnvStore(
+            parse_fw_env_config([f"{root}/env 0x0 0x4000", f"{root}/env 0x4000 0x4000"]), {}
+        ),
+        "grub": GrubEnvStore(root / "grubenv", {}),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_stores(Path("/x"))))
+def test_an_environment_created_by_init_survives_a_power_cut(tmp_path: Path, kind: str) -> None:
+    store = _stores(tmp_path)[kind]
+    entries = DirectoryEntries(tmp_path)
+    with entries.watching(), store.locked():
+        store.save(ENV, init=True)
+    entries.lose_unsynced()  # the power goes
+    again = _stores(tmp_path)[kind]
+    assert again.load() == ENV
+    assert not again.defaulted
