@@ -9,6 +9,7 @@ properties.
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shutil
@@ -202,3 +203,11 @@ def test_udev_reader_takes_the_rules_systemd_ships(tmp_path: Path) -> None:
     shipped = sorted({p.resolve() for d in SYSTEM_RULES if d.is_dir() for p in d.glob("*.rules")})
     for rules in shipped:
         parse_rules(rules)
+
+
+def test_usb_unit_waits_for_mark_good() -> None:
+    """A stick left in at boot: its install starts once mark-good ran, so mark-good never
+    finds the install lock held (exit 8) and leaves the good slot unconfirmed."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read(TEMPLATE)
+    assert "abctl-mark-good.service" in parser["Unit"]["After"].split()
