@@ -213,18 +213,11 @@ def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None
 def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
     """Write `blob` at `offset` in place and flush it.
 
-    With `create`, a missing file is created, and its directory flushed too: its name
-    would not survive a power cut otherwise.
+    With `create`, a missing file is created, and the directory of a file flushed too:
+    its name would not survive a power cut otherwise (one found may have been created
+    by an earlier run killed before that flush).
     """
-    made = False
-    if create:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            made = True
-        except FileExistsError:
-            fd = os.open(path, os.O_RDWR)
-    else:
-        fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
     try:
         view = memoryview(blob)
         pos = offset
@@ -235,7 +228,7 @@ def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if made:
+    if create:
         sync_file(Path(path))
 
 

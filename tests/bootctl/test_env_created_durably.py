@@ -9,6 +9,7 @@ environment at all: the boot script's defaults, with no root hash.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,32 @@ def test_an_environment_created_by_init_survives_a_power_cut(tmp_path: Path, kin
     entries = DirectoryEntries(tmp_path)
     with entries.watching(), store.locked():
         store.save(ENV, init=True)
+    entries.lose_unsynced()  # the power goes
+    again = _stores(tmp_path)[kind]
+    assert again.load() == ENV
+    assert not again.defaulted
+
+
+@pytest.mark.parametrize(
+    "kind", ["uboot-single-at-offset", "uboot-redundant", "uboot-redundant-one-file"]
+)
+def test_an_environment_file_left_by_a_killed_init_is_made_durable(
+    tmp_path: Path, kind: str
+) -> None:
+    """`abctl init` killed before fsyncing the directory of a file it created leaves a file
+    whose name a cut may take back; the next `abctl init` finds it and writes into it."""
+    store = _stores(tmp_path)[kind]
+    entries = DirectoryEntries(tmp_path)
+    with entries.watching():
+        for path in store.paths():
+            # The killed run's create, and its writes, flushed (but not the file's name).
+            end = max(c.offset + c.size for c in store.locations if Path(c.device) == path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            os.write(fd, bytes(end))
+            os.fsync(fd)
+            os.close(fd)
+        with store.locked():
+            store.save(ENV, init=True)
     entries.lose_unsynced()  # the power goes
     again = _stores(tmp_path)[kind]
     assert again.load() == ENV
