@@ -182,9 +182,11 @@ class EnvStore(ABC):
 
 
 def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None:
-    """Read one copy; None if the file does not exist.
+    """Read one copy; None if the file does not exist or is empty.
 
     `exclusive` means the file holds nothing but this copy, so its size must equal `size`.
+    An empty file holds no environment (an `abctl init` killed between creating the file
+    and writing it leaves one): it is missing, not of the wrong size.
     """
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -193,6 +195,8 @@ def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if stat.S_ISREG(st.st_mode):
+            if st.st_size == 0:
+                return None
             if exclusive and st.st_size != size:
                 raise EnvSizeError(
                     f"{path} is {st.st_size} bytes but the environment size is {size} "

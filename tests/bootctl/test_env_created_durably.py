@@ -73,3 +73,20 @@ def test_an_environment_file_left_by_a_killed_init_is_made_durable(
     again = _stores(tmp_path)[kind]
     assert again.load() == ENV
     assert not again.defaulted
+
+
+@pytest.mark.parametrize(
+    "kind", ["uboot-single-at-offset", "uboot-redundant", "uboot-redundant-one-file"]
+)
+def test_an_empty_file_left_by_a_killed_init_is_initialized(tmp_path: Path, kind: str) -> None:
+    """`abctl init` killed between creating a file and writing into it leaves it empty: it
+    holds no environment (as a missing file), so the next `abctl init` writes one. It was
+    refused as of the wrong size, with "fix the size in fw_env.config" (it is right)."""
+    store = _stores(tmp_path)[kind]
+    for path in store.paths():
+        path.touch()
+    with store.locked():
+        store.save(ENV, init=True)
+    again = _stores(tmp_path)[kind]
+    assert again.load() == ENV
+    assert not again.defaulted
