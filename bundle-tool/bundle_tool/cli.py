@@ -372,12 +372,8 @@ def _cmd_info(args: argparse.Namespace) -> dict[str, Any]:
 
 def _payload_warning(header: container.Header, manifest: Manifest) -> str | None:
     """What `info` says of a header whose payload size is not the manifest's (None: it is)."""
-    if header.payload_size == manifest.payload_size:
-        return None
-    return (
-        f"its header announces a {header.payload_size}-byte payload, the manifest accounts "
-        f"for {manifest.payload_size} (verify and extract refuse it)"
-    )
+    problem = container.payload_size_problem(header, manifest)
+    return None if problem is None else f"its {problem} (verify and extract refuse it)"
 
 
 def _size_warning(path: str, size: int, total: int, *, block_device: bool) -> str | None:
