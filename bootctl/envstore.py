@@ -382,7 +382,9 @@ class UBootEnvStore(EnvStore):
         target, flags = 1 - current, ubootenv.next_flags(chosen.flags)
         blob = ubootenv.encode_redundant(env, size, flags, self._pad)
         loc = self.locations[target]
-        _write_at(loc.device, loc.offset, blob, create=False)
+        # With `init`, the older copy's file may be missing: an init killed between the
+        # two copies wrote the second only.
+        _write_at(loc.device, loc.offset, blob, create=init)
 
 
 class GrubEnvStore(EnvStore):

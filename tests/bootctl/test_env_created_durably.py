@@ -90,3 +90,22 @@ def test_an_empty_file_left_by_a_killed_init_is_initialized(tmp_path: Path, kind
     again = _stores(tmp_path)[kind]
     assert again.load() == ENV
     assert not again.defaulted
+
+
+def test_init_killed_between_the_two_files_of_a_redundant_environment_is_completed(
+    tmp_path: Path,
+) -> None:
+    """`abctl init` writes the second copy first, then creates the first: killed in between,
+    it leaves one valid copy and no first file. The next `abctl init` creates that file (it
+    said "No such file or directory" at every try), and its name survives a power cut."""
+    store = _stores(tmp_path)["uboot-redundant"]
+    with store.locked():
+        store.save(ENV, init=True)
+    (tmp_path / "env0").unlink()  # as if killed before creating it
+    store = _stores(tmp_path)["uboot-redundant"]
+    entries = DirectoryEntries(tmp_path)
+    with entries.watching(), store.locked():
+        store.save({**ENV, "BOOT_B_LEFT": "2"}, init=True)
+    entries.lose_unsynced()  # the power goes
+    assert (tmp_path / "env0").exists()
+    assert _stores(tmp_path)["uboot-redundant"].load() == {**ENV, "BOOT_B_LEFT": "2"}
