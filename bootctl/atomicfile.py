@@ -5,7 +5,7 @@ contents. Works on FAT too (the rename replaces the old directory entry).
 
 A directory entry (a new file's name, a rename, a new directory) is durable only once
 its directory was fsynced: `atomic_write` fsyncs the file's directory after the rename,
-and `make_dirs` the parent of each directory it creates (and of the one it finds).
+and `make_dirs` the parent of each directory it creates (and of the deepest one it finds).
 
 Each write has a temporary file of its own, `.NAME.PID.RANDOM.tmp` beside the file,
 so two processes replacing the same file at once each rename a complete copy. The
@@ -88,9 +88,10 @@ def sync_file(path: Path) -> None:
 def make_dirs(path: Path) -> None:
     """Create `path` and its missing parents, each durably (its parent fsynced after it).
 
-    An existing `path` has its parent fsynced all the same: it may have been made
-    by a process killed before that fsync, and then a power cut could still take it
-    back with every file written into it since.
+    The deepest directory found (`path` itself, or the parent the missing ones go
+    into) has its parent fsynced all the same: it may have been made by a process
+    killed before that fsync, and then a power cut could still take it back with
+    every directory and file made in it since.
 
     Raises:
         OSError: A directory could not be created or its parent not fsynced.
@@ -102,9 +103,8 @@ def make_dirs(path: Path) -> None:
         if at.parent == at:
             break
         at = at.parent
-    if not missing:
-        _fsync_dir(path.parent)
-        return
+    if at.is_dir():
+        _fsync_dir(at.parent)
     for directory in reversed(missing):
         try:
             os.mkdir(directory)

@@ -182,9 +182,11 @@ class EnvStore(ABC):
 
 
 def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None:
-    """Read one copy; None if the file does not exist.
+    """Read one copy; None if the file does not exist or is empty.
 
     `exclusive` means the file holds nothing but this copy, so its size must equal `size`.
+    An empty file holds no environment (an `abctl init` killed between creating the file
+    and writing it leaves one): it is missing, not of the wrong size.
     """
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -193,6 +195,8 @@ def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if stat.S_ISREG(st.st_mode):
+            if st.st_size == 0:
+                return None
             if exclusive and st.st_size != size:
                 raise EnvSizeError(
                     f"{path} is {st.st_size} bytes but the environment size is {size} "
@@ -213,18 +217,11 @@ def _read_at(path: str, offset: int, size: int, exclusive: bool) -> bytes | None
 def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
     """Write `blob` at `offset` in place and flush it.
 
-    With `create`, a missing file is created, and its directory flushed too: its name
-    would not survive a power cut otherwise.
+    With `create`, a missing file is created, and the directory of a file flushed too:
+    its name would not survive a power cut otherwise (one found may have been created
+    by an earlier run killed before that flush).
     """
-    made = False
-    if create:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            made = True
-        except FileExistsError:
-            fd = os.open(path, os.O_RDWR)
-    else:
-        fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
     try:
         view = memoryview(blob)
         pos = offset
@@ -235,7 +232,7 @@ def _write_at(path: str, offset: int, blob: bytes, create: bool) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if made:
+    if create:
         sync_file(Path(path))
 
 
@@ -385,7 +382,9 @@ class UBootEnvStore(EnvStore):
         target, flags = 1 - current, ubootenv.next_flags(chosen.flags)
         blob = ubootenv.encode_redundant(env, size, flags, self._pad)
         loc = self.locations[target]
-        _write_at(loc.device, loc.offset, blob, create=False)
+        # With `init`, the older copy's file may be missing: an init killed between the
+        # two copies wrote the second only.
+        _write_at(loc.device, loc.offset, blob, create=init)
 
 
 class GrubEnvStore(EnvStore):

@@ -44,28 +44,6 @@ class FileSource(FileReader, BundleSource):
         check_range(offset, length)
         return _FileRange(self, offset, offset + length)
 
-    def check_end(self, total_size: int) -> None:
-        """Refuse a file whose size is no longer the signed total.
-
-        Its size was compared with the total when the head was read, but the
-        installer does not read every byte (spans of zero blocks are written
-        without being read), so a file cut short while it was read, or grown,
-        is caught here. A block device only has to hold the bundle still: the
-        bytes after its signed end (the rest of the last sector, or of the
-        partition) are not the bundle's.
-        """
-        try:
-            now = self.size_now()
-        except OSError as e:
-            raise self._read_failed(total_size, e) from e
-        if now < total_size:
-            raise self._ends_early(now, total_size)
-        if now != total_size and not self.block_device:
-            raise BundleError(
-                f"bundle changed while it was read: {self.path} has {now} bytes, "
-                f"its signed size is {total_size}"
-            )
-
     def __enter__(self) -> Self:
         return self
 

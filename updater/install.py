@@ -144,7 +144,6 @@ class Installer:
         #: ("tree", "index", "data", "read-back"), "switch", then "done".
         self.phase = "check"
         self._target = ""
-        self._began = 0.0
 
     # --- state and checks before anything is written ----------------------------------------
 
@@ -317,7 +316,7 @@ class Installer:
     ) -> InstallResult:
         """`install`, with the device's install lock held."""
         started = self.clock()
-        self._began = self.timer()
+        began = self.timer()
         self.warnings = []
         self.phase = "check"
         try:
@@ -331,7 +330,7 @@ class Installer:
                         self.phase = "switch"
                         self._record(decided, image)
                         self._switch(image, session)
-                    result = self._result(decided, image, session, started)
+                    result = self._result(decided, image, session, began)
                     self.phase = "done"
                     self._record_success(result, started, switched=switch)
         except Interrupted as e:
@@ -486,8 +485,9 @@ class Installer:
             self.warnings.append(f"the switch stands, but it may not survive a power cut: {e}")
 
     def _result(
-        self, decided: InstallPlan, image: ImagePlan, session: WriteSession, started: float
+        self, decided: InstallPlan, image: ImagePlan, session: WriteSession, began: float
     ) -> InstallResult:
+        """The install's result; `began` is when it started on `self.timer`."""
         m = decided.head.manifest
         return InstallResult(
             slot=image.target,
@@ -499,7 +499,7 @@ class Installer:
             bytes_fetched=session.source.bytes_fetched,
             bytes_reused=session.reused,
             bytes_zero=session.zero,
-            seconds=round(self.timer() - self._began, 3),
+            seconds=round(self.timer() - began, 3),
             signers=tuple(s.subject for s in decided.head.signers),
             boot_files=tuple(str(f.folder / f.name) for f in decided.files),
         )

@@ -99,20 +99,20 @@ class FileSlot(SlotDevice):
 
         A file's name survives a power cut only once its directory was fsynced:
         without it, a cut after the switch could leave a boot environment that
-        names a slot whose file is gone.
+        names a slot whose file is gone. A regular file found is flushed so too:
+        an earlier run may have created it and been killed before that fsync.
         """
         if not writable:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                folder = os.path.dirname(os.path.abspath(path))
+                dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
         except OSError:
             os.close(fd)
             raise

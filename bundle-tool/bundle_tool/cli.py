@@ -372,12 +372,8 @@ def _cmd_info(args: argparse.Namespace) -> dict[str, Any]:
 
 def _payload_warning(header: container.Header, manifest: Manifest) -> str | None:
     """What `info` says of a header whose payload size is not the manifest's (None: it is)."""
-    if header.payload_size == manifest.payload_size:
-        return None
-    return (
-        f"its header announces a {header.payload_size}-byte payload, the manifest accounts "
-        f"for {manifest.payload_size} (verify and extract refuse it)"
-    )
+    problem = container.payload_size_problem(header, manifest)
+    return None if problem is None else f"its {problem} (verify and extract refuse it)"
 
 
 def _size_warning(path: str, size: int, total: int, *, block_device: bool) -> str | None:
@@ -425,30 +421,12 @@ def _cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
         if problem is not None:
             raise PolicyError(f"{problem}; the board's updater would refuse the bundle")
         reader.check_payload(src, head, display)
-        _check_unchanged(src, head.total_size)
+        src.check_end(head.total_size)  # as the updater: a file that changed is refused
     return {
         "valid": True,
         "signers": [s.subject for s in head.signers],
         **manifest_json(head.manifest),
     }
-
-
-def _check_unchanged(src: FileReader, total: int) -> None:
-    """Refuse a bundle file whose size changed while it was verified (as the updater does).
-
-    Its size was compared with the signed total when the head was read; a file that
-    grew since (a copy still being written, or appended to) is not the bundle checked.
-    A block device only has to hold the bundle still.
-    """
-    try:
-        now = src.size_now()
-    except OSError as e:
-        raise BundleIOError(f"cannot measure {src.path} again: {e.strerror}") from e
-    if now < total or (now != total and not src.block_device):
-        raise BundleError(
-            f"bundle changed while it was verified: {src.path} has {now} bytes, "
-            f"its signed size is {total}"
-        )
 
 
 def _print_text(command: str, result: dict[str, Any]) -> None:

@@ -212,12 +212,20 @@ def layout(
     return tuple(images), tuple(artifacts)
 
 
+def payload_size_problem(header: Header, manifest: Manifest) -> str | None:
+    """Why the header's payload size is not the manifest's (None: it is)."""
+    if manifest.payload_size == header.payload_size:
+        return None
+    return (
+        f"header announces a {header.payload_size}-byte payload, "
+        f"the manifest accounts for {manifest.payload_size}"
+    )
+
+
 def _check_payload_size(header: Header, manifest: Manifest) -> None:
-    if manifest.payload_size != header.payload_size:
-        raise BundleError(
-            f"header announces a {header.payload_size}-byte payload, "
-            f"the manifest accounts for {manifest.payload_size}"
-        )
+    problem = payload_size_problem(header, manifest)
+    if problem is not None:
+        raise BundleError(problem)
 
 
 def verify_head(

@@ -139,6 +139,33 @@ class FileReader:
             raise ValueError(f"read from a closed {type(self).__name__}")
         return self._fd
 
+    def check_end(self, total_size: int) -> None:
+        """Refuse a file whose size is no longer the signed total.
+
+        Its size was compared with the total when the head was read, but a file
+        may be cut short or grow while it is read (a copy still being written),
+        and the updater does not read every byte (spans of zero blocks are
+        written without being read), so it is caught here: `bundle-tool verify`
+        and the updater call this once they read what they need. A block device
+        only has to hold the bundle still: the bytes after its signed end (the
+        rest of the last sector, or of the partition) are not the bundle's.
+
+        Raises:
+            BundleError: The size is no longer the signed total.
+            Exception: Measuring failed (as `_read_failed` says).
+        """
+        try:
+            now = self.size_now()
+        except OSError as e:
+            raise self._read_failed(total_size, e) from e
+        if now < total_size:
+            raise self._ends_early(now, total_size)
+        if now != total_size and not self.block_device:
+            raise BundleError(
+                f"bundle changed while it was read: {self.path} has {now} bytes, "
+                f"its signed size is {total_size}"
+            )
+
     def _read_failed(self, pos: int, e: OSError) -> Exception:
         """The error a failed read raises (the updater reports a transport error)."""
         return BundleIOError(f"reading {self.path} at byte {pos} failed: {e.strerror}")

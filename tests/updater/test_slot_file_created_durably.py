@@ -8,16 +8,18 @@ that boots slot B and no file named B at all.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from bundle_tool import keygen
 from tests.updater.device import Device, image_bytes, make_device
-from tests.updater.faults import Power, PowerCut
+from tests.updater.faults import DirectoryEntries, Power, PowerCut
 from tests.updater.test_powercut import TUNING, bootable_slots_verify
 from updater.filesource import FileSource
 from updater.install import Installer
+from updater.slotdev import FileSlot
 
 BLOCKS = 600
 
@@ -60,3 +62,18 @@ def _install(device: Device, bundle: Path, power: Power, *, watch: bool) -> None
                 inst.install(src, delta=False)
         else:
             inst.install(src, delta=False)
+
+
+def test_a_slot_file_left_by_a_killed_first_open_is_made_durable(tmp_path: Path) -> None:
+    """A first install killed between creating the slot's file and fsyncing its folder
+    leaves a file whose name a cut may take back; the next install finds it there."""
+    path = tmp_path / "slots" / "slot-B.img"
+    path.parent.mkdir()
+    entries = DirectoryEntries(tmp_path)
+    with entries.watching():
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # the killed run's create
+        with FileSlot(str(path)) as slot:
+            slot.pwrite(0, b"\0" * 4096)
+            slot.flush()
+    entries.lose_unsynced()  # the power goes
+    assert path.exists(), "slot B's file is gone"

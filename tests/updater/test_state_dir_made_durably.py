@@ -27,10 +27,13 @@ def test_a_state_dir_left_by_a_killed_run_is_made_durable(
 ) -> None:
     state = StateDir(tmp_path / "state")
     entries = DirectoryEntries(tmp_path)
+    fsync_dir = bootctl.atomicfile._fsync_dir
     with entries.watching():
 
         def killed(directory: Path) -> None:
-            raise Killed(str(directory))
+            if state.path.is_dir():
+                raise Killed(str(directory))
+            fsync_dir(directory)
 
         monkeypatch.setattr(bootctl.atomicfile, "_fsync_dir", killed)
         with pytest.raises(Killed):
