@@ -71,7 +71,7 @@ def sync_file(path: Path) -> None:
     Raises:
         OSError: It could not be opened or flushed (FileNotFoundError: it is missing).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
         try:

@@ -81,7 +81,8 @@ class StateDir:
             make_dirs(self.path)
             atomic_write(self.path / name, json.dumps(value, indent=2, sort_keys=True).encode())
         except OSError as e:
-            raise DeviceError(f"cannot write state file {self.path / name}: {e.strerror}") from e
+            reason = e.strerror or e
+            raise DeviceError(f"cannot write state file {self.path / name}: {reason}") from e
 
     def security_floor(self) -> int:
         """The lowest security version this device accepts (0 while no floor was stored).
@@ -110,7 +111,7 @@ class StateDir:
         except FileNotFoundError:
             return  # nothing stored: nothing to make durable
         except OSError as e:
-            raise DeviceError(f"cannot flush state file {path}: {e.strerror}") from e
+            raise DeviceError(f"cannot flush state file {path}: {e.strerror or e}") from e
 
     def raise_floor(self, value: int) -> bool:
         """Raise the floor to `value` (never lowers it). Returns whether it changed.

@@ -8,6 +8,7 @@ never an internal error.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,19 @@ def test_mark_good_with_a_damaged_state_file_changes_nothing(
     assert r.stderr.startswith(f"updater: error: state file {state / name}")
     assert device.snapshot(target=True) == before
     assert device.control().env()["BOOT_B_LEFT"] == "2"
+
+
+@pytest.mark.parametrize("step", ["atomic_write", "sync_file"])
+def test_an_error_without_errno_is_named_by_its_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """An OSError without an errno (strerror None) still gives a reason, not "None"."""
+    state = StateDir(tmp_path / "state")
+    state.raise_floor(2)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError("the medium went away")
+
+    monkeypatch.setattr(f"updater.statedir.{step}", fail)
+    with pytest.raises(DeviceError, match=r"state file .*: the medium went away$"):
+        state.raise_floor(2 if step == "sync_file" else 3)
