@@ -288,7 +288,7 @@ class InstalledDisks:
         from tests.qemu.test_flows import BUNDLE, install, mount_usb
 
         work = self.dir / arch
-        work.mkdir()
+        work.mkdir(exist_ok=True)  # a making that was skipped left it
         disk = copy_disk(Path(str(self.images.base(arch)["disk"])), work / "disk.img")
         board = load_board(settings.ARCHES[arch].board_path)
         dev = Device(QemuTarget(QemuResource(arch, disk), board, self.console_log(arch)))

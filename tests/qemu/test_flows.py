@@ -28,8 +28,8 @@ BUNDLE = "/mnt/update.bundle"
 def attach_usb(device: Device, files: dict[str, Path], tmp_path: Path) -> None:
     """Put `files` on a FAT "USB stick" attached as the second disk (/dev/vdb).
 
-    Only QEMU takes one: the flows that call this take the `qemu_only` device, so a board
-    skips them before any bundle is built.
+    Only QEMU takes one: the flows that call this take the `qemu_only` or `installed`
+    device, so a board skips them before any bundle is built.
     """
     device.usb = usb_stick(files, tmp_path / "usb.img")
 
