@@ -6,6 +6,9 @@ import contextlib
 import os
 import stat
 from abc import ABC, abstractmethod
+from pathlib import Path
+
+from bootctl.atomicfile import sync_file
 
 from .directio import DirectWriter, open_direct
 from .errors import DeviceError
@@ -107,12 +110,7 @@ class FileSlot(SlotDevice):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if stat.S_ISREG(os.fstat(fd).st_mode):
-                folder = os.path.dirname(os.path.abspath(path))
-                dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                sync_file(Path(os.path.abspath(path)))
         except OSError:
             os.close(fd)
             raise

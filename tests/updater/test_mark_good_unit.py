@@ -39,16 +39,22 @@ def tools(device: Device, bin_dir: Path, names: tuple[str, ...]) -> None:
         script.chmod(0o755)
 
 
-@pytest.mark.parametrize(("installed", "floor"), [(("updater", "abctl"), 4), (("abctl",), 0)])
-def test_the_units_command_marks_good_and_stores_the_floor(
-    device: Device, tmp_path: Path, installed: tuple[str, ...], floor: int
-) -> None:
+def booted_b_after_install(device: Device) -> None:
+    """Install a bundle of security version 4 into B and boot it: its boot script took
+    one of its tries (BOOT_B_LEFT 2), which mark-good gives back."""
     bundle = device.bundle(image_bytes(300, seed=9), security_version=4)
     with FileSource(bundle) as src:
         Installer(device.config()).install(src)
     device.boot("B")
     ctl = device.control()
-    ctl.store.save({**ctl.env(), "BOOT_B_LEFT": "2"})  # the boot script took one try
+    ctl.store.save({**ctl.env(), "BOOT_B_LEFT": "2"})
+
+
+@pytest.mark.parametrize(("installed", "floor"), [(("updater", "abctl"), 4), (("abctl",), 0)])
+def test_the_units_command_marks_good_and_stores_the_floor(
+    device: Device, tmp_path: Path, installed: tuple[str, ...], floor: int
+) -> None:
+    booted_b_after_install(device)
     tools(device, tmp_path / "bin", installed)
     env = {**os.environ, **unit_environment(), "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
     r = subprocess.run(exec_start(), env=env, cwd=REPO, capture_output=True, text=True)
@@ -62,12 +68,7 @@ def test_the_units_command_marks_good_and_stores_the_floor(
 def test_the_unit_waits_for_an_install_holding_the_lock_then_marks_good(
     device: Device, tmp_path: Path
 ) -> None:
-    bundle = device.bundle(image_bytes(300, seed=9), security_version=4)
-    with FileSource(bundle) as src:
-        Installer(device.config()).install(src)
-    device.boot("B")
-    ctl = device.control()
-    ctl.store.save({**ctl.env(), "BOOT_B_LEFT": "2"})
+    booted_b_after_install(device)
     tools(device, tmp_path / "bin", ("updater", "abctl"))
     env = {
         **os.environ,
