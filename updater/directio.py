@@ -190,6 +190,27 @@ class AlignedReader:
         finally:
             whole.release()
 
+    def read_into(self, offset: int, view: memoryview) -> bool:
+        """Fill `view` with the bytes from `offset`, read straight into it; False if it cannot be.
+
+        Straight means by direct I/O with no copy: the offset, the length and the
+        memory must be aligned, and the file read directly. False reads nothing:
+        take the bytes by `chunks` then.
+
+        Raises:
+            EOFError: the file ends before offset + len(view) (at the offset where it ends).
+            OSError: a read failed.
+        """
+        if not self.direct or not view or not is_aligned(offset, len(view)):
+            return False
+        start = address(view)
+        if start is None or start % ALIGN:
+            return False
+        got = self._read(view, offset)
+        if got < len(view):
+            raise EOFError(offset + got)
+        return True
+
     def _read(self, view: memoryview, offset: int) -> int:
         """Fill as much of `view` as the file holds from `offset`; the count read."""
         done = 0

@@ -55,10 +55,12 @@ class _FileRange:
     reading a cold 1 GiB bundle through it cost 0.14-2.14 s of system CPU on the
     machine of docs/benchmarks.md, against 0.04-0.05 s direct, and it evicts the
     running system's pages. The file is opened again through `/proc/self/fd`
-    (the same file, even if its path has changed since) with `O_DIRECT`, and
-    each span is copied out of an aligned buffer, since the data need not start
-    on a block boundary. Where direct I/O is refused (or there is no /proc) it is
-    read straight into the caller's buffer, as `FileSource.read_into` does.
+    (the same file, even if its path has changed since) with `O_DIRECT`. A span
+    on a block boundary of the file (an image's data in a bundle that pads it so,
+    `Image.data_padding`) is read straight into the caller's aligned buffer;
+    any other is copied out of an aligned buffer of the reader's. Where direct
+    I/O is refused (or there is no /proc) it is read straight into the caller's
+    buffer through the page cache, as `FileSource.read_into` does.
     """
 
     def __init__(self, source: FileSource, start: int, end: int) -> None:
@@ -104,9 +106,10 @@ class _FileRange:
         else:
             done = 0
             try:
-                for piece in reader.chunks(self._pos, len(view)):
-                    view[done : done + len(piece)] = piece
-                    done += len(piece)
+                if not reader.read_into(self._pos, view):
+                    for piece in reader.chunks(self._pos, len(view)):
+                        view[done : done + len(piece)] = piece
+                        done += len(piece)
             except EOFError as e:
                 raise self._source._ends_early(e.args[0], self._pos + len(view)) from e
             except OSError as e:

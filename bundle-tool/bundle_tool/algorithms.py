@@ -168,6 +168,20 @@ def sign_message(key: PrivateKey, message: bytes) -> bytes:
     return key.sign(message, padding.PKCS1v15(), digest)
 
 
+def usual_signature_size(key: PublicKey) -> int:
+    """The length a signature by `key` has most often, in bytes.
+
+    Ed25519 and RSA signatures have one length. An ECDSA signature is a DER
+    SEQUENCE of two INTEGERs of the curve's size, each with a leading zero byte
+    when its top bit is set: one of the two has it in half of all signatures.
+    """
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return 2 * ((key.key_size + 7) // 8) + 7
+    if isinstance(key, rsa.RSAPublicKey):
+        return (key.key_size + 7) // 8
+    return 64
+
+
 def verify_message(key: PublicKey, signature: bytes, message: bytes) -> None:
     """Check a bundle signature by the scheme the key determines.
 

@@ -294,6 +294,7 @@ def _cmd_create(args: argparse.Namespace) -> dict[str, Any]:
         artifacts=tuple(artifacts),
         expires=_parse_time(args.expires) if args.expires else None,
         leaf_summary=args.leaf_summary,
+        data_padding=args.data_padding,
         image_sha256=args.image_sha256,
     )
     display = ProgressDisplay(bar=not args.json)
@@ -483,6 +484,8 @@ def _print_text(command: str, result: dict[str, Any]) -> None:
         print(f"  salt {v['salt']}, {v['data_blocks']} data blocks, tree {v['tree_size']} bytes")
         if "leaf_summary_size" in image:
             print(f"  leaf summary {image['leaf_summary_size']} bytes")
+        if "data_padding" in image:
+            print(f"  data padding {image['data_padding']} bytes")
     for art in result["artifacts"]:
         print(f"artifact {art['name']}: {art['size']} bytes, sha256 {art['sha256']}")
     for sig in result.get("signatures", []):
@@ -663,6 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="leave out the leaf summary, which lets delta installs fetch less of the hash "
         "tree; for devices whose updater predates it (they refuse bundles with one)",
+    )
+    c.add_argument(
+        "--no-data-padding",
+        dest="data_padding",
+        action="store_false",
+        help="leave out the zeros that start each image's data on a 4096-byte boundary of "
+        "the bundle (an updater reads such data with direct I/O and no copy); for devices "
+        "whose updater predates the padding (they refuse bundles with it)",
     )
     c.add_argument(
         "--image-sha256",

@@ -202,8 +202,7 @@ def layout(
     pos = header.head_size
     images = []
     for image in manifest.images:
-        data = pos + image.verity.tree_size + image.leaf_summary_size
-        images.append(ImageLayout(image, pos, data))
+        images.append(ImageLayout(image, pos, pos + image.data_start))
         pos += image.payload_size
     artifacts = []
     for art in manifest.artifacts:

@@ -71,6 +71,9 @@ class Image:
     #: A file image (installed as a file, e.g. a boot image): its length in bytes; the
     #: bundle carries it padded with zeros to whole blocks. None: the image is `size` bytes.
     file_size: int | None = None
+    #: Zero bytes between the leaf summary (or the hash area) and the data, so that the
+    #: data starts on a 4096-byte boundary of the bundle file (0: none, as in older bundles).
+    data_padding: int = 0
 
     @property
     def length(self) -> int:
@@ -78,8 +81,13 @@ class Image:
         return self.size if self.file_size is None else self.file_size
 
     @property
+    def data_start(self) -> int:
+        """Where the data starts in this image's part of the payload."""
+        return self.verity.tree_size + self.leaf_summary_size + self.data_padding
+
+    @property
     def payload_size(self) -> int:
-        return self.verity.tree_size + self.leaf_summary_size + self.size
+        return self.data_start + self.size
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -95,6 +103,8 @@ class Image:
             out["leaf_summary_size"] = self.leaf_summary_size
         if self.file_size is not None:
             out["file_size"] = self.file_size
+        if self.data_padding:
+            out["data_padding"] = self.data_padding
         return out
 
 
@@ -250,6 +260,7 @@ def _parse_image(obj: object, where: str) -> Image:
     arch = f.take_name("architecture") if f.has("architecture") else None
     summary = f.take_int("leaf_summary_size", 1) if f.has("leaf_summary_size") else None
     file_size = f.take_int("file_size", 1) if f.has("file_size") else None
+    padding = f.take_int("data_padding", 1, verity.BLOCK_SIZE - 1) if f.has("data_padding") else 0
     f.done()
     if size != vinfo.data_blocks * verity.BLOCK_SIZE:
         raise BundleError(f"manifest: {where}.size does not match verity.data_blocks")
@@ -261,7 +272,7 @@ def _parse_image(obj: object, where: str) -> Image:
             raise BundleError(
                 f"manifest: {where}.leaf_summary_size is {summary}, expected {want or 'none'}"
             )
-    return Image(slot_class, size, sha, vinfo, arch, summary or 0, file_size)
+    return Image(slot_class, size, sha, vinfo, arch, summary or 0, file_size, padding)
 
 
 def _parse_artifact(obj: object, where: str) -> Artifact:

@@ -113,6 +113,18 @@ class CheckedImage:
         if got != b"".join(leafsummary.summarize(self._leaves)):
             raise BundleError("the leaf summary does not match the hash tree")
 
+    def check_data_padding(self) -> None:
+        """Refuse padding before the data that is not zeros (`Image.data_padding`).
+
+        Read it after the summary and before `data`. The padding is not signed and
+        no reader uses it; it is checked so that a bundle has one form only.
+        """
+        size = self.part.image.data_padding
+        if size and any(b"".join(self.source.read(self.part.data_offset - size, size))):
+            raise BundleError(
+                f"{self.part.image.slot_class} image: the padding before its data is not zeros"
+            )
+
     def bad_block(self, block: int, span: bytes | memoryview) -> int | None:
         """The first data block of `span` (from data block `block` on) the tree refuses, or None."""
         count = len(span) // verity.BLOCK_SIZE
@@ -173,6 +185,7 @@ def check_image(
     """Stream one image's hash area, leaf summary and data and check every block."""
     checked = CheckedImage(source, part)
     checked.check_summary()
+    checked.check_data_padding()
     for _ in checked.data(progress):
         pass
 

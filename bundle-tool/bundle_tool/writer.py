@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bootctl import validators
 
-from . import leafsummary, verity
+from . import algorithms, leafsummary, verity
 from .container import (
     HEADER_SIZE,
     Header,
@@ -73,6 +73,9 @@ class CreateOptions:
         expires: seconds since the epoch after which devices refuse the bundle.
         leaf_summary: carry the leaf summary, which makes delta installs fetch less of
             the hash tree (an updater older than the summary refuses a bundle with one).
+        data_padding: pad so that each image's data starts on a 4096-byte boundary of
+            the file, which an updater reads with no copy (one older than the padding
+            refuses a bundle with it).
     """
 
     image: Path
@@ -87,6 +90,7 @@ class CreateOptions:
     artifacts: Sequence[Path] = field(default_factory=tuple)
     expires: int | None = None
     leaf_summary: bool = True
+    data_padding: bool = True
     extra_images: Sequence[tuple[str, Path]] = field(default_factory=tuple)
     #: Also record each image's whole-file SHA-256 (one more pass over the data), for
     #: updaters older than 0.2 that require it; the tree binds every byte without it.
@@ -221,26 +225,50 @@ def _input(slot_class: str, path: Path, spool: contextlib.ExitStack, spool_dir: 
     return _Input(slot_class, padded, padded.stat(), size)
 
 
-#: Signings tried for a head of the planned size (an ECDSA signature's length varies).
-SIGN_TRIES = 8
+#: Signings tried for a signature of its usual length (an ECDSA signature's length varies).
+SIGN_TRIES = 16
 
 
-def _head(manifest: Manifest, signers: Sequence[Signer], size: int | None = None) -> bytes:
-    """Header, manifest and signature block.
-
-    Given `size`, signatures that make the head another size are made again (up to
-    `SIGN_TRIES` times, while they come out different): the data was placed after a
-    head of that size.
+def _sign_usual(manifest_raw: bytes, signer: Signer) -> SignatureEntry:
+    """A signature of the manifest, made again (up to `SIGN_TRIES` times) until it has
+    its usual length (`algorithms.usual_signature_size`): the data was placed after a
+    head with signatures of that length.
     """
-    manifest_raw = manifest.to_bytes()
-    last = b""
-    for _ in range(SIGN_TRIES):
-        sigs = build_signature_block([sign(manifest_raw, s) for s in signers])
-        if size is None or HEADER_SIZE + len(manifest_raw) + len(sigs) == size or sigs == last:
+    want = _usual_size(signer)
+    entry = sign(manifest_raw, signer)
+    for _ in range(SIGN_TRIES - 1):
+        if len(entry.signature) == want:
             break
-        last = sigs
+        entry = sign(manifest_raw, signer)
+    return entry
+
+
+def _usual_size(signer: Signer) -> int:
+    key = algorithms.certificate_key(signer.certificate)
+    if key is None:  # refused by `sign`, with the reason
+        return 0
+    return algorithms.usual_signature_size(key)
+
+
+def _head(manifest: Manifest, signers: Sequence[Signer]) -> bytes:
+    """Header, manifest and signature block (each signature of its usual length if it can)."""
+    manifest_raw = manifest.to_bytes()
+    sigs = build_signature_block([_sign_usual(manifest_raw, s) for s in signers])
     header = Header(len(manifest_raw), len(sigs), manifest.payload_size)
     return header.to_bytes() + manifest_raw + sigs
+
+
+def _planned_head_size(manifest: Manifest, signers: Sequence[Signer]) -> int:
+    """The head's size with each signature of its usual length (none is made)."""
+    entries = [
+        SignatureEntry(
+            s.certificate.public_bytes(serialization.Encoding.DER),
+            tuple(c.public_bytes(serialization.Encoding.DER) for c in s.chain),
+            bytes(_usual_size(s)),
+        )
+        for s in signers
+    ]
+    return HEADER_SIZE + len(manifest.to_bytes()) + len(build_signature_block(entries))
 
 
 @dataclass(frozen=True)
@@ -257,10 +285,49 @@ def _places(head_size: int, images: Sequence[Image]) -> tuple[list[_Place], int]
     places = []
     at = head_size
     for image in images:
-        summary = at + image.verity.tree_size
-        places.append(_Place(at, summary, summary + image.leaf_summary_size))
-        at = summary + image.leaf_summary_size + image.size
+        places.append(_Place(at, at + image.verity.tree_size, at + image.data_start))
+        at += image.payload_size
     return places, at
+
+
+def _padded(head_size: int, images: Sequence[Image]) -> list[Image]:
+    """`images` with the padding that starts each one's data on a block boundary of the file.
+
+    Data read from a block boundary can go by direct I/O from the bundle straight
+    into the memory it is hashed and written from, with no copy.
+    """
+    out = []
+    at = head_size
+    for image in images:
+        unpadded = at + image.data_start - image.data_padding
+        out.append(replace(image, data_padding=-unpadded % verity.BLOCK_SIZE))
+        at += out[-1].payload_size
+    return out
+
+
+#: Tries at a head whose padding fits its own size (the padding's digits count too).
+PAD_TRIES = 4
+
+
+def _plan(
+    opts: CreateOptions, images: Sequence[Image], artifacts: Sequence[Artifact]
+) -> tuple[list[Image], int]:
+    """The planned images, padded for a head of the size returned.
+
+    Should no try fit (the signatures' lengths keep changing), the data lies where
+    the last plan puts it, valid, only not on a block boundary.
+    """
+    head_size = _planned_head_size(_manifest(opts, images, artifacts), opts.signers)
+    padded = list(images)
+    if not opts.data_padding:
+        return padded, head_size
+    for _ in range(PAD_TRIES):
+        padded = _padded(head_size, images)
+        size = _planned_head_size(_manifest(opts, padded, artifacts), opts.signers)
+        if size == head_size:
+            break
+        head_size = size
+    return padded, head_size
 
 
 def _planned_image(opts: CreateOptions, inp: _Input, salt: bytes) -> Image:
@@ -301,7 +368,7 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
         planned = [_planned_image(opts, i, salt) for i, salt in zip(inputs, salts, strict=True)]
         # The manifest takes as many bytes whatever the digests: each image's data has
         # its place in the bundle before it is hashed, and goes there as it is hashed.
-        head_size = len(_head(_manifest(opts, planned, artifacts), opts.signers))
+        planned, head_size = _plan(opts, planned, artifacts)
         places, _ = _places(head_size, planned)
         # The output file first: an unwritable output fails before the image is hashed.
         with _temporary_output(output) as (fd, tmp):
@@ -321,7 +388,7 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
                     images.append(image)
                     trees.append(spool.enter_context(tree))
                 manifest = _manifest(opts, images, artifacts)
-                head = _head(manifest, opts.signers, head_size)
+                head = _head(manifest, opts.signers)
                 places, end = _places(len(head), images)
                 if len(head) != head_size:
                     # The signatures came out of another length: every image is copied
@@ -335,6 +402,9 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
                     if image.leaf_summary_size:
                         summary = leafsummary.summarize(tree.level_chunks(0))
                         _write_at(out.fileno(), summary, place.summary)
+                    # Zeros even where the images were first placed otherwise.
+                    padding = bytes(image.data_padding)
+                    _write_at(out.fileno(), [padding], place.data - len(padding))
                 for path, art in zip(opts.artifacts, artifacts, strict=True):
                     with path.open("rb") as f:
                         _copy_at(f.fileno(), out.fileno(), 0, end, art.size)

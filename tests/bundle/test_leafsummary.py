@@ -58,7 +58,8 @@ def summary_of_bundle(raw: bytes, keyring: tuple[object, ...]) -> tuple[bytes, b
     image = part.image
     leaves = -(-image.verity.data_blocks // 128) * 4096
     area_end = part.area_offset + image.verity.tree_size
-    return raw[part.summary_offset : part.data_offset], raw[area_end - leaves : area_end]
+    summary_end = part.summary_offset + image.leaf_summary_size
+    return raw[part.summary_offset : summary_end], raw[area_end - leaves : area_end]
 
 
 def test_bundle_carries_the_summary_of_its_leaf_level(
@@ -89,12 +90,15 @@ def test_bundle_without_a_summary(
     reader.check_payload(src, head)
     part = head.images[0]
     assert part.image.leaf_summary_size == 0
-    assert part.data_offset == part.summary_offset
+    assert part.data_offset == part.summary_offset + part.image.data_padding
     h = container.parse_header(without)
     assert "leaf_summary_size" not in json.loads(without[64 : 64 + h.manifest_size])["images"][0]
-    # The same payload but for the summary.
-    assert len(with_it) - container.parse_header(with_it).head_size == (
-        len(without) - h.head_size + 3 * 64
+    # The same payload but for the summary (and the padding that puts the data on a block).
+    with_head = reader.read_head(BytesReader(with_it), keyring, at=now())  # type: ignore[arg-type]
+    padded = with_head.images[0].image.data_padding
+    assert with_head.images[0].data_offset % 4096 == part.data_offset % 4096 == 0
+    assert len(with_it) - with_head.header.head_size - padded == (
+        len(without) - h.head_size - part.image.data_padding + 3 * 64
     )
 
 

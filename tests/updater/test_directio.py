@@ -291,3 +291,23 @@ def test_closing_a_range_while_a_read_runs_leaves_the_closing_to_that_read(
         assert part._reader is None and held.fd == -1  # closed once the read was done
         with pytest.raises(ValueError, match="closed range"):
             part.take_into(memoryview(bytearray(BLOCK)))
+
+
+def test_read_into_reads_straight_into_aligned_memory_only(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    data = pattern(4 * BLOCK + 100)
+    path.write_bytes(data)
+    with directio.AlignedReader(str(path)) as reader:
+        if not reader.direct:
+            pytest.skip("this file system refuses direct I/O")
+        view = aligned(bytes(2 * BLOCK))
+        assert reader.read_into(BLOCK, view)
+        assert bytes(view) == data[BLOCK : 3 * BLOCK]
+        # Not aligned: the offset, the length, the memory; or read-only memory.
+        assert not reader.read_into(100, view)
+        assert not reader.read_into(0, view[:100])
+        assert not reader.read_into(0, aligned(bytes(3 * BLOCK))[1 : 1 + BLOCK])
+        assert not reader.read_into(0, memoryview(bytes(BLOCK)))
+        with pytest.raises(EOFError) as end:
+            reader.read_into(4 * BLOCK, view)  # 100 bytes left
+        assert end.value.args == (4 * BLOCK + 100,)

@@ -26,6 +26,7 @@ from tests.updater.device import (
     make_device,
     veritysetup_verify,
 )
+from updater import directio
 from updater.errors import DeviceError, UsageError
 from updater.filesource import FileSource, StdinSource
 from updater.install import Installer, InstallTuning
@@ -203,6 +204,31 @@ def test_good_install_from_file(device: Device) -> None:
     assert v.data_blocks == BLOCKS
     record = StateDir(device.root / "state").slot_records()["B"]
     assert record.version == "2.0.0" and record.root_hash == v.root_hash
+
+
+@pytest.mark.parametrize("data_padding", [True, False], ids=["padded", "older form"])
+def test_a_file_bundle_is_read_straight_into_the_ring_where_its_data_is_on_a_block(
+    device: Device, monkeypatch: pytest.MonkeyPatch, data_padding: bool
+) -> None:
+    new = image_bytes(BLOCKS, seed=4)
+    bundle = device.bundle(new, data_padding=data_padding)
+    fd = directio.open_direct(str(bundle), os.O_RDONLY)
+    if fd is None:
+        pytest.skip("this file system refuses direct I/O")
+    os.close(fd)
+    straight: list[bool] = []
+    real = directio.AlignedReader.read_into
+
+    def spy(self: directio.AlignedReader, offset: int, view: memoryview) -> bool:
+        straight.append(real(self, offset, view))
+        return straight[-1]
+
+    monkeypatch.setattr(directio.AlignedReader, "read_into", spy)
+    install_file(device, bundle)
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+    assert straight  # every span of data, each read with no copy or else copied
+    assert all(straight) if data_padding else not any(straight)
 
 
 def test_good_install_from_stdin_with_the_cli(device: Device) -> None:

@@ -1,0 +1,126 @@
+"""Data padding: each image's data starts on a 4096-byte boundary of the bundle file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bundle_tool import container, keygen, reader, signing
+from bundle_tool.errors import BundleError
+from bundle_tool.keyring import load_keyring
+from tests.bundle.bundles import BytesReader, now, resign, run_tool, write_image
+
+
+def parts(raw: bytes, keyring: tuple[object, ...]) -> tuple[container.ImageLayout, ...]:
+    """The images' places in a bundle whose signatures and payload were checked."""
+    src = BytesReader(raw)
+    head = reader.read_head(src, keyring, at=now())  # type: ignore[arg-type]
+    reader.check_payload(src, head)
+    return head.images
+
+
+def manifest_images(raw: bytes) -> list[dict[str, object]]:
+    h = container.parse_header(raw)
+    images: list[dict[str, object]] = json.loads(raw[64 : 64 + h.manifest_size])["images"]
+    return images
+
+
+@pytest.mark.parametrize("algorithm", ["ed25519", "ecdsa-p256", "ecdsa-p384", "rsa3072"])
+@pytest.mark.parametrize("leaf_summary", [True, False])
+def test_every_image_data_starts_on_a_block(
+    tmp_path: Path,
+    make_bundle: Callable[..., Path],
+    algorithm: str,
+    leaf_summary: bool,
+) -> None:
+    pki = keygen.make_dev_pki(tmp_path / "pki", algorithm=algorithm)
+    key = signing.load_signer(pki.signer_key.read_bytes(), pki.signer_cert.read_bytes())
+    keyring = load_keyring(pki.ca_cert.read_bytes())
+    second = write_image(tmp_path / "app.img", 300, seed=1)
+    raw = make_bundle(
+        blocks=140, signers=[key], leaf_summary=leaf_summary, extra_images=[("app", second)]
+    ).read_bytes()
+    places = parts(raw, keyring)
+    assert len(places) == 2
+    for part in places:
+        assert part.data_offset % 4096 == 0
+        pad = part.image.data_padding
+        assert raw[part.data_offset - pad : part.data_offset] == bytes(pad)
+    # Only the first image needs padding where its summary ends on a block.
+    assert manifest_images(raw)[0]["data_padding"] == places[0].image.data_padding > 0
+
+
+def test_without_padding_a_bundle_has_the_older_form(
+    make_bundle: Callable[..., Path], keyring: tuple[object, ...]
+) -> None:
+    padded = make_bundle(blocks=140, name="a.bundle").read_bytes()
+    older = make_bundle(blocks=140, name="b.bundle", data_padding=False).read_bytes()
+    assert "data_padding" not in manifest_images(older)[0]
+    (new,) = parts(padded, keyring)
+    (old,) = parts(older, keyring)
+    assert old.image.data_padding == 0
+    assert old.data_offset % 4096 != 0  # this head does not end on a block
+    size = new.image.size
+    assert padded[new.data_offset : new.data_offset + size] == older[old.data_offset :][:size]
+    assert (
+        padded[new.area_offset : new.data_offset - new.image.data_padding]
+        == (older[old.area_offset : old.data_offset])
+    )
+
+
+@pytest.mark.parametrize("value", [0, 4096, -1, "12", 1.5, True])
+def test_a_padding_out_of_its_range_is_refused(
+    make_bundle: Callable[..., Path],
+    signer: signing.Signer,
+    keyring: tuple[object, ...],
+    value: object,
+) -> None:
+    raw = make_bundle().read_bytes()
+
+    def edit(obj: dict) -> None:
+        obj["images"][0]["data_padding"] = value
+
+    hostile = resign(raw, signer, edit)
+    with pytest.raises(BundleError, match=r"images\[0\]\.data_padding must be an integer"):
+        reader.read_head(BytesReader(hostile), keyring, at=now())  # type: ignore[arg-type]
+
+
+def test_padding_that_is_not_zeros_is_refused_by_verify(
+    tmp_path: Path, make_bundle: Callable[..., Path], keyring: tuple[object, ...], pki: object
+) -> None:
+    path = make_bundle(blocks=140)
+    raw = bytearray(path.read_bytes())
+    (part,) = parts(bytes(raw), keyring)
+    assert part.image.data_padding
+    raw[part.data_offset - 1] = 1  # not signed: the signatures still verify
+    bad = tmp_path / "bad.bundle"
+    bad.write_bytes(bytes(raw))
+    r = run_tool("verify", bad, "--keyring", pki.ca_cert)  # type: ignore[attr-defined]
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.strip() == (
+        "bundle-tool: error: rootfs image: the padding before its data is not zeros"
+    )
+    assert run_tool("verify", path, "--keyring", pki.ca_cert).returncode == 0  # type: ignore[attr-defined]
+
+
+def test_info_shows_the_padding(make_bundle: Callable[..., Path]) -> None:
+    path = make_bundle(blocks=140)
+    pad = manifest_images(path.read_bytes())[0]["data_padding"]
+    r = run_tool("info", path)
+    assert r.returncode == 0, r.stderr
+    assert f"  data padding {pad} bytes" in r.stdout.splitlines()
+
+
+def test_a_head_of_another_size_than_planned_still_gives_a_valid_bundle(
+    make_bundle: Callable[..., Path], keyring: tuple[object, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundle_tool import writer
+
+    # Plan for signatures of 1 byte: every real one is longer, the images are moved.
+    monkeypatch.setattr(writer, "_usual_size", lambda signer: 1)
+    raw = make_bundle(blocks=140).read_bytes()
+    (part,) = parts(raw, keyring)  # verified, padding zeros included
+    assert part.image.data_padding and part.data_offset % 4096 != 0
