@@ -16,6 +16,11 @@ pid in the name, tells a live writer: a lock goes with the open file, is seen ac
 pid namespaces (a container sharing the directory) and ends when its process dies,
 while a pid may be another namespace's or reused. The age covers the moment between a
 writer's creating its file and locking it.
+
+A path that is a symbolic link names the file it points to: `atomic_write` replaces
+that file (its temporary file beside it, its directory fsynced), and the link stays.
+Renaming over the link would replace it with a regular file and leave the file it
+points to (the one a bootloader reads) as it was.
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["STEPS", "FaultHook", "NotFlushedError", "atomic_write", "make_dirs", "sync_file"]
+__all__ = [
+    "STEPS",
+    "FaultHook",
+    "NotFlushedError",
+    "atomic_write",
+    "linked_file",
+    "make_dirs",
+    "sync_file",
+]
 
 #: Steps of `atomic_write`, in order; a fault hook is called with each name before the step.
 STEPS = ("create", "write", "fsync", "rename", "fsync-dir")
@@ -60,13 +73,29 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def linked_file(path: Path) -> Path:
+    """The file a write of `path` replaces: the one it points to if it is a symbolic link.
+
+    A link may point to a file that is missing (a write creates it there).
+
+    Raises:
+        OSError: The links go round in a loop (ELOOP).
+    """
+    if not os.path.islink(path):
+        return path
+    target = Path(os.path.realpath(path))
+    if os.path.islink(target):  # where `realpath` stopped in a loop
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    return target
+
+
 def sync_file(path: Path) -> None:
     """Make a file or device durable as it reads now, and a regular file's name too.
 
     For what an earlier write (perhaps of a process killed before its flush) left and
     a caller relies on without writing it again: the file or device is fsynced, and
-    the directory of a regular file. A special file that has no synchronization
-    (EINVAL) holds nothing to flush.
+    the directory of a regular file (of the file a symbolic link points to). A
+    special file that has no synchronization (EINVAL) holds nothing to flush.
 
     Raises:
         OSError: It could not be opened or flushed (FileNotFoundError: it is missing).
@@ -82,7 +111,7 @@ def sync_file(path: Path) -> None:
     finally:
         os.close(fd)
     if regular:
-        _fsync_dir(path.parent)
+        _fsync_dir(linked_file(path).parent)
 
 
 def make_dirs(path: Path) -> None:
@@ -178,7 +207,8 @@ def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> 
     temporary file, and the file then holds one of the writes, whole.
 
     Args:
-        path: The file to replace (it need not exist; its directory must).
+        path: The file to replace (it need not exist; its directory must), or a
+            symbolic link to it (the link stays).
         data: The new contents.
         fault: Test seam, see `FaultHook`.
 
@@ -193,6 +223,7 @@ def atomic_write(path: Path, data: bytes, *, fault: FaultHook | None = None) -> 
         if fault is not None:
             fault(name)
 
+    path = linked_file(path)
     tmp = _temporary(path)
     step("create")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -19,7 +19,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bootctl import grubenv, ubootenv
-from bootctl.atomicfile import FaultHook, NotFlushedError, atomic_write, sync_file
+from bootctl.atomicfile import (
+    FaultHook,
+    NotFlushedError,
+    atomic_write,
+    linked_file,
+    sync_file,
+)
 from bootctl.errors import (
     ConfigError,
     EnvCorruptError,
@@ -96,7 +102,10 @@ class EnvStore(ABC):
         Raises:
             StorageError: The lock cannot be taken.
         """
-        path = self.lock_path()
+        try:
+            path = self.lock_path()
+        except OSError as e:  # a link that loops, say
+            raise StorageError(f"cannot lock {self.describe()}: {e.strerror or e}") from e
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as e:
@@ -291,14 +300,17 @@ class UBootEnvStore(EnvStore):
         return tuple(dict.fromkeys(Path(loc.device) for loc in self.locations))
 
     def lock_path(self) -> Path:
-        """The first copy's device, or its directory if it is a plain file (replaced by rename)."""
+        """The first copy's device, or its directory if it is a plain file (replaced by rename).
+
+        For a symbolic link to a plain file, the directory of that file (where it is replaced).
+        """
         path = Path(self.locations[0].device)
         try:
             if not stat.S_ISREG(path.stat().st_mode):
                 return path
         except FileNotFoundError:
             pass
-        return path.parent
+        return linked_file(path).parent
 
     def _exclusive(self, loc: EnvLocation) -> bool:
         same_file = [x for x in self.locations if x.device == loc.device]
@@ -413,8 +425,8 @@ class GrubEnvStore(EnvStore):
         return (self.path,)
 
     def lock_path(self) -> Path:
-        """The directory of the block (the file itself is replaced by rename)."""
-        return self.path.parent
+        """The directory of the block, where it is replaced by rename (a link's file's)."""
+        return linked_file(self.path).parent
 
     def _load(self) -> dict[str, str] | None:
         try:

@@ -20,6 +20,7 @@ from bootctl import handover, installlock
 from bootctl.board import load_board
 from bootctl.cli import build_parser, main
 from bootctl.control import SlotControl
+from bootctl.errors import BusyError, StorageError
 from tests.bootctl.paths import BOARD_DIR
 
 ARM = str(BOARD_DIR / "qemu-arm64-uboot.toml")
@@ -166,3 +167,92 @@ def test_set_primary_reads_the_recorded_value_in_its_locked_write(
     after = ctl.env()
     assert after["BOOT_B_VERITY"] == "" and after["BOOT_B_LEFT"] == "0"
     assert after["BOOT_ORDER"] == "A B"
+
+
+class Holder:
+    """Another process that holds the lock of the file at `path` (made if missing) until `end`."""
+
+    def __init__(self, path: Path) -> None:
+        script = (
+            "import fcntl, os, sys\n"
+            f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline() == "locked\n"
+
+    def end(self) -> None:
+        """Release the lock (the process ends)."""
+        self.proc.communicate(timeout=30)
+
+
+def _replace(path: Path, how: str) -> None:
+    """Remove the file at `path`, or rename another file over it."""
+    if how == "removed":
+        path.unlink()
+    else:
+        other = path.with_name("other")
+        other.write_text("")
+        other.replace(path)
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_lock_file_removed_or_replaced_while_it_is_locked_is_locked_again(
+    tmp_path: Path, how: str
+) -> None:
+    """Between this run's opening of the lock file and its locking it, the file is
+    removed (or renamed over) and another process locks the new one: this run must
+    find that one held, not lock the old file that nobody else sees."""
+    state = tmp_path / "state"
+    path = state / installlock.LOCK_FILE
+    holders: list[Holder] = []
+
+    def meanwhile(step: str) -> None:
+        if not holders:
+            _replace(path, how)
+            holders.append(Holder(path))
+
+    try:
+        with pytest.raises(BusyError) as refused:
+            installlock.acquire(state, "install", fault=meanwhile)
+        (holder,) = holders
+        assert f"(pid {holder.proc.pid})" in str(refused.value)
+    finally:
+        for each in holders:
+            each.end()
+    # Free again: it is taken on the file at the path.
+    fd = installlock.acquire(state, "install")
+    try:
+        assert os.fstat(fd).st_ino == path.stat().st_ino
+        assert path.read_text() == f"{os.getpid()}\n"
+    finally:
+        os.close(fd)
+
+
+def test_a_lock_file_replaced_each_time_it_is_locked_is_a_device_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    path = state / installlock.LOCK_FILE
+    tries = []
+
+    def meanwhile(step: str) -> None:
+        tries.append(step)
+        _replace(path, "replaced")
+
+    with pytest.raises(StorageError, match=r"cannot lock .*: it was removed or replaced each"):
+        installlock.acquire(state, "install", fault=meanwhile)
+    assert 1 < len(tries) <= 10  # tried again, a few times
+    os.close(installlock.acquire(state, "install"))  # then free
+
+
+def test_the_lock_file_stays_when_the_lock_is_released(tmp_path: Path) -> None:
+    """A holder that removed it would let a run that had opened it lock a lost file."""
+    state = tmp_path / "state"
+    with installlock.held(state, "install"):
+        ino = (state / installlock.LOCK_FILE).stat().st_ino
+    assert (state / installlock.LOCK_FILE).stat().st_ino == ino

@@ -19,6 +19,7 @@ from bootctl.state import SlotVerity
 from bundle_tool import keygen, signing
 from bundle_tool.errors import BundleError, PolicyError, TrustError
 from tests.updater.device import (
+    BOARD,
     BUILD_TIME,
     GRUB_BOARD,
     Device,
@@ -794,6 +795,30 @@ def test_install_on_a_grub_board(tmp_path: Path, pki: keygen.DevPki) -> None:
     assert v.root_hash == manifest_root_hash(bundle)
     result = veritysetup_verify(device.slot("B"), v)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("board", [BOARD, GRUB_BOARD], ids=["uboot", "grub"])
+def test_install_through_a_linked_environment_file(
+    tmp_path: Path, pki: keygen.DevPki, board: Path
+) -> None:
+    """The device config names a link to the environment on the boot partition: the
+    install writes that file, and the link stays (a regular file replaced the link,
+    and the file on the boot partition kept the old environment)."""
+    device = make_device(tmp_path / "dev", pki, image_bytes(BLOCKS, seed=1), board=board)
+    (link,) = device.env_files()
+    boot_partition = device.root / "bootpart"
+    boot_partition.mkdir()
+    link.replace(boot_partition / link.name)
+    link.symlink_to(Path("bootpart") / link.name)
+    bundle = device.bundle(image_bytes(BLOCKS, seed=2))
+    install_file(device, bundle)
+    assert link.is_symlink(), f"{link} is no longer a link"
+    assert os.readlink(link) == str(Path("bootpart") / link.name)
+    assert sorted(os.listdir(boot_partition)) == [link.name]
+    if board == GRUB_BOARD:
+        assert grub_editenv_list(link)["BOOT_ORDER"] == "B A"
+    else:
+        assert_installed(device, bundle=bundle)  # fw_printenv, through the link
 
 
 def test_status_with_an_unknown_booted_slot_shows_the_problem(device: Device) -> None:
