@@ -6,7 +6,9 @@ The order, fixed and crash-safe (docs/updater.md explains why each step is where
    (but the reason of a refusal, in last-install.json).
 2. Choose the target: the slot of the image's class that is not booted. With the
    checks, this makes the install's plan (`installplan.InstallPlan`), a value: which
-   image goes to which slot, on the stream or the delta path.
+   image goes to which slot, on the stream or the delta path. From a random-access
+   source, each file image's padding is checked here too (its block against the
+   signed tree, then for zeros), so that such a bundle is refused before step 3.
 3. Make the target unbootable (no tries, no root hash): one env write, skipped if
    it already is.
 4. Write the hash area, each block checked before it is written, then the data,
@@ -52,7 +54,7 @@ from bundle_tool.errors import BundleIOError, BundleToolError
 from bundle_tool.keyring import read_keyring
 from bundle_tool.policy import check_policy
 from bundle_tool.progress import Progress, ProgressCallback
-from bundle_tool.reader import read_head
+from bundle_tool.reader import check_file_padding, read_head
 
 from . import bootfiles, deltawrite, floor, installlock, installplan, interrupts, readback
 from .bootenv import boot_errors, open_control
@@ -233,6 +235,11 @@ class Installer:
     ) -> InstallPlan:
         """Check the bundle's head and decide the install: targets and paths. Nothing is written.
 
+        From a random-access source, each file image's padding is checked too
+        (`bundle_tool.reader.check_file_padding`): a bundle whose padding is not zeros is
+        refused before the target is touched. A stream is read once, in order: its
+        file images' padding is checked as they are written (`CheckedImage.data`).
+
         Args:
             source: where the bundle comes from (its head is read).
             slot: target slot (default: the inactive one).
@@ -264,6 +271,10 @@ class Installer:
             index_blocks=self._running_blocks(active, part) if moved and active else 0,
         )
         files = installplan.plan_files(self.board, head, self.config.boot_dir(target))
+        if source.random_access:
+            for f in files:
+                if f.image is not None:
+                    check_file_padding(source, f.image)
         return InstallPlan(head, (image,), files)
 
     def _holds_tree(self, device: str, part: ImageLayout) -> bool:

@@ -150,12 +150,7 @@ class CheckedImage:
         for span in rechunk(
             self.source.read(part.data_offset, part.image.size), SPAN_BLOCKS * verity.BLOCK_SIZE
         ):
-            bad = self.bad_block(block, span)
-            if bad is not None:
-                offset = part.data_offset + bad * verity.BLOCK_SIZE
-                raise BundleError(
-                    f"image data block {bad} (bundle offset {offset}) does not match the hash tree"
-                )
+            _refuse_bad_block(part, self.bad_block(block, span))
             _check_padding(part, block * verity.BLOCK_SIZE, span)
             if sha is not None:
                 sha.update(span)
@@ -165,6 +160,52 @@ class CheckedImage:
             yield span
         if sha is not None and sha.digest() != part.image.sha256:
             raise BundleError("image sha256 does not match the manifest")
+
+
+def _refuse_bad_block(part: ImageLayout, bad: int | None) -> None:
+    """Refuse data block `bad` of the image (None: every block matched its leaf digest)."""
+    if bad is not None:
+        offset = part.data_offset + bad * verity.BLOCK_SIZE
+        raise BundleError(
+            f"image data block {bad} (bundle offset {offset}) does not match the hash tree"
+        )
+
+
+def check_file_padding(source: RangeReader, part: ImageLayout) -> None:
+    """Refuse a file image whose padding (its bytes after `file_size`) is not zeros.
+
+    What `CheckedImage.data` refuses at the image's last span, found from a
+    random-access source before any of the image is used: only the blocks that
+    hold the padding are read, with the levels of the hash area above the leaves
+    (checked from the root hash down) and the one leaf block that covers them;
+    each block is checked against the signed tree before its bytes are looked at.
+    At most a few blocks besides the upper levels (as `TreeChecker` keeps them) are
+    held whatever the image's size.
+
+    Raises:
+        BundleError: a tree or data block does not match the signed tree, or the
+            padding is not zeros.
+    """
+    image = part.image
+    if image.length == image.size:
+        return
+    block_size = verity.BLOCK_SIZE
+    vinfo = image.verity
+    checker = verity.TreeChecker(vinfo.root_hash, vinfo.salt, vinfo.data_blocks)
+    upper = source.read(part.area_offset, checker.first_leaf * block_size)
+    for _ in checker.check_upper(rechunk(upper, block_size)):
+        pass
+
+    def leaf(j: int) -> bytes:
+        offset = part.area_offset + (checker.first_leaf + j) * block_size
+        return b"".join(source.read(offset, block_size))
+
+    first = image.length // block_size  # the padding lies in the blocks from this one on
+    count = vinfo.data_blocks - first
+    expected = checker.leaf_digests(first, count, leaf)
+    span = b"".join(source.read(part.data_offset + first * block_size, count * block_size))
+    _refuse_bad_block(part, checker.bad_block(first, span, expected))
+    _check_padding(part, first * block_size, span)
 
 
 def _check_padding(part: ImageLayout, start: int, span: bytes) -> None:

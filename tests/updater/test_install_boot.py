@@ -21,6 +21,7 @@ from bundle_tool.keyring import read_keyring
 from bundle_tool.manifest import parse_manifest
 from tests.bundle.bundles import now, resign
 from tests.helpers.boards import signed_fit
+from tests.helpers.nginx import NginxServer
 from tests.updater.device import (
     OLD_FIT,
     Device,
@@ -117,29 +118,120 @@ def verify(device: Device, bundle: Path) -> None:
         reader.check_payload(src, head)
 
 
+def shortened(device: Device, bundle: Path, slot_class: str) -> Path:
+    """`bundle` signed again with its `slot_class` image's file_size 100 bytes short of its
+    size: the image's tree covers its last 100 bytes, which are not zeros."""
+
+    def shorten(manifest: dict) -> None:
+        (image,) = (i for i in manifest["images"] if i["slot_class"] == slot_class)
+        image["file_size"] = image["size"] - 100
+
+    bundle.write_bytes(resign(bundle.read_bytes(), device.signer(), shorten))
+    return bundle
+
+
+def unpadded_fit(tmp_path: Path) -> Path:
+    """A boot image of whole blocks of random bytes (nothing of it is zeros)."""
+    fit = tmp_path / "boot.itb"
+    fit.write_bytes(image_bytes(5, seed=9))
+    return fit
+
+
 def test_a_boot_image_whose_padding_is_not_zeros_is_refused_by_both_readers(
     tmp_path: Path, pki: keygen.DevPki
 ) -> None:
     """A signed manifest whose file_size leaves non-zero bytes in the padding: not a bundle."""
     device = fit_device(tmp_path / "dev", pki)
-    fit = tmp_path / "boot.itb"
-    fit.write_bytes(image_bytes(5, seed=9))  # whole blocks: its last 100 bytes are not zeros
-
-    def shorten(manifest: dict) -> None:
-        (boot,) = (i for i in manifest["images"] if i["slot_class"] == "boot")
-        boot["file_size"] = boot["size"] - 100
-
-    bundle = group_bundle(device, fit)
-    bundle.write_bytes(resign(bundle.read_bytes(), device.signer(), shorten))
+    bundle = shortened(device, group_bundle(device, unpadded_fit(tmp_path)), "boot")
     padding = r"boot image: its bytes after file_size 20380 are not zeros"
     with pytest.raises(BundleError, match=padding):
         verify(device, bundle)
     r = device.cli("install", str(bundle))
     assert r.returncode == 3, r.stderr
     assert "are not zeros" in r.stderr and "medium" not in r.stderr
+    # A stream is read once, in order: the padding is checked as the image is written
+    # (here after the rootfs), and the refusal is the same.
+    with bundle.open("rb") as stdin:
+        streamed = device.cli("install", "-", stdin=stdin)
+    assert (streamed.returncode, streamed.stderr) == (r.returncode, r.stderr)
     assert (device.boot_dir("B") / "boot.itb").read_bytes() == OLD_FIT
     assert not (device.boot_dir("B") / temporary_name("boot.itb")).exists()
     assert device.control().boot_state().order[0] == "A"
+
+
+def rolled_back_group(tmp_path: Path, pki: keygen.DevPki, fit: Path) -> Device:
+    """A device whose slot group B holds an earlier install (rootfs, root hash, boot image)
+    with full tries, second in the boot order: a refusal that invalidated B would show."""
+    device = fit_device(tmp_path / "dev", pki)
+    install(device, group_bundle(device, fit))
+    device.control().reset()  # BOOT_ORDER "A B", full tries for both; root hashes kept
+    st = device.control().boot_state()
+    assert st.order == ("A", "B") and st.slot("B").bootable
+    return device
+
+
+def boot_folder(device: Device) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in device.boot_dir("B").iterdir()}
+
+
+@pytest.mark.parametrize("where", ["file", "file-boot-first", "https"])
+def test_a_boot_image_whose_padding_is_not_zeros_is_refused_before_writing(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path, request: pytest.FixtureRequest, where: str
+) -> None:
+    """The padding is checked (its block against the signed tree, then for zeros) before
+    the target is invalidated: slot B, its boot folder, the environment and the slot
+    records are as they were, byte for byte, and the exit status is 3."""
+    device = rolled_back_group(tmp_path, pki, fit)
+    bundle = group_bundle(device, unpadded_fit(tmp_path), boot_first=where == "file-boot-first")
+    shortened(device, bundle, "boot")
+    before, files = device.snapshot(target=True), boot_folder(device)
+    source = str(bundle)
+    if where == "https":
+        server: NginxServer = request.getfixturevalue("nginx_server")
+        (Path(server.root) / "v2.bundle").write_bytes(bundle.read_bytes())
+        source = server.url("v2.bundle")
+        config = device.config_path.read_text()
+        device.config_path.write_text(f'{config}[http]\nca_file = "{server.ca_file}"\n')
+    r = device.cli("install", source)
+    assert r.returncode == 3, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line == (
+        "updater: error: boot image: its bytes after file_size 20380 are not zeros "
+        "(the padding of a file image)"
+    )
+    assert device.snapshot(target=True) == before
+    assert boot_folder(device) == files
+
+
+def test_padding_checked_before_writing_is_checked_against_the_signed_tree(
+    tmp_path: Path, pki: keygen.DevPki
+) -> None:
+    """Zeros put in the bundle over the padding do not pass the check made before
+    writing: they are not the signed bytes, and the block is refused as corrupt."""
+    device = fit_device(tmp_path / "dev", pki)
+    bundle = shortened(device, group_bundle(device, unpadded_fit(tmp_path)), "boot")
+    data = bytearray(bundle.read_bytes())
+    end = boot_data_offset(bundle) + 5 * 4096
+    data[end - 100 : end] = bytes(100)
+    bundle.write_bytes(bytes(data))
+    before = device.snapshot(target=True)
+    with pytest.raises(BundleError, match=r"image data block 4 .* does not match the hash tree"):
+        install(device, bundle)
+    assert device.snapshot(target=True) == before
+
+
+def test_a_rootfs_with_a_file_size_is_refused_before_writing(
+    tmp_path: Path, pki: keygen.DevPki, fit: Path
+) -> None:
+    """The image for the slot device cannot be a file image (so has no padding to check)."""
+    device = rolled_back_group(tmp_path, pki, fit)
+    bundle = shortened(device, group_bundle(device, fit), "rootfs")
+    before, files = device.snapshot(target=True), boot_folder(device)
+    r = device.cli("install", str(bundle))
+    assert r.returncode == 5, r.stderr
+    assert "a slot device takes whole 4096-byte blocks" in r.stderr
+    assert device.snapshot(target=True) == before
+    assert boot_folder(device) == files
 
 
 @pytest.mark.parametrize("stream", [False, True])
