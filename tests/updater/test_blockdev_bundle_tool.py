@@ -25,7 +25,7 @@ def test_info_extract_and_resign_take_a_bundle_on_a_block_device(
     loop_device: LoopDevice,  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
-    bundle = device.bundle(image_bytes(300, seed=2))
+    bundle = device.bundle(image_bytes(300, seed=2), data_padding=False)  # a partial sector
     dev = loop_device(on_sectors(bundle.read_bytes(), junk=1))
     info = run_tool("info", dev, "--json")
     assert (info.returncode, info.stderr) == (0, "")

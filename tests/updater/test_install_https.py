@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_tool import keygen
+from bundle_tool import container, keygen
 from bundle_tool.errors import BundleError
 from tests.helpers.faultserver import FaultServer
 from tests.helpers.nginx import NginxServer
@@ -68,10 +68,14 @@ def test_delta_update_downloads_little(
     bundle = device.bundle(new, leaf_summary=summary != "no")
     if summary == "stale":
         stale = device.bundle(old, "old.bundle").read_bytes()
-        size = len(bundle.read_bytes()) - len(new)
-        assert stale[size - 8192 : size] != bundle.read_bytes()[size - 8192 : size]
         raw = bytearray(bundle.read_bytes())
-        raw[size - 8192 : size] = stale[size - 8192 : size]  # the summary: 128 entries
+        header = container.parse_header(bytes(raw[: container.HEADER_SIZE]))
+        manifest, _ = container.inspect_head(bytes(raw[: header.head_size]))
+        (part,), _ = container.layout(header, manifest)
+        where = slice(part.summary_offset, part.summary_offset + part.image.leaf_summary_size)
+        assert part.image.leaf_summary_size == 8192  # 128 entries
+        assert stale[where] != raw[where]
+        raw[where] = stale[where]
         bundle.write_bytes(raw)
     served = served_install(device, nginx_server, bundle, new)
     # The leaf blocks (or their changed parts) of each batch of leaf groups come in
