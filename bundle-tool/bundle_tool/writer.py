@@ -305,29 +305,31 @@ def _padded(head_size: int, images: Sequence[Image]) -> list[Image]:
     return out
 
 
-#: Tries at a head whose padding fits its own size (the padding's digits count too).
-PAD_TRIES = 4
-
-
 def _plan(
     opts: CreateOptions, images: Sequence[Image], artifacts: Sequence[Artifact]
 ) -> tuple[list[Image], int]:
     """The planned images, padded for a head of the size returned.
 
-    Should no try fit (the signatures' lengths keep changing), the data lies where
-    the last plan puts it, valid, only not on a block boundary.
+    The padding is in the manifest, so the head's size depends on it: on the
+    first image's padding alone (the others follow from the images' sizes once
+    its data is on a block) and there only on the number of its digits, absent
+    for none. Each length is tried; where none fits (the padding wanted is 9 for
+    a 2-digit one, 99, 999), the data lies where that plan puts it, valid and
+    not on a block boundary.
     """
-    head_size = _planned_head_size(_manifest(opts, images, artifacts), opts.signers)
-    padded = list(images)
-    if not opts.data_padding:
-        return padded, head_size
-    for _ in range(PAD_TRIES):
-        padded = _padded(head_size, images)
-        size = _planned_head_size(_manifest(opts, padded, artifacts), opts.signers)
-        if size == head_size:
-            break
-        head_size = size
-    return padded, head_size
+
+    def head_size(planned: Sequence[Image]) -> int:
+        return _planned_head_size(_manifest(opts, planned, artifacts), opts.signers)
+
+    if not opts.data_padding or not images:
+        return list(images), head_size(images)
+    first, *rest = _padded(0, images)
+    for guess in (0, 1, 10, 100, 1000):  # the first image's padding, of each length
+        size = head_size([replace(first, data_padding=guess), *rest])
+        padded = _padded(size, images)
+        if head_size(padded) == size:
+            return padded, size
+    return padded, head_size(padded)
 
 
 def _planned_image(opts: CreateOptions, inp: _Input, salt: bytes) -> Image:

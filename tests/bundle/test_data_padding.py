@@ -124,3 +124,25 @@ def test_a_head_of_another_size_than_planned_still_gives_a_valid_bundle(
     raw = make_bundle(blocks=140).read_bytes()
     (part,) = parts(raw, keyring)  # verified, padding zeros included
     assert part.image.data_padding and part.data_offset % 4096 != 0
+
+
+def test_the_plan_aligns_the_data_whatever_the_head_size(signer: signing.Signer) -> None:
+    """Only where no padding fits its own digits (the head needs 9 bytes of a 1-digit
+    padding or 10 of a 2-digit one, and so at 99 and 999) is the data left off a block;
+    the plan is always one the head has."""
+    from bundle_tool import leafsummary, verity, writer
+    from bundle_tool.manifest import Image, VerityInfo
+
+    blocks = 140
+    vinfo = VerityInfo(bytes(32), bytes(32), blocks, verity.Geometry.for_blocks(blocks).area_size)
+    image = Image("rootfs", blocks * 4096, None, vinfo, None, leafsummary.summary_size(blocks))
+    unaligned = []
+    for n in range(4096):  # the head takes each size modulo 4096 once
+        opts = writer.CreateOptions(Path("x.img"), "1.0.0", "b" + "x" * n, [signer], build_time=0)
+        (padded,), head_size = writer._plan(opts, [image], ())
+        assert head_size == writer._planned_head_size(
+            writer._manifest(opts, [padded], ()), [signer]
+        )
+        if (head_size + padded.data_start) % 4096:
+            unaligned.append(n)
+    assert len(unaligned) == 3, unaligned
