@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_tool import keygen
+from bundle_tool import container, keygen
 from bundle_tool.errors import BundleError
 from tests.helpers.faultserver import FaultServer
 from tests.helpers.nginx import NginxServer
@@ -31,6 +31,15 @@ def changed(data: bytes, fraction: float, run: int, seed: int) -> bytes:
     for start in starts:
         out[start * 4096 : (start + run) * 4096] = rng.randbytes(run * 4096)
     return bytes(out)
+
+
+def summary_span(bundle: Path) -> tuple[int, int]:
+    """Where the leaf summary of the bundle's image lies in it."""
+    raw = bundle.read_bytes()
+    header = container.parse_header(raw[: container.HEADER_SIZE])
+    manifest, _ = container.inspect_head(raw[: header.head_size])
+    (part,), _ = container.layout(header, manifest)
+    return part.summary_offset, part.summary_offset + part.image.leaf_summary_size
 
 
 def https_install(device: Device, url: str, ca_file: str, **settings: float) -> object:
@@ -68,10 +77,11 @@ def test_delta_update_downloads_little(
     bundle = device.bundle(new, leaf_summary=summary != "no")
     if summary == "stale":
         stale = device.bundle(old, "old.bundle").read_bytes()
-        size = len(bundle.read_bytes()) - len(new)
-        assert stale[size - 8192 : size] != bundle.read_bytes()[size - 8192 : size]
+        at, end = summary_span(bundle)
+        assert (at, end) == summary_span(device.root / "old.bundle")  # 128 entries each
+        assert stale[at:end] != bundle.read_bytes()[at:end]
         raw = bytearray(bundle.read_bytes())
-        raw[size - 8192 : size] = stale[size - 8192 : size]  # the summary: 128 entries
+        raw[at:end] = stale[at:end]
         bundle.write_bytes(raw)
     served = served_install(device, nginx_server, bundle, new)
     # The leaf blocks (or their changed parts) of each batch of leaf groups come in
