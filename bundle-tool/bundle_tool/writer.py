@@ -527,6 +527,9 @@ def resign_bundle(
     Without ``append`` the signatures are replaced by those of ``signers``; with it they
     are added after the existing ones (m-of-n signing in several places). The signatures
     already there are not checked. With Ed25519 or RSA keys the output is reproducible.
+    Each new signature has its usual length where it can (`_sign_usual`), so replacing
+    signatures by ones of the same kind of key keeps the head's size, and the images'
+    data on the block boundaries `create` put it on.
 
     Returns:
         The signature entries of the output.
@@ -551,7 +554,7 @@ def _resign(
     *,
     append: bool,
 ) -> tuple[SignatureEntry, ...]:
-    new = [sign(head.manifest_raw, s) for s in signers]
+    new = [_sign_usual(head.manifest_raw, s) for s in signers]
     entries = (*head.entries, *new) if append else tuple(new)
     seen: dict[bytes, int] = {}
     for number, entry in enumerate(entries, start=1):

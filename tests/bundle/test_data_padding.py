@@ -146,3 +146,24 @@ def test_the_plan_aligns_the_data_whatever_the_head_size(signer: signing.Signer)
         if (head_size + padded.data_start) % 4096:
             unaligned.append(n)
     assert len(unaligned) == 3, unaligned
+
+
+def test_a_bundle_resigned_by_a_key_of_the_same_kind_keeps_its_data_on_a_block(
+    tmp_path: Path, make_bundle: Callable[..., Path]
+) -> None:
+    """`resign` makes each signature of its usual length, as `create` does: an ECDSA
+    signature, a byte longer or shorter half the time, would move every image's data."""
+    from bundle_tool import writer
+
+    pki = keygen.make_dev_pki(tmp_path / "pki", algorithm="ecdsa-p256")
+    key = signing.load_signer(pki.signer_key.read_bytes(), pki.signer_cert.read_bytes())
+    keyring = load_keyring(pki.ca_cert.read_bytes())
+    path = make_bundle(blocks=140, signers=[key])
+    size = container.parse_header(path.read_bytes()).head_size
+    for n in range(8):
+        out = tmp_path / f"{n}.bundle"
+        writer.resign_bundle(path, [key], out)
+        raw = out.read_bytes()
+        assert container.parse_header(raw).head_size == size
+        (part,) = parts(raw, keyring)
+        assert part.data_offset % 4096 == 0
