@@ -230,16 +230,19 @@ SIGN_TRIES = 16
 
 
 def _sign_usual(manifest_raw: bytes, signer: Signer) -> SignatureEntry:
-    """A signature of the manifest, made again (up to `SIGN_TRIES` times) until it has
-    its usual length (`algorithms.usual_signature_size`): the data was placed after a
-    head with signatures of that length.
+    """A signature of the manifest, made again (up to `SIGN_TRIES` times, while it comes
+    out different) until it has its usual length (`algorithms.usual_signature_size`):
+    the data was placed after a head with signatures of that length.
     """
     want = _usual_size(signer)
     entry = sign(manifest_raw, signer)
     for _ in range(SIGN_TRIES - 1):
         if len(entry.signature) == want:
             break
-        entry = sign(manifest_raw, signer)
+        again = sign(manifest_raw, signer)
+        if again == entry:  # a deterministic signer: each try would give the same
+            break
+        entry = again
     return entry
 
 

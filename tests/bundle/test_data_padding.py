@@ -167,3 +167,23 @@ def test_a_bundle_resigned_by_a_key_of_the_same_kind_keeps_its_data_on_a_block(
         assert container.parse_header(raw).head_size == size
         (part,) = parts(raw, keyring)
         assert part.data_offset % 4096 == 0
+
+
+def test_a_signature_that_comes_out_the_same_is_not_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deterministic signer (RFC 6979 ECDSA, a token) gives one length only: signing
+    again (each time on a token, perhaps asking for its PIN) would change nothing."""
+    from bundle_tool import writer
+
+    pki = keygen.make_dev_pki(tmp_path / "pki", algorithm="ecdsa-p256")
+    key = signing.load_signer(pki.signer_key.read_bytes(), pki.signer_cert.read_bytes())
+    calls: list[bytes] = []
+
+    def deterministic(message: bytes, signer: signing.Signer) -> container.SignatureEntry:
+        calls.append(message)
+        return container.SignatureEntry(b"cert", (), bytes(70))  # one byte short of usual
+
+    monkeypatch.setattr(writer, "sign", deterministic)
+    assert writer._sign_usual(b"manifest", key).signature == bytes(70)
+    assert len(calls) == 2
