@@ -187,3 +187,30 @@ def test_a_signature_that_comes_out_the_same_is_not_made_again(
     monkeypatch.setattr(writer, "sign", deterministic)
     assert writer._sign_usual(b"manifest", key).signature == bytes(70)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("algorithm", ["ed25519", "rsa3072", "ecdsa-p256"])
+def test_two_creates_of_several_images_and_artifacts_are_the_same(
+    tmp_path: Path, make_bundle: Callable[..., Path], algorithm: str
+) -> None:
+    """Byte for byte with Ed25519 and RSA; with ECDSA but for the signatures, which
+    have their usual length, so the padding and every place are the same."""
+    pki = keygen.make_dev_pki(tmp_path / "pki", algorithm=algorithm)
+    key = signing.load_signer(pki.signer_key.read_bytes(), pki.signer_cert.read_bytes())
+    extra = [("app", write_image(tmp_path / "app.img", 300, seed=1))]
+    extra.append(("data", write_image(tmp_path / "data.img", 1, seed=2)))
+    (tmp_path / "kernel").write_bytes(bytes(range(256)) * 39)
+    (tmp_path / "notes.txt").write_bytes(b"notes\n")
+    arts = [tmp_path / "kernel", tmp_path / "notes.txt"]
+    a, b = (
+        make_bundle(
+            blocks=140, name=name, signers=[key], extra_images=extra, artifacts=arts
+        ).read_bytes()
+        for name in ("a.bundle", "b.bundle")
+    )
+    ha, hb = container.parse_header(a), container.parse_header(b)
+    assert ha == hb and a[64 : 64 + ha.manifest_size] == b[64 : 64 + hb.manifest_size]
+    assert a[ha.head_size :] == b[hb.head_size :]
+    assert (a == b) == (algorithm != "ecdsa-p256")
+    places = parts(a, load_keyring(pki.ca_cert.read_bytes()))
+    assert [p.data_offset % 4096 for p in places] == [0, 0, 0]
