@@ -19,9 +19,15 @@ from bundle_tool.errors import BundleError
 from tests.helpers.boards import signed_fit
 from tests.helpers.nginx import NginxServer
 from tests.updater.device import Device, fit_device, group_bundle, image_bytes
-from tests.updater.test_install import assert_installed, install_file
+from tests.updater.test_install import (
+    SMALL_REGIONS,
+    FailingAfter500Blocks,
+    assert_installed,
+    install_file,
+)
 from tests.updater.test_install_https import https_install
-from updater.filesource import StdinSource
+from updater.errors import DeviceError
+from updater.filesource import FileSource, StdinSource
 from updater.install import Installer
 
 BLOCKS = 700
@@ -129,4 +135,22 @@ def test_any_padding_installs_over_https_whole_then_by_delta(
     again = https_install(device, url, nginx_server.ca_file)  # B holds it: all reused
     assert again.bytes_reused == len(new)  # type: ignore[attr-defined]
     assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["padded first", "older form first"])
+def test_an_install_interrupted_from_one_form_resumes_from_the_other(
+    device: Device, *, first: bool
+) -> None:
+    """Progress is the slot's, checked against the tree: where the data lay in the
+    bundle it came from does not matter (both forms have the same root hash)."""
+    new = image_bytes(BLOCKS, seed=14)
+    one = device.bundle(new, "one.bundle", data_padding=first)
+    other = device.bundle(new, "other.bundle", data_padding=not first)
+    failing = Installer(device.config(), open_slot=FailingAfter500Blocks, tuning=SMALL_REGIONS)
+    with FileSource(one) as src, pytest.raises(DeviceError, match="Input/output error"):
+        failing.install(src)
+    again = install_file(device, other, SMALL_REGIONS)
+    assert again.bytes_reused >= 448 * 4096  # type: ignore[attr-defined]
+    assert_installed(device, bundle=other)
     assert device.slot("B").read_bytes()[: len(new)] == new
