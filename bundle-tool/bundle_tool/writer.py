@@ -29,6 +29,7 @@ from .container import (
     build_signature_block,
     parse_head,
     parse_header,
+    place_images,
 )
 from .elfcheck import check_machine, elf_machine
 from .errors import BundleError, BundleIOError, UsageError
@@ -274,25 +275,6 @@ def _planned_head_size(manifest: Manifest, signers: Sequence[Signer]) -> int:
     return HEADER_SIZE + len(manifest.to_bytes()) + len(build_signature_block(entries))
 
 
-@dataclass(frozen=True)
-class _Place:
-    """Where one image's parts lie in the bundle file (byte offsets)."""
-
-    area: int
-    summary: int
-    data: int
-
-
-def _places(head_size: int, images: Sequence[Image]) -> tuple[list[_Place], int]:
-    """Where each image goes after a head of `head_size` bytes, and where the images end."""
-    places = []
-    at = head_size
-    for image in images:
-        places.append(_Place(at, at + image.verity.tree_size, at + image.data_start))
-        at += image.payload_size
-    return places, at
-
-
 def _padded(head_size: int, images: Sequence[Image]) -> list[Image]:
     """`images` with the padding that starts each one's data on a block boundary of the file.
 
@@ -374,7 +356,7 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
         # The manifest takes as many bytes whatever the digests: each image's data has
         # its place in the bundle before it is hashed, and goes there as it is hashed.
         planned, head_size = _plan(opts, planned, artifacts)
-        places, _ = _places(head_size, planned)
+        places, _ = place_images(head_size, planned)
         # The output file first: an unwritable output fails before the image is hashed.
         with _temporary_output(output) as (fd, tmp):
             with os.fdopen(fd, "wb", buffering=0) as out:
@@ -386,7 +368,7 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
                         opts,
                         inp,
                         plan,
-                        store=functools.partial(store, place.data),
+                        store=functools.partial(store, place.data_offset),
                         spool_dir=output.parent,
                         progress=progress,
                     )
@@ -394,22 +376,22 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
                     trees.append(spool.enter_context(tree))
                 manifest = _manifest(opts, images, artifacts)
                 head = _head(manifest, opts.signers)
-                places, end = _places(len(head), images)
+                places, end = place_images(len(head), images)
                 if len(head) != head_size:
                     # The signatures came out of another length: every image is copied
                     # whole to its real place (each byte of the bundle is written again).
                     for inp, image, place in zip(inputs, images, places, strict=True):
                         with inp.path.open("rb") as img:
-                            _copy_at(img.fileno(), out.fileno(), 0, place.data, image.size)
+                            _copy_at(img.fileno(), out.fileno(), 0, place.data_offset, image.size)
                 _write_at(out.fileno(), [head], 0)
                 for image, tree, place in zip(images, trees, places, strict=True):
-                    _write_at(out.fileno(), tree.area_chunks(), place.area)
+                    _write_at(out.fileno(), tree.area_chunks(), place.area_offset)
                     if image.leaf_summary_size:
                         summary = leafsummary.summarize(tree.level_chunks(0))
-                        _write_at(out.fileno(), summary, place.summary)
+                        _write_at(out.fileno(), summary, place.summary_offset)
                     # Zeros even where the images were first placed otherwise.
                     padding = bytes(image.data_padding)
-                    _write_at(out.fileno(), [padding], place.data - len(padding))
+                    _write_at(out.fileno(), [padding], place.data_offset - len(padding))
                 for path, art in zip(opts.artifacts, artifacts, strict=True):
                     with path.open("rb") as f:
                         _copy_at(f.fileno(), out.fileno(), 0, end, art.size)
