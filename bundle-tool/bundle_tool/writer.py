@@ -298,8 +298,9 @@ def _plan(
     The padding is in the manifest, so the head's size depends on it: on the
     first image's padding alone (the others follow from the images' sizes once
     its data is on a block) and there only on the number of its digits, absent
-    for none. Each length is tried; where none fits (the padding wanted is 9 for
-    a 2-digit one, 99, 999), the data lies where that plan puts it, valid and
+    for none. Each length is tried. Where none fits (with a 1-digit padding the
+    head would want 10 bytes of it, with a 2-digit one 9; and so at 99 and 999:
+    3 head sizes in 4096), the data lies where the last try puts it, valid and
     not on a block boundary.
     """
 
