@@ -199,16 +199,25 @@ def layout(
     header: Header, manifest: Manifest
 ) -> tuple[tuple[ImageLayout, ...], tuple[ArtifactLayout, ...]]:
     """Offsets of every payload part, derived from the signed manifest."""
-    pos = header.head_size
-    images = []
-    for image in manifest.images:
-        images.append(ImageLayout(image, pos, pos + image.data_start))
-        pos += image.payload_size
+    images, pos = place_images(header.head_size, manifest.images)
     artifacts = []
     for art in manifest.artifacts:
         artifacts.append(ArtifactLayout(art, pos))
         pos += art.size
     return tuple(images), tuple(artifacts)
+
+
+def place_images(head_size: int, images: Sequence[Image]) -> tuple[tuple[ImageLayout, ...], int]:
+    """Where each image lies after a head of `head_size` bytes, and where the images end.
+
+    The one definition of the images' places: the reader's `layout` and the writer's.
+    """
+    pos = head_size
+    places = []
+    for image in images:
+        places.append(ImageLayout(image, pos, pos + image.data_start))
+        pos += image.payload_size
+    return tuple(places), pos
 
 
 def payload_size_problem(header: Header, manifest: Manifest) -> str | None:

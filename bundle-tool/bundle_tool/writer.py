@@ -29,6 +29,7 @@ from .container import (
     build_signature_block,
     parse_head,
     parse_header,
+    place_images,
 )
 from .elfcheck import check_machine, elf_machine
 from .errors import BundleError, BundleIOError, UsageError
@@ -230,16 +231,19 @@ SIGN_TRIES = 16
 
 
 def _sign_usual(manifest_raw: bytes, signer: Signer) -> SignatureEntry:
-    """A signature of the manifest, made again (up to `SIGN_TRIES` times) until it has
-    its usual length (`algorithms.usual_signature_size`): the data was placed after a
-    head with signatures of that length.
+    """A signature of the manifest, made again (up to `SIGN_TRIES` times, while it comes
+    out different) until it has its usual length (`algorithms.usual_signature_size`):
+    the data was placed after a head with signatures of that length.
     """
     want = _usual_size(signer)
     entry = sign(manifest_raw, signer)
     for _ in range(SIGN_TRIES - 1):
         if len(entry.signature) == want:
             break
-        entry = sign(manifest_raw, signer)
+        again = sign(manifest_raw, signer)
+        if again == entry:  # a deterministic signer: each try would give the same
+            break
+        entry = again
     return entry
 
 
@@ -271,25 +275,6 @@ def _planned_head_size(manifest: Manifest, signers: Sequence[Signer]) -> int:
     return HEADER_SIZE + len(manifest.to_bytes()) + len(build_signature_block(entries))
 
 
-@dataclass(frozen=True)
-class _Place:
-    """Where one image's parts lie in the bundle file (byte offsets)."""
-
-    area: int
-    summary: int
-    data: int
-
-
-def _places(head_size: int, images: Sequence[Image]) -> tuple[list[_Place], int]:
-    """Where each image goes after a head of `head_size` bytes, and where the images end."""
-    places = []
-    at = head_size
-    for image in images:
-        places.append(_Place(at, at + image.verity.tree_size, at + image.data_start))
-        at += image.payload_size
-    return places, at
-
-
 def _padded(head_size: int, images: Sequence[Image]) -> list[Image]:
     """`images` with the padding that starts each one's data on a block boundary of the file.
 
@@ -305,29 +290,32 @@ def _padded(head_size: int, images: Sequence[Image]) -> list[Image]:
     return out
 
 
-#: Tries at a head whose padding fits its own size (the padding's digits count too).
-PAD_TRIES = 4
-
-
 def _plan(
     opts: CreateOptions, images: Sequence[Image], artifacts: Sequence[Artifact]
 ) -> tuple[list[Image], int]:
     """The planned images, padded for a head of the size returned.
 
-    Should no try fit (the signatures' lengths keep changing), the data lies where
-    the last plan puts it, valid, only not on a block boundary.
+    The padding is in the manifest, so the head's size depends on it: on the
+    first image's padding alone (the others follow from the images' sizes once
+    its data is on a block) and there only on the number of its digits, absent
+    for none. Each length is tried. Where none fits (with a 1-digit padding the
+    head would want 10 bytes of it, with a 2-digit one 9; and so at 99 and 999:
+    3 head sizes in 4096), the data lies where the last try puts it, valid and
+    not on a block boundary.
     """
-    head_size = _planned_head_size(_manifest(opts, images, artifacts), opts.signers)
-    padded = list(images)
-    if not opts.data_padding:
-        return padded, head_size
-    for _ in range(PAD_TRIES):
-        padded = _padded(head_size, images)
-        size = _planned_head_size(_manifest(opts, padded, artifacts), opts.signers)
-        if size == head_size:
-            break
-        head_size = size
-    return padded, head_size
+
+    def head_size(planned: Sequence[Image]) -> int:
+        return _planned_head_size(_manifest(opts, planned, artifacts), opts.signers)
+
+    if not opts.data_padding or not images:
+        return list(images), head_size(images)
+    first, *rest = _padded(0, images)
+    for guess in (0, 1, 10, 100, 1000):  # the first image's padding, of each length
+        size = head_size([replace(first, data_padding=guess), *rest])
+        padded = _padded(size, images)
+        if head_size(padded) == size:
+            return padded, size
+    return padded, head_size(padded)
 
 
 def _planned_image(opts: CreateOptions, inp: _Input, salt: bytes) -> Image:
@@ -369,7 +357,7 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
         # The manifest takes as many bytes whatever the digests: each image's data has
         # its place in the bundle before it is hashed, and goes there as it is hashed.
         planned, head_size = _plan(opts, planned, artifacts)
-        places, _ = _places(head_size, planned)
+        places, _ = place_images(head_size, planned)
         # The output file first: an unwritable output fails before the image is hashed.
         with _temporary_output(output) as (fd, tmp):
             with os.fdopen(fd, "wb", buffering=0) as out:
@@ -381,7 +369,7 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
                         opts,
                         inp,
                         plan,
-                        store=functools.partial(store, place.data),
+                        store=functools.partial(store, place.data_offset),
                         spool_dir=output.parent,
                         progress=progress,
                     )
@@ -389,22 +377,22 @@ def _create(opts: CreateOptions, output: Path, progress: ProgressCallback | None
                     trees.append(spool.enter_context(tree))
                 manifest = _manifest(opts, images, artifacts)
                 head = _head(manifest, opts.signers)
-                places, end = _places(len(head), images)
+                places, end = place_images(len(head), images)
                 if len(head) != head_size:
                     # The signatures came out of another length: every image is copied
                     # whole to its real place (each byte of the bundle is written again).
                     for inp, image, place in zip(inputs, images, places, strict=True):
                         with inp.path.open("rb") as img:
-                            _copy_at(img.fileno(), out.fileno(), 0, place.data, image.size)
+                            _copy_at(img.fileno(), out.fileno(), 0, place.data_offset, image.size)
                 _write_at(out.fileno(), [head], 0)
                 for image, tree, place in zip(images, trees, places, strict=True):
-                    _write_at(out.fileno(), tree.area_chunks(), place.area)
+                    _write_at(out.fileno(), tree.area_chunks(), place.area_offset)
                     if image.leaf_summary_size:
                         summary = leafsummary.summarize(tree.level_chunks(0))
-                        _write_at(out.fileno(), summary, place.summary)
+                        _write_at(out.fileno(), summary, place.summary_offset)
                     # Zeros even where the images were first placed otherwise.
                     padding = bytes(image.data_padding)
-                    _write_at(out.fileno(), [padding], place.data - len(padding))
+                    _write_at(out.fileno(), [padding], place.data_offset - len(padding))
                 for path, art in zip(opts.artifacts, artifacts, strict=True):
                     with path.open("rb") as f:
                         _copy_at(f.fileno(), out.fileno(), 0, end, art.size)
@@ -525,6 +513,9 @@ def resign_bundle(
     Without ``append`` the signatures are replaced by those of ``signers``; with it they
     are added after the existing ones (m-of-n signing in several places). The signatures
     already there are not checked. With Ed25519 or RSA keys the output is reproducible.
+    Each new signature has its usual length where it can (`_sign_usual`), so replacing
+    signatures by ones of the same kind of key keeps the head's size, and the images'
+    data on the block boundaries `create` put it on.
 
     Returns:
         The signature entries of the output.
@@ -549,7 +540,7 @@ def _resign(
     *,
     append: bool,
 ) -> tuple[SignatureEntry, ...]:
-    new = [sign(head.manifest_raw, s) for s in signers]
+    new = [_sign_usual(head.manifest_raw, s) for s in signers]
     entries = (*head.entries, *new) if append else tuple(new)
     seen: dict[bytes, int] = {}
     for number, entry in enumerate(entries, start=1):

@@ -93,6 +93,18 @@ def area_size(size: int) -> int:
     return verity.Geometry.for_blocks(size // common.BLOCK).area_size
 
 
+def image_offsets(bundle: Path) -> tuple[int, int]:
+    """Where the hash area and the data of the bundle's only image start in it."""
+    from bundle_tool import container
+
+    with bundle.open("rb") as f:
+        header = container.parse_header(f.read(container.HEADER_SIZE))
+        head = os.pread(f.fileno(), header.head_size, 0)
+    manifest, _ = container.inspect_head(head)
+    (part,), _ = container.layout(header, manifest)
+    return part.area_offset, part.data_offset
+
+
 def empty(path: Path) -> None:
     with path.open("wb"):
         pass
@@ -128,11 +140,8 @@ def reference(bundle: Path, slot: Path, size: int, root: str) -> tuple[float, in
 
 def reference_runs(bundle: Path, slot: Path, size: int, root: str) -> list[common.Run]:
     """The steps of `reference`, each timed."""
-    from bundle_tool import leafsummary
-
-    data_offset = bundle.stat().st_size - size
+    area_offset, data_offset = image_offsets(bundle)
     area = area_size(size)
-    area_offset = data_offset - leafsummary.summary_size(size // common.BLOCK) - area
     steps = [
         [
             "dd",

@@ -94,22 +94,34 @@ def test_ecdsa_reproducible_but_for_signature(
     assert a[: ha.head_size] != b[: hb.head_size]  # ECDSA signatures are randomised
 
 
-REGIONS = ("header", "manifest", "signatures", "tree", "summary", "data")
+REGIONS = ("header", "manifest", "signatures", "tree", "summary", "padding", "data")
 SMALL_SUMMARY = 2 * 64  # 140 blocks: two leaf blocks, 64 bytes each
 
 
 def region_span(data: bytes, region: str) -> tuple[int, int]:
     h = container.parse_header(data)
-    m = 64 + h.manifest_size
-    data_start = len(data) - 140 * 4096
+    (part,), _ = container.layout(h, parse_manifest(data[64 : 64 + h.manifest_size]))
+    summary_end = part.summary_offset + part.image.leaf_summary_size
     return {
         "header": (0, 64),
-        "manifest": (64, m),
-        "signatures": (m, h.head_size),
-        "tree": (h.head_size, data_start - SMALL_SUMMARY),
-        "summary": (data_start - SMALL_SUMMARY, data_start),
-        "data": (data_start, len(data)),
+        "manifest": (64, 64 + h.manifest_size),
+        "signatures": (64 + h.manifest_size, h.head_size),
+        "tree": (h.head_size, part.summary_offset),
+        "summary": (part.summary_offset, summary_end),
+        "padding": (summary_end, part.data_offset),
+        "data": (part.data_offset, len(data)),
     }[region]
+
+
+def test_the_regions_are_the_parts_of_the_bundle(small_bundle: bytes) -> None:
+    spans = [region_span(small_bundle, r) for r in REGIONS]
+    assert [lo for lo, _ in spans[1:]] == [hi for _, hi in spans[:-1]]  # each after the last
+    assert spans[-1][1] == len(small_bundle)
+    lengths = {r: hi - lo for r, (lo, hi) in zip(REGIONS, spans, strict=True)}
+    assert lengths["summary"] == SMALL_SUMMARY and lengths["data"] == 140 * 4096
+    assert 0 < lengths["padding"] < 4096 and spans[-1][0] % 4096 == 0
+    summary, padding = (small_bundle[lo:hi] for lo, hi in spans[4:6])
+    assert any(summary) and not any(padding)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +155,8 @@ def test_any_flipped_byte_is_refused(
 
 def boundaries(data: bytes) -> list[int]:
     h = container.parse_header(data)
-    tree_end = len(data) - 140 * 4096 - SMALL_SUMMARY
+    tree_end = region_span(data, "tree")[1]
+    padding, data_start = region_span(data, "padding")
     points = [
         0,
         8,
@@ -156,9 +169,11 @@ def boundaries(data: bytes) -> list[int]:
         h.head_size + 4096,
         tree_end - 1,
         tree_end,
-        tree_end + SMALL_SUMMARY - 1,
-        tree_end + SMALL_SUMMARY,
-        tree_end + SMALL_SUMMARY + 4096,
+        padding - 1,
+        padding,
+        data_start - 1,
+        data_start,
+        data_start + 4096,
         len(data) - 1,
     ]
     return sorted(set(points))

@@ -20,6 +20,7 @@ from bundle_tool.errors import BundleError
 from bundle_tool.filereader import FileReader
 from bundle_tool.keyring import read_keyring
 from tests.updater.device import Device, image_bytes
+from updater import directio
 from updater.filesource import FileSource
 from updater.install import Installer
 
@@ -55,31 +56,39 @@ def loop_device(tmp_path: Path) -> Iterator[LoopDevice]:
 
 def on_sectors(bundle: bytes, junk: int = 0) -> bytes:
     """The bundle, the rest of its last sector (zeros), then `junk` non-zero sectors."""
-    assert len(bundle) % SECTOR, "the test wants a bundle that is not whole sectors"
     return bundle + bytes(-len(bundle) % SECTOR) + b"\xa5" * (junk * SECTOR)
 
 
-@pytest.mark.parametrize("data_padding", [True, False], ids=["whole sectors", "a partial sector"])
+@pytest.mark.parametrize("data_padding", [True, False], ids=["padded", "older form"])
 def test_a_bundle_on_a_block_device_installs(
-    device: Device, loop_device: LoopDevice, data_padding: bool
+    device: Device, loop_device: LoopDevice, monkeypatch: pytest.MonkeyPatch, data_padding: bool
 ) -> None:
     """The device's bytes after the bundle's end, zeros or not, are ignored.
 
-    A padded bundle of images only is whole blocks (its data read straight into the
-    ring); the older form ends within a sector.
+    A padded bundle without artifacts ends on a block, so on whole sectors; its
+    data is read by direct I/O straight into the hashing ring, from the device too.
     """
     image = image_bytes(300, seed=2)
-    bundle = device.bundle(image, data_padding=data_padding).read_bytes()
-    assert (len(bundle) % 4096 == 0) == data_padding
-    dev = loop_device(bundle + bytes(-len(bundle) % SECTOR) + b"\xa5" * (3 * SECTOR))
+    raw = device.bundle(image, data_padding=data_padding).read_bytes()
+    assert (len(raw) % 4096 == 0) == data_padding
+    dev = loop_device(on_sectors(raw, junk=3))
+    straight: list[bool] = []
+    real = directio.AlignedReader.read_into
+
+    def spy(self: directio.AlignedReader, offset: int, view: memoryview) -> bool:
+        straight.append(real(self, offset, view))
+        return straight[-1]
+
+    monkeypatch.setattr(directio.AlignedReader, "read_into", spy)
     with FileSource(dev) as src:
         Installer(device.config()).install(src)
     assert device.slot("B").read_bytes()[: len(image)] == image
     assert device.control().boot_state().order[0] == "B"
+    assert straight and all(straight) == data_padding and any(straight) == data_padding
 
 
 def test_verify_reads_a_bundle_on_a_block_device(device: Device, loop_device: LoopDevice) -> None:
-    bundle = device.bundle(image_bytes(300, seed=2), data_padding=False)
+    bundle = device.bundle(image_bytes(300, seed=2))
     dev = loop_device(on_sectors(bundle.read_bytes(), junk=1))
     at = datetime.now(UTC)
     with FileReader(dev) as src:
@@ -91,7 +100,9 @@ def test_verify_reads_a_bundle_on_a_block_device(device: Device, loop_device: Lo
 def test_a_block_device_smaller_than_the_bundle_is_refused(
     device: Device, loop_device: LoopDevice
 ) -> None:
+    # The older form, which ends inside a sector.
     data = device.bundle(image_bytes(300, seed=2), data_padding=False).read_bytes()
+    assert len(data) % SECTOR
     cut = len(data) - len(data) % SECTOR - SECTOR  # whole sectors, one short of the end
     at = datetime.now(UTC)
     keyring = read_keyring(device.pki.ca_cert, at=at)
@@ -106,7 +117,8 @@ def test_a_block_device_smaller_than_the_bundle_is_refused(
 
 def test_a_regular_file_still_has_to_end_at_the_bundles_end(device: Device) -> None:
     """Outside a block device, trailing bytes stay an error."""
-    bundle = device.bundle(image_bytes(300, seed=2), data_padding=False)  # a partial sector
+    bundle = device.bundle(image_bytes(300, seed=2), data_padding=False)
+    assert bundle.stat().st_size % SECTOR  # the older form, which ends inside a sector
     with bundle.open("ab") as f:
         f.write(bytes(-bundle.stat().st_size % SECTOR))
     at = datetime.now(UTC)

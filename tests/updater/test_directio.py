@@ -311,3 +311,49 @@ def test_read_into_reads_straight_into_aligned_memory_only(tmp_path: Path) -> No
         with pytest.raises(EOFError) as end:
             reader.read_into(4 * BLOCK, view)  # 100 bytes left
         assert end.value.args == (4 * BLOCK + 100,)
+
+
+def test_a_direct_read_refused_midway_fills_the_memory_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that opens with O_DIRECT and refuses the read (EINVAL) after the
+    first block: the rest of the span, and every read after it, is buffered."""
+    path = tmp_path / "file"
+    data = pattern(6 * BLOCK)
+    path.write_bytes(data)
+    real = os.preadv
+    refused: list[int] = []
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if fd_is_direct(fd) and offset >= BLOCK:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if fd_is_direct(fd):  # one block at a time, as a short direct read may come
+            return real(fd, [buffers[0][:BLOCK]], offset)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(directio.os, "preadv", preadv)
+    with directio.AlignedReader(str(path)) as reader:
+        if not reader.direct:
+            pytest.skip("this file system refuses direct I/O")
+        view = aligned(bytes(4 * BLOCK))
+        assert reader.read_into(0, view)
+        assert bytes(view) == data[: 4 * BLOCK] and not reader.direct
+        assert not reader.read_into(4 * BLOCK, view[: 2 * BLOCK])  # buffered now: chunks
+        assert b"".join(bytes(c) for c in reader.chunks(4 * BLOCK, 2 * BLOCK)) == data[4 * BLOCK :]
+    assert refused == [BLOCK]
+
+
+def test_a_bundle_file_without_direct_io_installs_through_the_page_cache(
+    tmp_path: Path, pki: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.updater.device import image_bytes, make_device
+    from tests.updater.test_install import assert_installed, install_file
+
+    device = make_device(tmp_path / "dev", pki, image_bytes(300, seed=1))  # type: ignore[arg-type]
+    new = image_bytes(300, seed=2)
+    bundle = device.bundle(new)
+    monkeypatch.setattr(directio, "open_direct", lambda path, flags: None)
+    install_file(device, bundle)
+    assert_installed(device, bundle=bundle)
+    assert device.slot("B").read_bytes()[: len(new)] == new

@@ -591,7 +591,8 @@ def test_a_bundle_with_artifacts_installs_from_any_source(
 def test_bytes_fetched_of_a_file_install_is_what_the_install_read(
     artifact_device: Device, tmp_path: Path
 ) -> None:
-    """The head, the hash area, the image and the artifacts placed: not the summary, the padding.
+    """The head, the hash area, the image and the artifacts placed: not the leaf summary,
+    nor the padding before the data.
 
     A stream is read to its end (its file size, above); a file is read where the
     install needs it, and `bytes_fetched` says what that cost.
@@ -605,7 +606,7 @@ def test_bytes_fetched_of_a_file_install_is_what_the_install_read(
     raw = bundle.read_bytes()
     manifest, _ = inspect_head(raw[: parse_header(raw[:HEADER_SIZE]).head_size])
     (image,) = manifest.images
-    assert image.leaf_summary_size and manifest.artifacts
+    assert image.leaf_summary_size and image.data_padding and manifest.artifacts
     result = install_file(device, bundle, delta=False)
     unread = image.leaf_summary_size + image.data_padding
     assert result.bytes_fetched == len(raw) - unread  # type: ignore[attr-defined]

@@ -33,6 +33,15 @@ def changed(data: bytes, fraction: float, run: int, seed: int) -> bytes:
     return bytes(out)
 
 
+def summary_span(bundle: Path) -> tuple[int, int]:
+    """Where the leaf summary of the bundle's image lies in it."""
+    raw = bundle.read_bytes()
+    header = container.parse_header(raw[: container.HEADER_SIZE])
+    manifest, _ = container.inspect_head(raw[: header.head_size])
+    (part,), _ = container.layout(header, manifest)
+    return part.summary_offset, part.summary_offset + part.image.leaf_summary_size
+
+
 def https_install(device: Device, url: str, ca_file: str, **settings: float) -> object:
     http = HttpSettings(ca_file=ca_file, **settings)  # type: ignore[arg-type]
     with HttpSource(url, http) as src:
@@ -68,14 +77,11 @@ def test_delta_update_downloads_little(
     bundle = device.bundle(new, leaf_summary=summary != "no")
     if summary == "stale":
         stale = device.bundle(old, "old.bundle").read_bytes()
+        at, end = summary_span(bundle)
+        assert (at, end) == summary_span(device.root / "old.bundle")  # 128 entries each
+        assert stale[at:end] != bundle.read_bytes()[at:end]
         raw = bytearray(bundle.read_bytes())
-        header = container.parse_header(bytes(raw[: container.HEADER_SIZE]))
-        manifest, _ = container.inspect_head(bytes(raw[: header.head_size]))
-        (part,), _ = container.layout(header, manifest)
-        where = slice(part.summary_offset, part.summary_offset + part.image.leaf_summary_size)
-        assert part.image.leaf_summary_size == 8192  # 128 entries
-        assert stale[where] != raw[where]
-        raw[where] = stale[where]
+        raw[at:end] = stale[at:end]
         bundle.write_bytes(raw)
     served = served_install(device, nginx_server, bundle, new)
     # The leaf blocks (or their changed parts) of each batch of leaf groups come in
