@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import pytest
+
 from bootctl.board import load_board
 from bootctl.control import SlotControl
 from bootctl.envstore import GrubEnvStore, UBootEnvStore
@@ -279,3 +281,19 @@ def veritysetup_verify(slot: Path, v: SlotVerity) -> subprocess.CompletedProcess
         ],
         capture_output=True,
     )
+
+
+def straight_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each `AlignedReader.read_into` of this process answers from now on: True for
+    a span read by direct I/O straight into its buffer, False for one left to copy."""
+    from updater import directio
+
+    answers: list[bool] = []
+    real = directio.AlignedReader.read_into
+
+    def spy(self: directio.AlignedReader, offset: int, view: memoryview) -> bool:
+        answers.append(real(self, offset, view))
+        return answers[-1]
+
+    monkeypatch.setattr(directio.AlignedReader, "read_into", spy)
+    return answers

@@ -19,8 +19,7 @@ from bundle_tool import reader
 from bundle_tool.errors import BundleError
 from bundle_tool.filereader import FileReader
 from bundle_tool.keyring import read_keyring
-from tests.updater.device import Device, image_bytes
-from updater import directio
+from tests.updater.device import Device, image_bytes, straight_reads
 from updater.filesource import FileSource
 from updater.install import Installer
 
@@ -72,14 +71,7 @@ def test_a_bundle_on_a_block_device_installs(
     raw = device.bundle(image, data_padding=data_padding).read_bytes()
     assert (len(raw) % 4096 == 0) == data_padding
     dev = loop_device(on_sectors(raw, junk=3))
-    straight: list[bool] = []
-    real = directio.AlignedReader.read_into
-
-    def spy(self: directio.AlignedReader, offset: int, view: memoryview) -> bool:
-        straight.append(real(self, offset, view))
-        return straight[-1]
-
-    monkeypatch.setattr(directio.AlignedReader, "read_into", spy)
+    straight = straight_reads(monkeypatch)
     with FileSource(dev) as src:
         Installer(device.config()).install(src)
     assert device.slot("B").read_bytes()[: len(image)] == image

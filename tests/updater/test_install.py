@@ -25,6 +25,7 @@ from tests.updater.device import (
     Device,
     image_bytes,
     make_device,
+    straight_reads,
     veritysetup_verify,
 )
 from updater import directio
@@ -217,14 +218,7 @@ def test_a_file_bundle_is_read_straight_into_the_ring_where_its_data_is_on_a_blo
     if fd is None:
         pytest.skip("this file system refuses direct I/O")
     os.close(fd)
-    straight: list[bool] = []
-    real = directio.AlignedReader.read_into
-
-    def spy(self: directio.AlignedReader, offset: int, view: memoryview) -> bool:
-        straight.append(real(self, offset, view))
-        return straight[-1]
-
-    monkeypatch.setattr(directio.AlignedReader, "read_into", spy)
+    straight = straight_reads(monkeypatch)
     install_file(device, bundle)
     assert_installed(device, bundle=bundle)
     assert device.slot("B").read_bytes()[: len(new)] == new
