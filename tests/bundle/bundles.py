@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bundle_tool import container, signing
 from bundle_tool.errors import BundleError
@@ -47,6 +48,34 @@ def resign(data: bytes, signer: signing.Signer, edit: Callable[[dict], None]) ->
     sigs = container.build_signature_block([signing.sign(raw, signer)])
     header = container.Header(len(raw), len(sigs), h.payload_size)
     return header.to_bytes() + raw + sigs + data[h.head_size :]
+
+
+def minimal_manifest() -> dict[str, Any]:
+    """The JSON of the smallest valid manifest: one image of one block, no artifact
+    (unsigned: for tests of the manifest parser alone)."""
+    return {
+        "artifacts": [],
+        "build_time": 0,
+        "compatible": "board",
+        "format": 1,
+        "images": [
+            {
+                "size": 4096,
+                "slot_class": "rootfs",
+                "verity": {
+                    "data_block_size": 4096,
+                    "data_blocks": 1,
+                    "hash_algorithm": "sha256",
+                    "hash_block_size": 4096,
+                    "root_hash": "19" * 32,
+                    "salt": "00",
+                    "tree_size": 4096,
+                },
+            }
+        ],
+        "security_version": 0,
+        "version": "1.0.0",
+    }
 
 
 def write_image(path: Path, blocks: int, seed: int = 0) -> Path:

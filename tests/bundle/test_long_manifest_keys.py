@@ -11,30 +11,9 @@ import pytest
 
 from bundle_tool import manifest
 from bundle_tool.errors import BundleError
+from tests.bundle.bundles import minimal_manifest
 
-MANIFEST = {
-    "artifacts": [],
-    "build_time": 0,
-    "compatible": "board",
-    "format": 1,
-    "images": [
-        {
-            "size": 4096,
-            "slot_class": "rootfs",
-            "verity": {
-                "data_block_size": 4096,
-                "data_blocks": 1,
-                "hash_algorithm": "sha256",
-                "hash_block_size": 4096,
-                "root_hash": "19" * 32,
-                "salt": "00",
-                "tree_size": 4096,
-            },
-        }
-    ],
-    "security_version": 0,
-    "version": "1.0.0",
-}
+MANIFEST = minimal_manifest()
 LONG = "k" * 500_000
 
 

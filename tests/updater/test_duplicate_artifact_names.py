@@ -16,7 +16,7 @@ import pytest
 from bootctl import exitstatus
 from bundle_tool import container, manifest, signing
 from bundle_tool.errors import BundleError
-from tests.bundle.bundles import run_tool
+from tests.bundle.bundles import minimal_manifest, run_tool
 from tests.updater.device import Device, image_bytes
 
 BLOCKS = 40
@@ -44,28 +44,7 @@ def _two_kernels(device: Device, tmp_path: Path) -> Path:
 
 def test_the_manifest_reader_refuses_two_artifacts_of_one_name() -> None:
     art = {"name": "a.bin", "size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
-    image = {
-        "size": 4096,
-        "slot_class": "rootfs",
-        "verity": {
-            "data_block_size": 4096,
-            "data_blocks": 1,
-            "hash_algorithm": "sha256",
-            "hash_block_size": 4096,
-            "root_hash": "00" * 32,
-            "salt": "01",
-            "tree_size": 4096,
-        },
-    }
-    obj = {
-        "artifacts": [art],
-        "build_time": 0,
-        "compatible": "b",
-        "format": 1,
-        "images": [image],
-        "security_version": 0,
-        "version": "1.0.0",
-    }
+    obj = {**minimal_manifest(), "artifacts": [art]}
     manifest.parse_manifest(json.dumps(obj).encode())
     obj["artifacts"] = [art, {**art, "size": 1}]
     with pytest.raises(BundleError, match=r"manifest: two artifacts have the same name: a\.bin"):
